@@ -1,0 +1,17 @@
+"""jaxreg: overfitting, underfitting and regularization studies in JAX/Flax.
+
+Modules, one idea each:
+  data       IMDB and synthetic bag-of-words data, sparse multi-hot encoding
+  batches    host-side epoch order and fixed-shape sparse batches for the device
+  model      Keras-initialized Flax MLP whose first layer eats sparse multi-hot input
+  dropout    inverted dropout driven by an explicit key, rate may be traced
+  penalties  Keras-exact L1/L2 weight penalties through a kernel mask
+  optim      RMSprop (Keras 2.3 and Keras 3 eps placement), decoupled weight decay, proximal L1
+  losses     binary cross-entropy (stable and Keras-clipped) and accuracy
+  train      pure init / train_step / evaluate / train_epoch functions
+  variants   variant specs, bucket planning, vmapped + sharded multi-variant training
+  results    histories, summaries, run folders
+  plots      the study's figures with seed bands
+"""
+
+__version__ = "0.1.0"

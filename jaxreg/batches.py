@@ -1,0 +1,99 @@
+"""Host-side epoch order and fixed-shape sparse batches for the device.
+
+A batch's multi-hot rows travel as flat (row, column) pairs padded to a fixed capacity, so
+one compiled step serves every batch of a run however many words its reviews hold. The
+last partial batch (Keras keeps it: 25,000 = 48 x 512 + 424) is padded with rows of weight
+0, which makes its mean loss and gradient exactly those of the 424 real rows.
+
+The shuffling order comes from NumPy's PCG64 seeded with (seed, epoch): it depends on the
+variant's seed alone, so variants that share a seed see the same batches (a paired
+comparison), and the host knows every batch's size before compiling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+CAPACITY_MULTIPLE = 1024
+
+
+@struct.dataclass
+class SparseBatch:
+    """Multi-hot rows as flat (row, column) pairs; padding pairs point at the dummy row `num_rows`."""
+
+    rows: jax.Array
+    cols: jax.Array
+    num_rows: int = struct.field(pytree_node=False)
+    num_words: int = struct.field(pytree_node=False)
+
+    def dense(self, dtype=jnp.float32) -> jax.Array:
+        """The [num_rows, num_words] multi-hot matrix (padding pairs land in the dropped dummy row)."""
+        out = jnp.zeros(self.rows.shape[:-1] + (self.num_rows + 1, self.num_words), dtype)
+        if self.rows.ndim == 1:
+            return out.at[self.rows, self.cols].set(1)[:-1]
+        return jax.vmap(lambda r, c: SparseBatch(r, c, self.num_rows, self.num_words).dense(dtype))(
+            self.rows, self.cols
+        )
+
+
+@struct.dataclass
+class Batch:
+    """Inputs (sparse or dense multi-hot), 0/1 labels and per-row weights (0 for padding rows)."""
+
+    x: SparseBatch | jax.Array
+    y: jax.Array
+    weight: jax.Array
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffled order of n examples for (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_nnz(lengths: np.ndarray, order: np.ndarray, batch_size: int) -> np.ndarray:
+    """Number of active (row, column) pairs in each batch of `order`."""
+    per_row = lengths[order]
+    n_batches = math.ceil(len(order) / batch_size)
+    padded = np.zeros(n_batches * batch_size, per_row.dtype)
+    padded[: len(per_row)] = per_row
+    return padded.reshape(n_batches, batch_size).sum(axis=1)
+
+
+def capacity(lengths: np.ndarray, orders, batch_size: int, multiple: int = CAPACITY_MULTIPLE) -> int:
+    """Smallest multiple of `multiple` that holds the largest batch of any of `orders`."""
+    largest = max(int(batch_nnz(lengths, o, batch_size).max()) for o in orders)
+    return max(multiple, math.ceil(largest / multiple) * multiple)
+
+
+def make_batches(x, y: np.ndarray, order: np.ndarray, batch_size: int, cap: int) -> Batch:
+    """Stack the batches of `order` into a Batch of NumPy arrays with a leading batch axis.
+
+    `x` is a `data.SparseMultiHot`. Vectorized: no Python loop over batches or rows.
+    """
+    n = len(order)
+    n_batches = math.ceil(n / batch_size)
+    lengths = np.diff(x.indptr)[order]
+    total = int(lengths.sum())
+    example = np.repeat(np.arange(n), lengths)  # position in `order` of each pair
+    row_start = np.cumsum(lengths) - lengths
+    src = x.indptr[order][example] + (np.arange(total) - row_start[example])
+    batch_id = example // batch_size
+    nnz = np.bincount(batch_id, minlength=n_batches)
+    if nnz.max(initial=0) > cap:
+        raise ValueError(f"a batch holds {nnz.max()} active words, more than the capacity {cap}")
+    slot = np.arange(total) - (np.cumsum(nnz) - nnz)[batch_id]
+    rows = np.full((n_batches, cap), batch_size, np.int32)
+    cols = np.zeros((n_batches, cap), np.int32)
+    rows[batch_id, slot] = example % batch_size
+    cols[batch_id, slot] = x.indices[src]
+    labels = np.zeros(n_batches * batch_size, np.float32)
+    labels[:n] = y[order]
+    weight = np.zeros(n_batches * batch_size, np.float32)
+    weight[:n] = 1.0
+    shape = (n_batches, batch_size)
+    return Batch(SparseBatch(rows, cols, batch_size, x.num_words), labels.reshape(shape), weight.reshape(shape))

@@ -1,0 +1,100 @@
+"""Keras-initialized Flax MLP whose first layer consumes sparse multi-hot batches.
+
+Kernels are glorot-uniform and biases zero, as Keras' Dense (Flax's default is
+lecun_normal). The first layer is an "embedding bag": the sum of the kernel rows at a
+review's active words, which equals the dense product multi_hot @ kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxreg.batches import SparseBatch
+from jaxreg.dropout import dropout
+
+PRODUCTS = ("sparse", "dense")
+glorot_uniform = nn.initializers.glorot_uniform()
+
+
+def multi_hot_matmul(x: SparseBatch | jax.Array, kernel: jax.Array, product: str = "sparse") -> jax.Array:
+    """multi_hot(x) @ kernel, by gather + segment sum ("sparse") or by densifying the batch ("dense").
+
+    Dense arrays are multiplied directly. The sparse path moves a few thousand kernel rows
+    per batch, the dense path does a full matmul but vectorizes better for wide kernels.
+    """
+    if not isinstance(x, SparseBatch):
+        return x @ kernel
+    if product == "dense":
+        return x.dense(kernel.dtype) @ kernel
+    if product != "sparse":
+        raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+    gathered = jnp.take(kernel, x.cols, axis=0)
+    summed = jax.ops.segment_sum(gathered, x.rows, num_segments=x.num_rows + 1, indices_are_sorted=True)
+    return summed[:-1]
+
+
+class MultiHotDense(nn.Module):
+    """Dense layer over multi-hot input, sparse or dense."""
+
+    features: int
+    product: str = "sparse"
+
+    @nn.compact
+    def __call__(self, x):
+        num_words = x.num_words if isinstance(x, SparseBatch) else x.shape[-1]
+        kernel = self.param("kernel", glorot_uniform, (num_words, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return multi_hot_matmul(x, kernel, self.product) + bias
+
+
+class MLP(nn.Module):
+    """ReLU hidden layers of the given widths, inverted dropout after each, one output logit."""
+
+    widths: Sequence[int]
+    product: str = "sparse"
+
+    @nn.compact
+    def __call__(self, x, dropout_rate=0.0, dropout_key=None):
+        h = x
+        for i, width in enumerate(self.widths):
+            if i == 0:
+                h = MultiHotDense(width, self.product, name="hidden_0")(h)
+            else:
+                h = nn.Dense(width, kernel_init=glorot_uniform, name=f"hidden_{i}")(h)
+            h = nn.relu(h)
+            h = dropout(h, dropout_rate, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
+        return nn.Dense(1, kernel_init=glorot_uniform, name="output")(h)[..., 0]
+
+
+def init_params(key: jax.Array, widths: Sequence[int], num_words: int, padded_widths: Sequence[int] | None = None):
+    """Parameters initialized at the true `widths`, zero-padded to `padded_widths`.
+
+    Returns (params, unit_mask): unit_mask is a pytree of 0/1 marking the real entries,
+    or None without padding. The glorot limit depends on the true fan-in and fan-out, so
+    a padded model starts exactly where it would start alone.
+    """
+    widths = tuple(int(w) for w in widths)
+    params = MLP(widths).init({"params": key}, jnp.zeros((1, num_words), jnp.float32))
+    if padded_widths is None or tuple(padded_widths) == widths:
+        return params, None
+    if len(padded_widths) != len(widths) or any(p < w for p, w in zip(padded_widths, widths)):
+        raise ValueError(f"cannot pad widths {widths} to {tuple(padded_widths)}")
+    target = jax.eval_shape(lambda: MLP(tuple(padded_widths)).init({"params": key}, jnp.zeros((1, num_words))))
+
+    def pad(leaf, shape):
+        return jnp.pad(leaf, [(0, t - s) for s, t in zip(leaf.shape, shape.shape)])
+
+    padded = jax.tree.map(pad, params, target)
+    mask = jax.tree.map(lambda leaf, shape: pad(jnp.ones_like(leaf), shape), params, target)
+    return padded, mask
+
+
+def count_params(widths: Sequence[int], num_words: int) -> int:
+    """Number of trainable parameters of an MLP with these widths."""
+    sizes = (num_words, *widths, 1)
+    return int(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])))

@@ -1,0 +1,169 @@
+"""Pure training and evaluation functions: init, one step, one epoch, evaluation.
+
+Everything here is a function of (state, batch, key, hyperparameters) that jits and vmaps.
+Numbers that vary per variant (learning rate, penalties, decay, dropout rate) are arrays in
+`Hyperparameters`; what fixes shapes or program structure is in the static `StepConfig`.
+Randomness: the caller passes one key per variant; each step folds in the step counter,
+so no key is ever used twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxreg import losses, optim, penalties
+from jaxreg.batches import Batch
+from jaxreg.model import MLP, PRODUCTS, init_params
+
+
+class Hyperparameters(NamedTuple):
+    """Per-variant numbers; each leaf a float32 scalar (or a [variants] array under vmap)."""
+
+    learning_rate: jax.Array
+    l1: jax.Array
+    l2: jax.Array
+    weight_decay: jax.Array
+    l1_proximal: jax.Array
+    dropout_rate: jax.Array
+
+    @classmethod
+    def create(cls, learning_rate=1e-3, l1=0.0, l2=0.0, weight_decay=0.0, l1_proximal=0.0, dropout_rate=0.0):
+        return cls(*(jnp.asarray(v, jnp.float32) for v in (learning_rate, l1, l2, weight_decay, l1_proximal, dropout_rate)))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static choices that select a compiled program.
+
+    widths: hidden widths (of the bucket, when padding); product: how the first layer
+    multiplies the multi-hot input ("sparse" gather or "dense" matmul); loss: "keras"
+    (clipped, as the study) or "logits"; rmsprop: "keras2" or "keras3" eps placement. The
+    use_* flags drop stages that every variant of a program has switched off (a stage at
+    0 gives bit-identical results, it only costs time).
+    """
+
+    widths: tuple[int, ...] = (16, 16)
+    product: str = "sparse"
+    loss: str = "keras"
+    rmsprop: str = "keras2"
+    use_penalty: bool = True
+    use_dropout: bool = True
+    use_weight_decay: bool = True
+    use_l1_proximal: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if not self.widths or min(self.widths) < 1:
+            raise ValueError(f"StepConfig.widths must be positive, got {self.widths}")
+        checks = {"product": PRODUCTS, "loss": losses.LOSS_MODES, "rmsprop": optim.RMSPROP_MODES}
+        for field, allowed in checks.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"StepConfig.{field} must be one of {allowed}, got {getattr(self, field)!r}")
+
+    @property
+    def model(self) -> MLP:
+        return MLP(self.widths, self.product)
+
+
+class TrainState(NamedTuple):
+    params: dict
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+def optimizer(config: StepConfig, hp: Hyperparameters, params) -> optax.GradientTransformation:
+    """The optimizer chain for this config; hp values may be traced."""
+    return optim.make_optimizer(
+        hp,
+        penalties.hidden_kernel_mask(params),
+        config.rmsprop,
+        weight_decay=config.use_weight_decay,
+        l1_proximal=config.use_l1_proximal,
+    )
+
+
+def init_state(key: jax.Array, config: StepConfig, num_words: int, true_widths: Sequence[int] | None = None):
+    """(TrainState, unit_mask): parameters from `key` at `true_widths`, padded to config.widths."""
+    params, unit_mask = init_params(key, true_widths or config.widths, num_words, config.widths)
+    opt_state = optimizer(config, Hyperparameters.create(), params).init(params)
+    return TrainState(params, opt_state, jnp.zeros((), jnp.int32)), unit_mask
+
+
+def _weighted_mean(values, weight):
+    return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def penalty(config: StepConfig, params, hp: Hyperparameters) -> jax.Array:
+    """The Keras weight penalty (L1 + L2 on the hidden kernels) of these parameters."""
+    if not config.use_penalty:
+        return jnp.zeros((), jnp.float32)
+    return penalties.weight_penalty(params, hp.l1, hp.l2, penalties.hidden_kernel_mask(params))
+
+
+def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None):
+    """One RMSprop step on data loss + penalty, dropout active. Returns (state, metrics).
+
+    metrics: loss (Keras': data loss + penalty, dropout active), data_loss, penalty,
+    accuracy, count (real rows in the batch, the weight for epoch means).
+    `unit_mask` (from init_state) keeps padded units at exactly zero.
+    """
+    dropout_key = jax.random.fold_in(key, state.step) if config.use_dropout else None
+
+    def loss_fn(params):
+        logits = config.model.apply(params, batch.x, hp.dropout_rate, dropout_key)
+        data_loss = _weighted_mean(losses.binary_cross_entropy(logits, batch.y, config.loss), batch.weight)
+        pen = penalty(config, params, hp)
+        return data_loss + pen, (data_loss, pen, logits)
+
+    (loss, (data_loss, pen, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if unit_mask is not None:
+        grads = jax.tree.map(jnp.multiply, grads, unit_mask)
+    updates, opt_state = optimizer(config, hp, state.params).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "data_loss": data_loss,
+        "penalty": pen,
+        "accuracy": _weighted_mean(losses.correct(logits, batch.y), batch.weight),
+        "count": jnp.sum(batch.weight),
+    }
+    return TrainState(params, opt_state, state.step + 1), metrics
+
+
+def _epoch_means(metrics):
+    """Keras' epoch aggregation: each batch's value weighted by its number of real rows."""
+    count = metrics.pop("count")
+    return {k: jnp.sum(v * count) / jnp.sum(count) for k, v in metrics.items()}
+
+
+def train_epoch(state: TrainState, batches: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None):
+    """All batches of one epoch (leading axis of `batches`) as one lax.scan; returns (state, epoch means)."""
+
+    def body(state, batch):
+        return train_step(state, batch, key, hp, config=config, unit_mask=unit_mask)
+
+    state, metrics = jax.lax.scan(body, state, batches)
+    return state, _epoch_means(metrics)
+
+
+def evaluate(params, batches: Batch, hp: Hyperparameters, *, config: StepConfig):
+    """Validation metrics without dropout: loss (Keras': data loss + penalty), data_loss, penalty, accuracy."""
+
+    def body(_, batch):
+        logits = config.model.apply(params, batch.x)
+        per_example = losses.binary_cross_entropy(logits, batch.y, config.loss)
+        return None, {
+            "data_loss": _weighted_mean(per_example, batch.weight),
+            "accuracy": _weighted_mean(losses.correct(logits, batch.y), batch.weight),
+            "count": jnp.sum(batch.weight),
+        }
+
+    _, metrics = jax.lax.scan(body, None, batches)
+    means = _epoch_means(metrics)
+    pen = penalty(config, params, hp)
+    return {"loss": means["data_loss"] + pen, "data_loss": means["data_loss"], "penalty": pen, "accuracy": means["accuracy"]}

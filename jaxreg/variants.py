@@ -1,0 +1,340 @@
+"""Many variants in one compiled program: specs, bucket planning, vmapped and sharded epochs.
+
+A *variant* is one model to train: widths, per-variant numbers (penalties, decay, dropout
+rate, learning rate) and a seed. Widths fix shapes, so they select the compiled program; all
+other numbers are arrays on a variant axis.
+
+A *bucket* is a grid seeds x configs that shares one program. Inside, the program is a
+vmap over seeds (each seed has its own batches) of a vmap over configs (which share their
+seed's batches): the first layer of all configs of a seed then runs as one gather or one
+matmul against their kernels side by side, which is why one more variant costs so little.
+Narrower configs join a wider bucket by exact zero padding (see `padded_widths`).
+
+Randomness of a variant comes from its seed alone: initialization (key(seed) folded with
+0), dropout (folded with 1, then with the step) and the data order (`batches.epoch_order`).
+So a variant's history does not depend on which bucket, neighbours or devices it has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxreg import batches as batching
+from jaxreg import optim
+from jaxreg.train import Hyperparameters, StepConfig, evaluate, init_state, train_epoch
+
+METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
+
+
+class VariantError(ValueError):
+    """An invalid variant specification; the message names the variant, field and value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    """One model to train. Validated on construction."""
+
+    name: str
+    widths: tuple[int, ...] = (16, 16)
+    l1: float = 0.0
+    l2: float = 0.0
+    weight_decay: float = 0.0
+    l1_proximal: float = 0.0
+    dropout_rate: float = 0.0
+    learning_rate: float = 1e-3
+    optimizer: str = "keras2"
+    seed: int = 0
+
+    def __post_init__(self):
+        def bad(field, why):
+            raise VariantError(f"variant {self.name!r}: {field}={getattr(self, field)!r} {why}")
+
+        if not isinstance(self.name, str) or not self.name:
+            raise VariantError(f"variant name must be a non-empty string, got {self.name!r}")
+        try:
+            widths = tuple(int(w) for w in self.widths)
+        except (TypeError, ValueError):
+            bad("widths", "must be a sequence of integers")
+        object.__setattr__(self, "widths", widths)
+        if not widths or min(widths) < 1:
+            bad("widths", "must be one or more widths, each at least 1")
+        for field in ("l1", "l2", "weight_decay", "l1_proximal"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                bad(field, "must be a finite number >= 0")
+        if not isinstance(self.dropout_rate, (int, float)) or not 0 <= self.dropout_rate < 1:
+            bad("dropout_rate", "must be in [0, 1)")
+        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
+            bad("learning_rate", "must be > 0")
+        if self.optimizer not in optim.RMSPROP_MODES:
+            bad("optimizer", f"must be one of {optim.RMSPROP_MODES}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            bad("seed", "must be an integer >= 0")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "VariantSpec":
+        """Build from a mapping, rejecting unknown fields by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise VariantError(f"variant {values.get('name')!r}: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters.create(
+            self.learning_rate, self.l1, self.l2, self.weight_decay, self.l1_proximal, self.dropout_rate
+        )
+
+
+def with_seeds(variants: Iterable[VariantSpec], seeds: Sequence[int]) -> list[VariantSpec]:
+    """Every variant once per seed."""
+    return [dataclasses.replace(v, seed=int(s)) for v in variants for s in seeds]
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddingPolicy:
+    """When a narrower model may be zero-padded into a wider bucket.
+
+    A hidden width w may be padded to W when W <= max(floor, ratio * w): below `floor` units
+    all widths cost about the same (6 -> 16 is free), above it padding may at most multiply
+    a layer's width by `ratio` (512 -> 1024 yes, 16 -> 1024 never). Every layer must qualify.
+    """
+
+    floor: int = 16
+    ratio: float = 2.0
+
+    def fits(self, widths: Sequence[int], bucket: Sequence[int]) -> bool:
+        return len(widths) == len(bucket) and all(w <= b <= max(self.floor, self.ratio * w) for w, b in zip(widths, bucket))
+
+
+def padded_widths(all_widths: Iterable[Sequence[int]], policy: PaddingPolicy = PaddingPolicy()) -> dict:
+    """Map each distinct widths tuple to the bucket widths it trains in (greedy, widest first)."""
+    distinct = sorted({tuple(w) for w in all_widths}, key=lambda w: (len(w), sum(w)), reverse=True)
+    assignment: dict[tuple, tuple] = {}
+    for widths in distinct:
+        if widths in assignment:
+            continue
+        assignment[widths] = widths
+        for other in distinct:
+            if other not in assignment and policy.fits(other, widths):
+                assignment[other] = widths
+    return assignment
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """A grid of `configs` x `seeds` that trains as one program at `widths`."""
+
+    widths: tuple[int, ...]
+    optimizer: str
+    configs: tuple[VariantSpec, ...]
+    seeds: tuple[int, ...]
+
+    @property
+    def variants(self) -> list[VariantSpec]:
+        """The grid in [seed][config] order, seeds filled in."""
+        return [dataclasses.replace(c, seed=s) for s in self.seeds for c in self.configs]
+
+    def step_config(self, loss: str, product: str) -> StepConfig:
+        return StepConfig(
+            widths=self.widths,
+            product=product,
+            loss=loss,
+            rmsprop=self.optimizer,
+            use_penalty=any(c.l1 > 0 or c.l2 > 0 for c in self.configs),
+            use_dropout=any(c.dropout_rate > 0 for c in self.configs),
+            use_weight_decay=any(c.weight_decay > 0 for c in self.configs),
+            use_l1_proximal=any(c.l1_proximal > 0 for c in self.configs),
+        )
+
+
+def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy()) -> list[Bucket]:
+    """Group variants into buckets: same padded widths and optimizer, full seeds x configs grids.
+
+    Variants are identified by (name, seed); duplicates are an error. Configs that share a
+    bucket but were asked for different seed sets go to separate grids.
+    """
+    seen = set()
+    for v in variants:
+        if (v.name, v.seed) in seen:
+            raise VariantError(f"variant {v.name!r} with seed {v.seed} appears twice")
+        seen.add((v.name, v.seed))
+    assignment = padded_widths((v.widths for v in variants), policy)
+    configs: dict[str, VariantSpec] = {}
+    seeds: dict[str, list[int]] = {}
+    for v in variants:
+        config = dataclasses.replace(v, seed=0)
+        if configs.setdefault(v.name, config) != config:
+            raise VariantError(f"variant name {v.name!r} is used for two different settings")
+        seeds.setdefault(v.name, []).append(v.seed)
+    groups: dict[tuple, list[VariantSpec]] = {}
+    for name, config in configs.items():
+        key = (assignment[config.widths], config.optimizer, tuple(sorted(seeds[name])))
+        groups.setdefault(key, []).append(config)
+    return [Bucket(w, opt, tuple(cs), s) for (w, opt, s), cs in groups.items()]
+
+
+DENSE_PRODUCT_COLUMNS = 256
+
+
+def choose_product(bucket: Bucket, product: str = "auto") -> str:
+    """'sparse' gather for narrow first layers, 'dense' matmul once the configs' columns side by side exceed 256."""
+    if product != "auto":
+        return product
+    return "dense" if len(bucket.configs) * bucket.widths[0] > DENSE_PRODUCT_COLUMNS else "sparse"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What every bucket of a run shares."""
+
+    epochs: int = 20
+    batch_size: int = 512
+    eval_batch_size: int = 1024
+    loss: str = "keras"
+    product: str = "auto"
+
+    def __post_init__(self):
+        for field in ("epochs", "batch_size", "eval_batch_size"):
+            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+                raise ValueError(f"RunSettings.{field} must be a positive integer, got {getattr(self, field)!r}")
+
+
+def variant_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh named 'variant' over the given (default: all) devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    return jax.sharding.Mesh(np.array(devices), ("variant",))
+
+
+class BucketProgram:
+    """One bucket's compiled epoch, its device-resident validation data and batch preparation.
+
+    The state is a TrainState pytree with leading axes [seeds, configs]. The configs axis is
+    padded to a multiple of the device count with inert copies of the last config (their
+    results are dropped) and sharded over the mesh; data is replicated.
+    """
+
+    def __init__(self, bucket: Bucket, dataset, settings: RunSettings, mesh=None):
+        self.bucket = bucket
+        self.dataset = dataset
+        self.settings = settings
+        self.mesh = mesh if mesh is not None else variant_mesh()
+        n_dev = self.mesh.devices.size
+        self.n_configs = len(bucket.configs)
+        self.configs = bucket.configs + (bucket.configs[-1],) * (-self.n_configs % n_dev)
+        self.config = bucket.step_config(settings.loss, choose_product(bucket, settings.product))
+        train = dataset.train
+        lengths = np.diff(train.x.indptr)
+        orders = [batching.epoch_order(s, e, len(train)) for s in bucket.seeds for e in range(settings.epochs)]
+        self.capacity = batching.capacity(lengths, orders, settings.batch_size)
+        val = dataset.validation
+        val_order = np.arange(len(val))
+        val_cap = batching.capacity(np.diff(val.x.indptr), [val_order], settings.eval_batch_size)
+        self._replicated = NamedSharding(self.mesh, P())
+        self._by_config = NamedSharding(self.mesh, P("variant"))
+        self._by_seed_config = NamedSharding(self.mesh, P(None, "variant"))
+        self.val_batches = jax.device_put(
+            batching.make_batches(val.x, val.y, val_order, settings.eval_batch_size, val_cap), self._replicated
+        )
+        self.keys = jax.device_put(jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated)
+        hps = [c.hyperparameters() for c in self.configs]
+        self.hp = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *hps), self._by_config)
+        self._epoch_fn = jax.jit(self._epoch)
+
+    def init(self):
+        """(states [seeds, configs], unit masks [configs] or None), each variant initialized at its true widths."""
+        num_words = self.dataset.num_words
+        init = jax.jit(init_state, static_argnums=(1, 2, 3))
+        states, masks = [], []
+        for s in self.bucket.seeds:
+            row = [init(jax.random.fold_in(jax.random.key(s), 0), self.config, num_words, c.widths) for c in self.configs]
+            states.append(jax.tree.map(lambda *xs: jnp.stack(xs), *[st for st, _ in row]))
+            masks = [m for _, m in row]
+        state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        if all(m is None for m in masks):
+            unit_mask = None
+        else:
+            ones = lambda p: jax.tree.map(jnp.ones_like, p)  # noqa: E731
+            full = [m if m is not None else ones(st.params) for m, st in zip(masks, [r for r, _ in row])]
+            unit_mask = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *full), self._by_config)
+        return jax.device_put(state, self._by_seed_config), unit_mask
+
+    def train_batches(self, epoch: int):
+        """This epoch's batches for every seed, stacked [seeds, batches, ...], replicated."""
+        train = self.dataset.train
+        per_seed = [
+            batching.make_batches(
+                train.x, train.y, batching.epoch_order(s, epoch, len(train)), self.settings.batch_size, self.capacity
+            )
+            for s in self.bucket.seeds
+        ]
+        return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *per_seed), self._replicated)
+
+    def _epoch(self, states, unit_mask, hp, keys, train_batches, val_batches):
+        config = self.config
+
+        def one(state, mask, hp, key, batches):
+            state, metrics = train_epoch(state, batches, key, hp, config=config, unit_mask=mask)
+            val = evaluate(state.params, val_batches, hp, config=config)
+            return state, {**metrics, **{f"val_{k}": v for k, v in val.items()}}
+
+        over_configs = jax.vmap(one, in_axes=(0, 0, 0, None, None))
+        over_seeds = jax.vmap(over_configs, in_axes=(0, None, None, 0, 0))
+        return over_seeds(states, unit_mask, hp, keys, train_batches)
+
+    def epoch(self, states, unit_mask, train_batches):
+        """Dispatch one epoch (asynchronously); returns (states, metrics [seeds, padded configs])."""
+        return self._epoch_fn(states, unit_mask, self.hp, self.keys, train_batches, self.val_batches)
+
+    def metrics_to_numpy(self, metrics) -> dict[str, np.ndarray]:
+        """Device metrics -> {name: float64 [seeds, configs]} without the inert padding configs."""
+        return {k: np.asarray(v, np.float64)[:, : self.n_configs] for k, v in metrics.items()}
+
+
+def run(
+    variants: Sequence[VariantSpec],
+    dataset,
+    settings: RunSettings = RunSettings(),
+    *,
+    mesh=None,
+    policy: PaddingPolicy = PaddingPolicy(),
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+    """Train all variants for settings.epochs; returns {(name, seed): {metric: [epochs]}}.
+
+    The host loops over epochs and buckets only; each bucket-epoch is one compiled call, and
+    the next epoch's batches are prepared while the device works on the current one.
+    `on_epoch(epoch, {(name, seed): {metric: value}})` is called after every epoch.
+    """
+    programs = [BucketProgram(b, dataset, settings, mesh) for b in plan(variants, policy)]
+    states = [p.init() for p in programs]
+    history: dict[tuple[str, int], dict[str, list]] = {(v.name, v.seed): {m: [] for m in METRICS} for v in variants}
+    next_batches = [p.train_batches(0) for p in programs]
+    for epoch in range(settings.epochs):
+        batches, outputs = next_batches, []
+        for i, program in enumerate(programs):
+            state, mask = states[i]
+            new_state, metrics = program.epoch(state, mask, batches[i])
+            states[i] = (new_state, mask)
+            outputs.append(metrics)
+        if epoch + 1 < settings.epochs:
+            next_batches = [p.train_batches(epoch + 1) for p in programs]
+        row = {}
+        for program, metrics in zip(programs, outputs):
+            values = program.metrics_to_numpy(metrics)
+            for si, seed in enumerate(program.bucket.seeds):
+                for ci, config in enumerate(program.bucket.configs):
+                    row[(config.name, seed)] = {k: float(v[si, ci]) for k, v in values.items()}
+        for key, values in row.items():
+            for k, v in values.items():
+                history[key][k].append(v)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+    return {key: {k: np.asarray(v) for k, v in h.items()} for key, h in history.items()}
