@@ -298,6 +298,15 @@ class BucketProgram:
         return {k: np.asarray(v, np.float64)[:, : self.n_configs] for k, v in metrics.items()}
 
 
+@dataclasses.dataclass
+class RunSnapshot:
+    """Everything needed to continue a run: epochs done, each bucket's state (host arrays), history so far."""
+
+    epochs_done: int
+    states: list
+    history: dict
+
+
 def run(
     variants: Sequence[VariantSpec],
     dataset,
@@ -305,19 +314,38 @@ def run(
     *,
     mesh=None,
     policy: PaddingPolicy = PaddingPolicy(),
-    on_epoch: Callable[[int, dict], None] | None = None,
+    on_epoch: Callable[[int, dict, Callable[[], RunSnapshot]], None] | None = None,
+    resume: RunSnapshot | None = None,
 ) -> dict[tuple[str, int], dict[str, np.ndarray]]:
     """Train all variants for settings.epochs; returns {(name, seed): {metric: [epochs]}}.
 
     The host loops over epochs and buckets only; each bucket-epoch is one compiled call, and
     the next epoch's batches are prepared while the device works on the current one.
-    `on_epoch(epoch, {(name, seed): {metric: value}})` is called after every epoch.
+    `on_epoch(epoch, row, snapshot)` is called after every epoch with
+    row = {(name, seed): {metric: value}} and a function that returns a RunSnapshot (for a
+    checkpoint); `resume` continues from such a snapshot with the same history as an
+    uninterrupted run.
     """
     programs = [BucketProgram(b, dataset, settings, mesh) for b in plan(variants, policy)]
     states = [p.init() for p in programs]
-    history: dict[tuple[str, int], dict[str, list]] = {(v.name, v.seed): {m: [] for m in METRICS} for v in variants}
-    next_batches = [p.train_batches(0) for p in programs]
-    for epoch in range(settings.epochs):
+    history = {(v.name, v.seed): {m: [] for m in METRICS} for v in variants}
+    first_epoch = 0
+    if resume is not None:
+        if len(resume.states) != len(programs):
+            raise ValueError("the snapshot does not match these variants (different number of buckets)")
+        states = [
+            (jax.device_put(saved, jax.tree.map(lambda x: x.sharding, state)), mask)
+            for saved, (state, mask) in zip(resume.states, states)
+        ]
+        history = {key: {m: list(resume.history[key][m]) for m in METRICS} for key in history}
+        first_epoch = resume.epochs_done
+
+    def snapshot(epochs_done):
+        copied = {key: {m: list(v) for m, v in h.items()} for key, h in history.items()}
+        return RunSnapshot(epochs_done, [jax.device_get(s) for s, _ in states], copied)
+
+    next_batches = [p.train_batches(first_epoch) for p in programs] if first_epoch < settings.epochs else []
+    for epoch in range(first_epoch, settings.epochs):
         batches, outputs = next_batches, []
         for i, program in enumerate(programs):
             state, mask = states[i]
@@ -336,5 +364,5 @@ def run(
             for k, v in values.items():
                 history[key][k].append(v)
         if on_epoch is not None:
-            on_epoch(epoch, row)
+            on_epoch(epoch, row, lambda e=epoch: snapshot(e + 1))
     return {key: {k: np.asarray(v) for k, v in h.items()} for key, h in history.items()}
