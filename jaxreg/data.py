@@ -1,0 +1,645 @@
+"""IMDB sentiment data as sparse multi-hot rows (Deep Learning with Python, section 4.4).
+
+Where the data comes from (``load_imdb``):
+
+* ``source="archive"``: the official ``aclImdb_v1.tar.gz`` or its labeled part
+  ``aclImdb_v1_labeled.tar.gz``, streamed (``tarfile`` mode ``"r|"`` over ``gzip.GzipFile``,
+  which, unlike ``"r|gz"``, checks the CRC-32 trailer; nothing is extracted to disk). Only
+  ``{train,test}/{pos,neg}/<id>_<rating>.txt`` members are read; ``unsup``, ``.feat``
+  files and URL lists are ignored.
+* ``source="folder"``: an extracted ``aclImdb`` directory, or the directory holding it.
+* ``source="tfds"``: tensorflow-datasets' ``imdb_reviews`` (``pip install "jaxreg[tfds]"``,
+  internet on first use); ``path`` is not used.
+* ``source="auto"`` (default): ``"archive"`` for a file, ``"folder"`` for a directory.
+
+Path resolution: the ``path`` argument, else the environment variable ``JAXREG_DATA``,
+else a ``DataError``. Reviews are ordered by split, then label (neg before pos), then
+the numeric id of the file name, so the order never depends on the archive's order.
+
+Tokenizer (``tokenize``, version ``TOKENIZER_VERSION``): lowercase; HTML line breaks
+``<br />``, ``<br/>``, ``<br>`` become spaces; tokens are the matches of
+``[a-z0-9]+(?:'[a-z0-9]+)*`` (so "don't" is one token; punctuation and non-ASCII letters
+separate tokens).
+
+Encoding (Keras convention): 0 padding, 1 start marker, 2 out of vocabulary; the
+vocabulary ranks the TRAIN split's words by total count, descending, ties alphabetical,
+and the word of rank r gets index r + 3 while r + 3 < num_words. A review's multi-hot row
+is the sorted set of distinct indices of ``[START] + word indices``: 1 always, 2 when
+some word is out of vocabulary, 0 never.
+
+Validation protocols: ``"test"`` (the book's: the TEST set is the validation set) and
+``"holdout"`` (seeded ``holdout_size`` reviews of train become validation). With
+``"holdout"`` the vocabulary is still ranked on the full train split, held-out reviews
+included: the ranking uses word counts only, never labels, and it lets both protocols
+share one cached encoding.
+
+Cache: one ``.npz`` per (source checksum, num_words, tokenizer version, cache format)
+under ``cache_dir`` (default: env ``JAXREG_CACHE``, else ``~/.cache/jaxreg``), holding the
+encoded full train and test splits. The checksum is the sha256 of the archive file; for
+a folder it is a sha256 over the sorted relative paths, sizes and mtimes of its review
+files (an edit that keeps both size and mtime goes unnoticed; touch the file to refresh);
+for tfds it is a sha256 over the review texts and labels. Writes are atomic; a corrupt
+cache file is ignored with a warning and rewritten. Old cache files are never deleted.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import functools
+import gzip
+import hashlib
+import itertools
+import os
+import re
+import tarfile
+import tempfile
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+DEFAULT_NUM_WORDS = 10_000
+PAD, START, OOV, FIRST_WORD = 0, 1, 2, 3
+TOKENIZER_VERSION = 1
+CACHE_FORMAT = 1
+SOURCES = ("auto", "archive", "folder", "tfds")
+PROTOCOLS = {"test": "test-as-validation", "holdout": "holdout"}
+
+_SPLITS = ("train", "test")
+_LABELS = ("neg", "pos")
+_BR_RE = re.compile(r"<br\s*/?>")
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+_REVIEW_NAME_RE = re.compile(r"(\d+)(?:_\d+)?\.txt$")
+_TARFILE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, gzip.BadGzipFile)
+
+
+class DataError(ValueError):
+    """A user-facing data problem; the message names the problem and the fix."""
+
+
+def tokenize(text: str) -> list[str]:
+    """Splits a review into lowercase word tokens (rules in the module docstring)."""
+    return _TOKEN_RE.findall(_BR_RE.sub(" ", text.lower()))
+
+
+@dataclass(frozen=True)
+class SparseMultiHot:
+    """Rows of a multi-hot matrix in CSR form.
+
+    Row i's active columns are indices[indptr[i]:indptr[i+1]], sorted and unique; indptr is
+    int64 [n + 1], indices int16 (num_words <= 32767) else int32 [nnz].
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    num_words: int
+
+    def __post_init__(self):
+        if self.indptr.ndim != 1 or self.indptr.size == 0 or self.indices.ndim != 1:
+            raise ValueError("SparseMultiHot needs a 1-D indptr of length n + 1 and 1-D indices")
+        if self.indptr[0] != 0 or self.indptr[-1] != self.indices.size:
+            raise ValueError(
+                f"SparseMultiHot indptr must run from 0 to len(indices)={self.indices.size}, "
+                f"got {self.indptr[0]}..{self.indptr[-1]}"
+            )
+
+    def __len__(self) -> int:
+        return self.indptr.size - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.indptr).astype(np.int32)
+
+    def take(self, rows) -> "SparseMultiHot":
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        lengths = np.diff(self.indptr)[rows]
+        indptr = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        gather = np.arange(indptr[-1], dtype=np.int64) + np.repeat(
+            self.indptr[rows] - indptr[:-1], lengths
+        )
+        return SparseMultiHot(indptr, self.indices[gather], self.num_words)
+
+    def to_padded(self, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(idx int32 [n, L], mask bool [n, L]); padding slots hold index 0 (PAD) and mask False.
+
+        L is the longest row unless max_len is given (DataError if a row is longer).
+        """
+        lengths = np.diff(self.indptr)
+        longest = int(lengths.max()) if lengths.size else 0
+        if max_len is None:
+            max_len = longest
+        elif longest > max_len:
+            raise DataError(
+                f"a row has {longest} active words but max_len={max_len}; "
+                f"pass max_len >= {longest} or max_len=None"
+            )
+        n = len(self)
+        idx = np.full((n, max_len), PAD, dtype=np.int32)
+        mask = np.zeros((n, max_len), dtype=bool)
+        rows = np.repeat(np.arange(n), lengths)
+        cols = np.arange(self.indices.size) - np.repeat(self.indptr[:-1], lengths)
+        idx[rows, cols] = self.indices
+        mask[rows, cols] = True
+        return idx, mask
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indptr.nbytes + self.indices.nbytes)
+
+
+def densify(x: SparseMultiHot, dtype=np.float32) -> np.ndarray:
+    """[n, num_words] dense multi-hot matrix (for references and tests; big for real data)."""
+    out = np.zeros((len(x), x.num_words), dtype=dtype)
+    out[np.repeat(np.arange(len(x)), np.diff(x.indptr)), x.indices] = 1
+    return out
+
+
+def densify_padded(idx, mask, num_words, dtype=np.float32) -> np.ndarray:
+    """[n, num_words] dense multi-hot matrix from a padded batch (idx, mask)."""
+    idx, mask = np.asarray(idx), np.asarray(mask, dtype=bool)
+    out = np.zeros((idx.shape[0], num_words), dtype=dtype)
+    rows = np.broadcast_to(np.arange(idx.shape[0])[:, None], idx.shape)
+    out[rows[mask], idx[mask]] = 1
+    return out
+
+
+@dataclass(frozen=True)
+class Split:
+    x: SparseMultiHot
+    y: np.ndarray
+    name: str
+
+    def __post_init__(self):
+        if self.y.shape != (len(self.x),):
+            raise ValueError(f"split {self.name!r}: y has shape {self.y.shape}, x has {len(self.x)} rows")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    validation: Split
+    protocol: str
+    num_words: int
+    source: str
+    checksum: str
+    vocabulary: tuple[str, ...]
+
+    def describe(self) -> str:
+        head = (
+            f"Data: {self.source} [{self.checksum[:24]}], num_words={self.num_words:,}: "
+            f"train {len(self.train):,} reviews ({self.train.name}), "
+            f"validation {len(self.validation):,} reviews ({self.validation.name})."
+        )
+        if self.protocol == "test-as-validation":
+            tail = (
+                "Validation protocol: the TEST set is used as the validation set, as the book does "
+                "(so it is not an unbiased final test); validation='holdout' holds out part of train instead."
+            )
+        elif self.protocol == "holdout":
+            tail = (
+                "Validation protocol: held-out reviews of the train split; the test set is not used "
+                "(vocabulary ranked on the full train split)."
+            )
+        else:
+            tail = f"Validation protocol: {self.protocol}."
+        return f"{head}\n{tail}"
+
+
+def holdout_indices(n: int, holdout_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_rows, holdout_rows), both sorted: a seeded random holdout_size of range(n) is held out."""
+    if not 0 < holdout_size < n:
+        raise DataError(
+            f"holdout_size={holdout_size} must be between 1 and {n - 1} (the train split has {n} reviews); "
+            "pass a smaller holdout_size"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[holdout_size:]), np.sort(perm[:holdout_size])
+
+
+def load_imdb(
+    path=None,
+    *,
+    num_words: int = DEFAULT_NUM_WORDS,
+    source: str = "auto",
+    validation: str = "test",
+    holdout_size: int = 10_000,
+    seed: int = 0,
+    cache_dir=None,
+    use_cache: bool = True,
+) -> Dataset:
+    """Loads IMDB as sparse multi-hot splits (see the module docstring for every rule)."""
+    if source not in SOURCES:
+        raise DataError(f"unknown source {source!r}; use one of {', '.join(map(repr, SOURCES))}")
+    if validation not in PROTOCOLS:
+        raise DataError(
+            f"unknown validation protocol {validation!r}; use 'test' (the book's: test set as "
+            "validation set) or 'holdout' (hold out part of the train split)"
+        )
+    _check_num_words(num_words)
+
+    if source == "tfds":
+        texts, description = _tfds_texts(), "tensorflow-datasets imdb_reviews"
+        checksum = "tfds:" + _texts_checksum(texts)
+        records = functools.partial(iter, texts)
+    else:
+        path, source = _resolve_path(path, source)
+        if source == "archive":
+            checksum, description = _sha256_file(path), f"archive {path}"
+            records = functools.partial(_archive_records, path, checksum)
+        else:
+            root = _aclimdb_root(path)
+            checksum, description = "folder:" + _folder_fingerprint(root), f"folder {root}"
+            records = functools.partial(_folder_records, root)
+
+    cache_file = _cache_file(cache_dir, checksum, num_words) if use_cache else None
+    arrays = _read_cache(cache_file, checksum, num_words) if cache_file else None
+    if arrays is None:
+        arrays = _encode(records(), num_words, description)
+        if cache_file:
+            _write_cache(cache_file, arrays, checksum, num_words)
+
+    vocabulary = tuple(arrays["vocabulary"].tolist())
+    train = _split(arrays, "train", num_words)
+    test = _split(arrays, "test", num_words)
+    if validation == "test":
+        train_split, validation_split = train, test
+    else:
+        train_rows, holdout_rows = holdout_indices(len(train), holdout_size, seed)
+        train_split = Split(train.x.take(train_rows), train.y[train_rows], "train")
+        validation_split = Split(train.x.take(holdout_rows), train.y[holdout_rows], "holdout")
+        description += f", holdout_size={holdout_size}, seed={seed}"
+    return Dataset(
+        train=train_split,
+        validation=validation_split,
+        protocol=PROTOCOLS[validation],
+        num_words=num_words,
+        source=description,
+        checksum=checksum,
+        vocabulary=vocabulary,
+    )
+
+
+def synthetic_dataset(
+    n_train: int = 2000,
+    n_validation: int = 1000,
+    num_words: int = 1000,
+    *,
+    words_per_review=(20, 120),
+    n_signal_words: int = 50,
+    label_noise: float = 0.05,
+    seed: int = 0,
+) -> Dataset:
+    """IMDB-shaped data with a planted sparse signal, for fast tests and smoke runs.
+
+    Each review draws between words_per_review[0] and words_per_review[1] words (with
+    replacement) from a Zipf-like distribution over indices 3..num_words-1; START is always
+    present. n_signal_words frequent words carry weights of random sign; the label is 1 when
+    the summed weight of a review's distinct words exceeds its expectation (so labels are
+    about balanced), flipped with probability label_noise. Deterministic from the arguments.
+    """
+    _check_num_words(num_words)
+    lo, hi = words_per_review
+    n_vocab = num_words - FIRST_WORD
+    problems = [
+        msg
+        for bad, msg in [
+            (n_train < 1 or n_validation < 1, "n_train and n_validation must be >= 1"),
+            (not 0 <= lo <= hi, f"words_per_review={words_per_review} must be (lo, hi) with 0 <= lo <= hi"),
+            (not 0 < n_signal_words <= n_vocab, f"n_signal_words={n_signal_words} must be in 1..num_words-3={n_vocab}"),
+            (not 0.0 <= label_noise <= 0.5, f"label_noise={label_noise} must be in [0, 0.5]"),
+        ]
+        if bad
+    ]
+    if problems:
+        raise DataError("synthetic_dataset: " + "; ".join(problems))
+
+    rng = np.random.default_rng(seed)
+    freq = 1.0 / (np.arange(n_vocab) + 10.0)
+    freq /= freq.sum()
+    signal_pool = min(max(4 * n_signal_words, n_vocab // 5), n_vocab)
+    signal = rng.choice(signal_pool, size=n_signal_words, replace=False) + FIRST_WORD
+    weights = np.zeros(num_words)
+    weights[signal] = rng.choice([-1.0, 1.0], size=n_signal_words) * rng.uniform(0.5, 1.5, size=n_signal_words)
+    # Centre the score on its expectation (P(word present) averaged over review lengths), so labels are balanced.
+    keep = 1.0 - freq  # P(word absent) after k draws is keep**k; average the geometric series over k in lo..hi
+    present = 1.0 - (keep**lo - keep ** (hi + 1)) / (freq * (hi - lo + 1))
+    offset = weights[FIRST_WORD:] @ present
+
+    def make(n: int, name: str) -> Split:
+        counts = rng.integers(lo, hi + 1, size=n)
+        words = rng.choice(n_vocab, size=int(counts.sum()), p=freq) + FIRST_WORD
+        x = _rows_to_csr(words, counts, num_words)
+        score = np.add.reduceat(weights[x.indices], x.indptr[:-1]) - offset
+        y = np.where(score == 0, rng.integers(0, 2, size=n), score > 0)
+        flip = rng.random(n) < label_noise
+        return Split(x, np.where(flip, 1 - y, y).astype(np.float32), name)
+
+    train, validation = make(n_train, "train"), make(n_validation, "validation")
+    params = (n_train, n_validation, num_words, tuple(words_per_review), n_signal_words, label_noise, seed)
+    return Dataset(
+        train=train,
+        validation=validation,
+        protocol="synthetic",
+        num_words=num_words,
+        source="synthetic_dataset" + repr(params),
+        checksum="synthetic:" + hashlib.sha256(repr(params).encode()).hexdigest(),
+        vocabulary=tuple(f"w{i}" for i in range(FIRST_WORD, num_words)),
+    )
+
+
+# --- reading --------------------------------------------------------------------------
+
+Record = tuple[str, int, tuple, str]  # (split, label 0/1, sort key, text)
+
+
+def _check_num_words(num_words: int) -> None:
+    if not isinstance(num_words, (int, np.integer)) or num_words < 4:
+        raise DataError(
+            f"num_words={num_words!r} is too small: indices 0-2 are reserved (padding, start, "
+            f"out-of-vocabulary), so pass an integer num_words >= 4 (the book uses {DEFAULT_NUM_WORDS})"
+        )
+
+
+def _resolve_path(path, source: str) -> tuple[Path, str]:
+    if path is None:
+        path = os.environ.get("JAXREG_DATA")
+        if not path:
+            raise DataError(
+                "no IMDB data path: pass load_imdb(path=...) with the aclImdb .tar.gz archive or "
+                "extracted folder, or set the environment variable JAXREG_DATA; online users can "
+                "pass source='tfds' instead"
+            )
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"IMDB data path {str(path)!r} does not exist: pass the path of aclImdb_v1.tar.gz "
+            "(or the labeled part) or of an extracted aclImdb folder, or fix JAXREG_DATA"
+        )
+    if source == "auto":
+        source = "folder" if path.is_dir() else "archive"
+    if source == "archive" and path.is_dir():
+        raise DataError(f"{str(path)!r} is a directory, not an archive: use source='folder' or 'auto'")
+    if source == "folder" and not path.is_dir():
+        raise DataError(f"{str(path)!r} is a file, not a folder: use source='archive' or 'auto'")
+    return path, source
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as e:
+        raise DataError(f"cannot read {str(path)!r} ({e}); check the path and its permissions") from e
+    return h.hexdigest()
+
+
+def _review_key(name: str) -> tuple | None:
+    match = _REVIEW_NAME_RE.fullmatch(name)
+    return None if match is None else (int(match.group(1)), name)
+
+
+def _split_and_label(parts: list[str]) -> tuple[str, int] | None:
+    if len(parts) >= 3 and parts[-3] in _SPLITS and parts[-2] in _LABELS:
+        return parts[-3], _LABELS.index(parts[-2])
+    return None
+
+
+class _HashingReader:
+    """A read-only file wrapper that hashes every byte read through it."""
+
+    def __init__(self, f):
+        self._f, self.hash = f, hashlib.sha256()
+
+    def read(self, size=-1):
+        data = self._f.read(size)
+        self.hash.update(data)
+        return data
+
+    def read_rest(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _archive_records(path: Path, checksum: str) -> Iterator[Record]:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"cannot read the archive {str(path)!r} ({e}); check the path and its permissions") from e
+    with f:
+        reader = _HashingReader(f)
+        try:
+            gz = gzip.GzipFile(fileobj=reader, mode="rb")
+            with tarfile.open(fileobj=gz, mode="r|") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    parts = member.name.split("/")
+                    split_label = _split_and_label(parts)
+                    key = _review_key(parts[-1])
+                    if split_label is None or key is None:
+                        continue
+                    text = tar.extractfile(member).read().decode("utf-8", errors="replace")
+                    yield (*split_label, key, text)
+            while gz.read(1 << 20):  # to the end, so that gzip checks its CRC-32 trailer
+                pass
+            reader.read_rest()
+        except _TARFILE_ERRORS as e:
+            raise DataError(
+                f"the archive {str(path)!r} is truncated or corrupt ({type(e).__name__}: {e}); "
+                "download it again and compare its sha256 with the published one"
+            ) from e
+    if reader.hash.hexdigest() != checksum:
+        raise DataError(f"the archive {str(path)!r} changed while it was being read; load it again")
+
+
+def _aclimdb_root(path: Path) -> Path:
+    root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
+    missing = [f"{s}/{lab}" for s in _SPLITS for lab in _LABELS if not (root / s / lab).is_dir()]
+    if missing:
+        raise DataError(
+            f"{str(path)!r} is not an aclImdb folder: missing subfolder(s) {', '.join(missing)}; "
+            "pass the extracted aclImdb directory (with train/pos, train/neg, test/pos, test/neg) "
+            "or the directory that contains it"
+        )
+    return root
+
+
+def _folder_reviews(root: Path) -> Iterator[tuple[str, int, tuple, Path]]:
+    for split in _SPLITS:
+        for label, label_name in enumerate(_LABELS):
+            with os.scandir(root / split / label_name) as entries:
+                for entry in entries:
+                    key = _review_key(entry.name)
+                    if key is not None and entry.is_file():
+                        yield split, label, key, Path(entry.path)
+
+
+def _folder_fingerprint(root: Path) -> str:
+    h = hashlib.sha256()
+    for split, label, key, file in sorted(_folder_reviews(root)):
+        st = file.stat()
+        h.update(f"{file.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _folder_records(root: Path) -> Iterator[Record]:
+    for split, label, key, file in _folder_reviews(root):
+        try:
+            text = file.read_bytes().decode("utf-8", errors="replace")
+        except OSError as e:
+            raise DataError(f"cannot read {str(file)!r} ({e}); check the file and its permissions") from e
+        yield split, label, key, text
+
+
+def _tfds_texts() -> list[Record]:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(
+            'source="tfds" needs tensorflow-datasets: pip install "jaxreg[tfds]" (it downloads '
+            "imdb_reviews from the internet the first time); offline, pass the path of the aclImdb archive instead"
+        ) from e
+    records = []
+    for split in _SPLITS:
+        texts, labels = tfds.as_numpy(tfds.load("imdb_reviews", split=split, batch_size=-1, as_supervised=True))
+        for i, (text, label) in enumerate(zip(texts, labels)):
+            records.append((split, int(label), (i, ""), text.decode("utf-8", errors="replace")))
+    return records
+
+
+def _texts_checksum(records: Iterable[Record]) -> str:
+    h = hashlib.sha256()
+    for split, label, key, text in records:
+        h.update(f"{split}\0{label}\0{len(text)}\0".encode())
+        h.update(text.encode("utf-8"))
+    return h.hexdigest()
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def _encode(records: Iterable[Record], num_words: int, description: str) -> dict[str, np.ndarray]:
+    """Tokenizes reviews to word ids on the fly (no token strings kept), then encodes with numpy."""
+    word_ids = collections.defaultdict(itertools.count().__next__)
+    lookup = word_ids.__getitem__
+    reviews: dict[str, list] = {split: [] for split in _SPLITS}
+    for split, label, key, text in records:
+        ids = array.array("i", map(lookup, tokenize(text)))
+        reviews[split].append((label, key, ids))
+
+    missing = [
+        f"{split}/{_LABELS[label]}"
+        for split in _SPLITS
+        for label in (0, 1)
+        if not any(r[0] == label for r in reviews[split])
+    ]
+    if missing:
+        raise DataError(
+            f"no reviews found in {', '.join(missing)} of {description}; expected files like "
+            "aclImdb/train/pos/<id>_<rating>.txt: check that the data is complete"
+        )
+
+    streams = {}
+    for split in _SPLITS:
+        reviews[split].sort(key=lambda r: (r[0], r[1]))
+        lengths = np.array([len(r[2]) for r in reviews[split]], dtype=np.int64)
+        ids = np.frombuffer(b"".join(r[2].tobytes() for r in reviews[split]), dtype=np.int32)
+        labels = np.array([r[0] for r in reviews[split]], dtype=np.float32)
+        streams[split] = (ids, lengths, labels)
+
+    words = np.array(list(word_ids), dtype=str)
+    counts = np.bincount(streams["train"][0], minlength=len(words))
+    ranked = np.lexsort((words, -counts))[: min(num_words - FIRST_WORD, int(np.count_nonzero(counts)))]
+    lut = np.full(len(words), OOV, dtype=np.int64)
+    lut[ranked] = np.arange(FIRST_WORD, FIRST_WORD + ranked.size)
+
+    out = {"vocabulary": words[ranked]}
+    for split, (ids, lengths, labels) in streams.items():
+        x = _rows_to_csr(lut[ids], lengths, num_words)
+        out[f"{split}_indptr"], out[f"{split}_indices"], out[f"{split}_y"] = x.indptr, x.indices, labels
+    return out
+
+
+def _index_dtype(num_words: int):
+    return np.int16 if num_words <= np.iinfo(np.int16).max else np.int32
+
+
+def _rows_to_csr(cols: np.ndarray, lengths: np.ndarray, num_words: int) -> SparseMultiHot:
+    """CSR multi-hot rows of [START] + cols, where row i owns the next lengths[i] entries of cols."""
+    n = lengths.size
+    rows = np.arange(n, dtype=np.int64)
+    keys = np.concatenate([rows * num_words + START, np.repeat(rows, lengths) * num_words + cols])
+    keys.sort()  # np.unique's hash path is several times slower on millions of keys
+    first = np.ones(keys.size, dtype=bool)
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    keys = keys[first]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // num_words, minlength=n), out=indptr[1:])
+    return SparseMultiHot(indptr, (keys % num_words).astype(_index_dtype(num_words)), num_words)
+
+
+def _split(arrays: dict[str, np.ndarray], split: str, num_words: int) -> Split:
+    x = SparseMultiHot(arrays[f"{split}_indptr"], arrays[f"{split}_indices"], num_words)
+    return Split(x, arrays[f"{split}_y"], split)
+
+
+# --- cache ----------------------------------------------------------------------------
+
+_ARRAY_NAMES = ("vocabulary",) + tuple(f"{s}_{a}" for s in _SPLITS for a in ("indptr", "indices", "y"))
+
+
+def _cache_file(cache_dir, checksum: str, num_words: int) -> Path:
+    if cache_dir is None:
+        cache_dir = os.environ.get("JAXREG_CACHE") or Path.home() / ".cache" / "jaxreg"
+    key = hashlib.sha256(f"{checksum}|{num_words}|{TOKENIZER_VERSION}|{CACHE_FORMAT}".encode()).hexdigest()
+    return Path(cache_dir).expanduser() / f"imdb-{key[:24]}.npz"
+
+
+def _meta(checksum: str, num_words: int) -> str:
+    return f"checksum={checksum};num_words={num_words};tokenizer={TOKENIZER_VERSION};format={CACHE_FORMAT}"
+
+
+def _read_cache(file: Path, checksum: str, num_words: int) -> dict[str, np.ndarray] | None:
+    if not file.exists():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            if str(npz["meta"]) != _meta(checksum, num_words):
+                raise ValueError("cache metadata does not match the request")
+            arrays = {name: npz[name] for name in _ARRAY_NAMES}
+        for split in _SPLITS:
+            indptr, indices, y = (arrays[f"{split}_{a}"] for a in ("indptr", "indices", "y"))
+            if indices.dtype != _index_dtype(num_words) or indptr.size != y.size + 1:
+                raise ValueError(f"inconsistent {split} arrays")
+            if indices.size and (indices.min() < START or indices.max() >= num_words):
+                raise ValueError(f"{split} indices out of range")
+            SparseMultiHot(indptr, indices, num_words)
+        return arrays
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        warnings.warn(f"ignoring unreadable IMDB cache file {file} ({e}); it will be rebuilt", stacklevel=3)
+        return None
+
+
+def _write_cache(file: Path, arrays: dict[str, np.ndarray], checksum: str, num_words: int) -> None:
+    tmp = None
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=file.parent, prefix=file.stem, suffix=".tmp", delete=False) as f:
+            tmp = f.name
+            np.savez(f, meta=np.array(_meta(checksum, num_words)), **arrays)
+        os.replace(tmp, file)
+    except OSError as e:
+        warnings.warn(f"could not write the IMDB cache file {file} ({e}); loading works, but uncached", stacklevel=3)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,88 @@
+"""Shared fixtures: the real IMDB archive (loaded once per session), small fake aclImdb data, synthetic data."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from jaxreg.data import synthetic_dataset, load_imdb
+
+IMDB_ARCHIVE = Path(
+    os.environ.get("JAXREG_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
+)
+
+FAKE_REVIEWS = {
+    ("train", "neg"): ["Bad movie.<br />Awful!", "terrible, bad acting", "Boring<br/>bad plot<br>zzz"],
+    ("train", "pos"): ["Great movie, loved it", "Don't miss: great acting!", "a great GREAT film"],
+    ("test", "neg"): ["bad and boring", "awful film"],
+    ("test", "pos"): ["great fun", "unseenword great"],
+}
+
+
+def write_fake_imdb(root: Path, reviews=None, *, archive: bool = True, name: str = "fake_imdb.tar.gz") -> Path:
+    """Writes a tiny aclImdb layout (archive or folder) under root and returns its path.
+
+    reviews maps (split, label) to a list of texts (ids 0, 1, ...) or to a dict {id: text};
+    missing keys get no files. The archive lists members in reverse order plus a README and
+    an unsup review, which loading must ignore or sort away.
+    """
+    reviews = FAKE_REVIEWS if reviews is None else reviews
+    files = {"aclImdb/README": "fake", "aclImdb/train/unsup/0_0.txt": "ignored unsup review"}
+    for (split, label), texts in reviews.items():
+        items = texts.items() if isinstance(texts, dict) else enumerate(texts)
+        rating = 8 if label == "pos" else 2
+        for i, text in items:
+            files[f"aclImdb/{split}/{label}/{i}_{rating}.txt"] = text
+    if not archive:
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text, encoding="utf-8")
+        return root / "aclImdb"
+    path = root / name
+    with tarfile.open(path, "w:gz") as tar:
+        for rel, text in reversed(list(files.items())):
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def fake_reviews():
+    """The default texts of write_fake_imdb, {(split, label): [text, ...]} (a copy)."""
+    return {key: list(texts) for key, texts in FAKE_REVIEWS.items()}
+
+
+@pytest.fixture
+def make_fake_imdb(tmp_path):
+    """write_fake_imdb bound to this test's tmp_path."""
+    return lambda *args, **kwargs: write_fake_imdb(tmp_path, *args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def imdb_archive() -> Path:
+    if not IMDB_ARCHIVE.is_file():
+        pytest.skip(f"real IMDB archive not found at {IMDB_ARCHIVE} (set JAXREG_DATA to its path)")
+    return IMDB_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def imdb_cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("imdb_cache")
+
+
+@pytest.fixture(scope="session")
+def imdb(imdb_archive, imdb_cache_dir):
+    """The real IMDB data, book protocol (test set as validation), loaded once per session."""
+    return load_imdb(imdb_archive, cache_dir=imdb_cache_dir)
+
+
+@pytest.fixture
+def synthetic():
+    return synthetic_dataset(n_train=300, n_validation=200, num_words=300, n_signal_words=20, seed=0)
