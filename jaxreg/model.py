@@ -49,7 +49,8 @@ class MultiHotDense(nn.Module):
         num_words = x.num_words if isinstance(x, SparseBatch) else x.shape[-1]
         kernel = self.param("kernel", glorot_uniform, (num_words, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return multi_hot_matmul(x, kernel, self.product) + bias
+        out = multi_hot_matmul(x, kernel, self.product)
+        return out + jnp.reshape(bias, (1,) * (out.ndim - 1) + (-1,))
 
 
 class MLP(nn.Module):

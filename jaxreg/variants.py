@@ -18,7 +18,9 @@ So a variant's history does not depend on which bucket, neighbours or devices it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
 from typing import Callable, Iterable, Sequence
 
 import jax
@@ -56,27 +58,34 @@ class VariantSpec:
         def bad(field, why):
             raise VariantError(f"variant {self.name!r}: {field}={getattr(self, field)!r} {why}")
 
+        def is_number(value):
+            return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
         if not isinstance(self.name, str) or not self.name:
             raise VariantError(f"variant name must be a non-empty string, got {self.name!r}")
-        try:
-            widths = tuple(int(w) for w in self.widths)
-        except (TypeError, ValueError):
+        if isinstance(self.widths, (str, bytes)) or not isinstance(self.widths, Iterable):
             bad("widths", "must be a sequence of integers")
-        object.__setattr__(self, "widths", widths)
-        if not widths or min(widths) < 1:
+        if not all(isinstance(w, numbers.Integral) and not isinstance(w, (bool, np.bool_)) for w in self.widths):
+            bad("widths", "must be a sequence of integers")
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if not self.widths or min(self.widths) < 1:
             bad("widths", "must be one or more widths, each at least 1")
         for field in ("l1", "l2", "weight_decay", "l1_proximal"):
             value = getattr(self, field)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not is_number(value) or not math.isfinite(value) or value < 0:
                 bad(field, "must be a finite number >= 0")
-        if not isinstance(self.dropout_rate, (int, float)) or not 0 <= self.dropout_rate < 1:
-            bad("dropout_rate", "must be in [0, 1)")
-        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
-            bad("learning_rate", "must be > 0")
+            object.__setattr__(self, field, float(value))
+        if not is_number(self.dropout_rate) or not 0 <= self.dropout_rate < 1:
+            bad("dropout_rate", "must be a number in [0, 1)")
+        object.__setattr__(self, "dropout_rate", float(self.dropout_rate))
+        if not is_number(self.learning_rate) or not math.isfinite(self.learning_rate) or not self.learning_rate > 0:
+            bad("learning_rate", "must be a finite number > 0")
+        object.__setattr__(self, "learning_rate", float(self.learning_rate))
         if self.optimizer not in optim.RMSPROP_MODES:
             bad("optimizer", f"must be one of {optim.RMSPROP_MODES}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, (bool, np.bool_)) or self.seed < 0:
             bad("seed", "must be an integer >= 0")
+        object.__setattr__(self, "seed", int(self.seed))
 
     @classmethod
     def from_dict(cls, values: dict) -> "VariantSpec":
@@ -84,7 +93,8 @@ class VariantSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise VariantError(f"variant {values.get('name')!r}: unknown field(s) {unknown}; known: {sorted(known)}")
+            given = {k: values[k] for k in unknown}
+            raise VariantError(f"variant {values.get('name')!r}: unknown field(s) {given}; known: {sorted(known)}")
         return cls(**values)
 
     def hyperparameters(self) -> Hyperparameters:
@@ -229,6 +239,26 @@ def _vmap_or_squeeze(fn, in_axes, size: int):
     return squeezed
 
 
+@functools.lru_cache(maxsize=None)
+def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int, ...]):
+    """init_state vmapped over a stack of keys, compiled once per (config, widths)."""
+    return jax.jit(jax.vmap(lambda key: init_state(key, config, num_words, true_widths)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _bucket_epoch(config: StepConfig, n_configs: int, n_seeds: int, states, unit_mask, hp, keys, train_batches, val_batches):
+    """One epoch of a seeds x configs grid: train, then validate, every variant. Jitted once per shape."""
+
+    def one(state, mask, hp, key, batches):
+        state, metrics = train_epoch(state, batches, key, hp, config=config, unit_mask=mask)
+        val = evaluate(state.params, val_batches, hp, config=config)
+        return state, {**metrics, **{f"val_{k}": v for k, v in val.items()}}
+
+    over_configs = _vmap_or_squeeze(one, (0, 0, 0, None, None), n_configs)
+    over_seeds = _vmap_or_squeeze(over_configs, (0, None, None, 0, 0), n_seeds)
+    return over_seeds(states, unit_mask, hp, keys, train_batches)
+
+
 class BucketProgram:
     """One bucket's compiled epoch, its device-resident validation data and batch preparation.
 
@@ -262,23 +292,18 @@ class BucketProgram:
         self.keys = jax.device_put(jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated)
         hps = [c.hyperparameters() for c in self.configs]
         self.hp = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *hps), self._by_config)
-        self._epoch_fn = jax.jit(self._epoch)
 
     def init(self):
         """(states [seeds, configs], unit masks [configs] or None), each variant initialized at its true widths."""
-        num_words = self.dataset.num_words
-        init = jax.jit(init_state, static_argnums=(1, 2, 3))
-        states, masks = [], []
-        for s in self.bucket.seeds:
-            row = [init(jax.random.fold_in(jax.random.key(s), 0), self.config, num_words, c.widths) for c in self.configs]
-            states.append(jax.tree.map(lambda *xs: jnp.stack(xs), *[st for st, _ in row]))
-            masks = [m for _, m in row]
-        state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0) for s in self.bucket.seeds])
+        per_config = [_init_over_seeds(self.config, self.dataset.num_words, c.widths)(keys) for c in self.configs]
+        state = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *[st for st, _ in per_config])
+        masks = [None if m is None else jax.tree.map(lambda x: x[0], m) for _, m in per_config]  # same for every seed
         if all(m is None for m in masks):
             unit_mask = None
         else:
-            ones = lambda p: jax.tree.map(jnp.ones_like, p)  # noqa: E731
-            full = [m if m is not None else ones(st.params) for m, st in zip(masks, [r for r, _ in row])]
+            ones = jax.tree.map(lambda x: jnp.ones(x.shape[2:], x.dtype), state.params)
+            full = [ones if m is None else m for m in masks]
             unit_mask = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *full), self._by_config)
         return jax.device_put(state, self._by_seed_config), unit_mask
 
@@ -293,25 +318,21 @@ class BucketProgram:
         ]
         return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *per_seed), self._replicated)
 
-    def _epoch(self, states, unit_mask, hp, keys, train_batches, val_batches):
-        config = self.config
-
-        def one(state, mask, hp, key, batches):
-            state, metrics = train_epoch(state, batches, key, hp, config=config, unit_mask=mask)
-            val = evaluate(state.params, val_batches, hp, config=config)
-            return state, {**metrics, **{f"val_{k}": v for k, v in val.items()}}
-
-        over_configs = _vmap_or_squeeze(one, (0, 0, 0, None, None), len(self.configs))
-        over_seeds = _vmap_or_squeeze(over_configs, (0, None, None, 0, 0), len(self.bucket.seeds))
-        return over_seeds(states, unit_mask, hp, keys, train_batches)
-
     def epoch(self, states, unit_mask, train_batches):
         """Dispatch one epoch (asynchronously); returns (states, metrics [seeds, padded configs])."""
-        return self._epoch_fn(states, unit_mask, self.hp, self.keys, train_batches, self.val_batches)
+        return _bucket_epoch(
+            self.config, len(self.configs), len(self.bucket.seeds),
+            states, unit_mask, self.hp, self.keys, train_batches, self.val_batches,
+        )
 
     def metrics_to_numpy(self, metrics) -> dict[str, np.ndarray]:
         """Device metrics -> {name: float64 [seeds, configs]} without the inert padding configs."""
         return {k: np.asarray(v, np.float64)[:, : self.n_configs] for k, v in metrics.items()}
+
+
+def _as_tuples(x):
+    """Lists (as JSON gives them back) to tuples, recursively; other values unchanged."""
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 @dataclasses.dataclass
@@ -321,6 +342,7 @@ class RunSnapshot:
     epochs_done: int
     states: list
     history: dict
+    plan: list | None = None  # per bucket (widths, optimizer, config names, seeds), checked on resume
 
 
 def run(
@@ -346,9 +368,15 @@ def run(
     states = [p.init() for p in programs]
     history = {(v.name, v.seed): {m: [] for m in METRICS} for v in variants}
     first_epoch = 0
+    layout = [(p.bucket.widths, p.bucket.optimizer, tuple(c.name for c in p.bucket.configs), p.bucket.seeds) for p in programs]
     if resume is not None:
-        if len(resume.states) != len(programs):
-            raise ValueError("the snapshot does not match these variants (different number of buckets)")
+        if len(resume.states) != len(programs) or (
+            resume.plan is not None and _as_tuples(resume.plan) != _as_tuples(layout)
+        ):
+            raise VariantError(
+                "the snapshot was taken for a different list of variants (buckets, names, order or seeds differ); "
+                "resume with exactly the variants of the interrupted run"
+            )
         states = [
             (jax.device_put(saved, jax.tree.map(lambda x: x.sharding, state)), mask)
             for saved, (state, mask) in zip(resume.states, states)
@@ -358,7 +386,7 @@ def run(
 
     def snapshot(epochs_done):
         copied = {key: {m: list(v) for m, v in h.items()} for key, h in history.items()}
-        return RunSnapshot(epochs_done, [jax.device_get(s) for s, _ in states], copied)
+        return RunSnapshot(epochs_done, [jax.device_get(s) for s, _ in states], copied, layout)
 
     next_batches = [p.train_batches(first_epoch) for p in programs] if first_epoch < settings.epochs else []
     for epoch in range(first_epoch, settings.epochs):

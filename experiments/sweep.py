@@ -1,0 +1,154 @@
+"""Run a whole study: python experiments/sweep.py [--preset book] [--seeds 3] [--epochs 20] ...
+
+Parses flags, builds the preset's SweepConfig with the overrides and calls
+jaxreg.sweep.run_sweep. Exit status: 0 done, 2 bad input (one line on stderr, nothing
+written), 3 some variant diverged, 130 interrupted (Ctrl-C; resume with --resume).
+jax is imported only after parsing, so that --devices can set XLA_FLAGS first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+PRESET_NAMES = ("book", "capacity", "l2-grid", "dropout-grid")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"sweep.py: error: {message} (see --help)\n")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = _Parser(
+        prog="sweep.py",
+        description="Train a whole overfitting/underfitting study (every variant x seed in one vmapped program) "
+        "into a run folder: config.json, history.jsonl/.csv, summary.md/.csv, figures/*.png, checkpoint.msgpack.",
+        epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf loss), 130 interrupted.",
+    )
+    p.add_argument(
+        "--preset",
+        default="book",
+        help=f"study to run: {', '.join(PRESET_NAMES)} (default: book, the seven models of the book), "
+        "or the path of a config .py file defining get_config()",
+    )
+    p.add_argument("--epochs", type=int, help="epochs to train (book: 20)")
+    p.add_argument(
+        "--seeds", type=int, help="train every variant N times, seeds 0..N-1, in the same program (default 1)"
+    )
+    p.add_argument("--batch-size", type=int, help="training batch size (book: 512)")
+    p.add_argument(
+        "--data",
+        help="IMDB data: the aclImdb .tar.gz archive or extracted folder (default: env JAXREG_DATA)",
+    )
+    p.add_argument("--synthetic", action="store_true", help="use small offline synthetic IMDB-like data (a demo)")
+    p.add_argument("--out", help="run folder (default: runs/<preset>)")
+    p.add_argument(
+        "--validation",
+        choices=("test", "holdout"),
+        help="test: the test set is the validation set, as the book does (default); "
+        "holdout: hold out --holdout-size reviews of the train split",
+    )
+    p.add_argument("--holdout-size", type=int, help="reviews held out with --validation holdout (default 10000)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        help="shard the variants over N devices (default: all; on CPU N host devices are created)",
+    )
+    p.add_argument("--variants", help="comma-separated subset of the preset's variants, e.g. original,l2")
+    p.add_argument(
+        "--product",
+        choices=("auto", "sparse", "dense"),
+        help="first-layer product: sparse gather, dense matmul, or auto (by width; default)",
+    )
+    p.add_argument("--loss", choices=("keras", "logits"), help="keras: clipped BCE as the book (default); logits: stable BCE")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same options)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def _force_host_devices(n: int) -> None:
+    """Ask XLA for n CPU devices; must happen before jax initializes its backends."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def build_config(args):
+    """The preset's SweepConfig with the command-line overrides applied."""
+    if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import presets
+
+    config = presets.load(args.preset)
+    if args.variants is not None:
+        config = config.select([n.strip() for n in args.variants.split(",") if n.strip()])
+    flags = {
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "batch_size": args.batch_size,
+        "validation": args.validation,
+        "holdout_size": args.holdout_size,
+        "devices": args.devices,
+        "product": args.product,
+        "loss": args.loss,
+    }
+    changes = {k: v for k, v in flags.items() if v is not None}
+    if args.synthetic:
+        changes.update(synthetic=True, data=None)
+    else:
+        data = args.data or os.environ.get("JAXREG_DATA")
+        if data:
+            changes["data"] = os.path.abspath(os.path.expanduser(data))
+    return config.replace(**changes)
+
+
+def _resume_hint(argv) -> str:
+    args = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["python", "experiments/sweep.py", *args, *([] if "--resume" in args else ["--resume"])])
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.devices is not None and args.devices >= 1:
+        _force_host_devices(args.devices)
+
+    from jaxreg.sweep import SweepError, SweepInterrupted, run_sweep
+    from jaxreg.variants import VariantError
+
+    try:
+        config = build_config(args)
+        out = args.out or os.path.join("runs", config.name)
+        result = run_sweep(
+            config,
+            out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            figures=not args.no_figures,
+            progress=not args.no_progress,
+        )
+    except SweepInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        print(f"resume with: {_resume_hint(argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (SweepError, VariantError) as e:
+        print(f"sweep.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; to continue from the last checkpoint, if any: {_resume_hint(argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.diverged:
+        which = ", ".join(f"{name} (seed {seed}, epoch {epoch})" for name, seed, epoch in result.diverged)
+        print(f"sweep.py: diverged (NaN or infinite loss): {which}", file=sys.stderr)
+        return EXIT_DIVERGED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The study's figures, from stacked histories ({name: {metric: [seeds, epochs]}}, see `jaxreg.results`).
+
+Lines are means over seeds; with more than one seed a band shows the min-max range over
+seeds. The *validation data loss* (no penalty) is the solid line; where a variant carries a
+penalty, Keras' val_loss (data loss + penalty, what the book plots) is added dashed.
+Diverged epochs are left out. Uses matplotlib's object API (no pyplot, no global state).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
+
+from jaxreg.results import is_penalized, masked
+
+REFERENCE_COLOR = "0.45"
+DPI = 110
+AXIS_LABELS = {
+    "width": "hidden width w of the (w, w) model",
+    "l1": "L1 penalty strength",
+    "l2": "L2 penalty strength",
+    "dropout_rate": "dropout rate",
+    "learning_rate": "learning rate",
+    "weight_decay": "decoupled weight decay",
+}
+LOG_AXES = ("width", "l1", "l2", "learning_rate", "weight_decay")
+
+
+def _epochs(h) -> np.ndarray:
+    return np.arange(1, h["loss"].shape[1] + 1)
+
+
+def _line(ax, h, metric: str, label: str, color, style: str = "-", marker: str | None = "o") -> None:
+    """Mean over seeds and, for several seeds, a min-max band."""
+    values = masked(h, metric)
+    x = _epochs(h)
+    mean = values.mean(axis=0)
+    if h["diverged"].any():
+        label += f" (diverged from epoch {int(np.argmax(h['diverged'].any(axis=0))) + 1})"
+    ax.plot(x, mean, style, color=color, label=label, marker=marker, markersize=3.5, linewidth=1.6)
+    if values.shape[0] > 1:
+        ax.fill_between(x, np.min(values, axis=0), np.max(values, axis=0), color=color, alpha=0.18, linewidth=0)
+
+
+def _seed_note(histories) -> str:
+    n = max(h["loss"].shape[0] for h in histories.values())
+    return f"mean of {n} seeds, band: min-max over seeds" if n > 1 else "1 seed"
+
+
+def _epoch_axis(ax, n_epochs: int) -> None:
+    ax.set_xlabel("epoch")
+    step = max(1, math.ceil(n_epochs / 10))
+    ax.xaxis.set_major_locator(FixedLocator(list(range(1, n_epochs + 1, step))))
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_against_reference(histories: Mapping, path, reference: str = "original") -> Path:
+    """One panel per variant: its validation loss against the reference's, per epoch (the book's comparisons)."""
+    others = [n for n in histories if n != reference]
+    ref = histories[reference]
+    cols = min(3, len(others))
+    rows = math.ceil(len(others) / cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    for ax, name in zip(axes.flat, others):
+        h = histories[name]
+        _line(ax, ref, "val_data_loss", f"{reference}: val loss", REFERENCE_COLOR)
+        _line(ax, h, "val_data_loss", f"{name}: val data loss" if is_penalized(h) else f"{name}: val loss", "C0")
+        if is_penalized(h):
+            _line(ax, h, "val_loss", f"{name}: Keras val_loss (+ penalty)", "C3", "--", marker=None)
+        ax.set_title(f"{name} vs {reference}")
+        ax.set_ylabel("validation loss (binary cross-entropy)")
+        _epoch_axis(ax, len(_epochs(ref)))
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(others) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"Validation loss of each variant against {reference} ({_seed_note(histories)})")
+    return _save(fig, path)
+
+
+def plot_train_val(histories: Mapping, path, names: Sequence[str] = ("original", "bigger")) -> Path:
+    """Validation (left) and training (right) loss of the given models, as the book compares original and bigger."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2, sharex=True)
+    for i, name in enumerate(names):
+        _line(left, histories[name], "val_data_loss", name, f"C{i}")
+        _line(right, histories[name], "loss", name, f"C{i}")
+    left.set_title("Validation loss")
+    right.set_title("Training loss (Keras: running mean over the epoch)")
+    for ax in (left, right):
+        ax.set_ylabel("loss (binary cross-entropy)")
+        _epoch_axis(ax, len(_epochs(histories[names[0]])))
+        ax.legend()
+    fig.suptitle(f"{' vs '.join(names)}: training and validation loss ({_seed_note(histories)})")
+    return _save(fig, path)
+
+
+def plot_curves(histories: Mapping, path, values: Mapping[str, float] | None = None, axis: str | None = None) -> Path:
+    """Every variant's validation data loss per epoch in one panel; colored by `values` when given."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    names = list(histories)
+    if values:
+        from matplotlib import colormaps
+
+        ranks = np.argsort(np.argsort([values[n] for n in names]))
+        colors = [colormaps["viridis"](r / max(1, len(names) - 1)) for r in ranks]
+    else:
+        colors = [f"C{i % 10}" for i in range(len(names))]
+    for name, color in zip(names, colors):
+        _line(ax, histories[name], "val_data_loss", name, color, marker=None)
+    ax.set_ylabel("validation data loss (binary cross-entropy, no penalty)")
+    _epoch_axis(ax, len(_epochs(histories[names[0]])))
+    ax.legend(fontsize="small", ncols=2 if len(names) > 8 else 1, title=AXIS_LABELS.get(axis) if axis else None)
+    fig.suptitle(f"Validation data loss per epoch ({_seed_note(histories)})")
+    return _save(fig, path)
+
+
+def _at_epoch(histories, names, metric: str, which: str):
+    """Per variant: mean, min and max over seeds of `metric` at the best (lowest mean val data loss) or final epoch."""
+    mean, lo, hi = [], [], []
+    for n in names:
+        h = histories[n]
+        curve = masked(h, "val_data_loss").mean(axis=0)
+        epoch = -1 if which == "final" or not np.isfinite(curve).any() else int(np.nanargmin(curve))
+        per_seed = masked(h, metric)[:, epoch]
+        mean.append(per_seed.mean()), lo.append(per_seed.min()), hi.append(per_seed.max())
+    return map(np.asarray, (mean, lo, hi))
+
+
+def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str, path) -> Path:
+    """Best and final validation data loss against the swept value (log x for widths and strengths).
+
+    A second panel shows Keras' val_loss (data loss + penalty) where it differs, so that the
+    penalty's scale does not flatten the data-loss panel. Error bars: min-max over seeds. A
+    value of 0 (no penalty) has no place on a log axis: it is drawn as a dotted horizontal line.
+    """
+    names = sorted(histories, key=lambda n: values[n])
+    x = np.array([values[n] for n in names], dtype=np.float64)
+    log = axis in LOG_AXES
+    several_seeds = max(h["loss"].shape[0] for h in histories.values()) > 1
+    panels = [
+        ("Validation data loss (no penalty)", [
+            ("best epoch (lowest mean val data loss)", "val_data_loss", "best", "C0", "-", "s"),
+            ("final epoch", "val_data_loss", "final", "C1", "--", "o"),
+        ]),
+    ]
+    if any(is_penalized(histories[n]) for n in names):
+        panels.append(("Keras val_loss (data loss + penalty)", [
+            ("best epoch (lowest mean val data loss)", "val_loss", "best", "C0", "-", "s"),
+            ("final epoch", "val_loss", "final", "C1", "--", "o"),
+        ]))
+    fig = Figure(figsize=(7 * len(panels), 5), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, series) in zip(axes, panels):
+        for label, metric, which, color, style, marker in series:
+            mean, lo, hi = _at_epoch(histories, names, metric, which)
+            keep = x > 0 if log else np.ones_like(x, dtype=bool)
+            yerr = np.array([mean - lo, hi - mean])[:, keep] if several_seeds else None
+            ax.errorbar(x[keep], mean[keep], yerr=yerr, fmt=style, marker=marker, color=color, label=label, capsize=3, markersize=5)
+            for zero in np.flatnonzero(~keep):
+                ax.axhline(mean[zero], color=color, linestyle=":", linewidth=1.2)
+        if log and (x <= 0).any():
+            ax.plot([], [], ":", color="0.3", label=f"dotted: the same at {axis} = 0 (no place on a log axis)")
+        if log:
+            ax.set_xscale("log", base=2 if axis == "width" else 10)
+            if axis == "width":
+                ax.xaxis.set_major_locator(FixedLocator(x[x > 0]))
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.set_xticklabels([f"{v:g}" for v in x[x > 0]])
+        ax.set_title(title)
+        ax.set_xlabel(AXIS_LABELS.get(axis, axis) + (" (log scale)" if log else ""))
+        ax.set_ylabel("validation loss (binary cross-entropy)")
+        ax.grid(alpha=0.3, which="both" if log and axis != "width" else "major")
+        ax.legend(fontsize="small")
+    note = _seed_note(histories).replace("band", "error bars")
+    fig.suptitle(f"Best and final validation loss against {AXIS_LABELS.get(axis, axis).split(' w ')[0]} ({note})")
+    return _save(fig, path)
+
+
+def make_figures(histories: Mapping, folder, axis: tuple[str, Mapping[str, float]] | None = None) -> list[Path]:
+    """The figures that fit these variants; returns their paths.
+
+    Always val_loss_curves.png. With `axis` (name, {variant: value}): val_loss_vs_<axis>.png.
+    Without: vs_original.png (each variant against "original", else the first variant) and,
+    with both "original" and "bigger", original_vs_bigger.png.
+    """
+    folder = Path(folder)
+    names = list(histories)
+    paths = []
+    if axis is not None:
+        axis_name, values = axis
+        paths.append(plot_curves(histories, folder / "val_loss_curves.png", values, axis_name))
+        if len(names) > 1:
+            paths.append(plot_against_axis(histories, values, axis_name, folder / f"val_loss_vs_{axis_name}.png"))
+        return paths
+    paths.append(plot_curves(histories, folder / "val_loss_curves.png"))
+    reference = "original" if "original" in histories else names[0]
+    if len(names) > 1:
+        paths.append(plot_against_reference(histories, folder / f"vs_{reference}.png", reference))
+    if "original" in histories and "bigger" in histories:
+        paths.append(plot_train_val(histories, folder / "original_vs_bigger.png"))
+    return paths

@@ -1,0 +1,400 @@
+"""Histories, summaries and run folders: what a sweep writes, and `load_run` to read it back.
+
+A *history* is what `variants.run` returns: {(name, seed): {metric: [epochs]}}. `stack`
+turns it into the form every function here and in `plots` takes, one entry per variant:
+{name: {metric: float array [seeds, epochs], "diverged": bool array [seeds, epochs]}}, with
+the seeds in increasing order. Epochs are numbered from 1 in every file and table.
+
+Definitions used by the summary (all on the *mean over seeds* of a metric, per epoch):
+  * diverged: a (variant, seed) has diverged from the first epoch where any of its metrics
+    is NaN or infinite, to the end; its values there are ignored (treated as missing), so
+    a mean over seeds is missing wherever any seed has diverged.
+  * best epoch: the epoch of the lowest mean validation *data* loss (Keras' val_loss of a
+    penalized model includes the penalty, which is not comparable across variants).
+  * overfitting onset (`overfitting_onset`): the first epoch after the best one from which
+    the mean validation data loss stays above (1 + tolerance) x its minimum until the last
+    epoch; None when the last epoch is still within that band (no overfitting seen yet).
+
+Run folder files: config.json (written by `jaxreg.sweep`), status.json, history.jsonl (one
+line per variant, seed and epoch: every metric and `diverged`; non-finite values as null),
+history.csv (the same; non-finite as nan/inf), summary.md, summary.csv, figures/*.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
+OVERFITTING_TOLERANCE = 0.01
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+HISTORY_JSONL = "history.jsonl"
+HISTORY_CSV = "history.csv"
+SUMMARY_MD = "summary.md"
+SUMMARY_CSV = "summary.csv"
+FIGURES_DIR = "figures"
+
+
+# --- files -----------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, data: bytes | str) -> Path:
+    """Write to a temporary file in the same folder, then os.replace it: readers never see half a file."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path, value) -> Path:
+    return atomic_write(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# --- histories -------------------------------------------------------------------------
+
+
+def diverged_mask(values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """bool [..., epochs]: True from the first epoch where any metric is non-finite, to the end."""
+    bad = np.zeros(np.shape(values[next(iter(values))]), dtype=bool)
+    for name, v in values.items():
+        if name != "diverged":
+            bad |= ~np.isfinite(np.asarray(v, dtype=np.float64))
+    return np.logical_or.accumulate(bad, axis=-1)
+
+
+def stack(history: Mapping[tuple[str, int], Mapping[str, Sequence[float]]], names: Sequence[str] | None = None) -> dict:
+    """{(name, seed): {metric: [epochs]}} -> {name: {metric: [seeds, epochs], "diverged": ..., "seeds": [seeds]}}.
+
+    Variants keep the order of `names` (default: first appearance in `history`).
+    """
+    if names is None:
+        names = list(dict.fromkeys(name for name, _ in history))
+    out = {}
+    for name in names:
+        seeds = sorted(seed for n, seed in history if n == name)
+        if not seeds:
+            raise KeyError(f"no history for variant {name!r}")
+        arrays = {m: np.array([np.asarray(history[(name, s)][m], np.float64) for s in seeds]) for m in METRICS}
+        arrays["diverged"] = diverged_mask(arrays)
+        arrays["seeds"] = np.array(seeds)
+        out[name] = arrays
+    return out
+
+
+def masked(h: Mapping[str, np.ndarray], metric: str) -> np.ndarray:
+    """A metric [seeds, epochs] with the diverged epochs set to NaN."""
+    return np.where(h["diverged"], np.nan, h[metric])
+
+
+def is_penalized(h: Mapping[str, np.ndarray]) -> bool:
+    """Whether the variant's Keras val_loss carries a penalty (so it differs from val_data_loss)."""
+    return bool(np.any(np.abs(masked(h, "val_penalty")) > 0))
+
+
+def seed_mean(h: Mapping[str, np.ndarray], metric: str) -> np.ndarray:
+    """Mean over seeds per epoch; NaN where any seed has diverged."""
+    return masked(h, metric).mean(axis=0)
+
+
+def history_records(histories: Mapping[str, Mapping[str, np.ndarray]]) -> list[dict]:
+    """One record per variant, seed and epoch (epoch from 1), in variant, seed, epoch order."""
+    records = []
+    for name, h in histories.items():
+        for si, seed in enumerate(h["seeds"]):
+            for e in range(h["loss"].shape[1]):
+                record = {"variant": name, "seed": int(seed), "epoch": e + 1}
+                record.update({m: float(h[m][si, e]) for m in METRICS})
+                record["diverged"] = bool(h["diverged"][si, e])
+                records.append(record)
+    return records
+
+
+def write_history(folder, histories) -> tuple[Path, Path]:
+    """history.jsonl (non-finite -> null, so every line is strict JSON) and history.csv."""
+    folder = Path(folder)
+    records = history_records(histories)
+
+    def strict(r):
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+
+    jsonl = "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in records)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["variant", "seed", "epoch", *METRICS, "diverged"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**r, **{m: repr(r[m]) for m in METRICS}} for r in records)
+    return atomic_write(folder / HISTORY_JSONL, jsonl), atomic_write(folder / HISTORY_CSV, buf.getvalue())
+
+
+def read_history(path) -> dict:
+    """history.jsonl -> the stacked form of `stack` (null -> NaN)."""
+    rows: dict[str, dict[int, dict[int, dict]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                rows.setdefault(r["variant"], {}).setdefault(r["seed"], {})[r["epoch"]] = r
+    out = {}
+    for name, by_seed in rows.items():
+        seeds = sorted(by_seed)
+        epochs = sorted(by_seed[seeds[0]])
+        h = {
+            m: np.array([[np.nan if by_seed[s][e][m] is None else by_seed[s][e][m] for e in epochs] for s in seeds])
+            for m in METRICS
+        }
+        h["diverged"] = np.array([[by_seed[s][e]["diverged"] for e in epochs] for s in seeds], dtype=bool)
+        h["seeds"] = np.array(seeds)
+        out[name] = h
+    return out
+
+
+# --- summary ---------------------------------------------------------------------------
+
+
+def overfitting_onset(curve: Sequence[float], tolerance: float = OVERFITTING_TOLERANCE) -> int | None:
+    """First epoch (from 1) after the minimum from which `curve` stays above (1 + tolerance) x minimum.
+
+    NaN entries (diverged) count as above the band. None if the curve has no finite value or
+    its last epoch is within the band. With tolerance 0 this is simply the epoch after the
+    last minimum, unless the minimum is the last epoch.
+    """
+    curve = np.asarray(curve, dtype=np.float64)
+    if not np.isfinite(curve).any():
+        return None
+    threshold = np.nanmin(curve) * (1 + tolerance)
+    within = np.flatnonzero(np.isfinite(curve) & (curve <= threshold))
+    last = int(within[-1])
+    return None if last == curve.size - 1 else last + 2
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSummary:
+    """One variant over its seeds; `_mean`/`_std` over seeds (std: sample std, NaN with one seed)."""
+
+    name: str
+    seeds: int
+    best_epoch: int | None
+    best_val_data_loss_mean: float
+    best_val_data_loss_std: float
+    best_val_accuracy_mean: float
+    best_val_accuracy_std: float
+    best_val_loss_mean: float
+    final_val_data_loss_mean: float
+    final_val_data_loss_std: float
+    final_val_loss_mean: float
+    final_loss_mean: float
+    final_data_loss_mean: float
+    overfitting_epoch: int | None
+    diverged: tuple[tuple[int, int], ...]  # (seed, first diverged epoch from 1)
+    penalized: bool  # val_loss (Keras) includes a non-zero penalty, so it differs from val_data_loss
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if values.size > 1 else math.nan
+    return mean, std
+
+
+def summarize(histories, tolerance: float = OVERFITTING_TOLERANCE) -> list[VariantSummary]:
+    """The summary of every variant (definitions in the module docstring)."""
+    out = []
+    for name, h in histories.items():
+        curve = seed_mean(h, "val_data_loss")
+        best = int(np.nanargmin(curve)) if np.isfinite(curve).any() else None
+
+        def at(metric, epoch):
+            return (math.nan, math.nan) if epoch is None else _mean_std(masked(h, metric)[:, epoch])
+
+        best_loss, final_loss = at("val_data_loss", best), at("val_data_loss", -1)
+        best_accuracy = at("val_accuracy", best)
+        out.append(
+            VariantSummary(
+                name=name,
+                seeds=int(h["loss"].shape[0]),
+                best_epoch=None if best is None else best + 1,
+                best_val_data_loss_mean=best_loss[0],
+                best_val_data_loss_std=best_loss[1],
+                best_val_accuracy_mean=best_accuracy[0],
+                best_val_accuracy_std=best_accuracy[1],
+                best_val_loss_mean=at("val_loss", best)[0],
+                final_val_data_loss_mean=final_loss[0],
+                final_val_data_loss_std=final_loss[1],
+                final_val_loss_mean=at("val_loss", -1)[0],
+                final_loss_mean=at("loss", -1)[0],
+                final_data_loss_mean=at("data_loss", -1)[0],
+                overfitting_epoch=overfitting_onset(curve, tolerance),
+                diverged=tuple(
+                    (int(seed), int(np.argmax(row)) + 1) for seed, row in zip(h["seeds"], h["diverged"]) if row.any()
+                ),
+                penalized=is_penalized(h),
+            )
+        )
+    return out
+
+
+def _num(x: float, digits: int = 4) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _pm(mean: float, std: float, digits: int = 4) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    return _num(mean, digits) if not math.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _diverged_text(s: VariantSummary) -> str:
+    return ", ".join(f"seed {seed} @ {epoch}" for seed, epoch in s.diverged) or "-"
+
+
+SUMMARY_COLUMNS = (
+    "variant",
+    "seeds",
+    "best epoch",
+    "best val data loss",
+    "val acc @ best",
+    "final val data loss",
+    "final val loss (Keras)",
+    "final train loss (Keras)",
+    "overfitting from",
+    "diverged",
+)
+
+
+def summary_table(summaries: Sequence[VariantSummary]) -> str:
+    """A Markdown table (readable as plain text too) with one row per variant."""
+    rows = [
+        [
+            s.name,
+            str(s.seeds),
+            "-" if s.best_epoch is None else str(s.best_epoch),
+            _pm(s.best_val_data_loss_mean, s.best_val_data_loss_std),
+            _pm(s.best_val_accuracy_mean, s.best_val_accuracy_std),
+            _pm(s.final_val_data_loss_mean, s.final_val_data_loss_std),
+            _num(s.final_val_loss_mean) + (" (+penalty)" if s.penalized else ""),
+            _num(s.final_loss_mean),
+            "-" if s.overfitting_epoch is None else str(s.overfitting_epoch),
+            _diverged_text(s),
+        ]
+        for s in summaries
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(SUMMARY_COLUMNS)]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(SUMMARY_COLUMNS), sep, *(line(r) for r in rows)])
+
+
+def summary_notes(tolerance: float = OVERFITTING_TOLERANCE) -> str:
+    return (
+        "Means over seeds (± sample std). best epoch: lowest mean validation data loss (without the "
+        "penalty that Keras adds to val_loss). overfitting from: first epoch after the best from which "
+        f"the mean validation data loss stays above (1 + {tolerance:g}) x its minimum; - if not seen. "
+        "Train loss is Keras' running mean over the epoch (dropout active, penalty included)."
+    )
+
+
+def write_summary(folder, summaries: Sequence[VariantSummary], title: str = "", tolerance: float = OVERFITTING_TOLERANCE):
+    """summary.md (table + definitions) and summary.csv (every field, empty for missing values)."""
+    folder = Path(folder)
+    md = (f"# {title}\n\n" if title else "") + summary_table(summaries) + "\n\n" + summary_notes(tolerance) + "\n"
+    fields = [f.name for f in dataclasses.fields(VariantSummary)]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for s in summaries:
+        row = dataclasses.asdict(s)
+        for k, v in row.items():
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                row[k] = ""
+        row["diverged"] = ";".join(f"{seed}@{epoch}" for seed, epoch in s.diverged)
+        writer.writerow(row)
+    return atomic_write(folder / SUMMARY_MD, md), atomic_write(folder / SUMMARY_CSV, buf.getvalue())
+
+
+def read_summary(path) -> list[dict]:
+    """summary.csv -> list of dicts with numbers parsed (empty -> None)."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            parsed = {}
+            for k, v in row.items():
+                if k in ("name", "diverged"):
+                    parsed[k] = v
+                elif k == "penalized":
+                    parsed[k] = v == "True"
+                elif v == "":
+                    parsed[k] = None
+                elif k in ("seeds", "best_epoch", "overfitting_epoch"):
+                    parsed[k] = int(v)
+                else:
+                    parsed[k] = float(v)
+            out.append(parsed)
+    return out
+
+
+# --- run folders -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """A run folder read back: config.json, status.json, histories (stacked) and summary rows."""
+
+    folder: Path
+    config: dict
+    status: dict
+    histories: dict
+    summary: list
+
+    @property
+    def epochs(self) -> np.ndarray:
+        first = next(iter(self.histories.values()))
+        return np.arange(1, first["loss"].shape[1] + 1)
+
+
+def load_run(folder) -> Run:
+    """Read a finished run folder, e.g. `run.histories["l2"]["val_data_loss"]` is [seeds, epochs]."""
+    folder = Path(folder)
+    if not (folder / HISTORY_JSONL).is_file():
+        raise FileNotFoundError(f"{folder} has no {HISTORY_JSONL}: not a finished jaxreg run folder")
+    config = read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else {}
+    status = read_json(folder / STATUS_FILE) if (folder / STATUS_FILE).is_file() else {}
+    histories = read_history(folder / HISTORY_JSONL)
+    names = [v["name"] for v in config.get("variants", [])]
+    if names and set(names) == set(histories):
+        histories = {n: histories[n] for n in names}
+    summary = read_summary(folder / SUMMARY_CSV) if (folder / SUMMARY_CSV).is_file() else []
+    return Run(folder, config, status, histories, summary)

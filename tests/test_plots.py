@@ -1,0 +1,79 @@
+"""The figures exist, are real PNG images with content, and cope with one seed, zeros on log axes and NaNs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from jaxreg import plots, results
+from test_results import ORIGINAL, make_history
+
+BOOK = {
+    "original": ORIGINAL,
+    "bigger": [0.40, 0.45, 0.60, 0.70, 0.90, 1.10],
+    "l2": [0.5, 0.42, 0.38, 0.37, 0.372, 0.39],
+    "dropout": [0.55, 0.45, 0.38, 0.34, 0.33, 0.35],
+}
+
+
+def assert_real_png(path, min_size=(300, 400)):
+    """A PNG of at least min_size (h, w) pixels with varied content (not a blank canvas)."""
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 10_000
+    image = imread(path)
+    assert image.shape[0] >= min_size[0] and image.shape[1] >= min_size[1]
+    gray = image[..., :3].mean(axis=-1)
+    assert gray.std() > 0.05 and (gray < 0.5).mean() > 0.005  # lines and text, not a blank canvas
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
+def test_book_figures(tmp_path, seeds):
+    histories = results.stack(make_history(BOOK, seeds=seeds, penalty={"l2": 0.3}))
+    paths = plots.make_figures(histories, tmp_path / "figures")
+    assert [p.name for p in paths] == ["val_loss_curves.png", "vs_original.png", "original_vs_bigger.png"]
+    for p in paths:
+        assert_real_png(p)
+
+
+def test_without_original_the_first_variant_is_the_reference(tmp_path):
+    histories = results.stack(make_history({"smaller": ORIGINAL, "l2": ORIGINAL}))
+    paths = plots.make_figures(histories, tmp_path)
+    assert [p.name for p in paths] == ["val_loss_curves.png", "vs_smaller.png"]
+
+
+def test_a_single_variant_gets_one_figure(tmp_path):
+    paths = plots.make_figures(results.stack(make_history({"original": ORIGINAL})), tmp_path)
+    assert [p.name for p in paths] == ["val_loss_curves.png"]
+    assert_real_png(paths[0])
+
+
+@pytest.mark.parametrize(
+    "axis, values",
+    [
+        ("width", [1, 2, 4, 8, 16, 1024]),
+        ("l2", [0.0, 1e-5, 1e-4, 1e-3, 1e-2]),
+        ("dropout_rate", [0.0, 0.2, 0.4, 0.6, 0.8]),
+    ],
+)
+def test_axis_figures(tmp_path, axis, values):
+    rng = np.random.default_rng(0)
+    curves = {f"v{i}": np.add(ORIGINAL, rng.uniform(0, 0.2)) for i in range(len(values))}
+    penalty = {f"v{i}": v for i, v in enumerate(values)} if axis == "l2" else None
+    histories = results.stack(make_history(curves, seeds=(0, 1), penalty=penalty))
+    paths = plots.make_figures(histories, tmp_path, axis=(axis, {f"v{i}": v for i, v in enumerate(values)}))
+    assert [p.name for p in paths] == ["val_loss_curves.png", f"val_loss_vs_{axis}.png"]
+    for p in paths:
+        assert_real_png(p)
+
+
+def test_diverged_variants_are_drawn_without_crashing(tmp_path):
+    history = make_history(BOOK)
+    for metric in ("loss", "val_loss", "val_data_loss"):
+        history[("bigger", 0)][metric][2:] = [math.nan] * 4
+    paths = plots.make_figures(results.stack(history), tmp_path)
+    for p in paths:
+        assert_real_png(p)

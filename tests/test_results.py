@@ -1,0 +1,170 @@
+"""Histories, summary definitions (best epoch, overfitting onset, divergence) and the run-folder round trip."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from jaxreg import results
+
+ORIGINAL = [0.50, 0.40, 0.35, 0.36, 0.45, 0.60]  # bottoms out at epoch 3, then climbs
+
+
+def make_history(curves: dict, seeds=(0, 1), penalty: dict | None = None) -> dict:
+    """{(name, seed): {metric: list}} with val_data_loss = curve + 0.01 * seed and simple other metrics."""
+    history = {}
+    for name, curve in curves.items():
+        pen = (penalty or {}).get(name, 0.0)
+        for seed in seeds:
+            val = np.asarray(curve, dtype=np.float64) + 0.01 * seed
+            train = np.linspace(0.6, 0.1, len(curve)) + 0.01 * seed
+            history[(name, seed)] = {
+                "loss": list(train + pen),
+                "data_loss": list(train),
+                "penalty": [pen] * len(curve),
+                "accuracy": list(1 - train),
+                "val_loss": list(val + pen),
+                "val_data_loss": list(val),
+                "val_penalty": [pen] * len(curve),
+                "val_accuracy": list(1 - val / 2),
+            }
+    return history
+
+
+@pytest.mark.parametrize(
+    "curve, tolerance, onset",
+    [
+        (ORIGINAL, 0.01, 4),  # 0.36 is 2.9% above the minimum 0.35
+        (ORIGINAL, 0.05, 5),  # 0.36 is within 5%, 0.45 is not
+        (ORIGINAL, 0.0, 4),
+        ([0.5, 0.4, 0.3, 0.2], 0.01, None),  # still improving
+        ([0.5, 0.35, 0.6, 0.352], 0.01, None),  # back within the band at the end
+        ([0.5, 0.4, 0.4, 0.5], 0.0, 4),  # after the last minimum
+        ([0.5, 0.4, math.nan, math.nan], 0.01, 3),  # diverged epochs count as above the band
+        ([math.nan, math.nan], 0.01, None),
+    ],
+)
+def test_overfitting_onset(curve, tolerance, onset):
+    assert results.overfitting_onset(curve, tolerance) == onset
+
+
+def test_stack_orders_seeds_and_variants():
+    history = make_history({"b": ORIGINAL, "a": ORIGINAL}, seeds=(1, 0))
+    stacked = results.stack(history, ["a", "b"])
+    assert list(stacked) == ["a", "b"]
+    np.testing.assert_array_equal(stacked["a"]["seeds"], [0, 1])
+    assert stacked["a"]["val_data_loss"].shape == (2, len(ORIGINAL))
+    np.testing.assert_allclose(stacked["a"]["val_data_loss"][1], np.add(ORIGINAL, 0.01))
+    assert not stacked["a"]["diverged"].any()
+
+
+def test_summary_uses_the_data_loss_and_seed_statistics():
+    history = make_history({"original": ORIGINAL, "l2": [0.5, 0.42, 0.38, 0.37, 0.372, 0.39]}, penalty={"l2": 0.5})
+    summary = {s.name: s for s in results.summarize(results.stack(history))}
+    original, l2 = summary["original"], summary["l2"]
+    assert original.seeds == 2 and original.best_epoch == 3
+    assert original.best_val_data_loss_mean == pytest.approx(0.355)
+    assert original.best_val_data_loss_std == pytest.approx(np.std([0.35, 0.36], ddof=1))
+    assert original.best_val_accuracy_mean == pytest.approx(1 - 0.355 / 2)
+    assert original.final_val_data_loss_mean == pytest.approx(0.605)
+    assert original.final_loss_mean == pytest.approx(0.105)
+    assert original.overfitting_epoch == 4
+    assert not original.penalized and original.diverged == ()
+    # The penalty (0.5) would make l2's Keras val_loss look far worse; "best" ignores it.
+    assert l2.best_epoch == 4 and l2.best_val_data_loss_mean == pytest.approx(0.375)
+    assert l2.best_val_loss_mean == pytest.approx(0.875)
+    assert l2.penalized and l2.overfitting_epoch == 6  # epoch 5 (0.377) is within 1% of 0.375
+
+
+def test_single_seed_has_no_std():
+    (s,) = results.summarize(results.stack(make_history({"original": ORIGINAL}, seeds=(0,))))
+    assert s.best_val_data_loss_mean == pytest.approx(0.35) and math.isnan(s.best_val_data_loss_std)
+    assert "±" not in results.summary_table([s])
+
+
+def test_divergence_is_sticky_and_excluded_from_the_means():
+    history = make_history({"original": ORIGINAL})
+    history[("original", 1)]["loss"][3] = math.inf
+    history[("original", 1)]["val_loss"][3] = math.nan
+    history[("original", 1)]["val_data_loss"][3] = math.nan
+    history[("original", 1)]["loss"][4] = 0.3  # finite again: still diverged
+    h = results.stack(history)["original"]
+    np.testing.assert_array_equal(h["diverged"][1], [False] * 3 + [True] * 3)
+    assert not h["diverged"][0].any()
+    (s,) = results.summarize({"original": h})
+    assert s.diverged == ((1, 4),)
+    assert s.best_epoch == 3  # only epochs where every seed is alive count
+    assert math.isnan(s.final_val_data_loss_mean)
+    assert "seed 1 @ 4" in results.summary_table([s])
+
+
+def test_everything_diverged():
+    history = make_history({"x": [math.nan] * 3}, seeds=(0,))
+    (s,) = results.summarize(results.stack(history))
+    assert s.best_epoch is None and s.overfitting_epoch is None and s.diverged == ((0, 1),)
+    assert "| -" in results.summary_table([s])
+
+
+def test_summary_table_marks_penalized_keras_losses():
+    history = make_history({"original": ORIGINAL, "l2": ORIGINAL}, penalty={"l2": 0.1})
+    table = results.summary_table(results.summarize(results.stack(history)))
+    lines = table.splitlines()
+    assert lines[0].startswith("| variant") and "best val data loss" in lines[0] and "overfitting from" in lines[0]
+    assert len(lines) == 4 and "(+penalty)" in lines[3] and "(+penalty)" not in lines[2]
+
+
+def test_run_folder_round_trip(tmp_path):
+    history = make_history({"original": ORIGINAL, "l2": [0.5, 0.42, 0.38, 0.37, 0.372, 0.39]}, penalty={"l2": 0.5})
+    history[("l2", 1)]["val_loss"][5] = math.inf
+    stacked = results.stack(history)
+    summaries = results.summarize(stacked)
+    results.write_json(tmp_path / results.CONFIG_FILE, {"variants": [{"name": "original"}, {"name": "l2"}]})
+    results.write_json(tmp_path / results.STATUS_FILE, {"state": "finished"})
+    results.write_history(tmp_path, stacked)
+    results.write_summary(tmp_path, summaries, title="test")
+
+    lines = (tmp_path / results.HISTORY_JSONL).read_text().splitlines()
+    assert len(lines) == 2 * 2 * len(ORIGINAL)
+    records = [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}")) for line in lines]
+    assert records[0] == {
+        "variant": "original", "seed": 0, "epoch": 1, **{m: history[("original", 0)][m][0] for m in results.METRICS},
+        "diverged": False,
+    }
+    assert records[-1]["val_loss"] is None and records[-1]["diverged"] is True
+    with open(tmp_path / results.HISTORY_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(lines) and float(rows[-1]["val_loss"]) == math.inf
+    assert float(rows[1]["val_data_loss"]) == history[("original", 0)]["val_data_loss"][1]
+
+    run = results.load_run(tmp_path)
+    assert list(run.histories) == ["original", "l2"] and run.status["state"] == "finished"
+    np.testing.assert_array_equal(run.epochs, np.arange(1, len(ORIGINAL) + 1))
+    for name, h in stacked.items():
+        for metric in (*results.METRICS, "diverged", "seeds"):
+            expected = np.where(np.isfinite(h[metric]), h[metric], np.nan) if metric in results.METRICS else h[metric]
+            np.testing.assert_array_equal(run.histories[name][metric], expected, err_msg=f"{name} {metric}")
+    assert [r["name"] for r in run.summary] == ["original", "l2"]
+    row = run.summary[1]
+    assert row["best_epoch"] == 4 and row["penalized"] is True and row["diverged"] == "1@6"
+    assert row["best_val_data_loss_mean"] == pytest.approx(summaries[1].best_val_data_loss_mean)
+    md = (tmp_path / results.SUMMARY_MD).read_text()
+    assert md.startswith("# test") and "overfitting from" in md and "| l2 " in md
+
+
+def test_load_run_needs_a_history(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a finished jaxreg run folder"):
+        results.load_run(tmp_path)
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    path = results.atomic_write(tmp_path / "a.txt", "one")
+    results.atomic_write(path, b"two")
+    assert path.read_text() == "two" and os.listdir(tmp_path) == ["a.txt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -1,0 +1,105 @@
+"""Sharding the variant axis over devices changes nothing but where variants run.
+
+JAX fixes its CPU device count when it initializes, so the 4-device runs happen in a
+subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4. It trains the same
+3 configs x 2 seeds on a 4-device mesh (the configs axis is padded with an inert copy to 4)
+and on one device, records how the state is laid out, and saves everything to an .npz that
+the test compares. Measured on XLA:CPU, jax 0.10: equal to float32 rounding, not bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import numpy as np
+import pytest
+
+RTOL, ATOL = 2e-5, 2e-6
+N_DEVICES = 4
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    import numpy as np
+    from jax.sharding import PartitionSpec as P
+    from jaxreg.data import synthetic_dataset
+    from jaxreg.variants import BucketProgram, RunSettings, VariantSpec, plan, run, variant_mesh, with_seeds
+
+    out = sys.argv[1]
+    configs = [
+        VariantSpec("wide_l2", (16, 16), l2=1e-3),
+        VariantSpec("narrow_dropout", (6, 6), dropout_rate=0.3),
+        VariantSpec("narrow_l1", (6, 6), l1=1e-3),
+    ]
+    vs = with_seeds(configs, [0, 1])
+    dataset = synthetic_dataset(n_train=600, n_validation=300, num_words=500, seed=1)
+    settings = RunSettings(epochs=2, batch_size=128, eval_batch_size=128)
+    meshes = {"sharded": variant_mesh(), "single": variant_mesh(jax.devices()[:1])}
+
+    (bucket,) = plan(vs)
+    program = BucketProgram(bucket, dataset, settings, meshes["sharded"])
+    state, mask = program.init()
+    layout = {
+        "device_count": jax.device_count(),
+        "mesh_devices": {k: int(m.devices.size) for k, m in meshes.items()},
+        "padded_configs": len(program.configs),
+        "state": [
+            [list(x.shape), len(x.sharding.device_set), str(x.sharding.spec), list(x.addressable_shards[0].data.shape)]
+            for x in jax.tree.leaves(state.params)
+        ],
+        "mask_devices": [len(x.sharding.device_set) for x in jax.tree.leaves(mask)],
+        "hp_devices": [len(x.sharding.device_set) for x in jax.tree.leaves(program.hp)],
+        "state_spec_expected": str(P(None, "variant")),
+    }
+    arrays = {}
+    for label, mesh in meshes.items():
+        for (name, seed), h in run(vs, dataset, settings, mesh=mesh).items():
+            for metric, values in h.items():
+                arrays[f"{label}/{name}/{seed}/{metric}"] = values
+    np.savez(out, layout=json.dumps(layout), **arrays)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharding") / "histories.npz"
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={N_DEVICES}", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    with np.load(out) as saved:
+        layout = json.loads(str(saved["layout"]))
+        arrays = {k: saved[k] for k in saved.files if k != "layout"}
+    histories = {}
+    for name, values in arrays.items():
+        label, variant, seed, metric = name.split("/")
+        histories.setdefault(label, {}).setdefault((variant, int(seed)), {})[metric] = values
+    return layout, histories
+
+
+def test_state_is_sharded_over_four_devices(sharded_run):
+    layout, _ = sharded_run
+    assert layout["device_count"] == N_DEVICES
+    assert layout["mesh_devices"] == {"sharded": N_DEVICES, "single": 1}
+    assert layout["padded_configs"] == N_DEVICES, "3 configs padded to a multiple of 4"
+    for shape, n_devices, spec, shard_shape in layout["state"]:
+        assert shape[:2] == [2, N_DEVICES]  # [seeds, padded configs, ...]
+        assert n_devices == N_DEVICES and spec == layout["state_spec_expected"]
+        assert shard_shape == [2, 1, *shape[2:]], "each device holds one config of every seed"
+    assert all(n == N_DEVICES for n in layout["mask_devices"] + layout["hp_devices"])
+
+
+def test_sharded_equals_one_device(sharded_run):
+    _, histories = sharded_run
+    sharded, single = histories["sharded"], histories["single"]
+    assert set(sharded) == set(single) == {(n, s) for n in ("wide_l2", "narrow_dropout", "narrow_l1") for s in (0, 1)}
+    for key in single:
+        chex.assert_tree_all_finite(single[key])
+        chex.assert_shape(list(single[key].values()), (2,))
+        chex.assert_trees_all_close(sharded[key], single[key], rtol=RTOL, atol=ATOL, custom_message=str(key))

@@ -1,0 +1,378 @@
+"""SweepConfig and presets, and experiments/sweep.py end to end in subprocesses.
+
+The subprocess runs share a persistent JAX compilation cache, so the tiny preset (one
+program) compiles once per session. They run on synthetic data except the real-data test.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxreg import results
+from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError
+from jaxreg.variants import VariantError, VariantSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "experiments" / "sweep.py"
+PRESETS_DIR = ROOT / "experiments" / "presets"
+sys.path.insert(0, str(ROOT / "experiments"))
+import presets  # noqa: E402
+
+TINY_PRESET = '''"""python experiments/sweep.py --preset tiny.py --synthetic
+
+Three 16-unit models for fast tests; "exploding" diverges (learning rate 1e30)."""
+
+from jaxreg.sweep import SweepConfig
+from jaxreg.variants import VariantSpec
+
+
+def get_config():
+    return SweepConfig(
+        name="tiny",
+        variants=(VariantSpec("original"), VariantSpec("l2", l2=1e-3), VariantSpec("exploding", learning_rate=1e30)),
+        epochs=30,
+        batch_size=32,
+    )
+'''
+TINY = ["--synthetic", "--devices", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def sweep_env(tmp_path_factory):
+    """Environment for CLI subprocesses: no JAXREG_DATA, one shared compilation cache."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXREG_DATA", "XLA_FLAGS")}
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    return env
+
+
+def sweep(*args, env, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SWEEP), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_preset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("presets") / "tiny.py"
+    path.write_text(TINY_PRESET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_preset, sweep_env, tmp_path_factory):
+    """The tiny preset, uninterrupted: (CompletedProcess, run folder)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    return sweep("--preset", tiny_preset, *TINY, "--out", out, env=sweep_env), out
+
+
+# --- config and presets (in-process) ----------------------------------------------------
+
+
+def test_book_preset_is_the_study():
+    config = presets.load("book")
+    expected = {
+        "original": VariantSpec("original", (16, 16)),
+        "smaller": VariantSpec("smaller", (6, 6)),
+        "bigger": VariantSpec("bigger", (1024, 1024)),
+        "l2": VariantSpec("l2", (16, 16), l2=0.001),
+        "l1": VariantSpec("l1", (16, 16), l1=0.0001),
+        "l1_l2": VariantSpec("l1_l2", (16, 16), l1=0.0001, l2=0.0001),
+        "dropout": VariantSpec("dropout", (16, 16), dropout_rate=0.5),
+    }
+    assert {v.name: v for v in config.variants} == expected
+    assert all(v.optimizer == "keras2" and v.learning_rate == 1e-3 for v in config.variants)
+    assert (config.epochs, config.batch_size, config.loss, config.validation, config.seeds) == (20, 512, "keras", "test", 1)
+    assert config.axis is None and not config.synthetic
+
+
+def test_grid_presets():
+    capacity = presets.load("capacity")
+    widths = [v.widths for v in capacity.variants]
+    assert len(widths) >= 10 and widths[0] == (1, 1) and widths[-1] == (1024, 1024) and capacity.axis == "width"
+    assert all(w[0] == w[1] for w in widths) and widths == sorted(widths)
+    l2 = presets.load("l2-grid")
+    strengths = [v.l2 for v in l2.variants]
+    assert strengths[0] == 0 and strengths[1] == 1e-5 and strengths[-1] == 1e-1 and l2.axis == "l2"
+    assert np.all(np.diff(np.log10(strengths[1:])) > 0.3)  # a log grid
+    assert all(v.widths == (16, 16) for v in l2.variants)
+    dropout = presets.load("dropout-grid")
+    np.testing.assert_allclose([v.dropout_rate for v in dropout.variants], np.arange(9) / 10)
+    assert dropout.axis == "dropout_rate"
+    for config in (capacity, l2, dropout):
+        assert set(config.axis_values()) == {v.name for v in config.variants}
+
+
+@pytest.mark.parametrize("name", list(presets.PRESETS))
+def test_preset_docstring_starts_with_its_command(name):
+    doc = ast.get_docstring(ast.parse((PRESETS_DIR / presets.PRESETS[name]).read_text()))
+    assert doc.splitlines()[0] == f"python experiments/sweep.py --preset {name}"
+    assert presets.load(name).name == name
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"epochs": -1}, "epochs=-1 must be an integer >= 1"),
+        ({"seeds": 0}, "seeds=0"),
+        ({"batch_size": 2.5}, "batch_size=2.5"),
+        ({"product": "fast"}, "product='fast'"),
+        ({"validation": "train"}, "validation='train'"),
+        ({"devices": 0}, "devices=0"),
+        ({"synthetic": True, "validation": "holdout"}, "validation='holdout' must be 'test' with synthetic"),
+        ({"synthetic": True, "data": "x.tar.gz"}, "cannot be combined"),
+        ({"axis": "colour"}, "axis='colour'"),
+        ({"variants": (VariantSpec("a"), VariantSpec("a", l2=1.0))}, "duplicate names"),
+        ({"variants": (VariantSpec("a", seed=3),)}, "seed 0"),
+        ({"variants": ()}, "non-empty"),
+        ({"colour": 1}, r"unknown field\(s\) \['colour'\]"),
+    ],
+)
+def test_sweep_config_rejects_bad_values_by_name(changes, match):
+    with pytest.raises(SweepError, match=match):
+        SweepConfig("t", (VariantSpec("original"),)).replace(**changes)
+
+
+def test_sweep_config_select_and_specs():
+    config = presets.load("book").select(["l2", "original"]).replace(seeds=3)
+    assert [v.name for v in config.variants] == ["original", "l2"]  # the preset's order
+    assert [(v.name, v.seed) for v in config.variant_specs()] == [(n, s) for n in ("original", "l2") for s in range(3)]
+    with pytest.raises(SweepError, match="unknown variant.*nope.*known: original"):
+        config.select(["nope"])
+    assert json.loads(json.dumps(config.to_dict()))["variants"][1]["l2"] == 0.001
+    with pytest.raises(VariantError):
+        VariantSpec("x", widths=(0,))
+
+
+# --- command line: bad input -------------------------------------------------------------
+
+
+def _tree_digest(path: Path) -> str:
+    if not path.exists():
+        return "absent"
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        h.update(str(p.relative_to(path)).encode() + (p.read_bytes() if p.is_file() else b"/"))
+    return h.hexdigest()
+
+
+BAD_INPUTS = [
+    "unknown preset", "missing preset file", "unknown variant", "negative epochs", "zero seeds", "zero batch size",
+    "zero devices", "not an integer", "bad choice", "holdout with synthetic", "no data", "missing data path",
+    "corrupt archive", "unwritable out", "finished run", "unfinished run", "foreign folder", "resume and overwrite",
+]
+
+
+ARGPARSE_ERRORS = ("not an integer", "bad choice")
+
+
+def _bad_input_cases(tmp: Path) -> dict:
+    """{case: (args, message fragment, folder that must stay untouched)}; prepares the folders."""
+    (tmp / "a_file").write_text("not a folder")
+    (tmp / "garbage.tar.gz").write_bytes(b"this is not a gzip archive" * 10)
+    for name, status in (("finished", {"state": "finished"}), ("unfinished", {"state": "running", "epochs_done": 2, "epochs": 5})):
+        (tmp / name).mkdir()
+        (tmp / name / results.CONFIG_FILE).write_text(json.dumps({"config": {}}))
+        (tmp / name / results.STATUS_FILE).write_text(json.dumps(status))
+    (tmp / "foreign").mkdir()
+    (tmp / "foreign" / "notes.txt").write_text("mine")
+    new = tmp / "new"
+    return {
+        "unknown preset": (["--preset", "nope", "--synthetic"], "unknown preset 'nope'", new),
+        "missing preset file": (["--preset", str(tmp / "nope.py"), "--synthetic"], "does not exist", new),
+        "unknown variant": (["--variants", "original,nope", "--synthetic"], "unknown variant(s) nope", new),
+        "negative epochs": (["--epochs", "-3", "--synthetic"], "epochs=-3", new),
+        "zero seeds": (["--seeds", "0", "--synthetic"], "seeds=0", new),
+        "zero batch size": (["--batch-size", "0", "--synthetic"], "batch_size=0", new),
+        "zero devices": (["--devices", "0", "--synthetic"], "devices=0", new),
+        "not an integer": (["--epochs", "two", "--synthetic"], "invalid int value: 'two'", new),
+        "bad choice": (["--product", "fast", "--synthetic"], "invalid choice: 'fast'", new),
+        "holdout with synthetic": (["--validation", "holdout", "--synthetic"], "must be 'test' with synthetic", new),
+        "no data": ([], "no data: pass --data PATH", new),
+        "missing data path": (["--data", tmp / "absent.tar.gz"], "does not exist", new),
+        "corrupt archive": (["--data", tmp / "garbage.tar.gz"], "truncated or corrupt", new),
+        "unwritable out": (["--synthetic", "--out", tmp / "a_file" / "run"], "is not a folder", tmp / "a_file"),
+        "finished run": (["--synthetic", "--out", tmp / "finished"], "--overwrite", tmp / "finished"),
+        "unfinished run": (["--synthetic", "--out", tmp / "unfinished"], "2/5 epochs done); pass --resume", tmp / "unfinished"),
+        "foreign folder": (["--synthetic", "--out", tmp / "foreign", "--overwrite"], "not a jaxreg run folder", tmp / "foreign"),
+        "resume and overwrite": (["--synthetic", "--resume", "--overwrite"], "contradict", new),
+    }
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("sweep_cli", SWEEP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeypatch, capsys):
+    """Every case through the CLI's main() in-process (fast); the process boundary is tested below."""
+    monkeypatch.delenv("JAXREG_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args, fragment, folder = _bad_input_cases(tmp_path)[case]
+    before = _tree_digest(folder)
+    with pytest.raises(SystemExit) if case in ARGPARSE_ERRORS else contextlib.nullcontext() as exited:
+        code = _load_cli().main([*map(str, args), *([] if "--out" in args else ["--out", str(folder)])])
+    code = exited.value.code if case in ARGPARSE_ERRORS else code
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("sweep.py: error: "), stderr
+    assert fragment in lines[0]
+    assert _tree_digest(folder) == before
+
+
+@pytest.mark.parametrize("case", ["not an integer", "negative epochs", "corrupt archive", "unfinished run"])
+def test_bad_input_in_a_real_process(case, tmp_path, sweep_env):
+    """One case per stage (flags, config, data, output folder) as a real subprocess."""
+    args, fragment, folder = _bad_input_cases(tmp_path)[case]
+    before = _tree_digest(folder)
+    proc = sweep(*args, *([] if "--out" in args else ["--out", folder]), env=sweep_env, cwd=tmp_path, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert _tree_digest(folder) == before
+
+
+def test_help_explains_every_flag(sweep_env):
+    proc = sweep("--help", env=sweep_env, timeout=60)
+    assert proc.returncode == 0
+    for flag in ("--preset", "--epochs", "--seeds", "--batch-size", "--data", "--synthetic", "--out", "--validation",
+                 "--devices", "--variants", "--product", "--resume", "--overwrite", "--no-figures"):
+        assert flag in proc.stdout
+    assert "JAXREG_DATA" in proc.stdout and "book" in proc.stdout
+
+
+# --- command line: runs ------------------------------------------------------------------
+
+
+def test_divergence_is_reported_and_the_others_train_on(tiny_run):
+    proc, out = tiny_run
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "sweep.py: diverged (NaN or infinite loss): exploding (seed 0, epoch 1)"
+    assert "exploding (seed 0) diverged" in proc.stderr  # announced when it happens
+    run = results.load_run(out)
+    assert run.histories["exploding"]["diverged"].all()
+    for name in ("original", "l2"):
+        h = run.histories[name]
+        assert not h["diverged"].any() and np.isfinite(h["val_data_loss"]).all()
+        assert h["loss"][0, -1] < h["loss"][0, 0] - 0.2  # trained on
+    rows = {r["name"]: r for r in run.summary}
+    assert rows["exploding"]["diverged"] == "0@1" and rows["exploding"]["best_epoch"] is None
+    assert rows["original"]["diverged"] == "" and rows["original"]["best_epoch"] >= 1
+    assert run.status["state"] == "finished" and run.status["diverged"] == [{"variant": "exploding", "seed": 0, "epoch": 1}]
+    assert run.config["devices"]["count"] == 2 and run.config["config"]["devices"] == 2
+    assert "| exploding" in proc.stdout and "seed 0 @ 1" in proc.stdout
+
+
+def _interrupt(command, env, sig, out: Path, after_epochs: int) -> tuple[subprocess.Popen, str]:
+    """Start the command, send `sig` once status.json reports more than `after_epochs` epochs done."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            if results.read_json(out / results.STATUS_FILE)["epochs_done"] > after_epochs:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    return proc, proc.communicate(timeout=120)[1]
+
+
+def test_interrupted_and_killed_run_resumes_to_the_same_history(tiny_run, tiny_preset, sweep_env, tmp_path):
+    reference, reference_out = tiny_run
+    assert reference.returncode == 3, reference.stderr
+    out = tmp_path / "run"
+    args = ["--preset", str(tiny_preset), *TINY, "--out", str(out)]
+    command = [sys.executable, str(SWEEP), *args]
+
+    proc, stderr = _interrupt(command, sweep_env, signal.SIGINT, out, 0)  # Ctrl-C
+    assert proc.returncode == 130, stderr
+    status = results.read_json(out / results.STATUS_FILE)
+    assert status["state"] == "interrupted" and 1 <= status["epochs_done"] < 30, status
+    assert f"interrupted after epoch {status['epochs_done']}/30; checkpoint: {out / CHECKPOINT_FILE}" in stderr
+    assert f"resume with: python experiments/sweep.py {shlex.join(args)} --resume" in stderr
+    assert not (out / results.HISTORY_JSONL).exists()
+
+    changed = sweep(*args, "--resume", "--epochs", "31", env=sweep_env)
+    assert changed.returncode == 2 and "epochs: saved 30, now 31" in changed.stderr
+
+    first_stop = status["epochs_done"]
+    proc, stderr = _interrupt([*command, "--resume"], sweep_env, signal.SIGKILL, out, first_stop)  # a killed process
+    assert proc.returncode == -signal.SIGKILL
+    status = results.read_json(out / results.STATUS_FILE)
+    assert status["state"] == "running" and first_stop < status["epochs_done"] < 30, status
+
+    resumed = sweep(*args, "--resume", env=sweep_env)
+    assert resumed.returncode == 3, resumed.stderr
+    assert f"resuming after epoch {status['epochs_done']}" in resumed.stdout
+    assert "epoch 1: exploding (seed 0) diverged" in resumed.stderr  # from the restored history
+    assert (out / results.HISTORY_JSONL).read_text() == (reference_out / results.HISTORY_JSONL).read_text()
+    assert (out / results.SUMMARY_CSV).read_text() == (reference_out / results.SUMMARY_CSV).read_text()
+    assert results.read_json(out / results.STATUS_FILE)["resumed_from_epoch"] == status["epochs_done"]
+    assert not list(out.glob(".*.tmp"))
+
+    again = sweep(*args, "--resume", "--no-figures", env=sweep_env)
+    assert again.returncode == 3 and "already holds a finished run" in again.stdout
+
+
+@pytest.mark.slow
+def test_real_data_sweep_end_to_end(imdb, imdb_archive, imdb_cache_dir, sweep_env, tmp_path):
+    out = tmp_path / "book"
+    env = {**sweep_env, "JAXREG_CACHE": str(imdb_cache_dir)}
+    args = ["--epochs", "2", "--seeds", "2", "--variants", "original,smaller,l2", "--data", imdb_archive, "--out", out]
+    proc = sweep(*args, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert imdb.describe() in proc.stdout and "the TEST set is used as the validation set" in proc.stdout
+    assert "best val data loss" in proc.stderr  # the progress bar's postfix
+
+    config = results.read_json(out / results.CONFIG_FILE)
+    assert config["config"]["epochs"] == 2 and config["config"]["seeds"] == 2
+    assert [v["name"] for v in config["variants"]] == ["original", "smaller", "l2"]
+    assert config["data"]["checksum"] == imdb.checksum and config["data"]["describe"] == imdb.describe()
+    assert config["validation_protocol"] == "test-as-validation"
+    assert set(config["versions"]) >= {"jax", "flax", "optax", "numpy"} and config["devices"]["count"] >= 1
+    assert [b["variants"] for b in config["plan"]] == [["original", "smaller", "l2"]]  # smaller pads into 16
+
+    lines = (out / results.HISTORY_JSONL).read_text().splitlines()
+    assert len(lines) == 3 * 2 * 2
+    assert set(json.loads(lines[0])) == {"variant", "seed", "epoch", *results.METRICS, "diverged"}
+    assert len((out / results.HISTORY_CSV).read_text().splitlines()) == 1 + len(lines)
+    run = results.load_run(out)
+    assert list(run.histories) == ["original", "smaller", "l2"]
+    for name, h in run.histories.items():
+        assert h["val_data_loss"].shape == (2, 2) and not h["diverged"].any()
+        assert (h["val_accuracy"][:, -1] > 0.85).all(), (name, h["val_accuracy"])  # the book: ~0.88 after 2 epochs
+        assert not np.array_equal(h["loss"][0], h["loss"][1])  # the seeds differ
+    l2 = run.histories["l2"]
+    np.testing.assert_allclose(l2["val_loss"], l2["val_data_loss"] + l2["val_penalty"], rtol=1e-5)
+    assert (l2["val_penalty"] > 0).all() and (run.histories["original"]["val_penalty"] == 0).all()
+    assert [r["name"] for r in run.summary] == ["original", "smaller", "l2"]
+    assert all(r["seeds"] == 2 and r["best_val_data_loss_std"] is not None for r in run.summary)
+    summary_md = (out / results.SUMMARY_MD).read_text()
+    assert "| l2 " in summary_md and "(+penalty)" in summary_md and "overfitting from" in summary_md
+    figures = sorted(p.name for p in (out / results.FIGURES_DIR).iterdir())
+    assert figures == ["val_loss_curves.png", "vs_original.png"]
+    assert all((out / results.FIGURES_DIR / f).stat().st_size > 10_000 for f in figures)
+    assert (out / CHECKPOINT_FILE).stat().st_size > 0 and run.status["state"] == "finished"
