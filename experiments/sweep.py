@@ -70,6 +70,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="write the resume checkpoint every N epochs and at the end (default 1; raise it when an epoch "
+        "is faster than writing every model's weights, e.g. many seeds of `bigger` on a GPU)",
+    )
     return p.parse_args(argv)
 
 
@@ -132,6 +140,7 @@ def main(argv=None) -> int:
             overwrite=args.overwrite,
             figures=not args.no_figures,
             progress=not args.no_progress,
+            checkpoint_every=args.checkpoint_every,
         )
     except SweepInterrupted as e:
         print(f"\n{e}", file=sys.stderr)

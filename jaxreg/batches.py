@@ -73,24 +73,25 @@ def capacity(lengths: np.ndarray, orders, batch_size: int, multiple: int = CAPAC
 def make_batches(x, y: np.ndarray, order: np.ndarray, batch_size: int, cap: int) -> Batch:
     """Stack the batches of `order` into a Batch of NumPy arrays with a leading batch axis.
 
-    `x` is a `data.SparseMultiHot`. Vectorized: no Python loop over batches or rows.
+    `x` is a `data.SparseMultiHot`. The (row, column) pairs of all examples in `order` form
+    one stream; batch b is a contiguous piece of it, copied into row b of the output.
     """
     n = len(order)
     n_batches = math.ceil(n / batch_size)
     lengths = np.diff(x.indptr)[order]
-    total = int(lengths.sum())
-    example = np.repeat(np.arange(n), lengths)  # position in `order` of each pair
-    row_start = np.cumsum(lengths) - lengths
-    src = x.indptr[order][example] + (np.arange(total) - row_start[example])
-    batch_id = example // batch_size
-    nnz = np.bincount(batch_id, minlength=n_batches)
-    if nnz.max(initial=0) > cap:
-        raise ValueError(f"a batch holds {nnz.max()} active words, more than the capacity {cap}")
-    slot = np.arange(total) - (np.cumsum(nnz) - nnz)[batch_id]
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    src = np.repeat(x.indptr[order] - starts, lengths) + np.arange(ends[-1] if n else 0)
+    cols_stream = x.indices[src]
+    rows_stream = np.repeat((np.arange(n) % batch_size).astype(np.int32), lengths)
+    bounds = np.concatenate([[0], ends[batch_size - 1 :: batch_size], [ends[-1] if n else 0]])[: n_batches + 1]
     rows = np.full((n_batches, cap), batch_size, np.int32)
     cols = np.zeros((n_batches, cap), np.int32)
-    rows[batch_id, slot] = example % batch_size
-    cols[batch_id, slot] = x.indices[src]
+    for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if hi - lo > cap:
+            raise ValueError(f"a batch holds {hi - lo} active words, more than the capacity {cap}")
+        rows[b, : hi - lo] = rows_stream[lo:hi]
+        cols[b, : hi - lo] = cols_stream[lo:hi]
     labels = np.zeros(n_batches * batch_size, np.float32)
     labels[:n] = y[order]
     weight = np.zeros(n_batches * batch_size, np.float32)

@@ -477,6 +477,7 @@ def run_sweep(
     overwrite: bool = False,
     figures: bool = True,
     progress: bool = True,
+    checkpoint_every: int = 1,
     stream=sys.stdout,
 ) -> SweepResult:
     """Train the sweep into the folder `out` (see the module docstring); SweepError for bad input.
@@ -485,6 +486,8 @@ def run_sweep(
     description, the plan and at the end the summary table to `stream`; the progress bar
     goes to stderr.
     """
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+        raise SweepError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
     folder = Path(out)
     state = _check_folder(folder, config, resume, overwrite)
     if state == "finished" and resume:
@@ -541,9 +544,10 @@ def run_sweep(
 
     def on_epoch(epoch, row, take_snapshot):
         nonlocal done
-        save_checkpoint(folder, take_snapshot())
-        done = epoch + 1
-        write_status("running", done)
+        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
+            save_checkpoint(folder, take_snapshot())
+            done = epoch + 1
+            write_status("running", done)
         bar.epoch_done(epoch, row)
 
     t0 = time.perf_counter()
