@@ -1,0 +1,259 @@
+"""Helpers shared by the benchmark scripts: data loading, the study's seven models, memory
+measurement, machine description, Markdown tables and JSON output.
+
+Not a benchmark itself. Uses only jaxreg's public API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
+
+# The study's seven models (Deep Learning with Python, 4.4); see docs/spec.md.
+# name -> (hidden widths, l1, l2, dropout rate), penalties on the two hidden kernels.
+STUDY_MODELS: dict[str, tuple[tuple[int, ...], float, float, float]] = {
+    "original": ((16, 16), 0.0, 0.0, 0.0),
+    "smaller": ((6, 6), 0.0, 0.0, 0.0),
+    "bigger": ((1024, 1024), 0.0, 0.0, 0.0),
+    "l2": ((16, 16), 0.0, 0.001, 0.0),
+    "l1": ((16, 16), 0.0001, 0.0, 0.0),
+    "l1_l2": ((16, 16), 0.0001, 0.0001, 0.0),
+    "dropout": ((16, 16), 0.0, 0.0, 0.5),
+}
+
+
+def add_data_args(parser) -> None:
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("JAXREG_DATA") or DEFAULT_DATA),
+        help="aclImdb archive or folder (default: env JAXREG_DATA, else ../shared/data/aclImdb_v1_labeled.tar.gz)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="jaxreg's encoded-data cache (default: env JAXREG_CACHE, else ~/.cache/jaxreg); first load ~15 s, then ~40 ms",
+    )
+
+
+def load_dataset(args):
+    """jaxreg's load_imdb with the script's --data / --cache-dir (test set as validation, as the book)."""
+    from jaxreg.data import load_imdb
+
+    return load_imdb(args.data, cache_dir=args.cache_dir)
+
+
+def parse_models(text: str | None) -> list[str]:
+    """'original,bigger' -> ['original', 'bigger'] (study order kept); None or 'all' -> all seven."""
+    if text is None or text == "all":
+        return list(STUDY_MODELS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STUDY_MODELS]
+    if unknown or not names:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(STUDY_MODELS)} or 'all'")
+    return [n for n in STUDY_MODELS if n in names]
+
+
+def study_variants(names: Sequence[str], optimizer: str = "keras3", seed: int = 0):
+    """The named study models as jaxreg VariantSpecs."""
+    from jaxreg.variants import VariantSpec
+
+    out = []
+    for name in names:
+        widths, l1, l2, rate = STUDY_MODELS[name]
+        out.append(VariantSpec(name, widths, l1=l1, l2=l2, dropout_rate=rate, optimizer=optimizer, seed=seed))
+    return out
+
+
+# --- memory -----------------------------------------------------------------------------
+
+
+def ru_maxrss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def current_rss_bytes() -> int | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.Process().memory_info().rss)
+
+
+class RSSPoller:
+    """Peak RSS over a code section by polling psutil every `interval` seconds.
+
+    ru_maxrss only ever grows, so it cannot give the peak of one section of a process;
+    this can (up to the polling interval). `peak` is None without psutil.
+
+        with RSSPoller() as mem:
+            work()
+        mem.peak
+    """
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _poll(self):
+        import psutil
+
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            rss = proc.memory_info().rss
+            self.peak = rss if self.peak is None else max(self.peak, rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        try:
+            import psutil  # noqa: F401
+        except ImportError:
+            return self
+        self.peak = current_rss_bytes()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak or 0, current_rss_bytes() or 0)
+        return False
+
+
+# --- machine ----------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on: CPU, cores, memory, load, library versions, devices."""
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        info["simd"] = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 1e9, 1)
+    except ImportError:
+        pass
+    try:
+        import jax
+
+        info["jax"] = jax.__version__
+        info["backend"] = jax.default_backend()
+        info["devices"] = [str(d) for d in jax.devices()]
+    except Exception as e:  # pragma: no cover - informational only
+        info["jax_error"] = repr(e)
+    return info
+
+
+def describe_machine(info: dict) -> str:
+    load = info.get("loadavg_1_5_15")
+    load_text = ", load avg " + "/".join(f"{x:.2f}" for x in load) if load else ""
+    return (
+        f"Machine: {info.get('cpu')} ({info.get('usable_cpus')} usable CPUs, SIMD {'+'.join(info.get('simd', [])) or '?'}, "
+        f"{info.get('memory_gb', '?')} GB{load_text}); jax {info.get('jax')} on {info.get('backend')} "
+        f"{info.get('devices')}; Python {info.get('python')}."
+    )
+
+
+# --- numbers and output -------------------------------------------------------------------
+
+
+def median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, spec: str = ".2f", unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{spec}}{unit}"
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.0f} MB"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path | str | None, payload: dict) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(value):
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:
+        pass
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value)}")
+
+
+class Stopwatch:
+    """t = Stopwatch(); ...; t.lap() -> seconds since the previous lap (or creation)."""
+
+    def __init__(self):
+        self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        return elapsed
+
+
+def log(*parts) -> None:
+    """Progress to stderr, so stdout stays the report."""
+    print(*parts, file=sys.stderr, flush=True)
