@@ -10,7 +10,8 @@ Modules, one idea each:
   losses     binary cross-entropy (stable and Keras-clipped) and accuracy
   train      pure init / train_step / evaluate / train_epoch functions
   variants   variant specs, bucket planning, vmapped + sharded multi-variant training
-  results    histories, summaries, run folders
+  sweep      SweepConfig and the resumable, checkpointing sweep behind experiments/sweep.py
+  results    histories, summaries, run folders (load_run for notebooks)
   plots      the study's figures with seed bands
 """
 

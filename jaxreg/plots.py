@@ -186,7 +186,8 @@ def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str
         ax.grid(alpha=0.3, which="both" if log and axis != "width" else "major")
         ax.legend(fontsize="small")
     note = _seed_note(histories).replace("band", "error bars")
-    fig.suptitle(f"Best and final validation loss against {AXIS_LABELS.get(axis, axis).split(' w ')[0]} ({note})")
+    separator = " " if len(panels) > 1 else "\n"  # one panel is too narrow for the title on one line
+    fig.suptitle(f"Best and final validation loss against {AXIS_LABELS.get(axis, axis).split(' w ')[0]}{separator}({note})")
     return _save(fig, path)
 
 
