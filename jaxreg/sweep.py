@@ -304,8 +304,7 @@ def _state_targets(config: SweepConfig, num_words: int, n_devices: int) -> list:
     for bucket in V.plan(config.variant_specs()):
         step_config = bucket.step_config(config.loss, V.choose_product(bucket, config.product))
         one = jax.eval_shape(lambda c=step_config, w=bucket.widths: init_state(jax.random.key(0), c, num_words, w)[0])
-        n = len(bucket.configs)
-        targets.append((one, (len(bucket.seeds), n + (-n % n_devices))))
+        targets.append((one, (len(bucket.seeds), len(V.sharded_configs(bucket, n_devices)))))
     return targets
 
 

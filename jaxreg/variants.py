@@ -239,6 +239,11 @@ def _vmap_or_squeeze(fn, in_axes, size: int):
     return squeezed
 
 
+def sharded_configs(bucket: Bucket, n_devices: int) -> tuple[VariantSpec, ...]:
+    """The bucket's configs, padded with inert copies of the last one to a multiple of n_devices."""
+    return bucket.configs + (bucket.configs[-1],) * (-len(bucket.configs) % n_devices)
+
+
 @functools.lru_cache(maxsize=None)
 def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int, ...]):
     """init_state vmapped over a stack of keys, compiled once per (config, widths)."""
@@ -272,9 +277,8 @@ class BucketProgram:
         self.dataset = dataset
         self.settings = settings
         self.mesh = mesh if mesh is not None else variant_mesh()
-        n_dev = self.mesh.devices.size
         self.n_configs = len(bucket.configs)
-        self.configs = bucket.configs + (bucket.configs[-1],) * (-self.n_configs % n_dev)
+        self.configs = sharded_configs(bucket, self.mesh.devices.size)
         self.config = bucket.step_config(settings.loss, choose_product(bucket, settings.product))
         train = dataset.train
         lengths = np.diff(train.x.indptr)
