@@ -257,3 +257,48 @@ class Stopwatch:
 def log(*parts) -> None:
     """Progress to stderr, so stdout stays the report."""
     print(*parts, file=sys.stderr, flush=True)
+
+
+def time_bucket(bucket, ds, settings, epochs: int) -> dict:
+    """Build, initialize and train one bucket alone for `epochs` epochs, compiling afresh.
+
+    Epoch times exclude building the epoch's batches on the host (timed apart). Returns
+    construct_s, init_s, batch_prep_s, epoch_seconds, median_epoch_s (epochs 2..N),
+    compile_overhead_s (first epoch - median) and peak_rss_bytes.
+    """
+    import gc
+
+    import jax
+
+    from jaxreg import variants as V
+
+    jax.clear_caches()  # compile again, as a fresh process would
+    gc.collect()
+    with RSSPoller() as mem:
+        t = Stopwatch()
+        program = V.BucketProgram(bucket, ds, settings)
+        construct_s = t.lap()
+        state, mask = program.init()
+        jax.block_until_ready(state)
+        init_s = t.lap()
+        prep, times = [], []
+        for e in range(epochs):
+            t.lap()
+            batches = program.train_batches(e)
+            jax.block_until_ready(batches)
+            prep.append(t.lap())
+            state, metrics = program.epoch(state, mask, batches)
+            jax.block_until_ready(metrics)
+            times.append(t.lap())
+    med = median(times[1:] if len(times) > 1 else times)
+    del program, state, mask, batches, metrics
+    gc.collect()
+    return {
+        "construct_s": construct_s,
+        "init_s": init_s,
+        "batch_prep_s": median(prep),
+        "epoch_seconds": times,
+        "median_epoch_s": med,
+        "compile_overhead_s": times[0] - med if len(times) > 1 else None,
+        "peak_rss_bytes": mem.peak,
+    }

@@ -44,7 +44,6 @@ The report (Markdown) goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
 from pathlib import Path
@@ -191,8 +190,6 @@ def floor_model(widths, n_variants: int, stats: dict, limits: dict) -> dict:
 
 def measure_point(specs, ds, epochs: int, product: str) -> dict:
     """Time one bucket's epochs; returns the per-epoch times, their median after the first, compile overhead."""
-    import jax
-
     from jaxreg import variants as V
 
     buckets = V.plan(specs)
@@ -200,38 +197,19 @@ def measure_point(specs, ds, epochs: int, product: str) -> dict:
         raise RuntimeError(f"expected one bucket, got {len(buckets)}")
     bucket = buckets[0]
     settings = V.RunSettings(epochs=epochs, batch_size=BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, loss="keras", product=product)
-    jax.clear_caches()  # each point compiles afresh, whatever an earlier point compiled
-    gc.collect()
-    with C.RSSPoller() as mem:
-        t = C.Stopwatch()
-        program = V.BucketProgram(bucket, ds, settings)
-        state, mask = program.init()
-        jax.block_until_ready(state)
-        setup_s = t.lap()
-        prep, times = [], []
-        for e in range(epochs):
-            t.lap()
-            batches = program.train_batches(e)
-            jax.block_until_ready(batches)
-            prep.append(t.lap())
-            state, metrics = program.epoch(state, mask, batches)
-            jax.block_until_ready(metrics)
-            times.append(t.lap())
-    med = C.median(times[1:])
+    timing = C.time_bucket(bucket, ds, settings, epochs)
     out = {
         "widths": list(bucket.widths),
         "configs": len(bucket.configs),
         "seeds": len(bucket.seeds),
         "product": V.choose_product(bucket, product),
-        "setup_s": setup_s,  # BucketProgram() + init (compiles init)
-        "batch_prep_s": C.median(prep),
-        "epoch_seconds": times,
-        "epoch_s": med,
-        "compile_overhead_s": times[0] - med,
-        "peak_rss_bytes": mem.peak,
+        "setup_s": timing["construct_s"] + timing["init_s"],  # BucketProgram() + init (compiles init)
+        "batch_prep_s": timing["batch_prep_s"],
+        "epoch_seconds": timing["epoch_seconds"],
+        "epoch_s": timing["median_epoch_s"],
+        "compile_overhead_s": timing["compile_overhead_s"],
+        "peak_rss_bytes": timing["peak_rss_bytes"],
     }
-    del program, state, mask, batches, metrics
-    gc.collect()
     return out
 
 

@@ -202,43 +202,24 @@ def jaxreg_child(args) -> dict:
 
     profiles = []
     for b in buckets if args.bucket_epochs > 0 else []:
-        jax.clear_caches()  # compile again, as a fresh process would (run() has compiled this bucket already)
-        gc.collect()
-        with C.RSSPoller() as bmem:
-            t = C.Stopwatch()
-            program = V.BucketProgram(b, ds, settings)
-            construct_s = t.lap()
-            state, mask = program.init()
-            jax.block_until_ready(state)
-            init_s = t.lap()
-            prep, epochs = [], []
-            for e in range(min(args.bucket_epochs, args.epochs)):
-                t.lap()
-                batches = program.train_batches(e)
-                jax.block_until_ready(batches)
-                prep.append(t.lap())
-                state, metrics = program.epoch(state, mask, batches)
-                jax.block_until_ready(metrics)
-                epochs.append(t.lap())
-        med = C.median(epochs[1:] if len(epochs) > 1 else epochs)
+        timing = C.time_bucket(b, ds, settings, min(args.bucket_epochs, args.epochs))
+        epochs = timing["epoch_seconds"]
         profiles.append({
             "bucket": bucket_name(b),
             "widths": list(b.widths),
             "configs": [c.name for c in b.configs],
             "seeds": list(b.seeds),
             "product": V.choose_product(b, args.jaxreg_product),
-            "construct_s": construct_s,
-            "init_s": init_s,
-            "batch_prep_s": C.median(prep),
+            "construct_s": timing["construct_s"],
+            "init_s": timing["init_s"],
+            "batch_prep_s": timing["batch_prep_s"],
             "epoch_seconds": epochs,
-            "median_epoch_s": med,
+            "median_epoch_s": timing["median_epoch_s"],
             "first_epoch_s": epochs[0],
-            "compile_overhead_s": epochs[0] - med if len(epochs) > 1 else None,
-            "peak_rss_bytes": bmem.peak,
+            "compile_overhead_s": timing["compile_overhead_s"],
+            "peak_rss_bytes": timing["peak_rss_bytes"],
         })
-        C.log(f"[jaxreg] bucket {bucket_name(b)}: epochs {[round(s, 2) for s in epochs]}, batch prep {C.median(prep):.2f} s")
-        del program, state, mask, batches, metrics
-        gc.collect()
+        C.log(f"[jaxreg] bucket {bucket_name(b)}: epochs {[round(s, 2) for s in epochs]}, batch prep {timing['batch_prep_s']:.2f} s")
 
     in_bucket = {c.name: bucket_name(b) for b in buckets for c in b.configs}
     by_bucket = {p["bucket"]: p for p in profiles}

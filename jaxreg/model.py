@@ -11,7 +11,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from jaxreg.batches import SparseBatch
