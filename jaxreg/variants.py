@@ -6,8 +6,8 @@ other numbers are arrays on a variant axis.
 
 A *bucket* is a grid seeds x configs that shares one program. Inside, the program is a
 vmap over seeds (each seed has its own batches) of a vmap over configs (which share their
-seed's batches): the first layer of all configs of a seed then runs as one gather or one
-matmul against their kernels side by side, which is why one more variant costs so little.
+seed's batches, so each batch is built and densified once per seed, and a dense first layer
+runs as one matmul against all configs' kernels).
 Narrower configs join a wider bucket by exact zero padding (see `padded_widths`).
 
 Randomness of a variant comes from its seed alone: initialization (key(seed) folded with
