@@ -83,10 +83,11 @@ def make_batches(x, y: np.ndarray, order: np.ndarray, batch_size: int, cap: int)
     starts = ends - lengths
     src = np.repeat(x.indptr[order] - starts, lengths) + np.arange(ends[-1] if n else 0)
     cols_stream = x.indices[src]
-    rows_stream = np.repeat((np.arange(n) % batch_size).astype(np.int32), lengths)
+    rows_stream = np.repeat(np.arange(n) % batch_size, lengths)
     bounds = np.concatenate([[0], ends[batch_size - 1 :: batch_size], [ends[-1] if n else 0]])[: n_batches + 1]
-    rows = np.full((n_batches, cap), batch_size, np.int32)
-    cols = np.zeros((n_batches, cap), np.int32)
+    index_dtype = np.int16 if max(x.num_words, batch_size + 1) <= np.iinfo(np.int16).max else np.int32
+    rows = np.full((n_batches, cap), batch_size, index_dtype)
+    cols = np.zeros((n_batches, cap), index_dtype)
     for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         if hi - lo > cap:
             raise ValueError(f"a batch holds {hi - lo} active words, more than the capacity {cap}")
