@@ -223,20 +223,29 @@ def variant_mesh(devices=None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.array(devices), ("variant",))
 
 
-def _vmap_or_squeeze(fn, in_axes, size: int):
-    """jax.vmap(fn, in_axes), except that an axis of size 1 is squeezed and restored instead.
+def _over_axis(fn, in_axes, size: int, sequential: bool):
+    """Apply fn over a leading variant axis of the arguments whose in_axes entry is 0.
 
-    Same results; it spares XLA the batched-matmul and transpose forms that a size-1 vmap
-    still produces, which made a lone `bigger` model markedly slower on CPU.
+    jax.vmap by default. An axis of size 1 is squeezed and restored instead (a size-1 vmap
+    still produces batched matmuls and transposes that made a lone `bigger` model markedly
+    slower on CPU). With `sequential`, a lax.map runs one variant after the other: on a
+    CPU the batched gathers and scatters of a vmapped sparse first layer cost more than
+    the same work done variant by variant (about 30% more, benchmarks/scaling.py).
     """
-    if size > 1:
-        return jax.vmap(fn, in_axes=in_axes)
-
     def squeezed(*args):
         args = [a if ax is None else jax.tree.map(lambda x: x[0], a) for a, ax in zip(args, in_axes)]
         return jax.tree.map(lambda x: x[None], fn(*args))
 
-    return squeezed
+    def mapped(*args):
+        def one(batched):
+            it = iter(batched)
+            return fn(*[next(it) if ax is not None else a for a, ax in zip(args, in_axes)])
+
+        return jax.lax.map(one, tuple(a for a, ax in zip(args, in_axes) if ax is not None))
+
+    if size == 1:
+        return squeezed
+    return mapped if sequential else jax.vmap(fn, in_axes=in_axes)
 
 
 def sharded_configs(bucket: Bucket, n_devices: int) -> tuple[VariantSpec, ...]:
@@ -250,8 +259,10 @@ def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int,
     return jax.jit(jax.vmap(lambda key: init_state(key, config, num_words, true_widths)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _bucket_epoch(config: StepConfig, n_configs: int, n_seeds: int, states, unit_mask, hp, keys, train_batches, val_batches):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _bucket_epoch(
+    config: StepConfig, n_configs: int, n_seeds: int, sequential: bool, states, unit_mask, hp, keys, train_batches, val_batches
+):
     """One epoch of a seeds x configs grid: train, then validate, every variant. Jitted once per shape."""
 
     def one(state, mask, hp, key, batches):
@@ -259,8 +270,8 @@ def _bucket_epoch(config: StepConfig, n_configs: int, n_seeds: int, states, unit
         val = evaluate(state.params, val_batches, hp, config=config)
         return state, {**metrics, **{f"val_{k}": v for k, v in val.items()}}
 
-    over_configs = _vmap_or_squeeze(one, (0, 0, 0, None, None), n_configs)
-    over_seeds = _vmap_or_squeeze(over_configs, (0, None, None, 0, 0), n_seeds)
+    over_configs = _over_axis(one, (0, 0, 0, None, None), n_configs, sequential)
+    over_seeds = _over_axis(over_configs, (0, None, None, 0, 0), n_seeds, sequential)
     return over_seeds(states, unit_mask, hp, keys, train_batches)
 
 
@@ -280,6 +291,9 @@ class BucketProgram:
         self.n_configs = len(bucket.configs)
         self.configs = sharded_configs(bucket, self.mesh.devices.size)
         self.config = bucket.step_config(settings.loss, choose_product(bucket, settings.product))
+        devices = self.mesh.devices.flat
+        # One CPU device and a sparse first layer: variants one after the other (see _over_axis).
+        self.sequential = self.mesh.devices.size == 1 and devices[0].platform == "cpu" and self.config.product == "sparse"
         train = dataset.train
         lengths = np.diff(train.x.indptr)
         orders = [batching.epoch_order(s, e, len(train)) for s in bucket.seeds for e in range(settings.epochs)]
@@ -325,7 +339,7 @@ class BucketProgram:
     def epoch(self, states, unit_mask, train_batches):
         """Dispatch one epoch (asynchronously); returns (states, metrics [seeds, padded configs])."""
         return _bucket_epoch(
-            self.config, len(self.configs), len(self.bucket.seeds),
+            self.config, len(self.configs), len(self.bucket.seeds), self.sequential,
             states, unit_mask, self.hp, self.keys, train_batches, self.val_batches,
         )
 

@@ -457,3 +457,14 @@ def test_divergence_is_contained(neighbours, alone):
     keys = [key(v) for v in NEIGHBOURS]
     assert_equal(with_bad, with_good, keys)
     assert_close(with_bad, {key(v): alone(v) for v in NEIGHBOURS}, keys)
+
+
+def test_on_one_cpu_device_a_variant_is_bit_identical_alone_and_in_a_bucket(dataset):
+    """One CPU device + sparse first layer: variants run one after the other (lax.map), so exactly as alone."""
+    assert jax.default_backend() == "cpu"
+    target = VariantSpec("target", (6, 6), l1=1e-4, dropout_rate=0.3, seed=1)
+    neighbours = [VariantSpec("n1", (16, 16), l2=1e-3, seed=1), VariantSpec("n2", (16, 16), seed=0), target]
+    alone = run([target], dataset, SETTINGS)[("target", 1)]
+    together = run(neighbours, dataset, SETTINGS)[("target", 1)]
+    for metric in alone:
+        assert np.array_equal(alone[metric], together[metric]), metric
