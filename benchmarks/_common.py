@@ -277,6 +277,7 @@ def time_bucket(bucket, ds, settings, epochs: int) -> dict:
     with RSSPoller() as mem:
         t = Stopwatch()
         program = V.BucketProgram(bucket, ds, settings)
+        product = program.config.product
         construct_s = t.lap()
         state, mask = program.init()
         jax.block_until_ready(state)
@@ -294,6 +295,7 @@ def time_bucket(bucket, ds, settings, epochs: int) -> dict:
     del program, state, mask, batches, metrics
     gc.collect()
     return {
+        "product": product,
         "construct_s": construct_s,
         "init_s": init_s,
         "batch_prep_s": median(prep),

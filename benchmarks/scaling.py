@@ -202,7 +202,7 @@ def measure_point(specs, ds, epochs: int, product: str) -> dict:
         "widths": list(bucket.widths),
         "configs": len(bucket.configs),
         "seeds": len(bucket.seeds),
-        "product": V.choose_product(bucket, product),
+        "product": timing["product"],
         "setup_s": timing["construct_s"] + timing["init_s"],  # BucketProgram() + init (compiles init)
         "batch_prep_s": timing["batch_prep_s"],
         "epoch_seconds": timing["epoch_seconds"],

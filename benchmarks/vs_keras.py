@@ -209,7 +209,7 @@ def jaxreg_child(args) -> dict:
             "widths": list(b.widths),
             "configs": [c.name for c in b.configs],
             "seeds": list(b.seeds),
-            "product": V.choose_product(b, args.jaxreg_product),
+            "product": timing["product"],
             "construct_s": timing["construct_s"],
             "init_s": timing["init_s"],
             "batch_prep_s": timing["batch_prep_s"],

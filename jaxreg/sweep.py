@@ -397,7 +397,7 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
                 "optimizer": b.optimizer,
                 "variants": [c.name for c in b.configs],
                 "seeds": list(b.seeds),
-                "product": V.choose_product(b, config.product),
+                "product": V.choose_product(b, config.product, V.sequential_on(devices)),
             }
             for b in plan
         ],

@@ -316,6 +316,9 @@ def test_choose_product():
     assert choose_product(bucket(1, 512)) == "dense"
     assert choose_product(bucket(1, 16), "dense") == "dense"
     assert choose_product(bucket(1, 512), "sparse") == "sparse"
+    # variants one after the other (one CPU device): only one config's columns at a time
+    assert choose_product(bucket(32, 16), sequential=True) == "sparse"
+    assert choose_product(bucket(1, 512), sequential=True) == "dense"
 
 
 def test_run_settings_validation():
