@@ -78,7 +78,7 @@ def make_batches(x, y: np.ndarray, order: np.ndarray, batch_size: int, cap: int)
     """
     n = len(order)
     n_batches = math.ceil(n / batch_size)
-    lengths = np.diff(x.indptr)[order]
+    lengths = x.lengths[order]
     ends = np.cumsum(lengths)
     starts = ends - lengths
     src = np.repeat(x.indptr[order] - starts, lengths) + np.arange(ends[-1] if n else 0)

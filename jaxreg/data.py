@@ -125,29 +125,6 @@ class SparseMultiHot:
         )
         return SparseMultiHot(indptr, self.indices[gather], self.num_words)
 
-    def to_padded(self, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(idx int32 [n, L], mask bool [n, L]); padding slots hold index 0 (PAD) and mask False.
-
-        L is the longest row unless max_len is given (DataError if a row is longer).
-        """
-        lengths = np.diff(self.indptr)
-        longest = int(lengths.max()) if lengths.size else 0
-        if max_len is None:
-            max_len = longest
-        elif longest > max_len:
-            raise DataError(
-                f"a row has {longest} active words but max_len={max_len}; "
-                f"pass max_len >= {longest} or max_len=None"
-            )
-        n = len(self)
-        idx = np.full((n, max_len), PAD, dtype=np.int32)
-        mask = np.zeros((n, max_len), dtype=bool)
-        rows = np.repeat(np.arange(n), lengths)
-        cols = np.arange(self.indices.size) - np.repeat(self.indptr[:-1], lengths)
-        idx[rows, cols] = self.indices
-        mask[rows, cols] = True
-        return idx, mask
-
     @property
     def nbytes(self) -> int:
         return int(self.indptr.nbytes + self.indices.nbytes)
@@ -156,16 +133,7 @@ class SparseMultiHot:
 def densify(x: SparseMultiHot, dtype=np.float32) -> np.ndarray:
     """[n, num_words] dense multi-hot matrix (for references and tests; big for real data)."""
     out = np.zeros((len(x), x.num_words), dtype=dtype)
-    out[np.repeat(np.arange(len(x)), np.diff(x.indptr)), x.indices] = 1
-    return out
-
-
-def densify_padded(idx, mask, num_words, dtype=np.float32) -> np.ndarray:
-    """[n, num_words] dense multi-hot matrix from a padded batch (idx, mask)."""
-    idx, mask = np.asarray(idx), np.asarray(mask, dtype=bool)
-    out = np.zeros((idx.shape[0], num_words), dtype=dtype)
-    rows = np.broadcast_to(np.arange(idx.shape[0])[:, None], idx.shape)
-    out[rows[mask], idx[mask]] = 1
+    out[np.repeat(np.arange(len(x)), x.lengths), x.indices] = 1
     return out
 
 

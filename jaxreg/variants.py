@@ -310,12 +310,11 @@ class BucketProgram:
         # One CPU device and a sparse first layer: variants one after the other (see _over_axis).
         self.sequential = sequential and self.config.product == "sparse"
         train = dataset.train
-        lengths = np.diff(train.x.indptr)
         orders = [batching.epoch_order(s, e, len(train)) for s in bucket.seeds for e in range(settings.epochs)]
-        self.capacity = batching.capacity(lengths, orders, settings.batch_size)
+        self.capacity = batching.capacity(train.x.lengths, orders, settings.batch_size)
         val = dataset.validation
         val_order = np.arange(len(val))
-        val_cap = batching.capacity(np.diff(val.x.indptr), [val_order], settings.eval_batch_size)
+        val_cap = batching.capacity(val.x.lengths, [val_order], settings.eval_batch_size)
         self._replicated = NamedSharding(self.mesh, P())
         self._by_config = NamedSharding(self.mesh, P("variant"))
         self._by_seed_config = NamedSharding(self.mesh, P(None, "variant"))

@@ -13,7 +13,7 @@ import chex
 import numpy as np
 import pytest
 
-from jaxreg import data
+from jaxreg import batches, data
 from jaxreg.data import (
     FIRST_WORD,
     OOV,
@@ -21,7 +21,6 @@ from jaxreg.data import (
     DataError,
     SparseMultiHot,
     densify,
-    densify_padded,
     load_imdb,
     synthetic_dataset,
 )
@@ -177,7 +176,8 @@ def test_reviews_sorted_by_numeric_id_and_folder_equals_archive(make_fake_imdb, 
     from_parent = load_imdb(tmp_path, source="folder", use_cache=False)
     index = {w: i + FIRST_WORD for i, w in enumerate(from_archive.vocabulary)}
     expected_second_words = [index[w] for w in ("one", "two", "ten", "hundred")] * 2
-    assert [row[1] for row in from_archive.train.x.to_padded()[0]] == expected_second_words
+    x = from_archive.train.x
+    assert x.indices[x.indptr[:-1] + 1].tolist() == expected_second_words  # after START
     for other in (from_folder, from_parent):
         assert other.vocabulary == from_archive.vocabulary
         np.testing.assert_array_equal(other.train.x.indices, from_archive.train.x.indices)
@@ -356,21 +356,17 @@ def test_tfds_missing(monkeypatch):
 # --- SparseMultiHot and synthetic data ------------------------------------------------
 
 
-def test_take_padded_and_densify_agree(synthetic):
-    x = synthetic.train.x
+def test_take_densify_and_device_batches_agree(synthetic):
+    x, y = synthetic.train.x, synthetic.train.y
     dense = densify(x)
     rows = np.array([5, 0, 5, 299, 17])
     np.testing.assert_array_equal(densify(x.take(rows)), dense[rows])
-    idx, mask = x.to_padded()
-    chex.assert_shape((idx, mask), (len(x), int(x.lengths.max())))
-    assert idx.dtype == np.int32 and (idx[~mask] == 0).all() and (mask.sum(1) == x.lengths).all()
-    np.testing.assert_array_equal(densify_padded(idx, mask, x.num_words), dense)
-    wide_idx, wide_mask = x.to_padded(max_len=400)
-    np.testing.assert_array_equal(densify_padded(wide_idx, wide_mask, x.num_words, np.float64), dense)
-    with pytest.raises(DataError, match="max_len"):
-        x.to_padded(max_len=3)
+    order = batches.epoch_order(0, 0, len(x))
+    epoch = batches.make_batches(x, y, order, 128, batches.capacity(x.lengths, [order], 128))
+    stacked = np.asarray(epoch.x.dense()).reshape(-1, x.num_words)[: len(x)]
+    np.testing.assert_array_equal(stacked, dense[order])
     empty = x.take([])
-    assert len(empty) == 0 and empty.to_padded()[0].shape == (0, 0)
+    assert len(empty) == 0 and densify(empty).shape == (0, x.num_words)
 
 
 def test_synthetic_structure_determinism_and_signal(synthetic):
