@@ -63,7 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--product",
         choices=("auto", "sparse", "dense"),
-        help="first-layer product: sparse gather, dense matmul, or auto (by width; default)",
+        help="first-layer product: sparse embedding bag, dense matmul, or auto (default: sparse with jaxreg's CPU "
+        "kernels or when few first-layer columns, else dense)",
+    )
+    p.add_argument(
+        "--variant-loop",
+        choices=("auto", "vmap", "map"),
+        help="a bucket's variants: vmapped, one after the other (map: bit-identical to running alone on one "
+        "device), or auto (default)",
     )
     p.add_argument("--loss", choices=("keras", "logits"), help="keras: clipped BCE as the book (default); logits: stable BCE")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same options)")
@@ -104,6 +111,7 @@ def build_config(args):
         "holdout_size": args.holdout_size,
         "devices": args.devices,
         "product": args.product,
+        "variant_loop": args.variant_loop,
         "loss": args.loss,
     }
     changes = {k: v for k, v in flags.items() if v is not None}

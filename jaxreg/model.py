@@ -15,16 +15,17 @@ from flax import linen as nn
 
 from jaxreg.batches import SparseBatch
 from jaxreg.dropout import dropout
+from jaxreg.embedding_bag import embedding_bag
 
 PRODUCTS = ("sparse", "dense")
 glorot_uniform = nn.initializers.glorot_uniform()
 
 
 def multi_hot_matmul(x: SparseBatch | jax.Array, kernel: jax.Array, product: str = "sparse") -> jax.Array:
-    """multi_hot(x) @ kernel, by gather + segment sum ("sparse") or by densifying the batch ("dense").
+    """multi_hot(x) @ kernel, as an embedding bag ("sparse") or by densifying the batch ("dense").
 
     Dense arrays are multiplied directly. The sparse path moves a few thousand kernel rows
-    per batch, the dense path does a full matmul but vectorizes better for wide kernels.
+    per batch (see `embedding_bag`); the dense path does a full matmul.
     """
     if not isinstance(x, SparseBatch):
         return x @ kernel
@@ -32,9 +33,7 @@ def multi_hot_matmul(x: SparseBatch | jax.Array, kernel: jax.Array, product: str
         return x.dense(kernel.dtype) @ kernel
     if product != "sparse":
         raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
-    gathered = jnp.take(kernel, x.cols, axis=0)
-    summed = jax.ops.segment_sum(gathered, x.rows, num_segments=x.num_rows + 1, indices_are_sorted=True)
-    return summed[:-1]
+    return embedding_bag(kernel, x.rows, x.cols, x.num_rows)
 
 
 class MultiHotDense(nn.Module):

@@ -85,6 +85,7 @@ class SweepConfig:
     batch_size: int = 512
     loss: str = "keras"
     product: str = "auto"
+    variant_loop: str = "auto"
     validation: str = "test"
     holdout_size: int = 10_000
     data: str | None = None
@@ -122,6 +123,8 @@ class SweepConfig:
             bad("loss", f"must be one of {losses.LOSS_MODES}")
         if self.product not in PRODUCTS:
             bad("product", f"must be one of {PRODUCTS}")
+        if self.variant_loop not in V.VARIANT_LOOPS:
+            bad("variant_loop", f"must be one of {V.VARIANT_LOOPS}")
         if self.validation not in VALIDATIONS:
             bad("validation", f"must be one of {VALIDATIONS}")
         if self.axis is not None and self.axis not in AXES:
@@ -155,7 +158,9 @@ class SweepConfig:
         return V.with_seeds(self.variants, range(self.seeds))
 
     def run_settings(self) -> V.RunSettings:
-        return V.RunSettings(epochs=self.epochs, batch_size=self.batch_size, loss=self.loss, product=self.product)
+        return V.RunSettings(
+            epochs=self.epochs, batch_size=self.batch_size, loss=self.loss, product=self.product, variant_loop=self.variant_loop
+        )
 
     def axis_values(self) -> dict[str, float]:
         """{variant name: the value of `axis`}; empty without an axis."""
@@ -302,7 +307,7 @@ def _state_targets(config: SweepConfig, num_words: int, n_devices: int) -> list:
     """Per bucket: (abstract TrainState of one variant, leading axes [seeds, padded configs]) as variants.run builds it."""
     targets = []
     for bucket in V.plan(config.variant_specs()):
-        step_config = bucket.step_config(config.loss, V.choose_product(bucket, config.product))
+        step_config = bucket.step_config(config.loss, V.choose_product(bucket, config.product))  # shapes only
         one = jax.eval_shape(lambda c=step_config, w=bucket.widths: init_state(jax.random.key(0), c, num_words, w)[0])
         targets.append((one, (len(bucket.seeds), len(V.sharded_configs(bucket, n_devices)))))
     return targets
@@ -397,7 +402,7 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
                 "optimizer": b.optimizer,
                 "variants": [c.name for c in b.configs],
                 "seeds": list(b.seeds),
-                "product": V.choose_product(b, config.product, V.sequential_on(devices)),
+                "product": V.bucket_product(b, config.product, devices, config.variant_loop),
             }
             for b in plan
         ],

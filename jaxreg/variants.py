@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxreg import batches as batching
 from jaxreg import optim
+from jaxreg.embedding_bag import cpu_kernels_available
 from jaxreg.train import Hyperparameters, StepConfig, evaluate, init_state, train_epoch
 
 METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
@@ -196,24 +197,49 @@ def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy(
 DENSE_PRODUCT_COLUMNS = 256
 
 
-def sequential_on(devices) -> bool:
-    """Whether a bucket on these devices may run its variants one after the other: one CPU device."""
+def cpu_kernels_on(devices) -> bool:
+    """Whether the sparse first layer runs as jaxreg's CPU embedding-bag kernels on these devices."""
+    return all(d.platform == "cpu" for d in devices) and cpu_kernels_available()
+
+
+VARIANT_LOOPS = ("auto", "vmap", "map")
+
+
+def sequential_on(devices, variant_loop: str = "auto") -> bool:
+    """Whether a bucket on these devices runs its variants one after the other (lax.map).
+
+    "map" always, "vmap" never. "auto": only on one CPU device without the CPU kernels,
+    where XLA's batched gathers and scatters under vmap cost more than the same work
+    variant by variant; the kernels take all variants of a vmapped call at once and share
+    the index work between them. "map" on one device makes a variant's history bit-identical
+    alone and in any bucket (vmap's batched matmuls round differently, ~1e-7).
+    """
+    if variant_loop != "auto":
+        return variant_loop == "map"
     devices = list(devices)
-    return len(devices) == 1 and devices[0].platform == "cpu"
+    return len(devices) == 1 and devices[0].platform == "cpu" and not cpu_kernels_on(devices)
 
 
-def choose_product(bucket: Bucket, product: str = "auto", sequential: bool = False) -> str:
-    """'sparse' gather unless the first-layer columns computed at once exceed 256, then 'dense' matmul.
+def choose_product(bucket: Bucket, product: str = "auto", sequential: bool = False, cpu_kernels: bool = False) -> str:
+    """The first layer's product for "auto": 'sparse' with the CPU kernels, else by columns at once.
 
-    Columns at once: all configs' side by side under vmap, one config's when the variants
-    run one after the other (`sequential`). On this project's CPU the dense product is
-    ~20% slower for a 1024-unit layer but needs ~450 MB less memory; below 256 columns the
-    sparse one is several times faster.
+    With the kernels a 1024-unit layer is ~3x faster sparse than dense (and needs less
+    memory). Without them (XLA's gather and scatter), 'dense' once the first-layer columns
+    computed at once exceed 256: all configs' side by side under vmap, one config's when
+    the variants run one after the other (`sequential`).
     """
     if product != "auto":
         return product
+    if cpu_kernels:
+        return "sparse"
     columns = bucket.widths[0] * (1 if sequential else len(bucket.configs))
     return "dense" if columns > DENSE_PRODUCT_COLUMNS else "sparse"
+
+
+def bucket_product(bucket: Bucket, product: str, devices, variant_loop: str = "auto") -> str:
+    """choose_product for a bucket run on these devices."""
+    devices = list(devices)
+    return choose_product(bucket, product, sequential_on(devices, variant_loop), cpu_kernels_on(devices))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,11 +251,14 @@ class RunSettings:
     eval_batch_size: int = 1024
     loss: str = "keras"
     product: str = "auto"
+    variant_loop: str = "auto"  # see sequential_on
 
     def __post_init__(self):
         for field in ("epochs", "batch_size", "eval_batch_size"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
                 raise ValueError(f"RunSettings.{field} must be a positive integer, got {getattr(self, field)!r}")
+        if self.variant_loop not in VARIANT_LOOPS:
+            raise ValueError(f"RunSettings.variant_loop must be one of {VARIANT_LOOPS}, got {self.variant_loop!r}")
 
 
 def variant_mesh(devices=None) -> jax.sharding.Mesh:
@@ -305,10 +334,11 @@ class BucketProgram:
         self.mesh = mesh if mesh is not None else variant_mesh()
         self.n_configs = len(bucket.configs)
         self.configs = sharded_configs(bucket, self.mesh.devices.size)
-        sequential = sequential_on(self.mesh.devices.flat)
-        self.config = bucket.step_config(settings.loss, choose_product(bucket, settings.product, sequential))
-        # One CPU device and a sparse first layer: variants one after the other (see _over_axis).
-        self.sequential = sequential and self.config.product == "sparse"
+        devices = list(self.mesh.devices.flat)
+        self.config = bucket.step_config(settings.loss, bucket_product(bucket, settings.product, devices, settings.variant_loop))
+        # "auto" loops over variants only for XLA's sparse gathers on one CPU device (see sequential_on).
+        sequential = sequential_on(devices, settings.variant_loop)
+        self.sequential = sequential and (settings.variant_loop == "map" or self.config.product == "sparse")
         train = dataset.train
         orders = [batching.epoch_order(s, e, len(train)) for s in bucket.seeds for e in range(settings.epochs)]
         self.capacity = batching.capacity(train.x.lengths, orders, settings.batch_size)

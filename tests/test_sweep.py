@@ -132,6 +132,7 @@ def test_preset_docstring_starts_with_its_command(name):
         ({"seeds": 0}, "seeds=0"),
         ({"batch_size": 2.5}, "batch_size=2.5"),
         ({"product": "fast"}, "product='fast'"),
+        ({"variant_loop": "loop"}, "variant_loop='loop'"),
         ({"validation": "train"}, "validation='train'"),
         ({"devices": 0}, "devices=0"),
         ({"synthetic": True, "validation": "holdout"}, "validation='holdout' must be 'test' with synthetic"),
@@ -256,7 +257,7 @@ def test_help_explains_every_flag(sweep_env):
     proc = sweep("--help", env=sweep_env, timeout=60)
     assert proc.returncode == 0
     for flag in ("--preset", "--epochs", "--seeds", "--batch-size", "--data", "--synthetic", "--out", "--validation",
-                 "--devices", "--variants", "--product", "--resume", "--overwrite", "--no-figures"):
+                 "--devices", "--variants", "--product", "--variant-loop", "--resume", "--overwrite", "--no-figures"):
         assert flag in proc.stdout
     assert "JAXREG_DATA" in proc.stdout and "book" in proc.stdout
 

@@ -34,6 +34,7 @@ from jaxreg.variants import (
     VariantError,
     VariantSpec,
     choose_product,
+    sequential_on,
     padded_widths,
     plan,
     run,
@@ -319,6 +320,17 @@ def test_choose_product():
     # variants one after the other (one CPU device): only one config's columns at a time
     assert choose_product(bucket(32, 16), sequential=True) == "sparse"
     assert choose_product(bucket(1, 512), sequential=True) == "dense"
+    # with the CPU kernels the sparse product wins at every width
+    assert choose_product(bucket(4, 1024), cpu_kernels=True) == "sparse"
+    assert choose_product(bucket(4, 1024), "dense", cpu_kernels=True) == "dense"
+
+
+def test_variant_loop():
+    cpu = jax.devices("cpu")[:1]
+    assert sequential_on(cpu, "map") and not sequential_on(cpu, "vmap")
+    assert sequential_on(cpu, "auto") == (not variants.cpu_kernels_on(cpu))
+    with pytest.raises(ValueError, match="variant_loop"):
+        RunSettings(variant_loop="loop")
 
 
 def test_run_settings_validation():
@@ -462,12 +474,15 @@ def test_divergence_is_contained(neighbours, alone):
     assert_close(with_bad, {key(v): alone(v) for v in NEIGHBOURS}, keys)
 
 
-def test_on_one_cpu_device_a_variant_is_bit_identical_alone_and_in_a_bucket(dataset):
-    """One CPU device + sparse first layer: variants run one after the other (lax.map), so exactly as alone."""
+def test_with_variant_loop_map_a_variant_is_bit_identical_alone_and_in_a_bucket(dataset):
+    """variant_loop="map" on one device: variants run one after the other (lax.map), so exactly as alone."""
     assert jax.default_backend() == "cpu"
+    settings = dataclasses.replace(SETTINGS, variant_loop="map")
     target = VariantSpec("target", (6, 6), l1=1e-4, dropout_rate=0.3, seed=1)
     neighbours = [VariantSpec("n1", (16, 16), l2=1e-3, seed=1), VariantSpec("n2", (16, 16), seed=0), target]
-    alone = run([target], dataset, SETTINGS)[("target", 1)]
-    together = run(neighbours, dataset, SETTINGS)[("target", 1)]
+    alone = run([target], dataset, settings)[("target", 1)]
+    together = run(neighbours, dataset, settings)[("target", 1)]
     for metric in alone:
         assert np.array_equal(alone[metric], together[metric]), metric
+    vmapped = run(neighbours, dataset, dataclasses.replace(SETTINGS, variant_loop="vmap"))[("target", 1)]
+    assert_close({"t": vmapped}, {"t": together}, ["t"])

@@ -1,0 +1,299 @@
+// Embedding bag for XLA:CPU, as XLA FFI custom calls (built by jaxreg/cpu_kernels.py).
+//
+// Forward:  out[b, r, :]   = sum of table[b, c, :] over the pairs (r, c) of batch b.
+// Backward: grad[b, c, :]  = sum of d_out[b, r, :] over the same pairs.
+// Pairs whose row is >= out rows (padding) or whose column is out of range are skipped.
+// Leading "batch" dimensions come from vmap (vmap_method="expand_dims"): every operand has
+// the output's number of them, each either equal to the output's or 1 (broadcast).
+//
+// Why by hand: XLA:CPU runs gather + segment_sum and scatter-add element by element at
+// ~1.5 GB/s; these loops move whole contiguous rows, split over XLA's intra-op threads.
+// Each output row sums its pairs in their given order, so the result does not depend on
+// threads and equals XLA's segment_sum / scatter-add bit for bit.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Offsets (in items) of every output batch index into an operand whose batch dims broadcast.
+std::vector<int64_t> BroadcastOffsets(const std::vector<int64_t>& out_batch, ffi::AnyBuffer::Dimensions dims) {
+  const size_t k = out_batch.size();
+  std::vector<int64_t> strides(k, 0);
+  int64_t stride = 1;
+  for (size_t i = k; i-- > 0;) {
+    strides[i] = dims[i] == 1 ? 0 : stride;
+    stride *= dims[i];
+  }
+  int64_t total = 1;
+  for (int64_t d : out_batch) total *= d;
+  std::vector<int64_t> offsets(total, 0);
+  for (int64_t flat = 0; flat < total; ++flat) {
+    int64_t rest = flat, offset = 0;
+    for (size_t i = k; i-- > 0;) {
+      offset += (rest % out_batch[i]) * strides[i];
+      rest /= out_batch[i];
+    }
+    offsets[flat] = offset;
+  }
+  return offsets;
+}
+
+// Runs work(item) for item in [0, n) on the caller and up to n - 1 pool threads. The caller
+// claims items too, so it never waits on a task that has not started.
+template <typename Work>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
+  if (n <= 1) {
+    if (n == 1) work(0);
+    return;
+  }
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  auto drain = [shared, n, &work]() {
+    for (int64_t i; (i = shared->next.fetch_add(1)) < n;) {
+      work(i);
+      shared->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(n, std::max<int64_t>(pool.num_threads(), 1)) - 1;
+  for (int64_t t = 0; t < helpers; ++t) {
+    // A helper that starts after all items are claimed returns at once; `work` is only
+    // touched for claimed items, all of which finish before this function returns.
+    pool.Schedule([shared, n, &work]() {
+      for (int64_t i; (i = shared->next.fetch_add(1)) < n;) {
+        work(i);
+        shared->done.fetch_add(1, std::memory_order_release);
+      }
+    });
+  }
+  drain();
+  while (shared->done.load(std::memory_order_acquire) < n) {
+  }
+}
+
+// The pairs grouped by output row: src rows of group d are src[start[d] : start[d + 1]].
+template <typename Index>
+struct Groups {
+  std::vector<int64_t> start;
+  std::vector<int32_t> sorted;  // src rows, when they had to be reordered
+  const Index* direct = nullptr;  // src rows, when the pairs were already grouped
+
+};
+
+// Groups the valid pairs (0 <= dst < dst_n, 0 <= src < src_n) by dst. Pairs already sorted
+// by dst with valid src (the forward pass over make_batches' batches) are used in place;
+// otherwise a stable counting sort (O(pairs + dst_n)) reorders them, keeping each group's
+// pairs in their original order so the sums match XLA's segment_sum / scatter-add exactly.
+template <typename Index>
+Groups<Index> Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int64_t src_n) {
+  Groups<Index> g;
+  g.start.assign(dst_n + 1, 0);
+  auto valid = [&](int64_t p) { return dst[p] >= 0 && dst[p] < dst_n && src[p] >= 0 && src[p] < src_n; };
+  // Already grouped: dst non-decreasing from >= 0, src valid wherever dst < dst_n (the
+  // rest, dst >= dst_n, is padding). Checked without branches so the loop vectorizes.
+  bool grouped = pairs == 0 || dst[0] >= 0;
+  int64_t n_valid = pairs > 0 && dst[0] < dst_n;
+  for (int64_t p = 1; p < pairs; ++p) {
+    const bool in = dst[p] < dst_n;
+    grouped &= (dst[p] >= dst[p - 1]) & (!in | ((src[p] >= 0) & (src[p] < src_n)));
+    n_valid += in;
+  }
+  if (pairs > 0 && dst[0] < dst_n) grouped &= (src[0] >= 0) & (src[0] < src_n);
+  if (grouped) {
+    for (int64_t d = 0; d <= dst_n; ++d) {  // start[d] = first pair with dst >= d
+      g.start[d] = std::lower_bound(dst, dst + n_valid, Index(std::min<int64_t>(d, dst_n))) - dst;
+    }
+    g.start[dst_n] = n_valid;
+    g.direct = src;
+    return g;
+  }
+  std::vector<int64_t> count(dst_n + 1, 0);
+  for (int64_t p = 0; p < pairs; ++p) {
+    if (valid(p)) ++count[dst[p] + 1];
+  }
+  for (int64_t d = 0; d < dst_n; ++d) count[d + 1] += count[d];
+  g.start = count;
+  g.sorted.resize(g.start[dst_n]);
+  for (int64_t p = 0; p < pairs; ++p) {
+    if (valid(p)) g.sorted[count[dst[p]]++] = int32_t(src[p]);
+  }
+  return g;
+}
+
+// out[d] = sum of table rows of group d, for d in [lo, hi). W > 0 fixes the width at compile
+// time so a row's sum stays in registers; W = 0 accumulates in the output row.
+template <int W, typename S>
+void SumGroups(const int64_t* start, const S* src, const float* table, float* out, int64_t width, int64_t lo,
+               int64_t hi) {
+  if constexpr (W > 0) {
+    for (int64_t d = lo; d < hi; ++d) {
+      float acc[W] = {};
+      for (int64_t p = start[d]; p < start[d + 1]; ++p) {
+        const float* __restrict s = table + int64_t(src[p]) * W;
+        for (int j = 0; j < W; ++j) acc[j] += s[j];
+      }
+      std::memcpy(out + d * W, acc, sizeof(acc));
+    }
+  } else {
+    const int64_t end = start[hi];
+    for (int64_t d = lo; d < hi; ++d) {
+      float* __restrict o = out + d * width;
+      const int64_t first = start[d], last = start[d + 1];
+      if (first == last) {
+        std::memset(o, 0, width * sizeof(float));
+        continue;
+      }
+      for (int64_t p = first; p < last; ++p) {
+        if (p + 2 < end) {  // wide rows come from all over the table: fetch two pairs ahead
+          const float* ahead = table + int64_t(src[p + 2]) * width;
+          for (int64_t j = 0; j < width; j += 16) __builtin_prefetch(ahead + j);
+        }
+        const float* __restrict s = table + int64_t(src[p]) * width;
+        if (p == first) {
+          for (int64_t j = 0; j < width; ++j) o[j] = 0.0f + s[j];  // not s[j]: -0.0 becomes +0.0, as in a sum from 0
+        } else {
+          for (int64_t j = 0; j < width; ++j) o[j] += s[j];
+        }
+      }
+    }
+  }
+}
+
+template <typename S>
+void SumGroups(const int64_t* start, const S* src, const float* table, float* out, int64_t width, int64_t lo,
+               int64_t hi) {
+  switch (width) {
+    case 16: return SumGroups<16>(start, src, table, out, width, lo, hi);
+    case 32: return SumGroups<32>(start, src, table, out, width, lo, hi);
+    case 64: return SumGroups<64>(start, src, table, out, width, lo, hi);
+    default: return SumGroups<0>(start, src, table, out, width, lo, hi);
+  }
+}
+
+template <typename Index>
+void SumGroups(const Groups<Index>& g, const float* table, float* out, int64_t width, int64_t lo, int64_t hi) {
+  if (g.direct) return SumGroups(g.start.data(), g.direct, table, out, width, lo, hi);
+  SumGroups(g.start.data(), g.sorted.data(), table, out, width, lo, hi);
+}
+
+// Forward: dst rows are the pairs' rows, src rows their columns; backward the reverse. Work
+// is split over batch items and, within an item, over chunks of dst rows holding about equal
+// numbers of pairs; calls with little work stay on one thread.
+template <typename Index>
+ffi::Error Bag(ffi::ThreadPool& pool, ffi::AnyBuffer src, ffi::AnyBuffer rows, ffi::AnyBuffer cols,
+               ffi::Result<ffi::Buffer<ffi::F32>> dst, bool forward) {
+  auto dst_dims = dst->dimensions();
+  const size_t rank = dst_dims.size();
+  if (rank < 2 || src.dimensions().size() != rank || rows.dimensions().size() != rank - 1 ||
+      cols.dimensions().size() != rank - 1) {
+    return ffi::Error::InvalidArgument("embedding bag: operand ranks do not match");
+  }
+  std::vector<int64_t> batch(dst_dims.begin(), dst_dims.end() - 2);
+  int64_t n_batch = 1;
+  for (int64_t d : batch) n_batch *= d;
+  const int64_t dst_n = dst_dims[rank - 2], width = dst_dims[rank - 1];
+  const int64_t src_n = src.dimensions()[rank - 2];
+  const int64_t pairs = rows.dimensions()[rank - 2];
+  if (src.dimensions()[rank - 1] != width || cols.dimensions()[rank - 2] != pairs) {
+    return ffi::Error::InvalidArgument("embedding bag: operand shapes do not match");
+  }
+  const auto src_off = BroadcastOffsets(batch, src.dimensions());
+  const auto rows_off = BroadcastOffsets(batch, rows.dimensions());
+  const auto cols_off = BroadcastOffsets(batch, cols.dimensions());
+  const float* src_data = src.typed_data<float>();
+  float* dst_data = dst->typed_data();
+
+  // One grouping per distinct (rows, cols) operand: variants that share batches share it.
+  std::vector<std::pair<int64_t, int64_t>> keys;
+  std::vector<Groups<Index>> groups;
+  std::vector<int64_t> group_of(n_batch);
+  for (int64_t b = 0; b < n_batch; ++b) {
+    const std::pair<int64_t, int64_t> key{rows_off[b], cols_off[b]};
+    auto found = std::find(keys.begin(), keys.end(), key);
+    group_of[b] = found - keys.begin();
+    if (found != keys.end()) continue;
+    keys.push_back(key);
+    const Index* r = rows.typed_data<Index>() + key.first * pairs;
+    const Index* c = cols.typed_data<Index>() + key.second * pairs;
+    groups.push_back(forward ? Group<Index>(r, c, pairs, dst_n, src_n) : Group<Index>(c, r, pairs, dst_n, src_n));
+  }
+
+  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
+  const bool small = n_batch * pairs * width < (int64_t(1) << 21);
+  const int64_t chunks = small ? 1 : std::max<int64_t>(1, std::min<int64_t>(dst_n, (4 * threads + n_batch - 1) / n_batch));
+  auto work = [&](int64_t item) {
+    const int64_t b = item / chunks, k = item % chunks;
+    const Groups<Index>& g = groups[group_of[b]];
+    const int64_t total = g.start[dst_n];
+    auto first_row = [&](int64_t kk) -> int64_t {  // dst row holding pair total * kk / chunks
+      if (kk == 0) return 0;
+      if (kk == chunks) return dst_n;
+      return std::upper_bound(g.start.begin(), g.start.end(), total * kk / chunks) - g.start.begin() - 1;
+    };
+    SumGroups<Index>(g, src_data + src_off[b] * src_n * width, dst_data + b * dst_n * width, width, first_row(k),
+                     first_row(k + 1));
+  };
+  if (small && n_batch == 1) {
+    work(0);
+  } else {
+    ParallelFor(pool, n_batch * chunks, work);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Dispatch(ffi::ThreadPool pool, ffi::AnyBuffer src, ffi::AnyBuffer rows, ffi::AnyBuffer cols,
+                    ffi::Result<ffi::Buffer<ffi::F32>> dst, bool forward) {
+  if (src.element_type() != ffi::DataType::F32) {
+    return ffi::Error::InvalidArgument("embedding bag: values must be float32");
+  }
+  if (rows.element_type() != cols.element_type()) {
+    return ffi::Error::InvalidArgument("embedding bag: rows and cols must share a dtype");
+  }
+  switch (rows.element_type()) {
+    case ffi::DataType::S16:
+      return Bag<int16_t>(pool, src, rows, cols, dst, forward);
+    case ffi::DataType::S32:
+      return Bag<int32_t>(pool, src, rows, cols, dst, forward);
+    default:
+      return ffi::Error::InvalidArgument("embedding bag: indices must be int16 or int32");
+  }
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer table, ffi::AnyBuffer rows, ffi::AnyBuffer cols,
+                   ffi::Result<ffi::Buffer<ffi::F32>> out) {
+  return Dispatch(pool, table, rows, cols, out, /*forward=*/true);
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer d_out, ffi::AnyBuffer rows, ffi::AnyBuffer cols,
+                    ffi::Result<ffi::Buffer<ffi::F32>> d_table) {
+  return Dispatch(pool, d_out, rows, cols, d_table, /*forward=*/false);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxregBagForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxregBagBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

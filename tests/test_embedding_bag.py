@@ -1,0 +1,126 @@
+"""The CPU embedding-bag kernels equal XLA's gather + segment_sum, bit for bit.
+
+Covers: forward and gradient, int16 and int32 indices, padding pairs and out-of-range
+columns, rows not sorted, empty rows and columns, vmap with shared and per-variant indices
+(nested too), -0.0 cotangents, widths with and without a compile-time specialization, and
+the fallbacks (JAXREG_CPU_KERNELS=0, no compiler).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxreg import embedding_bag as eb
+
+pytestmark = pytest.mark.skipif(
+    not eb.cpu_kernels_available(), reason="no C++ compiler on this machine: the CPU kernels cannot be built"
+)
+
+
+def pairs(rng, num_rows, num_words, n, dtype=np.int16, sort=True, padding=10):
+    rows = rng.integers(0, num_rows, n)
+    rows = np.sort(rows) if sort else rows
+    cols = np.minimum(rng.zipf(1.5, n), num_words) - 1  # heavy-tailed like word counts
+    rows = np.concatenate([rows, np.full(padding, num_rows)])  # padding pairs point past the last row
+    cols = np.concatenate([cols, np.zeros(padding, int)])
+    return jnp.asarray(rows.astype(dtype)), jnp.asarray(cols.astype(dtype))
+
+
+def both(fn):
+    """fn evaluated (jitted) with the kernels and with XLA's gather."""
+    return jax.jit(fn(eb._kernel_bag)), jax.jit(fn(eb._xla_bag))
+
+
+def assert_bitwise_equal(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), f"max |diff| {np.abs(a - b).max()}"
+
+
+@pytest.mark.parametrize("width", [1, 16, 48, 64, 300])
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+def test_forward_and_gradient_equal_xla(width, dtype):
+    rng = np.random.default_rng(width)
+    num_rows, num_words = 37, 200
+    rows, cols = pairs(rng, num_rows, num_words, 900, dtype)
+    table = jnp.asarray(rng.standard_normal((num_words, width)), jnp.float32)
+    d_out = jnp.asarray(rng.standard_normal((num_rows, width)), jnp.float32)
+    d_out = d_out.at[0].set(-0.0)  # a sum from 0 turns -0.0 into +0.0: the kernel must too
+    fwd_k, fwd_x = both(lambda bag: lambda t, r, c: bag(t, r, c, num_rows))
+    assert_bitwise_equal(fwd_k(table, rows, cols), fwd_x(table, rows, cols))
+    grad_k, grad_x = both(lambda bag: lambda t, r, c, g: jax.vjp(lambda t: bag(t, r, c, num_rows), t)[1](g)[0])
+    assert_bitwise_equal(grad_k(table, rows, cols, d_out), grad_x(table, rows, cols, d_out))
+
+
+def test_unsorted_rows_out_of_range_columns_and_empty_rows():
+    rng = np.random.default_rng(0)
+    num_rows, num_words, width = 50, 30, 16
+    rows, cols = pairs(rng, 40, num_words, 400, np.int32, sort=False, padding=0)  # rows 40..49 stay empty
+    cols = cols.at[5].set(num_words + 3).at[6].set(-1)  # skipped (XLA's gather would clamp instead)
+    table = jnp.asarray(rng.standard_normal((num_words, width)), jnp.float32)
+    out = np.asarray(jax.jit(lambda t, r, c: eb._kernel_bag(t, r, c, num_rows))(table, rows, cols))
+    expected = np.zeros((num_rows + 1, width), np.float32)
+    keep = (np.asarray(cols) >= 0) & (np.asarray(cols) < num_words)
+    np.add.at(expected, np.asarray(rows)[keep], np.asarray(table)[np.asarray(cols)[keep]])
+    np.testing.assert_allclose(out, expected[:-1], rtol=1e-6, atol=1e-6)
+    assert np.all(out[40:] == 0)
+
+
+def test_vmap_shared_and_per_variant_indices():
+    rng = np.random.default_rng(1)
+    num_rows, num_words, width, variants = 20, 100, 16, 3
+    tables = jnp.asarray(rng.standard_normal((variants, num_words, width)), jnp.float32)
+    shared = pairs(rng, num_rows, num_words, 300)
+    own = [pairs(rng, num_rows, num_words, 300) for _ in range(variants)]
+    rows, cols = (jnp.stack(x) for x in zip(*own))
+
+    def loss(bag):
+        return lambda t, r, c: jnp.sum(jnp.sin(bag(t, r, c, num_rows)))
+
+    for in_axes, args in [((0, None, None), (tables, *shared)), ((0, 0, 0), (tables, rows, cols)), ((0, 0, None), (tables, rows, shared[1]))]:
+        k, x = both(lambda bag: jax.vmap(jax.value_and_grad(loss(bag)), in_axes=in_axes))
+        for a, b in zip(jax.tree.leaves(k(*args)), jax.tree.leaves(x(*args))):
+            assert_bitwise_equal(a, b)
+    # nested: seeds (own indices) x configs (shared within a seed)
+    grid = jnp.asarray(rng.standard_normal((variants, 2, num_words, width)), jnp.float32)
+    k, x = both(lambda bag: jax.vmap(jax.vmap(jax.grad(loss(bag)), in_axes=(0, None, None)), in_axes=(0, 0, 0)))
+    assert_bitwise_equal(k(grid, rows, cols), x(grid, rows, cols))
+
+
+def test_public_entry_point_uses_the_kernel_on_cpu():
+    rng = np.random.default_rng(2)
+    rows, cols = pairs(rng, 8, 50, 60)
+    table = jnp.asarray(rng.standard_normal((50, 4)), jnp.float32)
+    text = jax.jit(lambda t: eb.embedding_bag(t, rows, cols, 8)).lower(table).as_text()
+    assert eb.FORWARD_TARGET in text
+    assert_bitwise_equal(eb.embedding_bag(table, rows, cols, 8), eb._xla_bag(table, rows, cols, 8))
+    # other dtypes take XLA's path
+    half = eb.embedding_bag(table.astype(jnp.bfloat16), rows, cols, 8)
+    assert half.dtype == jnp.bfloat16
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+
+
+def test_fallbacks_to_xla_when_disabled_or_no_compiler(tmp_path):
+    code = "from jaxreg import embedding_bag as eb; print(eb.cpu_kernels_available())"
+    disabled = run_python(code, JAXREG_CPU_KERNELS="0")
+    assert disabled.stdout.strip() == "False", disabled.stderr
+    broken = run_python(code, CXX="/bin/false", XDG_CACHE_HOME=str(tmp_path))
+    assert broken.stdout.strip() == "False", broken.stderr
+    assert "CPU embedding-bag kernels unavailable" in broken.stderr
+
+
+def test_build_is_cached_and_atomic(tmp_path):
+    first = eb.build_cpu_kernels(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert eb.build_cpu_kernels(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left behind
