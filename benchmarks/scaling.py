@@ -145,6 +145,17 @@ def measure_limits(repeats: int, batch_rows_cols) -> dict:
     results["batch_pairs"] = nnz
     C.log(f"[limits] gather + segment sum {results['gather_sum_gbs']:.1f} GB/s, scatter-add {results['scatter_add_gbs']:.1f} GB/s "
           f"({nnz} (row, column) pairs of one batch, rows of 1024 floats)")
+    from jaxreg import embedding_bag as eb
+
+    if jax.default_backend() == "cpu" and eb.cpu_kernels_available():  # what jaxreg runs instead on CPU
+        forward = jax.jit(lambda k, r, c: eb.embedding_bag(k, r, c, BATCH_SIZE))
+        backward = jax.jit(lambda k, r, c, d: jax.vjp(lambda k: eb.embedding_bag(k, r, c, BATCH_SIZE), k)[1](d)[0])
+        results["kernel_forward_gbs"] = nnz * 1024 * FLOAT / C.median(_time(forward, kernel, rows, cols, repeats=repeats)) / 1e9
+        results["kernel_backward_gbs"] = (
+            nnz * 1024 * FLOAT / C.median(_time(backward, kernel, rows, cols, delta, repeats=repeats)) / 1e9
+        )
+        C.log(f"[limits] jaxreg CPU kernels: forward {results['kernel_forward_gbs']:.1f} GB/s, "
+              f"backward {results['kernel_backward_gbs']:.1f} GB/s")
     return results
 
 
@@ -258,8 +269,8 @@ def report(args, info, stats, limits, results) -> str:
     )
     lines.append(
         f"Each point: 1 + {args.epochs} epochs of one bucket (BucketProgram), s/epoch = median of the last {args.epochs}; "
-        f"compile = first epoch - median. Product: {args.product!r} (auto: sparse gather up to 256 first-layer columns "
-        "side by side, dense matmul above)."
+        f"compile = first epoch - median. Product: {args.product!r} (auto: sparse embedding bag with jaxreg's CPU kernels; "
+        "without them sparse up to 256 first-layer columns at once, dense matmul above)."
     )
     if limits:
         lines.append("\n### Machine limits\n")
@@ -272,6 +283,12 @@ def report(args, info, stats, limits, results) -> str:
             [f"scatter-add of one batch, {limits['batch_pairs']:,} rows into a 10000x1024 gradient, in place (diagnostic)",
              f"{limits['scatter_add_gbs']:.1f} GB/s"],
         ]
+        if "kernel_forward_gbs" in limits:
+            rows += [
+                ["the same gather + sum by jaxreg's CPU kernel (embedding_bag forward)", f"{limits['kernel_forward_gbs']:.1f} GB/s"],
+                ["the gradient by jaxreg's CPU kernel (embedding_bag backward, fresh 40 MB output)",
+                 f"{limits['kernel_backward_gbs']:.1f} GB/s"],
+            ]
         lines.append(C.markdown_table(["measure", "median"], rows))
         lines.append(
             f"\nFloor model (per epoch, x variants): memory terms at {limits['copy_gbs']:.1f} GB/s, FLOP terms at the best "

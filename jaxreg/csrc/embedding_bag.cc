@@ -1,4 +1,4 @@
-// Embedding bag for XLA:CPU, as XLA FFI custom calls (built by jaxreg/cpu_kernels.py).
+// Embedding bag for XLA:CPU, as XLA FFI custom calls (built by jaxreg/embedding_bag.py).
 //
 // Forward:  out[b, r, :]   = sum of table[b, c, :] over the pairs (r, c) of batch b.
 // Backward: grad[b, c, :]  = sum of d_out[b, r, :] over the same pairs.
@@ -60,24 +60,17 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
     std::atomic<int64_t> done{0};
   };
   auto shared = std::make_shared<Shared>();
-  auto drain = [shared, n, &work]() {
+  // A helper that starts after all items are claimed returns at once; `work` is only
+  // touched for claimed items, all of which finish before this function returns.
+  auto claim = [shared, n, &work]() {
     for (int64_t i; (i = shared->next.fetch_add(1)) < n;) {
       work(i);
       shared->done.fetch_add(1, std::memory_order_release);
     }
   };
   const int64_t helpers = std::min<int64_t>(n, std::max<int64_t>(pool.num_threads(), 1)) - 1;
-  for (int64_t t = 0; t < helpers; ++t) {
-    // A helper that starts after all items are claimed returns at once; `work` is only
-    // touched for claimed items, all of which finish before this function returns.
-    pool.Schedule([shared, n, &work]() {
-      for (int64_t i; (i = shared->next.fetch_add(1)) < n;) {
-        work(i);
-        shared->done.fetch_add(1, std::memory_order_release);
-      }
-    });
-  }
-  drain();
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(claim)(claim));  // a copy per task
+  claim();
   while (shared->done.load(std::memory_order_acquire) < n) {
   }
 }
@@ -282,18 +275,15 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer d_out, ffi::AnyBuffer r
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxregBagForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// Both handlers: (values, rows, cols) -> float32 result, with XLA's intra-op thread pool.
+#define JAXREG_BAG_HANDLER(symbol, fn)                                                           \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, fn,                                                      \
+                                ffi::Ffi::Bind()                                                 \
+                                    .Ctx<ffi::ThreadPool>()                                      \
+                                    .Arg<ffi::AnyBuffer>()                                       \
+                                    .Arg<ffi::AnyBuffer>()                                       \
+                                    .Arg<ffi::AnyBuffer>()                                       \
+                                    .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxregBagBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+JAXREG_BAG_HANDLER(JaxregBagForward, Forward)
+JAXREG_BAG_HANDLER(JaxregBagBackward, Backward)
