@@ -81,17 +81,19 @@ struct Groups {
   std::vector<int64_t> start;
   std::vector<int32_t> sorted;  // src rows, when they had to be reordered
   const Index* direct = nullptr;  // src rows, when the pairs were already grouped
-
+  std::vector<int64_t> fill;  // scratch of the counting sort
 };
 
 // Groups the valid pairs (0 <= dst < dst_n, 0 <= src < src_n) by dst. Pairs already sorted
 // by dst with valid src (the forward pass over make_batches' batches) are used in place;
 // otherwise a stable counting sort (O(pairs + dst_n)) reorders them, keeping each group's
 // pairs in their original order so the sums match XLA's segment_sum / scatter-add exactly.
+// `g` is overwritten; its buffers are reused from call to call (fresh ones would be
+// page-faulted in every step).
 template <typename Index>
-Groups<Index> Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int64_t src_n) {
-  Groups<Index> g;
+void Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int64_t src_n, Groups<Index>& g) {
   g.start.assign(dst_n + 1, 0);
+  g.direct = nullptr;
   auto valid = [&](int64_t p) { return dst[p] >= 0 && dst[p] < dst_n && src[p] >= 0 && src[p] < src_n; };
   // Already grouped: dst non-decreasing from >= 0, src valid wherever dst < dst_n (the
   // rest, dst >= dst_n, is padding). Checked without branches so the loop vectorizes.
@@ -109,19 +111,17 @@ Groups<Index> Group(const Index* dst, const Index* src, int64_t pairs, int64_t d
     }
     g.start[dst_n] = n_valid;
     g.direct = src;
-    return g;
+    return;
   }
-  std::vector<int64_t> count(dst_n + 1, 0);
   for (int64_t p = 0; p < pairs; ++p) {
-    if (valid(p)) ++count[dst[p] + 1];
+    if (valid(p)) ++g.start[dst[p] + 1];
   }
-  for (int64_t d = 0; d < dst_n; ++d) count[d + 1] += count[d];
-  g.start = count;
+  for (int64_t d = 0; d < dst_n; ++d) g.start[d + 1] += g.start[d];
+  g.fill.assign(g.start.begin(), g.start.end() - 1);
   g.sorted.resize(g.start[dst_n]);
   for (int64_t p = 0; p < pairs; ++p) {
-    if (valid(p)) g.sorted[count[dst[p]]++] = int32_t(src[p]);
+    if (valid(p)) g.sorted[g.fill[dst[p]]++] = int32_t(src[p]);
   }
-  return g;
 }
 
 // out[d] = sum of table rows of group d, for d in [lo, hi). W > 0 fixes the width at compile
@@ -209,7 +209,8 @@ ffi::Error Bag(ffi::ThreadPool& pool, ffi::AnyBuffer src, ffi::AnyBuffer rows, f
 
   // One grouping per distinct (rows, cols) operand: variants that share batches share it.
   std::vector<std::pair<int64_t, int64_t>> keys;
-  std::vector<Groups<Index>> groups;
+  thread_local std::vector<Groups<Index>> reused;  // see Group; workers use it through `groups`
+  std::vector<Groups<Index>>& groups = reused;
   std::vector<int64_t> group_of(n_batch);
   for (int64_t b = 0; b < n_batch; ++b) {
     const std::pair<int64_t, int64_t> key{rows_off[b], cols_off[b]};
@@ -219,7 +220,8 @@ ffi::Error Bag(ffi::ThreadPool& pool, ffi::AnyBuffer src, ffi::AnyBuffer rows, f
     keys.push_back(key);
     const Index* r = rows.typed_data<Index>() + key.first * pairs;
     const Index* c = cols.typed_data<Index>() + key.second * pairs;
-    groups.push_back(forward ? Group<Index>(r, c, pairs, dst_n, src_n) : Group<Index>(c, r, pairs, dst_n, src_n));
+    if (groups.size() < keys.size()) groups.resize(keys.size());
+    Group<Index>(forward ? r : c, forward ? c : r, pairs, dst_n, src_n, groups[keys.size() - 1]);
   }
 
   const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
