@@ -6,10 +6,10 @@ other numbers are arrays on a variant axis.
 
 A *bucket* is a grid seeds x configs that shares one program. Inside, the program is a
 vmap over seeds (each seed has its own batches) of a vmap over configs (which share their
-seed's batches, so each batch is built and densified once per seed, and a dense first layer
-runs as one matmul against all configs' kernels). On a single CPU device with the sparse
-first layer, the same program runs the variants one after the other instead (lax.map),
-which is faster there and bit-identical to training each variant alone.
+seed's batches, so each batch is built once per seed, and the CPU embedding-bag kernels
+sort its indices once for all configs). With variant_loop="map" (or, by default, on one
+CPU device without those kernels) the same program runs the variants one after the other
+instead (lax.map), which is bit-identical to training each variant alone.
 Narrower configs join a wider bucket by exact zero padding (see `padded_widths`).
 
 Randomness of a variant comes from its seed alone: initialization (key(seed) folded with
@@ -272,9 +272,8 @@ def _over_axis(fn, in_axes, size: int, sequential: bool):
 
     jax.vmap by default. An axis of size 1 is squeezed and restored instead (a size-1 vmap
     still produces batched matmuls and transposes that made a lone `bigger` model markedly
-    slower on CPU). With `sequential`, a lax.map runs one variant after the other: on a
-    CPU the batched gathers and scatters of a vmapped sparse first layer cost more than
-    the same work done variant by variant (about 30% more, benchmarks/scaling.py).
+    slower on CPU). With `sequential`, a lax.map runs one variant after the other (see
+    sequential_on for when).
     """
     def squeezed(*args):
         args = [a if ax is None else jax.tree.map(lambda x: x[0], a) for a, ax in zip(args, in_axes)]
