@@ -68,13 +68,13 @@ def cpu_kernels_available() -> bool:
         return False
     import ctypes
 
-    try:
+    try:  # any failure (no compiler, no jax.ffi in an old jax, a library that does not load) falls back
         library = ctypes.cdll.LoadLibrary(str(build_cpu_kernels()))
-    except (RuntimeError, OSError) as error:
+        jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.JaxregBagForward), platform="cpu")
+        jax.ffi.register_ffi_target(BACKWARD_TARGET, jax.ffi.pycapsule(library.JaxregBagBackward), platform="cpu")
+    except Exception as error:  # noqa: BLE001
         warnings.warn(f"jaxreg: CPU embedding-bag kernels unavailable, using XLA's gather ({error})", stacklevel=2)
         return False
-    jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(library.JaxregBagForward), platform="cpu")
-    jax.ffi.register_ffi_target(BACKWARD_TARGET, jax.ffi.pycapsule(library.JaxregBagBackward), platform="cpu")
     return True
 
 
