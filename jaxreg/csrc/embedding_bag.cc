@@ -78,10 +78,10 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
 // The pairs grouped by output row: src rows of group d are src[start[d] : start[d + 1]].
 template <typename Index>
 struct Groups {
-  std::vector<int64_t> start;
+  std::vector<int32_t> start;  // int32: half the cache footprint (pairs per call < 2^31)
   std::vector<int32_t> sorted;  // src rows, when they had to be reordered
   const Index* direct = nullptr;  // src rows, when the pairs were already grouped
-  std::vector<int64_t> fill;  // scratch of the counting sort
+  std::vector<int32_t> fill;   // scratch of the counting sort
 };
 
 // Groups the valid pairs (0 <= dst < dst_n, 0 <= src < src_n) by dst. Pairs already sorted
@@ -127,7 +127,7 @@ void Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int
 // out[d] = sum of table rows of group d, for d in [lo, hi). W > 0 fixes the width at compile
 // time so a row's sum stays in registers; W = 0 accumulates in the output row.
 template <int W, typename S>
-void SumGroups(const int64_t* start, const S* src, const float* table, float* out, int64_t width, int64_t lo,
+void SumGroups(const int32_t* start, const S* src, const float* table, float* out, int64_t width, int64_t lo,
                int64_t hi) {
   if constexpr (W > 0) {
     for (int64_t d = lo; d < hi; ++d) {
@@ -164,7 +164,7 @@ void SumGroups(const int64_t* start, const S* src, const float* table, float* ou
 }
 
 template <typename S>
-void SumGroups(const int64_t* start, const S* src, const float* table, float* out, int64_t width, int64_t lo,
+void SumGroups(const int32_t* start, const S* src, const float* table, float* out, int64_t width, int64_t lo,
                int64_t hi) {
   switch (width) {
     case 16: return SumGroups<16>(start, src, table, out, width, lo, hi);
@@ -201,6 +201,7 @@ ffi::Error Bag(ffi::ThreadPool& pool, ffi::AnyBuffer src, ffi::AnyBuffer rows, f
   if (src.dimensions()[rank - 1] != width || cols.dimensions()[rank - 2] != pairs) {
     return ffi::Error::InvalidArgument("embedding bag: operand shapes do not match");
   }
+  if (pairs >= (int64_t(1) << 31)) return ffi::Error::InvalidArgument("embedding bag: 2^31 pairs or more");
   const auto src_off = BroadcastOffsets(batch, src.dimensions());
   const auto rows_off = BroadcastOffsets(batch, rows.dimensions());
   const auto cols_off = BroadcastOffsets(batch, cols.dimensions());
