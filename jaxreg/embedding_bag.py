@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 
 SOURCE = Path(__file__).parent / "csrc" / "embedding_bag.cc"
 FORWARD_TARGET, BACKWARD_TARGET = "jaxreg_bag_forward", "jaxreg_bag_backward"
@@ -30,6 +31,18 @@ FORWARD_TARGET, BACKWARD_TARGET = "jaxreg_bag_forward", "jaxreg_bag_backward"
 def _cache_dir() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(root) / "jaxreg" / "kernels"
+
+
+def _machine_key() -> bytes:
+    """What a -march=native build depends on: the architecture and, on Linux, the CPU's feature flags
+    (so a cache shared by several machines never hands one a library with instructions it lacks)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return f"{os.uname().machine}|{flags}".encode()
 
 
 def build_cpu_kernels(cache_dir: Path | None = None) -> Path:
@@ -42,9 +55,8 @@ def build_cpu_kernels(cache_dir: Path | None = None) -> Path:
         raise RuntimeError("no C++ compiler found (set CXX)")
     include = jax.ffi.include_dir()
     flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
-    key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), jax.__version__.encode(), " ".join(flags).encode(), os.uname().machine.encode()])
-    ).hexdigest()[:16]
+    versions = f"{jax.__version__}|{jaxlib.__version__}".encode()
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), versions, " ".join(flags).encode(), _machine_key()])).hexdigest()[:16]
     cache_dir = Path(cache_dir) if cache_dir is not None else _cache_dir()
     library = cache_dir / f"embedding_bag-{key}.so"
     if library.exists():

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -71,8 +72,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
   const int64_t helpers = std::min<int64_t>(n, std::max<int64_t>(pool.num_threads(), 1)) - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(claim)(claim));  // a copy per task
   claim();
-  while (shared->done.load(std::memory_order_acquire) < n) {
-  }
+  while (shared->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
 }
 
 // The pairs grouped by output row: src rows of group d are src[start[d] : start[d + 1]].
