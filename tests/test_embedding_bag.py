@@ -59,10 +59,11 @@ def test_forward_and_gradient_equal_xla(width, dtype):
     assert_bitwise_equal(grad_k(table, rows, cols, d_out), grad_x(table, rows, cols, d_out))
 
 
-def test_unsorted_rows_out_of_range_columns_and_empty_rows():
+@pytest.mark.parametrize("sort", [True, False])
+def test_out_of_range_columns_empty_rows_and_unsorted_rows(sort):
     rng = np.random.default_rng(0)
     num_rows, num_words, width = 50, 30, 16
-    rows, cols = pairs(rng, 40, num_words, 400, np.int32, sort=False, padding=0)  # rows 40..49 stay empty
+    rows, cols = pairs(rng, 40, num_words, 400, np.int32, sort=sort, padding=0)  # rows 40..49 stay empty
     cols = cols.at[5].set(num_words + 3).at[6].set(-1)  # skipped (XLA's gather would clamp instead)
     table = jnp.asarray(rng.standard_normal((num_words, width)), jnp.float32)
     out = np.asarray(jax.jit(lambda t, r, c: eb._kernel_bag(t, r, c, num_rows))(table, rows, cols))
