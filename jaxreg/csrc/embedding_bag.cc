@@ -245,11 +245,7 @@ ffi::Error Bag(ffi::ThreadPool& pool, ffi::AnyBuffer src, ffi::AnyBuffer rows, f
     SumGroups<Index>(g, src_data + src_off[b] * src_n * width, dst_data + b * dst_n * width, width, first_row(k),
                      first_row(k + 1));
   };
-  if (small && n_batch == 1) {
-    work(0);
-  } else {
-    ParallelFor(pool, n_batch * chunks, work);
-  }
+  ParallelFor(pool, n_batch * chunks, work);  // a single item runs inline
   return ffi::Error::Success();
 }
 
