@@ -402,7 +402,7 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
                 "optimizer": b.optimizer,
                 "variants": [c.name for c in b.configs],
                 "seeds": list(b.seeds),
-                "product": V.bucket_product(b, config.product, devices, config.variant_loop),
+                "product": V.bucket_execution(b, config.product, devices, config.variant_loop)[0],
             }
             for b in plan
         ],

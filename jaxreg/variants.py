@@ -236,10 +236,16 @@ def choose_product(bucket: Bucket, product: str = "auto", sequential: bool = Fal
     return "dense" if columns > DENSE_PRODUCT_COLUMNS else "sparse"
 
 
-def bucket_product(bucket: Bucket, product: str, devices, variant_loop: str = "auto") -> str:
-    """choose_product for a bucket run on these devices."""
+def bucket_execution(bucket: Bucket, product: str, devices, variant_loop: str = "auto") -> tuple[str, bool]:
+    """(first-layer product, whether variants run one after the other) for a bucket on these devices.
+
+    "auto" loops over variants only for XLA's sparse gathers (see sequential_on): a bucket
+    that "auto" gives the dense product is vmapped, so its configs share one matmul.
+    """
     devices = list(devices)
-    return choose_product(bucket, product, sequential_on(devices, variant_loop), cpu_kernels_on(devices))
+    sequential = sequential_on(devices, variant_loop)
+    product = choose_product(bucket, product, sequential, cpu_kernels_on(devices))
+    return product, sequential and (variant_loop == "map" or product == "sparse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,10 +340,8 @@ class BucketProgram:
         self.n_configs = len(bucket.configs)
         self.configs = sharded_configs(bucket, self.mesh.devices.size)
         devices = list(self.mesh.devices.flat)
-        self.config = bucket.step_config(settings.loss, bucket_product(bucket, settings.product, devices, settings.variant_loop))
-        # "auto" loops over variants only for XLA's sparse gathers on one CPU device (see sequential_on).
-        sequential = sequential_on(devices, settings.variant_loop)
-        self.sequential = sequential and (settings.variant_loop == "map" or self.config.product == "sparse")
+        product, self.sequential = bucket_execution(bucket, settings.product, devices, settings.variant_loop)
+        self.config = bucket.step_config(settings.loss, product)
         train = dataset.train
         orders = [batching.epoch_order(s, e, len(train)) for s in bucket.seeds for e in range(settings.epochs)]
         self.capacity = batching.capacity(train.x.lengths, orders, settings.batch_size)

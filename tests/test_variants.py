@@ -329,6 +329,10 @@ def test_variant_loop():
     cpu = jax.devices("cpu")[:1]
     assert sequential_on(cpu, "map") and not sequential_on(cpu, "vmap")
     assert sequential_on(cpu, "auto") == (not variants.cpu_kernels_on(cpu))
+    wide = Bucket((1024, 4), "keras2", (VariantSpec("w", (1024, 4)),), (0,))
+    assert variants.bucket_execution(wide, "dense", cpu, "map") == ("dense", True)  # "map" loops whatever the product
+    assert variants.bucket_execution(wide, "dense", cpu, "auto") == ("dense", False)  # auto never loops a dense product
+    assert variants.bucket_execution(wide, "sparse", cpu, "vmap") == ("sparse", False)
     with pytest.raises(ValueError, match="variant_loop"):
         RunSettings(variant_loop="loop")
 
