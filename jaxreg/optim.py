@@ -23,6 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 RMSPROP_MODES = ("keras2", "keras3")
 
@@ -80,3 +81,34 @@ def make_optimizer(hp, mask, mode: str = "keras2", *, weight_decay: bool = True,
     if l1_proximal:
         parts.append(proximal_l1(hp.learning_rate * hp.l1_proximal, mask))
     return optax.chain(*parts)
+
+
+FUSED_STEP_TARGET = "jaxreg_rmsprop_step"
+
+
+def keras_rmsprop_step(w, nu, grad, l1, l2, learning_rate, mask=None, *, penalty: bool = True):
+    """One Keras-2 RMSprop step with the Keras L1 + L2 penalty on one parameter, as one CPU kernel.
+
+    Returns (w', nu', sum|w|, sum w^2). w' and nu' equal, bit for bit, what jaxreg's optax
+    path gives for a penalized kernel (gradient of the penalty added to `grad`, times the
+    unit `mask` if any, `keras_rmsprop(learning_rate)`, optax.apply_updates) with no decay
+    or proximal stage; the sums of the incoming w are the penalty's value, summed in another
+    order than XLA (so equal to ~1e-7). Written by hand because XLA:CPU runs these operations
+    as ~14 passes over the array where this kernel needs 5 (jaxreg/csrc/rmsprop.cc); needs
+    `cpu_kernels.cpu_kernels_available()`. Under vmap w, nu and grad share their batch axes.
+    """
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct(w.shape, f32), jax.ShapeDtypeStruct(w.shape, f32), jax.ShapeDtypeStruct((2,), f32))
+    mask_arg = jnp.zeros((1,) * w.ndim, f32) if mask is None else mask
+    call = jax.ffi.ffi_call(FUSED_STEP_TARGET, out, vmap_method="expand_dims", input_output_aliases={0: 0, 1: 1})
+    scalars = (jnp.asarray(v, f32) for v in (l1, l2, learning_rate))
+    w, nu, sums = call(w, nu, grad, mask_arg, *scalars, penalty=bool(penalty), masked=mask is not None)
+    return w, nu, sums[0], sums[1]
+
+
+def with_rms_leaf(opt_state, path: tuple, nu_leaf):
+    """`make_optimizer`'s state with RMSprop's accumulator at `path` replaced (its first stage scales by RMS)."""
+    rms = opt_state[0]
+    flat = traverse_util.flatten_dict(rms.nu)
+    flat[path] = nu_leaf
+    return (rms._replace(nu=traverse_util.unflatten_dict(flat)),) + tuple(opt_state[1:])

@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from jaxreg import losses, optim, penalties
 from jaxreg.batches import Batch
@@ -44,7 +45,10 @@ class StepConfig:
     multiplies the multi-hot input ("sparse" gather or "dense" matmul); loss: "keras"
     (clipped, as the study) or "logits"; rmsprop: "keras2" or "keras3" eps placement. The
     use_* flags drop stages that every variant of a program has switched off (a stage at
-    0 gives bit-identical results, it only costs time).
+    0 gives bit-identical results, it only costs time). fused_update: the first layer's
+    kernel takes its penalty and RMSprop step as one CPU kernel (`optim.keras_rmsprop_step`,
+    same parameters bit for bit; needs the CPU kernels, rmsprop "keras2", no decay and no
+    proximal stage).
     """
 
     widths: tuple[int, ...] = (16, 16)
@@ -55,6 +59,7 @@ class StepConfig:
     use_dropout: bool = True
     use_weight_decay: bool = True
     use_l1_proximal: bool = True
+    fused_update: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -64,10 +69,24 @@ class StepConfig:
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"StepConfig.{field} must be one of {allowed}, got {getattr(self, field)!r}")
+        if self.fused_update and not fused_update_supports(self):
+            raise ValueError(
+                "StepConfig.fused_update needs rmsprop='keras2' and no weight decay or proximal L1 stage, got "
+                f"rmsprop={self.rmsprop!r}, use_weight_decay={self.use_weight_decay}, use_l1_proximal={self.use_l1_proximal}"
+            )
 
     @property
     def model(self) -> MLP:
         return MLP(self.widths, self.product)
+
+
+def fused_update_supports(config: StepConfig) -> bool:
+    """Whether `optim.keras_rmsprop_step` computes exactly this config's optimizer (see StepConfig)."""
+    return config.rmsprop == "keras2" and not config.use_weight_decay and not config.use_l1_proximal
+
+
+# The parameter that fused_update steps with one kernel: the first layer's 10,000-row kernel.
+FUSED_PATH = ("params", "hidden_0", "kernel")
 
 
 class TrainState(NamedTuple):
@@ -98,11 +117,21 @@ def _weighted_mean(values, weight):
     return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def penalty(config: StepConfig, params, hp: Hyperparameters) -> jax.Array:
-    """The Keras weight penalty (L1 + L2 on the hidden kernels) of these parameters."""
+def penalty(config: StepConfig, params, hp: Hyperparameters, mask=None) -> jax.Array:
+    """The Keras weight penalty (L1 + L2 on the hidden kernels, or on `mask`) of these parameters."""
     if not config.use_penalty:
         return jnp.zeros((), jnp.float32)
-    return penalties.weight_penalty(params, hp.l1, hp.l2, penalties.hidden_kernel_mask(params))
+    return penalties.weight_penalty(params, hp.l1, hp.l2, penalties.hidden_kernel_mask(params) if mask is None else mask)
+
+
+def _at(tree, path):
+    return traverse_util.flatten_dict(tree)[path]
+
+
+def _replaced(tree, path, leaf):
+    flat = traverse_util.flatten_dict(tree)
+    flat[path] = leaf
+    return traverse_util.unflatten_dict(flat)
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None):
@@ -113,18 +142,36 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparamet
     `unit_mask` (from init_state) keeps padded units at exactly zero.
     """
     dropout_key = jax.random.fold_in(key, state.step) if config.use_dropout else None
+    penalty_mask = penalties.hidden_kernel_mask(state.params)
+    if config.fused_update:  # the fused kernel adds that leaf's penalty (value and gradient)
+        penalty_mask = _replaced(penalty_mask, FUSED_PATH, False)
 
     def loss_fn(params):
         logits = config.model.apply(params, batch.x, hp.dropout_rate, dropout_key)
         data_loss = _weighted_mean(losses.binary_cross_entropy(logits, batch.y, config.loss), batch.weight)
-        pen = penalty(config, params, hp)
+        pen = penalty(config, params, hp, penalty_mask)
         return data_loss + pen, (data_loss, pen, logits)
 
-    (loss, (data_loss, pen, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    if unit_mask is not None:
-        grads = jax.tree.map(jnp.multiply, grads, unit_mask)
+    (loss, (data_loss, pen, logits)), loss_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = loss_grads if unit_mask is None else jax.tree.map(jnp.multiply, loss_grads, unit_mask)
     updates, opt_state = optimizer(config, hp, state.params).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if config.fused_update:  # XLA drops the chain's own (unused) computation for this leaf
+        w, nu, sum_abs, sum_sq = optim.keras_rmsprop_step(
+            _at(state.params, FUSED_PATH),
+            _at(state.opt_state[0].nu, FUSED_PATH),
+            _at(loss_grads, FUSED_PATH),
+            hp.l1,
+            hp.l2,
+            hp.learning_rate,
+            None if unit_mask is None else _at(unit_mask, FUSED_PATH),
+            penalty=config.use_penalty,
+        )
+        params = _replaced(params, FUSED_PATH, w)
+        opt_state = optim.with_rms_leaf(opt_state, FUSED_PATH, nu)
+        if config.use_penalty:
+            pen = pen + (hp.l1 * sum_abs + hp.l2 * sum_sq)
+            loss = data_loss + pen
     metrics = {
         "loss": loss,
         "data_loss": data_loss,

@@ -32,8 +32,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxreg import batches as batching
 from jaxreg import optim
-from jaxreg.embedding_bag import cpu_kernels_available
-from jaxreg.train import Hyperparameters, StepConfig, evaluate, init_state, train_epoch
+from jaxreg.cpu_kernels import cpu_kernels_available
+from jaxreg.train import Hyperparameters, StepConfig, evaluate, fused_update_supports, init_state, train_epoch
 
 METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
 
@@ -155,8 +155,10 @@ class Bucket:
         """The grid in [seed][config] order, seeds filled in."""
         return [dataclasses.replace(c, seed=s) for s in self.seeds for c in self.configs]
 
-    def step_config(self, loss: str, product: str) -> StepConfig:
-        return StepConfig(
+    def step_config(self, loss: str, product: str, cpu_kernels: bool = False) -> StepConfig:
+        """The bucket's static step choices; with the CPU kernels the first layer's update is
+        fused where the optimizer allows it (see StepConfig.fused_update)."""
+        config = StepConfig(
             widths=self.widths,
             product=product,
             loss=loss,
@@ -166,6 +168,8 @@ class Bucket:
             use_weight_decay=any(c.weight_decay > 0 for c in self.configs),
             use_l1_proximal=any(c.l1_proximal > 0 for c in self.configs),
         )
+        fused = cpu_kernels and fused_update_supports(config)
+        return dataclasses.replace(config, fused_update=True) if fused else config
 
 
 def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy()) -> list[Bucket]:
@@ -341,7 +345,7 @@ class BucketProgram:
         self.configs = sharded_configs(bucket, self.mesh.devices.size)
         devices = list(self.mesh.devices.flat)
         product, self.sequential = bucket_execution(bucket, settings.product, devices, settings.variant_loop)
-        self.config = bucket.step_config(settings.loss, product)
+        self.config = bucket.step_config(settings.loss, product, cpu_kernels_on(devices))
         train = dataset.train
         orders = [batching.epoch_order(s, e, len(train)) for s in bucket.seeds for e in range(settings.epochs)]
         self.capacity = batching.capacity(train.x.lengths, orders, settings.batch_size)

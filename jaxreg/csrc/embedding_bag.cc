@@ -1,4 +1,4 @@
-// Embedding bag for XLA:CPU, as XLA FFI custom calls (built by jaxreg/embedding_bag.py).
+// Embedding bag for XLA:CPU, as XLA FFI custom calls (built by jaxreg/cpu_kernels.py).
 //
 // Forward:  out[b, r, :]   = sum of table[b, c, :] over the pairs (r, c) of batch b.
 // Backward: grad[b, c, :]  = sum of d_out[b, r, :] over the same pairs.
@@ -20,61 +20,15 @@
 #include <thread>
 #include <vector>
 
+#include "common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// Offsets (in items) of every output batch index into an operand whose batch dims broadcast.
-std::vector<int64_t> BroadcastOffsets(const std::vector<int64_t>& out_batch, ffi::AnyBuffer::Dimensions dims) {
-  const size_t k = out_batch.size();
-  std::vector<int64_t> strides(k, 0);
-  int64_t stride = 1;
-  for (size_t i = k; i-- > 0;) {
-    strides[i] = dims[i] == 1 ? 0 : stride;
-    stride *= dims[i];
-  }
-  int64_t total = 1;
-  for (int64_t d : out_batch) total *= d;
-  std::vector<int64_t> offsets(total, 0);
-  for (int64_t flat = 0; flat < total; ++flat) {
-    int64_t rest = flat, offset = 0;
-    for (size_t i = k; i-- > 0;) {
-      offset += (rest % out_batch[i]) * strides[i];
-      rest /= out_batch[i];
-    }
-    offsets[flat] = offset;
-  }
-  return offsets;
-}
-
-// Runs work(item) for item in [0, n) on the caller and up to n - 1 pool threads. The caller
-// claims items too, so it never waits on a task that has not started.
-template <typename Work>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Work& work) {
-  if (n <= 1) {
-    if (n == 1) work(0);
-    return;
-  }
-  struct Shared {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto shared = std::make_shared<Shared>();
-  // A helper that starts after all items are claimed returns at once; `work` is only
-  // touched for claimed items, all of which finish before this function returns.
-  auto claim = [shared, n, &work]() {
-    for (int64_t i; (i = shared->next.fetch_add(1)) < n;) {
-      work(i);
-      shared->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(n, std::max<int64_t>(pool.num_threads(), 1)) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(claim)(claim));  // a copy per task
-  claim();
-  while (shared->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
-}
+using jaxreg::BroadcastOffsets;
+using jaxreg::ParallelFor;
 
 // The pairs grouped by output row: src rows of group d are src[start[d] : start[d + 1]].
 template <typename Index>
@@ -127,19 +81,102 @@ void Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int
   }
 }
 
+// Rows are fetched kAhead pairs before they are summed: the table was just rewritten by the
+// optimizer and may sit in L3 or memory, where each row would otherwise stall the sum.
+constexpr int64_t kAhead = 8;
+template <int W>
+inline void Prefetch(const float* row) {
+  for (int j = 0; j < W; j += 16) __builtin_prefetch(row + j);
+}
+
 // out[d] = sum of table rows of group d, for d in [lo, hi). W > 0 fixes the width at compile
 // time so a row's sum stays in registers; W = 0 accumulates in the output row.
-template <int W, typename S>
+template <int W, int L, typename S>
 void SumGroups(const int32_t* start, const S* src, const float* table, float* out, int64_t width, int64_t lo,
                int64_t hi) {
-  if constexpr (W > 0) {
+  const int64_t limit = start[hi];  // pairs past it may not exist: prefetch only below
+  if constexpr (W > 0 && L == 1) {
     for (int64_t d = lo; d < hi; ++d) {
       float acc[W] = {};
       for (int64_t p = start[d]; p < start[d + 1]; ++p) {
+        if (p + kAhead < limit) Prefetch<W>(table + int64_t(src[p + kAhead]) * W);
         const float* __restrict s = table + int64_t(src[p]) * W;
         for (int j = 0; j < W; ++j) acc[j] += s[j];
       }
       std::memcpy(out + d * W, acc, sizeof(acc));
+    }
+  } else if constexpr (W > 0) {
+    // A row's sum is a chain of dependent adds (~4 cycles per pair) while its loads would
+    // allow ~1 pair per cycle, so L groups are summed side by side: L independent chains,
+    // each group still in its own pair order. A lane whose group ends takes the next one.
+    // Between such events a burst runs on register accumulators (GCC vector extensions:
+    // portable, and constant indices after unrolling keep them out of memory).
+    constexpr int N = W / 8;
+    typedef float F8 __attribute__((vector_size(32)));
+    auto load = [](const float* x) {
+      F8 v;
+      std::memcpy(&v, x, sizeof(v));
+      return v;
+    };
+    F8 acc[L][N] = {};
+    int64_t group[L], p[L], end[L], next = lo;
+    int lanes = 0;
+    for (; lanes < L && next < hi; ++lanes, ++next) {
+      group[lanes] = next;
+      p[lanes] = start[next];
+      end[lanes] = start[next + 1];
+    }
+    auto retire = [&](int l) {  // stores lane l's sum; false when no group is left to take
+      std::memcpy(out + group[l] * W, acc[l], sizeof(acc[l]));
+      for (int i = 0; i < N; ++i) acc[l][i] = F8{};
+      if (next == hi) return false;
+      group[l] = next;
+      p[l] = start[next];
+      end[l] = start[next + 1];
+      ++next;
+      return true;
+    };
+    if (lanes == L) {
+      for (bool full = true; full;) {
+        int64_t steps = end[0] - p[0];
+        for (int l = 1; l < L; ++l) steps = std::min(steps, end[l] - p[l]);
+        F8 a[L][N];
+#pragma GCC unroll 8
+        for (int l = 0; l < L; ++l)
+#pragma GCC unroll 8
+          for (int i = 0; i < N; ++i) a[l][i] = acc[l][i];
+        for (int64_t k = 0; k < steps; ++k) {
+#pragma GCC unroll 8
+          for (int l = 0; l < L; ++l) {
+            if (p[l] + k + kAhead < limit) Prefetch<W>(table + int64_t(src[p[l] + k + kAhead]) * W);
+            const float* row = table + int64_t(src[p[l] + k]) * W;
+#pragma GCC unroll 8
+            for (int i = 0; i < N; ++i) a[l][i] += load(row + 8 * i);
+          }
+        }
+#pragma GCC unroll 8
+        for (int l = 0; l < L; ++l) {
+          p[l] += steps;
+#pragma GCC unroll 8
+          for (int i = 0; i < N; ++i) acc[l][i] = a[l][i];
+        }
+        for (int l = 0; l < L && full; ++l) {
+          if (p[l] == end[l] && !retire(l)) {
+            full = false;
+            group[l] = -1;
+          }
+        }
+      }
+    }
+    for (int l = 0; l < lanes; ++l) {  // what is left, one lane at a time
+      if (group[l] < 0) continue;
+      for (;;) {
+        for (; p[l] < end[l]; ++p[l]) {
+          const float* row = table + int64_t(src[p[l]]) * W;
+          for (int i = 0; i < N; ++i) acc[l][i] += load(row + 8 * i);
+        }
+        if (!retire(l)) break;
+      }
     }
   } else {
     const int64_t end = start[hi];
@@ -169,11 +206,16 @@ void SumGroups(const int32_t* start, const S* src, const float* table, float* ou
 template <typename S>
 void SumGroups(const int32_t* start, const S* src, const float* table, float* out, int64_t width, int64_t lo,
                int64_t hi) {
+  // Side by side only where groups are long (the forward's reviews, ~130 pairs); the
+  // backward's words average a few pairs, too few to pay for switching lanes.
+  const bool long_groups = hi > lo && start[hi] - start[lo] >= 32 * (hi - lo);
   switch (width) {
-    case 16: return SumGroups<16>(start, src, table, out, width, lo, hi);
-    case 32: return SumGroups<32>(start, src, table, out, width, lo, hi);
-    case 64: return SumGroups<64>(start, src, table, out, width, lo, hi);
-    default: return SumGroups<0>(start, src, table, out, width, lo, hi);
+    case 16: return long_groups ? SumGroups<16, 4>(start, src, table, out, width, lo, hi)
+                                : SumGroups<16, 1>(start, src, table, out, width, lo, hi);
+    case 32: return long_groups ? SumGroups<32, 2>(start, src, table, out, width, lo, hi)
+                                : SumGroups<32, 1>(start, src, table, out, width, lo, hi);
+    case 64: return SumGroups<64, 1>(start, src, table, out, width, lo, hi);
+    default: return SumGroups<0, 1>(start, src, table, out, width, lo, hi);
   }
 }
 

@@ -1,0 +1,99 @@
+"""jaxreg's C++ kernels for XLA:CPU (jaxreg/csrc), built on first use and registered with XLA.
+
+Two ideas XLA:CPU runs far below the machine's memory speed, both in a 16-unit model's
+epoch: the sparse first layer (`embedding_bag`: XLA's gather and scatter move one element at
+a time, ~1.5 GB/s) and the first layer's optimizer step (`optim.keras_rmsprop_step`: XLA
+splits it into ~14 passes over the array where one pass does). They are compiled once per
+source, jax/jaxlib version, compiler flags and CPU with the system's C++ compiler against
+the installed jaxlib's FFI headers, and cached (~/.cache/jaxreg/kernels, or
+$XDG_CACHE_HOME/jaxreg/kernels). Any failure (no compiler, an old jax) warns once and jaxreg
+uses XLA's own operations instead; JAXREG_CPU_KERNELS=0 forces that.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jaxlib
+
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = ("embedding_bag.cc", "rmsprop.cc")
+HEADERS = ("common.h",)
+# XLA FFI target name -> the library's handler symbol
+TARGETS = {
+    "jaxreg_bag_forward": "JaxregBagForward",
+    "jaxreg_bag_backward": "JaxregBagBackward",
+    "jaxreg_rmsprop_step": "JaxregRmspropStep",
+}
+# -ffp-contract=off: fused multiply-adds only where the source asks (where XLA makes them),
+# so results equal XLA's bit for bit; -fno-math-errno lets sqrt vectorize.
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w", "-ffp-contract=off", "-fno-math-errno")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "jaxreg" / "kernels"
+
+
+def _machine_key() -> bytes:
+    """What a -march=native build depends on: the architecture and, on Linux, the CPU's feature flags
+    (so a cache shared by several machines never hands one a library with instructions it lacks)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return f"{os.uname().machine}|{flags}".encode()
+
+
+def build_cpu_kernels(cache_dir: Path | None = None) -> Path:
+    """Compile the kernels (once per sources, jaxlib version and machine) and return the library path.
+
+    Raises RuntimeError with the compiler's message when no compiler is found or it fails.
+    """
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX)")
+    include = jax.ffi.include_dir()
+    versions = f"{jax.__version__}|{jaxlib.__version__}".encode()
+    texts = [(CSRC / name).read_bytes() for name in SOURCES + HEADERS]
+    key = hashlib.sha256(b"\0".join([*texts, versions, " ".join(FLAGS).encode(), _machine_key()])).hexdigest()[:16]
+    cache_dir = Path(cache_dir) if cache_dir is not None else _cache_dir()
+    library = cache_dir / f"jaxreg_kernels-{key}.so"
+    if library.exists():
+        return library
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:  # atomic: concurrent builds never see half a file
+        partial = Path(tmp) / library.name
+        command = [compiler, *FLAGS, "-isystem", include, *(str(CSRC / s) for s in SOURCES), "-o", str(partial)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling {', '.join(SOURCES)} failed:\n{result.stderr[-2000:]}")
+        os.replace(partial, library)
+    return library
+
+
+@functools.cache
+def cpu_kernels_available() -> bool:
+    """Whether the kernels are built and registered with XLA (builds them on first call)."""
+    if os.environ.get("JAXREG_CPU_KERNELS", "1") == "0":
+        return False
+    import ctypes
+
+    try:  # any failure (no compiler, no jax.ffi in an old jax, a library that does not load) falls back
+        library = ctypes.cdll.LoadLibrary(str(build_cpu_kernels()))
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    except Exception as error:  # noqa: BLE001
+        warnings.warn(f"jaxreg: CPU kernels unavailable, using XLA's operations ({error})", stacklevel=2)
+        return False
+    return True
