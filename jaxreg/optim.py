@@ -95,12 +95,13 @@ def keras_rmsprop_step(w, nu, grad, l1, l2, learning_rate, mask=None, *, penalty
     or proximal stage; the sums of the incoming w are the penalty's value, summed in another
     order than XLA (so equal to ~1e-7). Written by hand because XLA:CPU runs these operations
     as ~14 passes over the array where this kernel needs 5 (jaxreg/csrc/rmsprop.cc); needs
-    `cpu_kernels.cpu_kernels_available()`. Under vmap w, nu and grad share their batch axes.
+    `cpu_kernels.cpu_kernels_available()`. Under vmap every operand is broadcast to the batch
+    (w and nu are updated in place; a shared mask is copied per variant).
     """
     f32 = jnp.float32
     out = (jax.ShapeDtypeStruct(w.shape, f32), jax.ShapeDtypeStruct(w.shape, f32), jax.ShapeDtypeStruct((2,), f32))
     mask_arg = jnp.zeros((1,) * w.ndim, f32) if mask is None else mask
-    call = jax.ffi.ffi_call(FUSED_STEP_TARGET, out, vmap_method="expand_dims", input_output_aliases={0: 0, 1: 1})
+    call = jax.ffi.ffi_call(FUSED_STEP_TARGET, out, vmap_method="broadcast_all", input_output_aliases={0: 0, 1: 1})
     scalars = (jnp.asarray(v, f32) for v in (l1, l2, learning_rate))
     w, nu, sums = call(w, nu, grad, mask_arg, *scalars, penalty=bool(penalty), masked=mask is not None)
     return w, nu, sums[0], sums[1]

@@ -7,6 +7,7 @@ compiles, not the arithmetic, are what this file spends its time on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg import batches, losses, penalties, train
+from jaxreg import batches, cpu_kernels, losses, penalties, train
 from jaxreg.batches import Batch
 from jaxreg.data import densify, synthetic_dataset
 from jaxreg.model import MLP
@@ -268,6 +269,71 @@ def test_stages_at_zero_change_nothing(ds):
         thin, thin_metrics = step(thin, _batch(stacked, i), jax.random.key(0), hp, config=lean)
         chex.assert_trees_all_close(full_metrics, thin_metrics, rtol=1e-6)
     chex.assert_trees_all_close(full.params, thin.params, rtol=1e-6, atol=1e-9)
+
+
+needs_kernels = pytest.mark.skipif(
+    not cpu_kernels.cpu_kernels_available(), reason="no C++ compiler on this machine: the CPU kernels cannot be built"
+)
+KERAS = StepConfig(widths=(4, 4), use_weight_decay=False, use_l1_proximal=False)  # what fused_update supports
+FUSED_CASES = {  # name: (unfused config, hyperparameters, true widths (padding) or None)
+    "penalty_and_dropout": (KERAS, Hyperparameters.create(l1=1e-3, l2=1e-2, dropout_rate=0.5), None),
+    "no_penalty_stage": (dataclasses.replace(KERAS, use_penalty=False), Hyperparameters.create(), None),
+    "padded_units": (KERAS, Hyperparameters.create(l1=1e-3, l2=1e-2), (2, 3)),
+}
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_update_equals_the_optax_path_bit_for_bit(ds, case):
+    """fused_update steps the first layer with one CPU kernel; the parameters and the optimizer
+    state must equal the optax chain's bit for bit (the penalty's value is summed in another
+    order, so the reported loss only to float32 rounding)."""
+    config, hp, true_widths = FUSED_CASES[case]
+    fused = dataclasses.replace(config, fused_update=True)
+    stacked, _ = _batches(ds.train)
+    state, unit_mask = _init(config, true_widths)
+    runs = {}
+    for c in (config, fused):
+        s, history = state, []
+        for e in range(2):
+            s, metrics = epoch(s, stacked, jax.random.key(e), hp, config=c, unit_mask=unit_mask)
+            history.append(metrics)
+        runs[c.fused_update] = (s, history)
+    (plain, plain_history), (kernel, kernel_history) = runs[False], runs[True]
+    chex.assert_trees_all_equal(kernel.params, plain.params)
+    chex.assert_trees_all_equal(kernel.opt_state, plain.opt_state)
+    chex.assert_trees_all_close(kernel_history, plain_history, rtol=2e-6)
+    if config.use_penalty:
+        assert all(float(m["penalty"]) > 0 for m in kernel_history)
+    if true_widths is not None:
+        padding = np.asarray(train._at(unit_mask, train.FUSED_PATH)) == 0
+        assert np.all(np.asarray(train._at(kernel.params, train.FUSED_PATH))[padding] == 0)
+
+
+@needs_kernels
+def test_fused_update_under_vmap_equals_each_variant_alone(ds):
+    """Variants with their own hyperparameters in one vmapped call of the kernel: each equals its own
+    unbatched run bit for bit (the kernel's per-variant scalars and shared mask broadcast correctly)."""
+    fused = dataclasses.replace(KERAS, fused_update=True)
+    hps = [Hyperparameters.create(l1=1e-3, l2=1e-2), Hyperparameters.create(l2=3e-2, learning_rate=2e-3)]
+    stacked, _ = _batches(ds.train)
+    state, unit_mask = _init(KERAS, (2, 3))
+    alone = [step(state, _batch(stacked, 0), jax.random.key(0), hp, config=fused, unit_mask=unit_mask)[0] for hp in hps]
+    stacked_hp = jax.tree.map(lambda *x: jnp.stack(x), *hps)
+    one_step = functools.partial(train.train_step, batch=_batch(stacked, 0), key=jax.random.key(0), config=fused)
+    # the initial state and the mask are shared (unbatched): the kernel gets them broadcast
+    together = jax.jit(jax.vmap(lambda s, hp, m: one_step(s, hp=hp, unit_mask=m)[0], in_axes=(None, 0, None)))(
+        state, stacked_hp, unit_mask
+    )
+    for i, one in enumerate(alone):
+        chex.assert_trees_all_equal(jax.tree.map(lambda x: x[i], together.params), one.params)
+
+
+def test_fused_update_is_refused_where_it_would_not_be_exact():
+    for unsupported in (dict(rmsprop="keras3"), dict(use_weight_decay=True), dict(use_l1_proximal=True)):
+        with pytest.raises(ValueError, match="fused_update needs rmsprop='keras2'"):
+            dataclasses.replace(KERAS, fused_update=True, **unsupported)
+    assert train.fused_update_supports(KERAS) and not train.fused_update_supports(ALL_STAGES)
 
 
 # Golden values: the Keras loss (data loss + penalty, dropout active) of the first 3 train steps

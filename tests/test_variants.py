@@ -294,6 +294,10 @@ def test_plan_builds_full_grids():
     assert (cfg.widths, cfg.use_penalty, cfg.use_dropout, cfg.use_weight_decay, cfg.use_l1_proximal) == (
         (16, 16), True, True, False, False,
     )  # fmt: skip
+    # with the CPU kernels the first layer's update is fused, where the optimizer allows it
+    assert not cfg.fused_update and bucket.step_config("keras", "sparse", cpu_kernels=True).fused_update
+    (decayed,) = plan([dataclasses.replace(WIDE, name="decayed", weight_decay=1e-3)])
+    assert not decayed.step_config("keras", "sparse", cpu_kernels=True).fused_update
 
 
 def test_plan_splits_other_seed_sets_and_optimizers():

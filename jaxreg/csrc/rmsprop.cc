@@ -66,8 +66,8 @@ void StepRange(const float* __restrict W, const float* __restrict U, const float
 }
 
 // Operands: w, nu, g_data, mask (ignored unless `masked`), then per-variant scalars l1, l2,
-// lr. Leading batch dims (vmap, expand_dims) as in embedding_bag.cc: w, nu and g carry the
-// output's; mask and the scalars may broadcast (dims of 1).
+// lr. Leading batch dims come from vmap (vmap_method="broadcast_all": every operand has them
+// all); a mask or scalar with dims of 1 is broadcast here too.
 ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> nu, ffi::Buffer<ffi::F32> g,
                 ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> l1, ffi::Buffer<ffi::F32> l2,
                 ffi::Buffer<ffi::F32> lr, ffi::Result<ffi::Buffer<ffi::F32>> w_out,
