@@ -15,7 +15,10 @@ validation on 25,000 test reviews), one bucket at a time through variants.Bucket
   and a scatter-add of one batch's ~67k rows of a 10,000 x 1,024 kernel).
 
 Each point's time per epoch is the median over the epochs after the first; the first
-epoch's extra time is reported as compile overhead. train_batches (the host building and
+epoch's extra time is reported as compile overhead. The marginal cost is taken from a
+second, side-by-side measurement: every size's bucket is built and compiled, then their
+epochs run in turn (1, 2, 4, ..., 1, 2, 4, ...), so that t_n and t_1 see the same machine
+conditions (points measured minutes apart drift by 10-30% on a shared machine). train_batches (the host building and
 transferring an epoch's sparse batches) is timed apart and not part of the epoch.
 
 The floor (printed with the model's terms, see `floor_model`) is what one epoch would cost
@@ -227,21 +230,54 @@ def measure_point(specs, ds, epochs: int, product: str) -> dict:
     return out
 
 
-def sweep(section: str, sizes, ds, args, stats, limits) -> list[dict]:
+def side_by_side(specs_by_n: dict, ds, epochs: int, product: str) -> dict:
+    """{n: median epoch time} with every size's epochs run in turn (1, 2, 4, ..., 1, 2, 4, ...).
+
+    The points of `sweep` run one after the other, minutes apart, and this shared machine
+    drifts by 10-30% over minutes; a marginal cost is a ratio of two points, so it is taken
+    from epochs interleaved like this, which all see the same conditions.
+    """
+    import jax
+
+    from jaxreg import variants as V
+
+    settings = V.RunSettings(epochs=2, batch_size=BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, loss="keras", product=product)
+    runs = {}
+    for n, specs in specs_by_n.items():
+        (bucket,) = V.plan(specs)
+        program = V.BucketProgram(bucket, ds, settings)
+        state, mask = program.init()
+        batches = program.train_batches(0)
+        state, metrics = program.epoch(state, mask, batches)  # compile
+        jax.block_until_ready(metrics)
+        runs[n] = {"program": program, "state": state, "mask": mask, "batches": batches, "times": []}
+    for _ in range(epochs):
+        for run in runs.values():
+            start = time.perf_counter()
+            run["state"], metrics = run["program"].epoch(run["state"], run["mask"], run["batches"])
+            jax.block_until_ready(metrics)
+            run["times"].append(time.perf_counter() - start)
+    return {n: C.median(run["times"]) for n, run in runs.items()}
+
+
+def section_specs(section: str, n: int) -> list:
     from jaxreg.variants import VariantSpec
 
+    if section == "variants16":
+        return [VariantSpec(f"l2_{i}", (16, 16), l2=1e-4 * (i + 1)) for i in range(n)]
+    if section == "variants1024":
+        return [VariantSpec(f"l2_{i}", (1024, 1024), l2=1e-4 * (i + 1)) for i in range(n)]
+    if section == "width":
+        return [VariantSpec(f"w{n}", (n, n))]
+    if section == "seeds":
+        return [VariantSpec("original", (16, 16), seed=s) for s in range(n)]
+    raise ValueError(section)
+
+
+def sweep(section: str, sizes, ds, args, stats, limits) -> list[dict]:
     rows = []
     for n in sizes:
-        if section == "variants16":
-            specs = [VariantSpec(f"l2_{i}", (16, 16), l2=1e-4 * (i + 1)) for i in range(n)]
-        elif section == "variants1024":
-            specs = [VariantSpec(f"l2_{i}", (1024, 1024), l2=1e-4 * (i + 1)) for i in range(n)]
-        elif section == "width":
-            specs = [VariantSpec(f"w{n}", (n, n))]
-        elif section == "seeds":
-            specs = [VariantSpec("original", (16, 16), seed=s) for s in range(n)]
-        else:
-            raise ValueError(section)
+        specs = section_specs(section, n)
         C.log(f"[{section}] n={n} ...")
         row = {"n": n, **measure_point(specs, ds, args.epochs + 1, args.product)}
         if limits:
@@ -252,11 +288,15 @@ def sweep(section: str, sizes, ds, args, stats, limits) -> list[dict]:
         C.log(f"[{section}] n={n}: {row['epoch_s']:.2f} s/epoch ({row['product']}), compile {row['compile_overhead_s']:.1f} s, "
               f"batches {row['batch_prep_s']:.2f} s")
         rows.append(row)
-    t1 = rows[0]["epoch_s"] if rows and rows[0]["n"] == 1 and section != "width" else None
-    for row in rows:
-        if t1 and row["n"] > 1:
-            row["marginal_s"] = (row["epoch_s"] - t1) / (row["n"] - 1)
-            row["marginal_rel"] = row["marginal_s"] / t1
+    if section != "width" and rows and rows[0]["n"] == 1:
+        C.log(f"[{section}] side by side: {args.epochs} epochs of every size in turn ...")
+        together = side_by_side({row["n"]: section_specs(section, row["n"]) for row in rows}, ds, args.epochs, args.product)
+        t1 = together[1]
+        for row in rows:
+            row["side_by_side_epoch_s"] = together[row["n"]]
+            if row["n"] > 1:
+                row["marginal_s"] = (together[row["n"]] - t1) / (row["n"] - 1)
+                row["marginal_rel"] = row["marginal_s"] / t1
     return rows
 
 
@@ -323,20 +363,22 @@ def report(args, info, stats, limits, results) -> str:
         for r in rows:
             table.append([
                 r["n"], "x".join(map(str, r["widths"])), r["product"], f"{r['epoch_s']:.3f}",
-                C.fmt(r.get("marginal_s"), ".3f"), C.fmt(None if r.get("marginal_rel") is None else 100 * r["marginal_rel"], ".1f", "%"),
+                C.fmt(r.get("side_by_side_epoch_s"), ".3f"), C.fmt(r.get("marginal_s"), ".3f"), C.fmt(None if r.get("marginal_rel") is None else 100 * r["marginal_rel"], ".1f", "%"),
                 f"{r['epoch_s'] / (r['configs'] * r['seeds']):.3f}",
                 f"{r['compile_overhead_s']:.1f}", f"{r['batch_prep_s']:.2f}", C.fmt_bytes(r["peak_rss_bytes"]),
                 C.fmt(r.get("floor_s"), ".3f"), C.fmt(r["epoch_s"] / r["floor_s"] if r.get("floor_s") else None, ".1f", "x"),
                 C.fmt(r.get("useful_first_layer_gflops"), ".2f"),
             ])
-        header = [label, "bucket widths", "product", "s/epoch", "marginal s/variant", "marginal / t_1", "s/epoch per variant",
+        header = [label, "bucket widths", "product", "s/epoch", "s/epoch side by side", "marginal s/variant", "marginal / t_1", "s/epoch per variant",
                   "compile s", "train_batches s", "peak RSS", "floor s", "epoch / floor", "useful 1st-layer GFLOP/s"]
         if section == "width":
-            header[4:6] = ["-", "-"]
+            header[4:7] = ["-", "-", "-"]
         lines.append(C.markdown_table(header, table))
     if limits:
         lines.append(
-            f"\nmarginal s/variant = (t_n - t_1) / (n - 1); useful 1st-layer GFLOP/s = 2 x W1 x (2 x nnz_train + nnz_val) "
+            f"\ns/epoch: each size alone, one after the other (median of its epochs 2..N, with compile and peak RSS); "
+            "s/epoch side by side: all sizes' epochs run in turn after those, so that they see the same machine "
+            "conditions (medians); marginal s/variant = (t_n - t_1) / (n - 1) from the side-by-side times; useful 1st-layer GFLOP/s = 2 x W1 x (2 x nnz_train + nnz_val) "
             f"x variants / epoch time, against the matmul peak of {limits['matmul_peak_gflops']:.1f} GFLOP/s."
         )
     return "\n".join(lines)
