@@ -23,7 +23,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from flax import traverse_util
 
 RMSPROP_MODES = ("keras2", "keras3")
 
@@ -106,10 +105,3 @@ def keras_rmsprop_step(w, nu, grad, l1, l2, learning_rate, mask=None, *, penalty
     w, nu, sums = call(w, nu, grad, mask_arg, *scalars, penalty=bool(penalty), masked=mask is not None)
     return w, nu, sums[0], sums[1]
 
-
-def with_rms_leaf(opt_state, path: tuple, nu_leaf):
-    """`make_optimizer`'s state with RMSprop's accumulator at `path` replaced (its first stage scales by RMS)."""
-    rms = opt_state[0]
-    flat = traverse_util.flatten_dict(rms.nu)
-    flat[path] = nu_leaf
-    return (rms._replace(nu=traverse_util.unflatten_dict(flat)),) + tuple(opt_state[1:])

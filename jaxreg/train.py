@@ -170,7 +170,8 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparamet
             penalty=config.use_penalty,
         )
         params = _replaced(params, FUSED_PATH, w)
-        opt_state = optim.with_rms_leaf(opt_state, FUSED_PATH, nu)
+        rms = opt_state[0]  # make_optimizer's first stage scales by RMS
+        opt_state = (rms._replace(nu=_replaced(rms.nu, FUSED_PATH, nu)), *opt_state[1:])
         if config.use_penalty:
             pen = pen + (hp.l1 * sum_abs + hp.l2 * sum_sq)
             loss = data_loss + pen

@@ -1,4 +1,5 @@
-// Helpers shared by jaxreg's XLA:CPU FFI kernels (embedding_bag.cc, rmsprop.cc).
+// What jaxreg's XLA:CPU FFI kernels (embedding_bag.cc, rmsprop.cc) share: a parallel loop on
+// XLA's intra-op thread pool.
 
 #pragma once
 
@@ -14,29 +15,6 @@
 namespace jaxreg {
 
 namespace ffi = xla::ffi;
-
-// Offsets (in items) of every output batch index into an operand whose batch dims broadcast.
-inline std::vector<int64_t> BroadcastOffsets(const std::vector<int64_t>& out_batch, ffi::AnyBuffer::Dimensions dims) {
-  const size_t k = out_batch.size();
-  std::vector<int64_t> strides(k, 0);
-  int64_t stride = 1;
-  for (size_t i = k; i-- > 0;) {
-    strides[i] = dims[i] == 1 ? 0 : stride;
-    stride *= dims[i];
-  }
-  int64_t total = 1;
-  for (int64_t d : out_batch) total *= d;
-  std::vector<int64_t> offsets(total, 0);
-  for (int64_t flat = 0; flat < total; ++flat) {
-    int64_t rest = flat, offset = 0;
-    for (size_t i = k; i-- > 0;) {
-      offset += (rest % out_batch[i]) * strides[i];
-      rest /= out_batch[i];
-    }
-    offsets[flat] = offset;
-  }
-  return offsets;
-}
 
 // Runs work(item) for item in [0, n) on the caller and up to n - 1 pool threads. The caller
 // claims items too, so it never waits on a task that has not started.

@@ -27,8 +27,30 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using jaxreg::BroadcastOffsets;
 using jaxreg::ParallelFor;
+
+// Offsets (in items) of every output batch index into an operand whose batch dims broadcast.
+std::vector<int64_t> BroadcastOffsets(const std::vector<int64_t>& out_batch, ffi::AnyBuffer::Dimensions dims) {
+  const size_t k = out_batch.size();
+  std::vector<int64_t> strides(k, 0);
+  int64_t stride = 1;
+  for (size_t i = k; i-- > 0;) {
+    strides[i] = dims[i] == 1 ? 0 : stride;
+    stride *= dims[i];
+  }
+  int64_t total = 1;
+  for (int64_t d : out_batch) total *= d;
+  std::vector<int64_t> offsets(total, 0);
+  for (int64_t flat = 0; flat < total; ++flat) {
+    int64_t rest = flat, offset = 0;
+    for (size_t i = k; i-- > 0;) {
+      offset += (rest % out_batch[i]) * strides[i];
+      rest /= out_batch[i];
+    }
+    offsets[flat] = offset;
+  }
+  return offsets;
+}
 
 // The pairs grouped by output row: src rows of group d are src[start[d] : start[d + 1]].
 template <typename Index>

@@ -35,7 +35,6 @@ inline float MulAdd(float a, float b, float c) { return std::fma(a, b, c); }
 inline float MulAdd(float a, float b, float c) { return a * b + c; }
 #endif
 
-using jaxreg::BroadcastOffsets;
 using jaxreg::ParallelFor;
 
 constexpr int64_t kChunk = 32768;
@@ -66,34 +65,21 @@ void StepRange(const float* __restrict W, const float* __restrict U, const float
 }
 
 // Operands: w, nu, g_data, mask (ignored unless `masked`), then per-variant scalars l1, l2,
-// lr. Leading batch dims come from vmap (vmap_method="broadcast_all": every operand has them
-// all); a mask or scalar with dims of 1 is broadcast here too.
+// lr. Leading batch dims come from vmap (vmap_method="broadcast_all"): every operand has
+// them all, so variant b's data starts at b times its per-variant size.
 ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> nu, ffi::Buffer<ffi::F32> g,
                 ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> l1, ffi::Buffer<ffi::F32> l2,
                 ffi::Buffer<ffi::F32> lr, ffi::Result<ffi::Buffer<ffi::F32>> w_out,
                 ffi::Result<ffi::Buffer<ffi::F32>> nu_out, ffi::Result<ffi::Buffer<ffi::F32>> sums, bool penalty,
                 bool masked) {
-  auto sum_dims = sums->dimensions();  // batch dims + (2,)
-  const size_t k = sum_dims.size() - 1;
-  std::vector<int64_t> batch(sum_dims.begin(), sum_dims.end() - 1);
-  int64_t n_batch = 1;
-  for (int64_t d : batch) n_batch *= d;
-  auto dims = w.dimensions();
-  if (dims.size() < k || nu.dimensions().size() != dims.size() || g.dimensions().size() != dims.size() ||
-      l1.dimensions().size() != k || l2.dimensions().size() != k || lr.dimensions().size() != k) {
-    return ffi::Error::InvalidArgument("rmsprop step: operand ranks do not match");
-  }
+  const int64_t n_batch = sums->element_count() / 2;  // sums: batch dims + (2,)
   const int64_t n = n_batch ? w.element_count() / n_batch : 0;  // elements per variant
-  if (nu.element_count() != w.element_count() || g.element_count() != w.element_count()) {
-    return ffi::Error::InvalidArgument("rmsprop step: w, nu and g must have one shape");
+  if (nu.element_count() != w.element_count() || g.element_count() != w.element_count() ||
+      (masked && mask.element_count() != w.element_count())) {
+    return ffi::Error::InvalidArgument("rmsprop step: w, nu, g and mask must have one shape");
   }
-  const auto l1_off = BroadcastOffsets(batch, l1.dimensions());
-  const auto l2_off = BroadcastOffsets(batch, l2.dimensions());
-  const auto lr_off = BroadcastOffsets(batch, lr.dimensions());
-  std::vector<int64_t> mask_off(n_batch, 0);
-  if (masked) {
-    if (mask.dimensions().size() != dims.size()) return ffi::Error::InvalidArgument("rmsprop step: mask rank");
-    mask_off = BroadcastOffsets(batch, mask.dimensions());
+  if (l1.element_count() != n_batch || l2.element_count() != n_batch || lr.element_count() != n_batch) {
+    return ffi::Error::InvalidArgument("rmsprop step: one l1, l2 and learning rate per variant");
   }
   const int64_t chunks = std::max<int64_t>(1, (n + kChunk - 1) / kChunk);
   std::vector<float> partial(2 * n_batch * chunks);
@@ -102,11 +88,10 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::
     const float* __restrict W = w.typed_data() + b * n;
     const float* __restrict U = nu.typed_data() + b * n;
     const float* __restrict G = g.typed_data() + b * n;
-    const float* __restrict M = masked ? mask.typed_data() + mask_off[b] * n : nullptr;
+    const float* __restrict M = masked ? mask.typed_data() + b * n : nullptr;
     float* __restrict W_out = w_out->typed_data() + b * n;
     float* __restrict U_out = nu_out->typed_data() + b * n;
-    const float c1 = l1.typed_data()[l1_off[b]], c2 = l2.typed_data()[l2_off[b]] * 2.0f;
-    const float neg_lr = -lr.typed_data()[lr_off[b]];
+    const float c1 = l1.typed_data()[b], c2 = l2.typed_data()[b] * 2.0f, neg_lr = -lr.typed_data()[b];
     float sum_abs = 0.0f, sum_sq = 0.0f;
     auto run = [&](auto penalty_on, auto masked_on) {
       StepRange<decltype(penalty_on)::value, decltype(masked_on)::value>(W, U, G, M, W_out, U_out, c1, c2, neg_lr, lo, hi,
