@@ -26,7 +26,7 @@ import jaxlib
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("embedding_bag.cc", "rmsprop.cc")
-HEADERS = ("common.h",)
+HEADERS = ("common.h", "bag.h")
 # XLA FFI target name -> the library's handler symbol
 TARGETS = {
     "jaxreg_bag_forward": "JaxregBagForward",

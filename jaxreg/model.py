@@ -43,26 +43,31 @@ class MultiHotDense(nn.Module):
     product: str = "sparse"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, product=None):
+        """x @ kernel + bias; a given `product` (x @ kernel, computed by the caller) is used as is."""
         num_words = x.num_words if isinstance(x, SparseBatch) else x.shape[-1]
         kernel = self.param("kernel", glorot_uniform, (num_words, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        out = multi_hot_matmul(x, kernel, self.product)
+        out = multi_hot_matmul(x, kernel, self.product) if product is None else product
         return out + jnp.reshape(bias, (1,) * (out.ndim - 1) + (-1,))
 
 
 class MLP(nn.Module):
-    """ReLU hidden layers of the given widths, inverted dropout after each, one output logit."""
+    """ReLU hidden layers of the given widths, inverted dropout after each, one output logit.
+
+    `first_product` (optional): multi_hot(x) @ first kernel, computed by the caller, who then
+    owns that kernel's gradient (train_step's fused_update takes it from this product's).
+    """
 
     widths: Sequence[int]
     product: str = "sparse"
 
     @nn.compact
-    def __call__(self, x, dropout_rate=0.0, dropout_key=None):
+    def __call__(self, x, dropout_rate=0.0, dropout_key=None, first_product=None):
         h = x
         for i, width in enumerate(self.widths):
             if i == 0:
-                h = MultiHotDense(width, self.product, name="hidden_0")(h)
+                h = MultiHotDense(width, self.product, name="hidden_0")(h, first_product)
             else:
                 h = nn.Dense(width, kernel_init=glorot_uniform, name=f"hidden_{i}")(h)
             h = nn.relu(h)

@@ -18,6 +18,7 @@ which produces exact zeros.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -85,23 +86,52 @@ def make_optimizer(hp, mask, mode: str = "keras2", *, weight_decay: bool = True,
 FUSED_STEP_TARGET = "jaxreg_rmsprop_step"
 
 
-def keras_rmsprop_step(w, nu, grad, l1, l2, learning_rate, mask=None, *, penalty: bool = True):
-    """One Keras-2 RMSprop step with the Keras L1 + L2 penalty on one parameter, as one CPU kernel.
+def keras_rmsprop_step(w, nu, d_out, rows, cols, l1, l2, learning_rate, mask=None, *, penalty: bool = True):
+    """One Keras-2 RMSprop step with the Keras L1 + L2 penalty on an embedding bag's table, as one CPU kernel.
 
-    Returns (w', nu', sum|w|, sum w^2). w' and nu' equal, bit for bit, what jaxreg's optax
-    path gives for a penalized kernel (gradient of the penalty added to `grad`, times the
-    unit `mask` if any, `keras_rmsprop(learning_rate)`, optax.apply_updates) with no decay
+    `w` is the table of `embedding_bag.embedding_bag(w, rows, cols, d_out.shape[-2])` and
+    `d_out` the loss's gradient with respect to that bag's output: the table's data gradient
+    (the bag's backward of d_out) is summed inside the kernel, block by block, and never
+    stored. Returns (w', nu', sum|w|, sum w^2). w' and nu' equal, bit for bit, what jaxreg's
+    optax path gives for a penalized table (bag backward, plus the penalty's gradient, times
+    the unit `mask` if any, `keras_rmsprop(learning_rate)`, optax.apply_updates) with no decay
     or proximal stage; the sums of the incoming w are the penalty's value, summed in another
-    order than XLA (so equal to ~1e-7). Written by hand because XLA:CPU runs these operations
-    as ~14 passes over the array where this kernel needs 5 (jaxreg/csrc/rmsprop.cc); needs
-    `cpu_kernels.cpu_kernels_available()`. Under vmap every operand is broadcast to the batch
-    (w and nu are updated in place; a shared mask is copied per variant).
+    order than XLA (so equal to ~1e-7). Written by hand because XLA:CPU runs the update as
+    ~14 passes over the table where this kernel needs 4 (jaxreg/csrc/rmsprop.cc); needs
+    `cpu_kernels.cpu_kernels_available()`. vmaps (any number, any operands) become one call.
     """
-    f32 = jnp.float32
-    out = (jax.ShapeDtypeStruct(w.shape, f32), jax.ShapeDtypeStruct(w.shape, f32), jax.ShapeDtypeStruct((2,), f32))
-    mask_arg = jnp.zeros((1,) * w.ndim, f32) if mask is None else mask
-    call = jax.ffi.ffi_call(FUSED_STEP_TARGET, out, vmap_method="broadcast_all", input_output_aliases={0: 0, 1: 1})
-    scalars = (jnp.asarray(v, f32) for v in (l1, l2, learning_rate))
-    w, nu, sums = call(w, nu, grad, mask_arg, *scalars, penalty=bool(penalty), masked=mask is not None)
-    return w, nu, sums[0], sums[1]
+    from jaxreg.cpu_kernels import cpu_kernels_available  # noqa: PLC0415 (optim needs no kernels otherwise)
 
+    if not cpu_kernels_available():
+        raise RuntimeError("keras_rmsprop_step needs jaxreg's CPU kernels, which are unavailable here (see jaxreg.cpu_kernels)")
+    f32 = jnp.float32
+    mask_arg = jnp.zeros((1,) * w.ndim, f32) if mask is None else mask
+    scalars = (jnp.asarray(v, f32) for v in (l1, l2, learning_rate))
+    w, nu, sums = _fused_step(bool(penalty), mask is not None)(w, nu, d_out, rows, cols, mask_arg, *scalars)
+    return w, nu, sums[..., 0], sums[..., 1]
+
+
+@functools.cache
+def _fused_step(penalty: bool, masked: bool):
+    """The kernel's call, with its own vmap rule: w and nu (updated in place, so the result's
+    shape) get the batch axis in full, the other operands as an axis of size 1 where they
+    are shared, so variants that share a batch share its pairs (grouped once per call).
+    Nested vmaps apply the rule once per level."""
+
+    @jax.custom_batching.custom_vmap
+    def step(w, nu, d_out, rows, cols, mask, l1, l2, lr):
+        f32 = jnp.float32
+        sums = jax.ShapeDtypeStruct(w.shape[:-2] + (2,), f32)
+        out = (jax.ShapeDtypeStruct(w.shape, f32), jax.ShapeDtypeStruct(w.shape, f32), sums)
+        call = jax.ffi.ffi_call(FUSED_STEP_TARGET, out, input_output_aliases={0: 0, 1: 1})
+        return call(w, nu, d_out, rows, cols, mask, l1, l2, lr, penalty=penalty, masked=masked)
+
+    @step.def_vmap
+    def _(axis_size, in_batched, w, nu, *rest):
+        def full(x, batched):
+            return x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+
+        shared = (x if batched else x[None] for x, batched in zip(rest, in_batched[2:]))
+        return step(full(w, in_batched[0]), full(nu, in_batched[1]), *shared), (True, True, True)
+
+    return step

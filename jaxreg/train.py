@@ -18,7 +18,8 @@ import optax
 from flax import traverse_util
 
 from jaxreg import losses, optim, penalties
-from jaxreg.batches import Batch
+from jaxreg.batches import Batch, SparseBatch
+from jaxreg.embedding_bag import embedding_bag
 from jaxreg.model import MLP, PRODUCTS, init_params
 
 
@@ -46,9 +47,9 @@ class StepConfig:
     (clipped, as the study) or "logits"; rmsprop: "keras2" or "keras3" eps placement. The
     use_* flags drop stages that every variant of a program has switched off (a stage at
     0 gives bit-identical results, it only costs time). fused_update: the first layer's
-    kernel takes its penalty and RMSprop step as one CPU kernel (`optim.keras_rmsprop_step`,
-    same parameters bit for bit; needs the CPU kernels, rmsprop "keras2", no decay and no
-    proximal stage).
+    kernel takes its gradient (from the bag's output gradient), penalty and RMSprop step as
+    one CPU kernel (`optim.keras_rmsprop_step`, same parameters bit for bit; needs the CPU
+    kernels, sparse batches and product, rmsprop "keras2", no decay and no proximal stage).
     """
 
     widths: tuple[int, ...] = (16, 16)
@@ -71,8 +72,9 @@ class StepConfig:
                 raise ValueError(f"StepConfig.{field} must be one of {allowed}, got {getattr(self, field)!r}")
         if self.fused_update and not fused_update_supports(self):
             raise ValueError(
-                "StepConfig.fused_update needs rmsprop='keras2' and no weight decay or proximal L1 stage, got "
-                f"rmsprop={self.rmsprop!r}, use_weight_decay={self.use_weight_decay}, use_l1_proximal={self.use_l1_proximal}"
+                "StepConfig.fused_update needs product='sparse', rmsprop='keras2' and no weight decay or proximal L1 "
+                f"stage, got product={self.product!r}, rmsprop={self.rmsprop!r}, "
+                f"use_weight_decay={self.use_weight_decay}, use_l1_proximal={self.use_l1_proximal}"
             )
 
     @property
@@ -82,10 +84,15 @@ class StepConfig:
 
 def fused_update_supports(config: StepConfig) -> bool:
     """Whether `optim.keras_rmsprop_step` computes exactly this config's optimizer (see StepConfig)."""
-    return config.rmsprop == "keras2" and not config.use_weight_decay and not config.use_l1_proximal
+    return (
+        config.product == "sparse"
+        and config.rmsprop == "keras2"
+        and not config.use_weight_decay
+        and not config.use_l1_proximal
+    )
 
 
-# The parameter that fused_update steps with one kernel: the first layer's 10,000-row kernel.
+# The first layer's kernel (10,000 rows), the parameter that fused_update steps with one kernel.
 FUSED_PATH = ("params", "hidden_0", "kernel")
 
 
@@ -145,24 +152,33 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparamet
     """
     dropout_key = jax.random.fold_in(key, state.step) if config.use_dropout else None
     penalty_mask = penalties.hidden_kernel_mask(state.params)
-    if config.fused_update:  # the fused kernel adds that leaf's penalty (value and gradient)
+    table = _at(state.params, FUSED_PATH)
+    first_product = None
+    if config.fused_update:  # the fused kernel owns that leaf's gradient (data and penalty) and penalty value
+        if not isinstance(batch.x, SparseBatch):
+            raise ValueError("StepConfig.fused_update needs sparse batches (batches.SparseBatch)")
         penalty_mask = _replaced(penalty_mask, FUSED_PATH, False)
+        first_product = embedding_bag(table, batch.x.rows, batch.x.cols, batch.x.num_rows)
 
-    def loss_fn(params):
-        logits = config.model.apply(params, batch.x, hp.dropout_rate, dropout_key)
+    def loss_fn(params, first_product):
+        logits = config.model.apply(params, batch.x, hp.dropout_rate, dropout_key, first_product)
         data_loss = _weighted_mean(losses.binary_cross_entropy(logits, batch.y, config.loss), batch.weight)
         pen = penalty(config, params, hp, penalty_mask)
         return data_loss + pen, (data_loss, pen, logits)
 
-    (loss, (data_loss, pen, logits)), loss_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (data_loss, pen, logits)), (loss_grads, d_first_product) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True
+    )(state.params, first_product)
     grads = loss_grads if unit_mask is None else jax.tree.map(jnp.multiply, loss_grads, unit_mask)
     updates, opt_state = optimizer(config, hp, state.params).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if config.fused_update:  # XLA drops the chain's own (unused) computation for this leaf
         w, nu, sum_abs, sum_sq = optim.keras_rmsprop_step(
-            _at(state.params, FUSED_PATH),
+            table,
             _at(state.opt_state[0].nu, FUSED_PATH),
-            _at(loss_grads, FUSED_PATH),
+            d_first_product,
+            batch.x.rows,
+            batch.x.cols,
             hp.l1,
             hp.l2,
             hp.learning_rate,
@@ -201,11 +217,30 @@ def train_epoch(state: TrainState, batches: Batch, key: jax.Array, hp: Hyperpara
     return state, _epoch_means(metrics)
 
 
-def evaluate(params, batches: Batch, hp: Hyperparameters, *, config: StepConfig):
-    """Validation metrics without dropout: loss (Keras': data loss + penalty), data_loss, penalty, accuracy."""
+# Validation computes a sparse first layer of at most this width for all batches at once (see evaluate).
+ALL_BATCHES_MAX_WIDTH = 64
 
-    def body(_, batch):
-        logits = config.model.apply(params, batch.x)
+
+def evaluate(params, batches: Batch, hp: Hyperparameters, *, config: StepConfig):
+    """Validation metrics without dropout: loss (Keras': data loss + penalty), data_loss, penalty, accuracy.
+
+    A narrow sparse first layer is computed for all batches in one embedding-bag call before
+    the scan over batches: under vmap that call reads one variant's table for all its batches
+    while it is in cache, where a call per batch would fetch every variant's table again each
+    time. The same sums, so the same numbers; for wide layers the products would take more
+    memory than they save time.
+    """
+    width = config.widths[0]
+    products = None
+    if isinstance(batches.x, SparseBatch) and config.product == "sparse" and width <= ALL_BATCHES_MAX_WIDTH:
+        table = _at(params, FUSED_PATH)
+        x = batches.x
+        products = jax.vmap(lambda r, c: embedding_bag(table, r, c, x.num_rows))(x.rows, x.cols)
+
+    def body(_, batch_and_index):
+        batch, i = batch_and_index
+        product = None if products is None else products[i]  # indexed, not scanned: no transposed copy under vmap
+        logits = config.model.apply(params, batch.x, first_product=product)
         per_example = losses.binary_cross_entropy(logits, batch.y, config.loss)
         return None, {
             "data_loss": _weighted_mean(per_example, batch.weight),
@@ -213,7 +248,7 @@ def evaluate(params, batches: Batch, hp: Hyperparameters, *, config: StepConfig)
             "count": jnp.sum(batch.weight),
         }
 
-    _, metrics = jax.lax.scan(body, None, batches)
+    _, metrics = jax.lax.scan(body, None, (batches, jnp.arange(batches.y.shape[0])))
     means = _epoch_means(metrics)
     pen = penalty(config, params, hp)
     return {"loss": means["data_loss"] + pen, "data_loss": means["data_loss"], "penalty": pen, "accuracy": means["accuracy"]}

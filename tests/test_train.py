@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg import batches, cpu_kernels, losses, penalties, train
+from jaxreg import batches, cpu_kernels, losses, optim, penalties, train
 from jaxreg.batches import Batch
 from jaxreg.data import densify, synthetic_dataset
 from jaxreg.model import MLP
@@ -227,6 +227,18 @@ def test_evaluate_loss_includes_the_penalty(ds):
     assert float(out["penalty"]) > 0
 
 
+def test_evaluate_first_layer_for_all_batches_at_once_changes_nothing(ds, monkeypatch):
+    """A narrow sparse first layer is computed for all validation batches in one call: the same
+    sums as batch by batch, so the same metrics bit for bit."""
+    state, _ = _init(ALL_STAGES)
+    val, _ = _batches(ds.validation, order=np.arange(len(ds.validation)))
+    assert ALL_STAGES.widths[0] <= train.ALL_BATCHES_MAX_WIDTH
+    at_once = train.evaluate(state.params, val, HP_ALL, config=ALL_STAGES)
+    monkeypatch.setattr(train, "ALL_BATCHES_MAX_WIDTH", 0)  # batch by batch, inside the scan
+    batch_by_batch = train.evaluate(state.params, val, HP_ALL, config=ALL_STAGES)
+    chex.assert_trees_all_equal(at_once, batch_by_batch)
+
+
 def test_unit_mask_keeps_padded_units_exactly_zero(ds):
     bucket, true_widths = StepConfig(widths=(8, 8)), (3, 5)
     hp = Hyperparameters.create(l1=1e-3, l2=1e-3, weight_decay=1e-2, l1_proximal=1e-3, dropout_rate=0.5)
@@ -329,9 +341,18 @@ def test_fused_update_under_vmap_equals_each_variant_alone(ds):
         chex.assert_trees_all_equal(jax.tree.map(lambda x: x[i], together.params), one.params)
 
 
+def test_fused_step_without_the_kernels_says_so(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "cpu_kernels_available", lambda: False)
+    w = jnp.zeros((10, 4))
+    pairs = jnp.zeros((3,), jnp.int16)
+    with pytest.raises(RuntimeError, match="needs jaxreg's CPU kernels"):
+        optim.keras_rmsprop_step(w, w, jnp.zeros((2, 4)), pairs, pairs, 0.0, 0.0, 1e-3)
+
+
 def test_fused_update_is_refused_where_it_would_not_be_exact():
-    for unsupported in (dict(rmsprop="keras3"), dict(use_weight_decay=True), dict(use_l1_proximal=True)):
-        with pytest.raises(ValueError, match="fused_update needs rmsprop='keras2'"):
+    unsupported_cases = (dict(rmsprop="keras3"), dict(use_weight_decay=True), dict(use_l1_proximal=True), dict(product="dense"))
+    for unsupported in unsupported_cases:
+        with pytest.raises(ValueError, match="fused_update needs product='sparse', rmsprop='keras2'"):
             dataclasses.replace(KERAS, fused_update=True, **unsupported)
     assert train.fused_update_supports(KERAS) and not train.fused_update_supports(ALL_STAGES)
 
