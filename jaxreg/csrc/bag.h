@@ -45,7 +45,7 @@ struct Groups {
   std::vector<int32_t> start;  // int32: half the cache footprint (pairs per call < 2^31)
   std::vector<int32_t> sorted;  // src rows, when they had to be reordered
   const Index* direct = nullptr;  // src rows, when the pairs were already grouped
-  std::vector<int32_t> fill;   // scratch of the counting sort
+  std::vector<int32_t> fill;   // scratch of the counting sort (per slice)
 };
 
 // Groups the valid pairs (0 <= dst < dst_n, 0 <= src < src_n) by dst. Pairs already sorted
@@ -55,7 +55,8 @@ struct Groups {
 // `g` is overwritten; its buffers are reused from call to call (fresh ones would be
 // page-faulted in every step).
 template <typename Index>
-void Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int64_t src_n, Groups<Index>& g) {
+void Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int64_t src_n, Groups<Index>& g,
+           ffi::ThreadPool* pool = nullptr) {
   g.start.assign(dst_n + 1, 0);
   g.direct = nullptr;
   auto valid = [&](int64_t p) { return dst[p] >= 0 && dst[p] < dst_n && src[p] >= 0 && src[p] < src_n; };
@@ -79,15 +80,36 @@ void Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int
     g.direct = src;
     return;
   }
-  for (int64_t p = 0; p < pairs; ++p) {
-    if (valid(p)) ++g.start[dst[p] + 1];
+  // The sort in `parts` slices of the pairs, counted and placed in parallel when a pool is
+  // given: slice k's pairs of a group go after those of slices < k, so it stays stable.
+  const int64_t parts = pool && pairs >= (int64_t(1) << 15) ? std::min<int64_t>(4, std::max<int64_t>(pool->num_threads(), 1)) : 1;
+  const int64_t slice = (pairs + parts - 1) / parts;
+  g.fill.assign(parts * dst_n, 0);  // counts, then each slice's next position, per group
+  auto each_slice = [&](auto&& work) {
+    auto run = [&](int64_t k) {
+      for (int64_t p = k * slice, end = std::min(pairs, (k + 1) * slice); p < end; ++p) {
+        if (valid(p)) work(k, p);
+      }
+    };
+    if (parts == 1) {
+      run(0);
+    } else {
+      ParallelFor(*pool, parts, run);
+    }
+  };
+  each_slice([&](int64_t k, int64_t p) { ++g.fill[k * dst_n + dst[p]]; });
+  int32_t next = 0;
+  for (int64_t d = 0; d < dst_n; ++d) {
+    g.start[d] = next;
+    for (int64_t k = 0; k < parts; ++k) {
+      const int32_t count = g.fill[k * dst_n + d];
+      g.fill[k * dst_n + d] = next;
+      next += count;
+    }
   }
-  for (int64_t d = 0; d < dst_n; ++d) g.start[d + 1] += g.start[d];
-  g.fill.assign(g.start.begin(), g.start.end() - 1);
-  g.sorted.resize(g.start[dst_n]);
-  for (int64_t p = 0; p < pairs; ++p) {
-    if (valid(p)) g.sorted[g.fill[dst[p]]++] = int32_t(src[p]);
-  }
+  g.start[dst_n] = next;
+  g.sorted.resize(next);
+  each_slice([&](int64_t k, int64_t p) { g.sorted[g.fill[k * dst_n + dst[p]]++] = int32_t(src[p]); });
 }
 
 // Rows are fetched kAhead pairs before they are summed: the table was just rewritten by the
@@ -234,6 +256,67 @@ void SumGroups(const Groups<Index>& g, const float* table, float* out, int64_t w
   SumGroups(g.start.data(), g.sorted.data(), table, out, width, lo, hi);
 }
 
+// Whether the valid pairs (0 <= row < n_rows) come row by row (rows non-decreasing) with each
+// row's columns non-decreasing, as make_batches writes them (a review's words sorted). Then
+// visiting the pairs grouped by column, columns ascending, adds each row's table rows in
+// their given order, and ScatterRows equals the row-by-row sum bit for bit.
+template <typename Index>
+bool SortedWithinRows(const Index* rows, const Index* cols, int64_t pairs, int64_t n_rows) {
+  const int32_t rn = int32_t(std::min<int64_t>(n_rows, INT32_MAX));
+  int32_t bad = 0;
+  for (int64_t p = 1; p < pairs; ++p) {  // branch-free with int32 flags: vectorizes
+    const int32_t same = rows[p] == rows[p - 1], in = int32_t(rows[p]) < rn;
+    bad |= (rows[p] < rows[p - 1]) | (same & in & (cols[p] < cols[p - 1]));
+  }
+  return !bad;
+}
+
+// out[r] = sum of table rows c over the pairs (r, c), visiting the table in row order: g groups
+// the pairs by column (Group with dst = cols). The table streams through once, only at the
+// rows the batch uses, and the sums build up in `out` (n_out rows, a few tens of kB, in
+// cache), where the row-by-row gather would fetch rows from all over the table for each
+// review. Used where SortedWithinRows holds.
+template <typename Index>
+void ScatterRows(const Groups<Index>& g, const float* table, float* out, int64_t width, int64_t n_table,
+                 int64_t n_out) {
+  std::memset(out, 0, sizeof(float) * n_out * width);  // +0, as the gather's sums start
+  auto run = [&](const auto* src) {
+    if (width == 16) {
+      typedef float F8 __attribute__((vector_size(32)));
+      for (int64_t c = 0; c < n_table; ++c) {
+        const int64_t first = g.start[c], last = g.start[c + 1];
+        if (first == last) continue;
+        F8 t0, t1;
+        std::memcpy(&t0, table + c * 16, sizeof(t0));
+        std::memcpy(&t1, table + c * 16 + 8, sizeof(t1));
+        for (int64_t p = first; p < last; ++p) {
+          float* o = out + int64_t(src[p]) * 16;
+          F8 o0, o1;
+          std::memcpy(&o0, o, sizeof(o0));
+          std::memcpy(&o1, o + 8, sizeof(o1));
+          o0 += t0;
+          o1 += t1;
+          std::memcpy(o, &o0, sizeof(o0));
+          std::memcpy(o + 8, &o1, sizeof(o1));
+        }
+      }
+      return;
+    }
+    for (int64_t c = 0; c < n_table; ++c) {
+      const float* __restrict t = table + c * width;
+      for (int64_t p = g.start[c]; p < g.start[c + 1]; ++p) {
+        float* __restrict o = out + int64_t(src[p]) * width;
+        for (int64_t j = 0; j < width; ++j) o[j] += t[j];
+      }
+    }
+  };
+  if (g.direct) {
+    run(g.direct);
+  } else {
+    run(g.sorted.data());
+  }
+}
+
 // Groups the pairs of every distinct (rows, cols) operand among the batch items (offsets
 // from BroadcastOffsets) by dst (`rows` when by_row, else `cols`); returns the groups and,
 // in group_of, which one each item uses. Variants that share batches share a grouping;
@@ -255,11 +338,16 @@ std::vector<Groups<Index>>& GroupPairs(ffi::ThreadPool& pool, const Index* rows,
   thread_local std::vector<Groups<Index>> reused;
   std::vector<Groups<Index>>& groups = reused;  // workers use the caller's through this reference
   if (groups.size() < keys.size()) groups.resize(keys.size());
-  ParallelFor(pool, keys.size(), [&](int64_t k) {
+  auto group = [&](int64_t k, ffi::ThreadPool* sort_pool) {
     const Index* r = rows + keys[k].first * pairs;
     const Index* c = cols + keys[k].second * pairs;
-    Group<Index>(by_row ? r : c, by_row ? c : r, pairs, dst_n, src_n, groups[k]);
-  });
+    Group<Index>(by_row ? r : c, by_row ? c : r, pairs, dst_n, src_n, groups[k], sort_pool);
+  };
+  if (keys.size() == 1) {
+    group(0, &pool);  // one grouping: its sort is split over the threads instead
+  } else {
+    ParallelFor(pool, keys.size(), [&](int64_t k) { group(k, nullptr); });
+  }
   return groups;
 }
 
