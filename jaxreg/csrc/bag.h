@@ -59,7 +59,6 @@ void Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int
            ffi::ThreadPool* pool = nullptr) {
   g.start.assign(dst_n + 1, 0);
   g.direct = nullptr;
-  auto valid = [&](int64_t p) { return dst[p] >= 0 && dst[p] < dst_n && src[p] >= 0 && src[p] < src_n; };
   // Already grouped: dst non-decreasing from >= 0, src valid wherever dst < dst_n (the
   // rest, dst >= dst_n, is padding). Checked without branches and with int32 flags and
   // counts, a form the compiler vectorizes (7x faster than with bool and int64).
@@ -82,13 +81,17 @@ void Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int
   }
   // The sort in `parts` slices of the pairs, counted and placed in parallel when a pool is
   // given: slice k's pairs of a group go after those of slices < k, so it stays stable.
+  // Without branches: an invalid pair counts in an extra group dst_n and is written to its
+  // slice's own spare slot past the sorted pairs (~1.5x faster than skipping it).
   const int64_t parts = pool && pairs >= (int64_t(1) << 15) ? std::min<int64_t>(4, std::max<int64_t>(pool->num_threads(), 1)) : 1;
-  const int64_t slice = (pairs + parts - 1) / parts;
-  g.fill.assign(parts * dst_n, 0);  // counts, then each slice's next position, per group
+  const int64_t slice = (pairs + parts - 1) / parts, groups = dst_n + 1;
+  g.fill.assign(parts * groups, 0);  // per slice: counts, then the next position, per group
   auto each_slice = [&](auto&& work) {
     auto run = [&](int64_t k) {
+      int32_t* fill = g.fill.data() + k * groups;
       for (int64_t p = k * slice, end = std::min(pairs, (k + 1) * slice); p < end; ++p) {
-        if (valid(p)) work(k, p);
+        const int32_t ok = (dst[p] >= 0) & (int32_t(dst[p]) < dn) & (src[p] >= 0) & (int32_t(src[p]) < sn);
+        work(fill[ok ? int32_t(dst[p]) : dn], p, ok);
       }
     };
     if (parts == 1) {
@@ -97,19 +100,23 @@ void Group(const Index* dst, const Index* src, int64_t pairs, int64_t dst_n, int
       ParallelFor(*pool, parts, run);
     }
   };
-  each_slice([&](int64_t k, int64_t p) { ++g.fill[k * dst_n + dst[p]]; });
+  each_slice([](int32_t& count, int64_t, int32_t) { ++count; });
   int32_t next = 0;
   for (int64_t d = 0; d < dst_n; ++d) {
     g.start[d] = next;
     for (int64_t k = 0; k < parts; ++k) {
-      const int32_t count = g.fill[k * dst_n + d];
-      g.fill[k * dst_n + d] = next;
+      const int32_t count = g.fill[k * groups + d];
+      g.fill[k * groups + d] = next;
       next += count;
     }
   }
   g.start[dst_n] = next;
-  g.sorted.resize(next);
-  each_slice([&](int64_t k, int64_t p) { g.sorted[g.fill[k * dst_n + dst[p]]++] = int32_t(src[p]); });
+  for (int64_t k = 0; k < parts; ++k) g.fill[k * groups + dst_n] = next + int32_t(k);  // the spare slots
+  g.sorted.resize(next + parts);
+  each_slice([&](int32_t& at, int64_t p, int32_t ok) {
+    g.sorted[at] = int32_t(src[p]);
+    at += ok;
+  });
 }
 
 // Rows are fetched kAhead pairs before they are summed: the table was just rewritten by the

@@ -44,7 +44,7 @@ inline float MulAdd(float a, float b, float c) { return a * b + c; }
 
 using namespace jaxreg;
 
-constexpr int64_t kChunkRows = 2048;  // rows per parallel work item
+constexpr int64_t kChunkRows = 512;  // rows per parallel work item (20 per variant: balanced on a few threads)
 constexpr int64_t kBlock = 256;    // rows whose gradient is summed before they are updated
 
 // The penalty's value: sums of |w| and w^2 kept in kLanes running partial sums, column j in
