@@ -210,10 +210,11 @@ def _epoch_means(metrics):
 def train_epoch(state: TrainState, batches: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None):
     """All batches of one epoch (leading axis of `batches`) as one lax.scan; returns (state, epoch means)."""
 
-    def body(state, batch):
+    def body(state, i):
+        batch = jax.tree.map(lambda a: a[i], batches)  # indexed, not scanned: no transposed copy of all batches under vmap
         return train_step(state, batch, key, hp, config=config, unit_mask=unit_mask)
 
-    state, metrics = jax.lax.scan(body, state, batches)
+    state, metrics = jax.lax.scan(body, state, jnp.arange(batches.y.shape[0]))
     return state, _epoch_means(metrics)
 
 
