@@ -2,8 +2,9 @@
 
 Two ideas XLA:CPU runs far below the machine's memory speed, both in a 16-unit model's
 epoch: the sparse first layer (`embedding_bag`: XLA's gather and scatter move one element at
-a time, ~1.5 GB/s) and the first layer's optimizer step (`optim.keras_rmsprop_step`: XLA
-splits it into ~14 passes over the array where one pass does). They are compiled once per
+a time, ~1.5 GB/s) and the first layer's gradient and optimizer step
+(`optim.keras_rmsprop_step`: XLA writes a gradient table and splits the step into ~14
+passes over the array, where one pass does). They are compiled once per
 source, jax/jaxlib version, compiler flags and CPU with the system's C++ compiler against
 the installed jaxlib's FFI headers, and cached (~/.cache/jaxreg/kernels, or
 $XDG_CACHE_HOME/jaxreg/kernels). Any failure (no compiler, an old jax) warns once and jaxreg

@@ -152,13 +152,12 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparamet
     """
     dropout_key = jax.random.fold_in(key, state.step) if config.use_dropout else None
     penalty_mask = penalties.hidden_kernel_mask(state.params)
-    table = _at(state.params, FUSED_PATH)
     first_product = None
     if config.fused_update:  # the fused kernel owns that leaf's gradient (data and penalty) and penalty value
         if not isinstance(batch.x, SparseBatch):
             raise ValueError("StepConfig.fused_update needs sparse batches (batches.SparseBatch)")
         penalty_mask = _replaced(penalty_mask, FUSED_PATH, False)
-        first_product = embedding_bag(table, batch.x.rows, batch.x.cols, batch.x.num_rows)
+        first_product = embedding_bag(_at(state.params, FUSED_PATH), batch.x.rows, batch.x.cols, batch.x.num_rows)
 
     def loss_fn(params, first_product):
         logits = config.model.apply(params, batch.x, hp.dropout_rate, dropout_key, first_product)
@@ -174,7 +173,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparamet
     params = optax.apply_updates(state.params, updates)
     if config.fused_update:  # XLA drops the chain's own (unused) computation for this leaf
         w, nu, sum_abs, sum_sq = optim.keras_rmsprop_step(
-            table,
+            _at(state.params, FUSED_PATH),
             _at(state.opt_state[0].nu, FUSED_PATH),
             d_first_product,
             batch.x.rows,
