@@ -22,9 +22,7 @@ import math
 import os
 import platform
 import shutil
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -54,40 +52,6 @@ _LOCAL_FIELDS = ("data",)
 
 class SweepError(Exception):
     """A user-facing problem with a sweep's config, data, devices or output folder; one line."""
-
-
-class _CtrlC:
-    """Ctrl-C (SIGINT) during training, never lost: it raises KeyboardInterrupt at once, as
-    Python does, and also sets a flag that `check` turns into one after the epoch, for the
-    case where native code (XLA, while waiting on the device) swallowed the first. Written by
-    hand because Python's default handler keeps no such flag; installed only in the main
-    thread (the only one that may) over Python's default handler, which it restores on exit.
-    """
-
-    def __init__(self):
-        self.interrupted = False
-        self._installed = False
-
-    def _handler(self, signum, frame):
-        self.interrupted = True
-        raise KeyboardInterrupt
-
-    def check(self):
-        if self.interrupted:
-            raise KeyboardInterrupt
-
-    def __enter__(self):
-        # only over Python's own handler: an ignored SIGINT (a background job) stays ignored
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc):
-        if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            self._installed = False
-        return False
 
 
 class SweepInterrupted(SweepError):
@@ -582,8 +546,6 @@ def run_sweep(
     bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
     done = start
 
-    ctrl_c = _CtrlC()
-
     def on_epoch(epoch, row, take_snapshot):
         nonlocal done
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
@@ -591,19 +553,17 @@ def run_sweep(
             done = epoch + 1
             write_status("running", done)
         bar.epoch_done(epoch, row)
-        ctrl_c.check()
 
     t0 = time.perf_counter()
     try:
-        with ctrl_c:
-            history = V.run(
-                variants,
-                dataset,
-                config.run_settings(),
-                mesh=V.variant_mesh(devices),
-                on_epoch=on_epoch,
-                resume=snapshot,
-            )
+        history = V.run(
+            variants,
+            dataset,
+            config.run_settings(),
+            mesh=V.variant_mesh(devices),
+            on_epoch=on_epoch,
+            resume=snapshot,
+        )
     except KeyboardInterrupt:
         bar.close()
         write_status("interrupted", done)

@@ -284,29 +284,6 @@ def test_divergence_is_reported_and_the_others_train_on(tiny_run):
     assert "| exploding" in proc.stdout and "seed 0 @ 1" in proc.stdout
 
 
-def test_ctrl_c_is_never_lost():
-    """A Ctrl-C raises at once; if native code swallowed that KeyboardInterrupt, the flag raises it
-    again after the epoch (check); Python's own handler comes back afterwards."""
-    from jaxreg.sweep import _CtrlC
-
-    with _CtrlC() as ctrl_c:
-        ctrl_c.check()  # nothing yet
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)  # the handler runs here, in the main thread
-        with pytest.raises(KeyboardInterrupt):
-            ctrl_c.check()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with _CtrlC() as swallowed:
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-        except KeyboardInterrupt:
-            pass  # what a native call that clears the error does
-        with pytest.raises(KeyboardInterrupt):
-            swallowed.check()
-
-
 def _interrupt(command, env, sig, out: Path, after_epochs: int) -> tuple[subprocess.Popen, str]:
     """Start the command, send `sig` once status.json reports more than `after_epochs` epochs done."""
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
