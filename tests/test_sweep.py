@@ -286,7 +286,12 @@ def test_divergence_is_reported_and_the_others_train_on(tiny_run):
 
 def _interrupt(command, env, sig, out: Path, after_epochs: int) -> tuple[subprocess.Popen, str]:
     """Start the command, send `sig` once status.json reports more than `after_epochs` epochs done."""
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a test runner started in the background (`cmd &`
+    # in a script) passes SIGINT on ignored, and Python then leaves Ctrl-C ignored
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 240
     while True:
         try:
