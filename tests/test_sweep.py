@@ -284,14 +284,19 @@ def test_divergence_is_reported_and_the_others_train_on(tiny_run):
     assert "| exploding" in proc.stdout and "seed 0 @ 1" in proc.stdout
 
 
+WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def _interrupt(command, env, sig, out: Path, after_epochs: int) -> tuple[subprocess.Popen, str]:
     """Start the command, send `sig` once status.json reports more than `after_epochs` epochs done."""
-    # SIGINT back to its default in the child: a test runner started in the background (`cmd &`
-    # in a script) passes SIGINT on ignored, and Python then leaves Ctrl-C ignored
-    proc = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # Python's Ctrl-C handler in the child, whatever it inherits: a test runner started in the
+    # background (`cmd &` in a script) passes SIGINT on ignored, and Python then keeps ignoring it
+    assert command[0] == sys.executable
+    command = [sys.executable, "-c", WITH_CTRL_C, *command[1:]]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while True:
         try:
