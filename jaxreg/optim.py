@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg import cpu_kernels
+
 RMSPROP_MODES = ("keras2", "keras3")
 
 
@@ -100,9 +102,7 @@ def keras_rmsprop_step(w, nu, d_out, rows, cols, l1, l2, learning_rate, mask=Non
     ~14 passes over the table where this kernel needs 4 (jaxreg/csrc/rmsprop.cc); needs
     `cpu_kernels.cpu_kernels_available()`. vmaps (any number, any operands) become one call.
     """
-    from jaxreg.cpu_kernels import cpu_kernels_available  # noqa: PLC0415 (optim needs no kernels otherwise)
-
-    if not cpu_kernels_available():
+    if not cpu_kernels.cpu_kernels_available():
         raise RuntimeError("keras_rmsprop_step needs jaxreg's CPU kernels, which are unavailable here (see jaxreg.cpu_kernels)")
     f32 = jnp.float32
     mask_arg = jnp.zeros((1,) * w.ndim, f32) if mask is None else mask

@@ -257,10 +257,19 @@ void SumGroups(const int32_t* start, const S* src, const float* table, float* ou
   }
 }
 
+// f(src rows of g): the pairs' own array when they were already grouped, else the sorted copy.
+template <typename Index, typename F>
+void WithSources(const Groups<Index>& g, const F& f) {
+  if (g.direct) {
+    f(g.direct);
+  } else {
+    f(g.sorted.data());
+  }
+}
+
 template <typename Index>
 void SumGroups(const Groups<Index>& g, const float* table, float* out, int64_t width, int64_t lo, int64_t hi) {
-  if (g.direct) return SumGroups(g.start.data(), g.direct, table, out, width, lo, hi);
-  SumGroups(g.start.data(), g.sorted.data(), table, out, width, lo, hi);
+  WithSources(g, [&](const auto* src) { SumGroups(g.start.data(), src, table, out, width, lo, hi); });
 }
 
 // Whether the valid pairs (0 <= row < n_rows) come row by row (rows non-decreasing) with each
@@ -287,7 +296,7 @@ template <typename Index>
 void ScatterRows(const Groups<Index>& g, const float* table, float* out, int64_t width, int64_t n_table,
                  int64_t n_out) {
   std::memset(out, 0, sizeof(float) * n_out * width);  // +0, as the gather's sums start
-  auto run = [&](const auto* src) {
+  WithSources(g, [&](const auto* src) {
     if (width == 16) {
       typedef float F8 __attribute__((vector_size(32)));
       for (int64_t c = 0; c < n_table; ++c) {
@@ -316,32 +325,35 @@ void ScatterRows(const Groups<Index>& g, const float* table, float* out, int64_t
         for (int64_t j = 0; j < width; ++j) o[j] += t[j];
       }
     }
-  };
-  if (g.direct) {
-    run(g.direct);
-  } else {
-    run(g.sorted.data());
-  }
+  });
 }
 
-// Groups the pairs of every distinct (rows, cols) operand among the batch items (offsets
-// from BroadcastOffsets) by dst (`rows` when by_row, else `cols`); returns the groups and,
-// in group_of, which one each item uses. Variants that share batches share a grouping;
-// distinct ones (seeds, with their own batches) are grouped in parallel. The groups live
-// in thread-local storage reused from call to call (see Group).
-template <typename Index>
-std::vector<Groups<Index>>& GroupPairs(ffi::ThreadPool& pool, const Index* rows, const Index* cols,
-                                       const std::vector<int64_t>& rows_off, const std::vector<int64_t>& cols_off,
-                                       int64_t pairs, int64_t dst_n, int64_t src_n, bool by_row,
-                                       std::vector<int64_t>& group_of) {
+// The distinct (rows, cols) operands among the batch items (offsets from BroadcastOffsets),
+// and which one each item uses: variants that share batches share one.
+struct Operands {
   std::vector<std::pair<int64_t, int64_t>> keys;
-  group_of.assign(rows_off.size(), 0);
+  std::vector<int64_t> of;
+};
+inline Operands DistinctOperands(const std::vector<int64_t>& rows_off, const std::vector<int64_t>& cols_off) {
+  Operands ops;
+  ops.of.assign(rows_off.size(), 0);
   for (size_t b = 0; b < rows_off.size(); ++b) {
     const std::pair<int64_t, int64_t> key{rows_off[b], cols_off[b]};
-    auto found = std::find(keys.begin(), keys.end(), key);
-    group_of[b] = found - keys.begin();
-    if (found == keys.end()) keys.push_back(key);
+    auto found = std::find(ops.keys.begin(), ops.keys.end(), key);
+    ops.of[b] = found - ops.keys.begin();
+    if (found == ops.keys.end()) ops.keys.push_back(key);
   }
+  return ops;
+}
+
+// Groups the pairs of each distinct operand by dst (`rows` when by_row, else `cols`), in
+// parallel (seeds, with their own batches), or one grouping with its sort split over the
+// threads. The groups live in thread-local storage reused from call to call (see Group).
+template <typename Index>
+std::vector<Groups<Index>>& GroupPairs(ffi::ThreadPool& pool, const Index* rows, const Index* cols,
+                                       const Operands& ops, int64_t pairs, int64_t dst_n, int64_t src_n,
+                                       bool by_row) {
+  const auto& keys = ops.keys;
   thread_local std::vector<Groups<Index>> reused;
   std::vector<Groups<Index>>& groups = reused;  // workers use the caller's through this reference
   if (groups.size() < keys.size()) groups.resize(keys.size());

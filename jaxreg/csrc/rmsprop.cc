@@ -140,6 +140,7 @@ ffi::Error Step(ffi::ThreadPool& pool, ffi::AnyBuffer w, ffi::AnyBuffer nu, ffi:
   std::vector<int64_t> full(batch);
   full.push_back(n_rows);
   full.push_back(width);
+  if (nu.dimensions().size() != k + 2) return ffi::Error::InvalidArgument("rmsprop step: nu must be shaped like w");
   for (size_t i = 0; i < k + 2; ++i) {
     if (w_dims[i] != full[i] || nu.dimensions()[i] != full[i] || w_out->dimensions()[i] != full[i]) {
       return ffi::Error::InvalidArgument("rmsprop step: w and nu must be batched like the result");
@@ -150,27 +151,25 @@ ffi::Error Step(ffi::ThreadPool& pool, ffi::AnyBuffer w, ffi::AnyBuffer nu, ffi:
       !Fits(l1.dimensions(), batch, {}) || !Fits(l2.dimensions(), batch, {}) || !Fits(lr.dimensions(), batch, {})) {
     return ffi::Error::InvalidArgument("rmsprop step: operand shapes do not match");
   }
+  if (pairs >= (int64_t(1) << 31)) return ffi::Error::InvalidArgument("rmsprop step: 2^31 pairs or more");
   int64_t n_batch = 1;
   for (int64_t d : batch) n_batch *= d;
   const auto d_off = BroadcastOffsets(batch, d_out.dimensions());
   const auto mask_off = BroadcastOffsets(batch, mask.dimensions());
   const auto l1_off = BroadcastOffsets(batch, l1.dimensions()), l2_off = BroadcastOffsets(batch, l2.dimensions());
   const auto lr_off = BroadcastOffsets(batch, lr.dimensions());
-  std::vector<int64_t> group_of;
-  const auto& groups = GroupPairs<Index>(pool, rows.typed_data<Index>(), cols.typed_data<Index>(),
-                                         BroadcastOffsets(batch, rows.dimensions()),
-                                         BroadcastOffsets(batch, cols.dimensions()), pairs, n_rows, out_rows,
-                                         /*by_row=*/false, group_of);
+  const Operands ops = DistinctOperands(BroadcastOffsets(batch, rows.dimensions()), BroadcastOffsets(batch, cols.dimensions()));
+  const auto& groups = GroupPairs<Index>(pool, rows.typed_data<Index>(), cols.typed_data<Index>(), ops, pairs, n_rows,
+                                         out_rows, /*by_row=*/false);
 
   // Work items of kChunkRows rows, whatever the width: the penalty's sums are combined item by
   // item, so the same rows at any padded width give the same sums.
-  const int64_t chunk_rows = kChunkRows;
-  const int64_t chunks = std::max<int64_t>(1, (n_rows + chunk_rows - 1) / chunk_rows);
+  const int64_t chunks = std::max<int64_t>(1, (n_rows + kChunkRows - 1) / kChunkRows);
   const int64_t n = n_rows * width;  // elements per variant
   std::vector<float> partial(2 * n_batch * chunks);
   ParallelFor(pool, n_batch * chunks, [&](int64_t item) {
-    const int64_t b = item / chunks, first = (item % chunks) * chunk_rows;
-    const int64_t last = std::min(n_rows, first + chunk_rows);
+    const int64_t b = item / chunks, first = (item % chunks) * kChunkRows;
+    const int64_t last = std::min(n_rows, first + kChunkRows);
     const float* d = d_out.typed_data<float>() + d_off[b] * out_rows * width;
     const float* M = masked ? mask.typed_data<float>() + mask_off[b] * n : nullptr;
     const float c1 = l1.typed_data<float>()[l1_off[b]], c2 = l2.typed_data<float>()[l2_off[b]] * 2.0f;
@@ -180,7 +179,7 @@ ffi::Error Step(ffi::ThreadPool& pool, ffi::AnyBuffer w, ffi::AnyBuffer nu, ffi:
     Sums sums;
     for (int64_t lo = first; lo < last; lo += kBlock) {
       const int64_t hi = std::min(last, lo + kBlock), at = b * n + lo * width, count = (hi - lo) * width;
-      SumGroups<Index>(groups[group_of[b]], d, grad.data(), width, lo, hi);
+      SumGroups<Index>(groups[ops.of[b]], d, grad.data(), width, lo, hi);
       AddSums(w.typed_data<float>() + at, hi - lo, width, sums);  // before the update overwrites w (in place)
       auto run = [&](auto penalty_on, auto masked_on) {
         StepRange<decltype(penalty_on)::value, decltype(masked_on)::value>(
