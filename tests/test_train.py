@@ -284,7 +284,8 @@ def test_stages_at_zero_change_nothing(ds):
 
 
 needs_kernels = pytest.mark.skipif(
-    not cpu_kernels.cpu_kernels_available(), reason="no C++ compiler on this machine: the CPU kernels cannot be built"
+    jax.default_backend() != "cpu" or not cpu_kernels.cpu_kernels_available(),
+    reason="the fused step is a CPU kernel: needs the CPU backend and a C++ compiler to build it",
 )
 KERAS = StepConfig(widths=(4, 4), use_weight_decay=False, use_l1_proximal=False)  # what fused_update supports
 FUSED_CASES = {  # name: (unfused config, hyperparameters, true widths (padding) or None)
@@ -346,6 +347,10 @@ def test_fused_step_without_the_kernels_says_so(monkeypatch):
     w = jnp.zeros((10, 4))
     pairs = jnp.zeros((3,), jnp.int16)
     with pytest.raises(RuntimeError, match="needs jaxreg's CPU kernels"):
+        optim.keras_rmsprop_step(w, w, jnp.zeros((2, 4)), pairs, pairs, 0.0, 0.0, 1e-3)
+    monkeypatch.setattr(cpu_kernels, "cpu_kernels_available", lambda: True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # seen on an H200: XLA's NOT_FOUND otherwise
+    with pytest.raises(RuntimeError, match="is a CPU kernel; the default backend here is 'gpu'"):
         optim.keras_rmsprop_step(w, w, jnp.zeros((2, 4)), pairs, pairs, 0.0, 0.0, 1e-3)
 
 

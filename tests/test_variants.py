@@ -405,11 +405,16 @@ def test_other_neighbours_do_not_change_a_history(reference, neighbours):
 
 
 def test_order_of_the_variant_list_is_bit_exact(dataset, reference):
-    """Shuffled variant list: other config and seed order inside the same buckets."""
+    """Shuffled variant list: other config and seed order inside the same buckets.
+
+    Bit for bit on the CPU; on a GPU, XLA's batched kernels may round a variant differently at
+    another position (seen on an H200: 8e-7 relative in one validation loss), so there to round-off.
+    """
     vs = list(reference["variants"])
     random.Random(0).shuffle(vs)
     assert [b.configs for b in plan(vs)] != [b.configs for b in plan(reference["variants"])]
-    assert_equal(run(vs, dataset, SETTINGS), reference["history"], list(reference["history"]))
+    compare = assert_equal if jax.default_backend() == "cpu" else assert_close
+    compare(run(vs, dataset, SETTINGS), reference["history"], list(reference["history"]))
 
 
 def test_one_trace_and_no_compile_after_the_first_epoch(reference):
@@ -489,7 +494,8 @@ def test_with_variant_loop_map_a_variant_is_bit_identical_alone_and_in_a_bucket(
     its penalty (and the losses that include it) to the last bit or so: XLA sums a kernel's
     entries in an order that depends on its shape, zero padding included (~1e-9 here).
     """
-    assert jax.default_backend() == "cpu"
+    if jax.default_backend() != "cpu":
+        pytest.skip("a CPU claim: on a GPU, XLA's kernels for a padded shape may round differently")
     settings = dataclasses.replace(SETTINGS, variant_loop="map")
     target = VariantSpec("target", (6, 6), l1=1e-4, dropout_rate=0.3, seed=1)
     unpadded = VariantSpec("unpadded", (16, 16), l1=1e-4, l2=1e-3, seed=1)
