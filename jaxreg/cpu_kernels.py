@@ -25,6 +25,8 @@ from pathlib import Path
 import jax
 import jaxlib
 
+from jaxreg import machine
+
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("embedding_bag.cc", "rmsprop.cc")
 HEADERS = ("common.h", "bag.h")
@@ -47,12 +49,7 @@ def _cache_dir() -> Path:
 def _machine_key() -> bytes:
     """What a -march=native build depends on: the architecture and, on Linux, the CPU's feature flags
     (so a cache shared by several machines never hands one a library with instructions it lacks)."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        pass
+    flags = " ".join(sorted(machine.cpu_info().get("flags", ())))
     return f"{os.uname().machine}|{flags}".encode()
 
 

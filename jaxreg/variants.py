@@ -10,7 +10,7 @@ seed's batches, so each batch is built once per seed, and the CPU embedding-bag 
 sort its indices once for all configs). With variant_loop="map" (or, by default, on one
 CPU device without those kernels) the same program runs the variants one after the other
 instead (lax.map), which is bit-identical to training each variant alone.
-Narrower configs join a wider bucket by exact zero padding (see `padded_widths`).
+Narrow configs train zero-padded to a width fixed by their own width (see `PaddingPolicy`).
 
 Randomness of a variant comes from its seed alone: initialization (key(seed) folded with
 0), dropout (folded with 1, then with the step) and the data order (`batches.epoch_order`).
@@ -113,32 +113,32 @@ def with_seeds(variants: Iterable[VariantSpec], seeds: Sequence[int]) -> list[Va
 
 @dataclasses.dataclass(frozen=True)
 class PaddingPolicy:
-    """When a narrower model may be zero-padded into a wider bucket.
+    """The width each hidden layer trains at, fixed by the width alone.
 
-    A hidden width w may be padded to W when W <= max(floor, ratio * w): below `floor` units
-    all widths cost about the same (6 -> 16 is free), above it padding may at most multiply
-    a layer's width by `ratio` (512 -> 1024 yes, 16 -> 1024 never). Every layer must qualify.
+    A width w trains at `floor` units when w <= floor (below it all widths cost about the
+    same: 6 -> 16 is free), else, with `powers_of_two`, at the next power of two (less than
+    twice w: 100 -> 128, 1024 stays). Models whose widths pad to the same widths share a
+    bucket. Because the padded width never depends on the other variants of a run, a
+    variant computes the same program alone and next to any neighbours (float32 sums over a
+    padded layer may round differently from the unpadded layer's on some instruction sets).
+    `PaddingPolicy(floor=1, powers_of_two=False)` turns padding off.
     """
 
     floor: int = 16
-    ratio: float = 2.0
+    powers_of_two: bool = True
 
-    def fits(self, widths: Sequence[int], bucket: Sequence[int]) -> bool:
-        return len(widths) == len(bucket) and all(w <= b <= max(self.floor, self.ratio * w) for w, b in zip(widths, bucket))
+    def width(self, w: int) -> int:
+        if w <= self.floor:
+            return self.floor
+        return 1 << (w - 1).bit_length() if self.powers_of_two else w
+
+    def widths(self, widths: Sequence[int]) -> tuple[int, ...]:
+        return tuple(self.width(w) for w in widths)
 
 
 def padded_widths(all_widths: Iterable[Sequence[int]], policy: PaddingPolicy = PaddingPolicy()) -> dict:
-    """Map each distinct widths tuple to the bucket widths it trains in (greedy, widest first)."""
-    distinct = sorted({tuple(w) for w in all_widths}, key=lambda w: (len(w), sum(w)), reverse=True)
-    assignment: dict[tuple, tuple] = {}
-    for widths in distinct:
-        if widths in assignment:
-            continue
-        assignment[widths] = widths
-        for other in distinct:
-            if other not in assignment and policy.fits(other, widths):
-                assignment[other] = widths
-    return assignment
+    """Map each distinct widths tuple to the bucket widths it trains in."""
+    return {tuple(w): policy.widths(w) for w in all_widths}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +172,19 @@ class Bucket:
         return dataclasses.replace(config, fused_update=True) if fused else config
 
 
+def decoupled_stages(spec: VariantSpec) -> bool:
+    """Whether a variant needs the optimizer stages after RMSprop's scaling (decoupled decay, proximal L1).
+
+    Those stages keep a bucket off the fused first-layer step (see StepConfig.fused_update),
+    which computes the same update to float32 round-off but not, on every instruction set,
+    bit for bit. `plan` keeps such variants apart, so the path a variant's update takes
+    depends on the variant alone, never on its neighbours.
+    """
+    return spec.weight_decay > 0 or spec.l1_proximal > 0
+
+
 def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy()) -> list[Bucket]:
-    """Group variants into buckets: same padded widths and optimizer, full seeds x configs grids.
+    """Group variants into buckets: same padded widths, optimizer and decoupled stages, full seeds x configs grids.
 
     Variants are identified by (name, seed); duplicates are an error. Configs that share a
     bucket but were asked for different seed sets go to separate grids.
@@ -193,9 +204,9 @@ def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy(
         seeds.setdefault(v.name, []).append(v.seed)
     groups: dict[tuple, list[VariantSpec]] = {}
     for name, config in configs.items():
-        key = (assignment[config.widths], config.optimizer, tuple(sorted(seeds[name])))
+        key = (assignment[config.widths], config.optimizer, decoupled_stages(config), tuple(sorted(seeds[name])))
         groups.setdefault(key, []).append(config)
-    return [Bucket(w, opt, tuple(cs), s) for (w, opt, s), cs in groups.items()]
+    return [Bucket(w, opt, tuple(cs), s) for (w, opt, _, s), cs in groups.items()]
 
 
 DENSE_PRODUCT_COLUMNS = 256

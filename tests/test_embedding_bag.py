@@ -21,9 +21,12 @@ import pytest
 from jaxreg import cpu_kernels
 from jaxreg import embedding_bag as eb
 
-pytestmark = pytest.mark.skipif(
-    not eb.cpu_kernels_available(), reason="no C++ compiler on this machine: the CPU kernels cannot be built"
-)
+pytestmark = [
+    pytest.mark.numerics,  # rerun by .ci/run with XLA held to a second instruction set
+    pytest.mark.skipif(
+        not eb.cpu_kernels_available(), reason="no C++ compiler on this machine: the CPU kernels cannot be built"
+    ),
+]
 
 
 def pairs(rng, num_rows, num_words, n, dtype=np.int16, sort=True, padding=10):

@@ -22,7 +22,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 # Keras' own get_weights() trips a NumPy 2 deprecation; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept:DeprecationWarning")
+pytestmark = [
+    pytest.mark.numerics,  # rerun by .ci/run with XLA held to a second instruction set
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept:DeprecationWarning"),
+]
 
 keras = pytest.importorskip("keras", reason="keras is not installed (pip install -e '.[dev]')")
 if keras.backend.backend() != "jax":

@@ -9,6 +9,8 @@ import pytest
 
 from jaxreg import losses
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run with XLA held to a second instruction set
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _no_implicit_rank_promotion():

@@ -13,6 +13,8 @@ import pytest
 from jaxreg import batches, losses, model
 from jaxreg.data import densify, synthetic_dataset
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run with XLA held to a second instruction set
+
 NUM_WORDS = 200
 BATCH = 16
 

@@ -12,6 +12,8 @@ import pytest
 from jaxreg import optim, penalties
 from jaxreg.train import Hyperparameters
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run with XLA held to a second instruction set
+
 RHO, EPS = 0.9, 1e-7
 
 

@@ -22,6 +22,8 @@ from jaxreg.data import densify, synthetic_dataset
 from jaxreg.model import MLP
 from jaxreg.train import Hyperparameters, StepConfig
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run with XLA held to a second instruction set
+
 NUM_WORDS = 100
 BATCH = 8
 N_TRAIN = 25  # 3 full batches of 8 and a last one of 1 row (plus 7 padding rows)
@@ -252,9 +254,8 @@ def test_unit_mask_keeps_padded_units_exactly_zero(ds):
     masked_leaves, unmasked_leaves = jax.tree.leaves(masked.params), jax.tree.leaves(unmasked.params)
     for pad, leaf in zip(padding, masked_leaves):
         assert np.all(np.asarray(leaf)[pad] == 0)
-    # Without the mask the padding moves: d|w|/dw at w = 0 is 1 in JAX, so L1 pushes zero weights
-    # (TF's gradient of abs at 0 is 0, and Keras on TF would not move them).
-    assert float(jax.grad(jnp.abs)(0.0)) == 1.0
+    # Without the mask the padding moves (the mask is what holds it): JAX's gradient of |w| at
+    # w = 0 is 1, so L1 pushes zero weights (TF's is 0, and Keras on TF would not move them).
     assert any(np.any(np.asarray(leaf)[pad] != 0) for pad, leaf in zip(padding, unmasked_leaves))
     # The true part trains exactly as the unpadded model would alone (same key, same batches; dropout's
     # prefix property gives the real units the same masks). Float32 summation order only.
@@ -295,12 +296,20 @@ FUSED_CASES = {  # name: (unfused config, hyperparameters, true widths (padding)
 }
 
 
+# The fused kernel makes fused multiply-adds where XLA's code generator makes them on AVX2
+# (bit for bit there, measured on AMD EPYC Zen 3); where XLA contracts other products (another
+# instruction set: AVX-512, or XLA held to SSE4.2 while the kernel keeps its FMAs) a few
+# elements per step round differently. Measured after these 2 epochs with XLA at SSE4.2:
+# 6-10% of the kernel's elements differ, by at most 3e-8 (about one float32 ulp per step).
+FUSED_RTOL, FUSED_ATOL = 1e-5, 1e-7
+
+
 @needs_kernels
 @pytest.mark.parametrize("case", FUSED_CASES)
-def test_fused_update_equals_the_optax_path_bit_for_bit(ds, case):
+def test_fused_update_equals_the_optax_path_to_float32_round_off(ds, case):
     """fused_update steps the first layer with one CPU kernel; the parameters and the optimizer
-    state must equal the optax chain's bit for bit (the penalty's value is summed in another
-    order, so the reported loss only to float32 rounding)."""
+    state equal the optax chain's to float32 round-off (FUSED_RTOL, FUSED_ATOL), and the
+    reported losses too (the penalty's value is summed in another order)."""
     config, hp, true_widths = FUSED_CASES[case]
     fused = dataclasses.replace(config, fused_update=True)
     stacked, _ = _batches(ds.train)
@@ -313,8 +322,9 @@ def test_fused_update_equals_the_optax_path_bit_for_bit(ds, case):
             history.append(metrics)
         runs[c.fused_update] = (s, history)
     (plain, plain_history), (kernel, kernel_history) = runs[False], runs[True]
-    chex.assert_trees_all_equal(kernel.params, plain.params)
-    chex.assert_trees_all_equal(kernel.opt_state, plain.opt_state)
+    assert not np.allclose(kernel.params["params"]["hidden_0"]["kernel"], state.params["params"]["hidden_0"]["kernel"])
+    chex.assert_trees_all_close(kernel.params, plain.params, rtol=FUSED_RTOL, atol=FUSED_ATOL)
+    chex.assert_trees_all_close(kernel.opt_state, plain.opt_state, rtol=FUSED_RTOL, atol=FUSED_ATOL)
     chex.assert_trees_all_close(kernel_history, plain_history, rtol=2e-6)
     if config.use_penalty:
         assert all(float(m["penalty"]) > 0 for m in kernel_history)

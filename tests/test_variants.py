@@ -3,12 +3,13 @@ invariants of training many variants as one vmapped program.
 
 The invariants compare histories of `run` calls on one small synthetic dataset (1000 training
 reviews in batches of 128, so 8 batches with a partial last one; 300 validation reviews in
-batches of 128). Measured on XLA:CPU, jax 0.10:
-  bit-for-bit: resume == uninterrupted; a variant's history does not depend on the order of
+batches of 128). On the CPU, on every instruction set (`.ci/run` reruns them with XLA held
+to a lower one):
+  bit for bit: resume == uninterrupted; a variant's history does not depend on the order of
     the variant list, nor on its neighbours' hyperparameters (a diverging neighbour included)
-    when the bucket has the same shape.
-  to float32 rounding (|diff| ~1e-7 after 3 epochs, asserted with RTOL/ATOL): vmap vs a loop
-    of single runs, padded vs unpadded, a seed in a grid vs alone, a bucket of other size.
+    when the bucket has the same shape; with variant_loop="map", not on its neighbours at all.
+  to float32 rounding (RTOL/ATOL): vmap vs a loop of single runs, padded vs unpadded, a seed
+    in a grid vs alone, a bucket of other size.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ from jaxreg.variants import (
     with_seeds,
 )
 
+pytestmark = pytest.mark.numerics  # rerun by .ci/run with XLA held to a second instruction set
+
 # Vmapped, padded or regrouped programs may sum in another order: float32 rounding only.
-RTOL, ATOL = 2e-5, 2e-6
+# Measured after these 3 epochs on AMD EPYC (Zen 3), with XLA on AVX2 and held to SSE4.2:
+# at most 1.8e-7 relative, 1.2e-7 absolute; asserted with a margin.
+RTOL, ATOL = 1e-6, 1e-7
 SETTINGS = RunSettings(epochs=3, batch_size=128, eval_batch_size=128)
 SEEDS = (0, 1, 2)
 
@@ -65,6 +70,7 @@ REFERENCE_CONFIGS = [
     NARROW, NARROW_DROPOUT, NARROW_L1, SHALLOW,
 ]  # fmt: skip
 SNAPSHOT_AFTER = 1  # epochs
+NO_PADDING = PaddingPolicy(floor=1, powers_of_two=False)
 
 
 def key(v: VariantSpec):
@@ -231,18 +237,17 @@ def test_with_seeds_is_every_variant_once_per_seed():
 # ----------------------------------------------------------------------------- padding policy, planning
 
 
-def test_padding_policy_fits():
+def test_padding_policy_width_depends_on_the_width_alone():
     policy = PaddingPolicy()
-    assert policy.fits((6,), (16,)) and policy.fits((1,), (16,))
-    assert policy.fits((6, 1), (16, 16))
-    assert not policy.fits((16,), (1024,))
-    assert policy.fits((512,), (1024,))
-    assert not policy.fits((511,), (1024,))
-    assert not policy.fits((6,), (16, 16)) and not policy.fits((6, 6), (16,))
-    assert not policy.fits((16,), (8,)), "never pads to a narrower width"
-    assert not policy.fits((512, 16), (1024, 1024)), "every layer must qualify"
-    assert PaddingPolicy(floor=1, ratio=1.0).fits((6,), (6,))
-    assert not PaddingPolicy(floor=1, ratio=1.0).fits((6,), (16,))
+    assert [policy.width(w) for w in (1, 6, 16, 17, 100, 128, 129, 512, 1000, 1024)] == [
+        16, 16, 16, 32, 128, 128, 256, 512, 1024, 1024,
+    ]  # fmt: skip
+    assert all(w <= policy.width(w) < 2 * w for w in range(17, 3000)), "less than twice the width above the floor"
+    assert policy.widths((6, 1)) == (16, 16) and policy.widths((100, 6, 17)) == (128, 16, 32)
+    assert PaddingPolicy(floor=1, powers_of_two=False).widths((6, 100)) == (6, 100), "padding off"
+    # the same widths whatever the other variants of the plan
+    alone = padded_widths([(6, 6)])
+    assert alone[(6, 6)] == padded_widths([(6, 6), (16, 16), (1024, 1024)])[(6, 6)] == (16, 16)
 
 
 def test_narrow_widths_share_a_bucket():
@@ -252,10 +257,10 @@ def test_narrow_widths_share_a_bucket():
     assert [(b.widths, [c.name for c in b.configs]) for b in buckets] == [((16,), ["a", "b", "c"])]
 
 
-def test_wide_padding_limits():
+def test_wide_widths_are_not_padded_into_each_other():
     assert padded_widths([(16,), (1024,)]) == {(1024,): (1024,), (16,): (16,)}
-    assert padded_widths([(512,), (1024,)]) == {(1024,): (1024,), (512,): (1024,)}
-    assert padded_widths([(512, 512), (1024, 1024)]) == {(1024, 1024): (1024, 1024), (512, 512): (1024, 1024)}
+    assert padded_widths([(512,), (1024,)]) == {(1024,): (1024,), (512,): (512,)}
+    assert padded_widths([(500, 600), (1024, 1024)]) == {(1024, 1024): (1024, 1024), (500, 600): (512, 1024)}
 
 
 def test_different_depths_never_share():
@@ -270,15 +275,12 @@ def test_different_depths_never_share():
 
 def test_capacity_grid_buckets():
     grid = [(2**k, 2**k) for k in range(11)]  # 1, 2, 4, ..., 1024
-    expected = {1024: 1024, 512: 1024, 256: 256, 128: 256, 64: 64, 32: 64, 16: 16, 8: 16, 4: 16, 2: 16, 1: 16}
+    expected = {1024: 1024, 512: 512, 256: 256, 128: 128, 64: 64, 32: 32, 16: 16, 8: 16, 4: 16, 2: 16, 1: 16}
     assert padded_widths(grid) == {(w, w): (b, b) for w, b in expected.items()}
     buckets = plan([VariantSpec(f"w{w}", (w, w)) for w, _ in grid])
     assert sorted((b.widths[0], sorted(c.widths[0] for c in b.configs)) for b in buckets) == [
-        (16, [1, 2, 4, 8, 16]),
-        (64, [32, 64]),
-        (256, [128, 256]),
-        (1024, [512, 1024]),
-    ]
+        (16, [1, 2, 4, 8, 16]), (32, [32]), (64, [64]), (128, [128]), (256, [256]), (512, [512]), (1024, [1024]),
+    ]  # fmt: skip
 
 
 def test_plan_builds_full_grids():
@@ -300,12 +302,22 @@ def test_plan_builds_full_grids():
     assert not decayed.step_config("keras", "sparse", cpu_kernels=True).fused_update
 
 
+def test_plan_keeps_decoupled_stages_apart():
+    """Decay or proximal L1 keep a bucket off the fused step: such variants never share a bucket with
+    others, so a variant's update path (and its bits) never depends on its neighbours."""
+    buckets = plan([WIDE, WIDE_DECAY, WIDE_L2, WIDE_PROXIMAL, NARROW])
+    grids = sorted((tuple(c.name for c in b.configs), b.widths) for b in buckets)
+    assert grids == [(("wide", "wide_l2", "narrow"), (16, 16)), (("wide_decay", "wide_proximal"), (16, 16))]
+    fused = {tuple(c.name for c in b.configs): b.step_config("keras", "sparse", cpu_kernels=True).fused_update for b in buckets}
+    assert fused == {("wide", "wide_l2", "narrow"): True, ("wide_decay", "wide_proximal"): False}
+
+
 def test_plan_splits_other_seed_sets_and_optimizers():
     vs = [*with_seeds([WIDE], [0, 1]), *with_seeds([WIDE_L2], [0]), *with_seeds([SHALLOW, VariantSpec("k2", (8,))], [0, 1])]
     grids = sorted((b.widths, b.optimizer, tuple(c.name for c in b.configs), b.seeds) for b in plan(vs))
     assert grids == [
-        ((8,), "keras2", ("k2",), (0, 1)),
-        ((8,), "keras3", ("shallow_keras3",), (0, 1)),
+        ((16,), "keras2", ("k2",), (0, 1)),
+        ((16,), "keras3", ("shallow_keras3",), (0, 1)),
         ((16, 16), "keras2", ("wide",), (0, 1)),
         ((16, 16), "keras2", ("wide_l2",), (0,)),
     ]
@@ -365,10 +377,11 @@ def test_vmap_equals_loop_of_single_runs(reference, alone, v):
 
 
 @pytest.mark.parametrize("v", [NARROW, NARROW_DROPOUT, NARROW_L1], ids=lambda v: v.name)
-def test_padded_equals_unpadded(reference, alone, v):
-    """(6, 6) variants trained inside the (16, 16) bucket match the (6, 6) program alone."""
-    assert plan([v])[0].widths == (6, 6)
-    assert_close(reference["history"], {key(v): alone(v)}, [key(v)])
+def test_padded_equals_unpadded(dataset, reference, v):
+    """(6, 6) variants trained inside the (16, 16) bucket match the unpadded (6, 6) program."""
+    assert plan([v])[0].widths == (16, 16) and plan([v], NO_PADDING)[0].widths == (6, 6)
+    unpadded = run([v], dataset, SETTINGS, policy=NO_PADDING)
+    assert_close(reference["history"], unpadded, [key(v)])
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -418,12 +431,12 @@ def test_order_of_the_variant_list_is_bit_exact(dataset, reference):
 
 
 def test_one_trace_and_no_compile_after_the_first_epoch(reference):
-    """Two buckets of different configs and hyperparameter values: each traces its epoch once for all epochs."""
+    """Three buckets of different configs and hyperparameter values: each traces its epoch once for all epochs."""
     buckets = plan(reference["variants"])
-    assert len(buckets) == 2
-    assert len({b.configs for b in buckets}) == 2
-    assert sorted(reference["traces"].values()) == [1, 1]
-    assert {cfg.widths for cfg in reference["traces"]} == {(16, 16), (8,)}
+    assert len(buckets) == 3
+    assert len({b.configs for b in buckets}) == 3
+    assert sorted(reference["traces"].values()) == [1, 1, 1]
+    assert sorted(cfg.widths for cfg in reference["traces"]) == [(16,), (16, 16), (16, 16)]
     first, *later = reference["epoch_compiles"]
     assert first > 0 and all(n == first for n in later), reference["epoch_compiles"]
 
@@ -464,15 +477,18 @@ def test_per_variant_hyperparameters_take_effect(reference):
 
 def test_weight_decay_and_proximal_l1_act_on_the_weights(reference):
     """From the snapshot state: decay shrinks the hidden kernels, proximal L1 makes exact zeros."""
-    bucket = next(b for b in plan(reference["variants"]) if b.widths == (16, 16))
-    state = reference["snapshot"].states[plan(reference["variants"]).index(bucket)]
-    names = [c.name for c in bucket.configs]
-    kernel = np.asarray(state.params["params"]["hidden_1"]["kernel"])  # [seeds, configs, 16, 16]
-    chex.assert_shape(kernel, (len(SEEDS), None, 16, 16))
-    wide, decay, prox = (kernel[:, names.index(n)] for n in ("wide", "wide_decay", "wide_proximal"))
+    buckets = plan(reference["variants"])
+
+    def hidden_kernel(name):  # [seeds, 16, 16]
+        i, bucket = next((i, b) for i, b in enumerate(buckets) if name in [c.name for c in b.configs])
+        kernel = np.asarray(reference["snapshot"].states[i].params["params"]["hidden_1"]["kernel"])
+        chex.assert_shape(kernel, (len(SEEDS), len(bucket.configs), 16, 16))
+        return kernel[:, [c.name for c in bucket.configs].index(name)]
+
+    wide, decay, prox = (hidden_kernel(n) for n in ("wide", "wide_decay", "wide_proximal"))
     assert np.all(np.linalg.norm(decay, axis=(1, 2)) < 0.9 * np.linalg.norm(wide, axis=(1, 2)))
     assert np.all(np.mean(prox == 0, axis=(1, 2)) > 0.05) and np.all(wide != 0)
-    narrow = kernel[:, names.index("narrow")]
+    narrow = hidden_kernel("narrow")
     assert np.all(narrow[:, 6:, :] == 0) and np.all(narrow[:, :, 6:] == 0), "padding stays exactly zero"
 
 
@@ -490,23 +506,29 @@ def test_divergence_is_contained(neighbours, alone):
 def test_with_variant_loop_map_a_variant_is_bit_identical_alone_and_in_a_bucket(dataset):
     """variant_loop="map" on one device: variants run one after the other (lax.map), so exactly as alone.
 
-    The padded target's parameters, and so every metric computed from them, are bit for bit;
-    its penalty (and the losses that include it) to the last bit or so: XLA sums a kernel's
-    entries in an order that depends on its shape, zero padding included (~1e-9 here).
+    Every metric, bit for bit, for a narrow variant (padded to the same width alone and in the
+    bucket) and a full-width one, next to neighbours of other widths, penalties, seeds and
+    with the stages (decay, proximal L1) that keep their own bucket off the fused step.
     """
     if jax.default_backend() != "cpu":
-        pytest.skip("a CPU claim: on a GPU, XLA's kernels for a padded shape may round differently")
+        pytest.skip("a CPU claim: on a GPU, XLA's kernels may round a variant differently in another program")
     settings = dataclasses.replace(SETTINGS, variant_loop="map")
     target = VariantSpec("target", (6, 6), l1=1e-4, dropout_rate=0.3, seed=1)
     unpadded = VariantSpec("unpadded", (16, 16), l1=1e-4, l2=1e-3, seed=1)
-    neighbours = [VariantSpec("n1", (16, 16), l2=1e-3, seed=1), VariantSpec("n2", (16, 16), seed=0), target, unpadded]
+    neighbours = [
+        VariantSpec("n1", (16, 16), l2=1e-3, seed=1),
+        VariantSpec("n2", (16, 16), seed=0),
+        VariantSpec("decay", (16, 16), weight_decay=1e-2, seed=1),  # stages that keep a bucket off the fused step
+        VariantSpec("proximal", (6, 6), l1_proximal=1e-3, seed=1),
+        target,
+        unpadded,
+    ]
     together_all = run(neighbours, dataset, settings)
     together = together_all[("target", 1)]
     alone = run([target], dataset, settings)[("target", 1)]
-    for metric in ("data_loss", "accuracy", "val_data_loss", "val_accuracy"):
+    assert set(alone) == set(METRICS)
+    for metric in METRICS:
         assert np.array_equal(alone[metric], together[metric]), metric
-    for metric in ("loss", "penalty", "val_loss", "val_penalty"):
-        np.testing.assert_allclose(alone[metric], together[metric], rtol=1e-6, err_msg=metric)
     unpadded_alone = run([unpadded], dataset, settings)[("unpadded", 1)]
     for metric in unpadded_alone:
         assert np.array_equal(unpadded_alone[metric], together_all[("unpadded", 1)][metric]), metric
