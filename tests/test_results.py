@@ -1,4 +1,5 @@
-"""Histories, summary definitions (best epoch, overfitting onset, divergence) and the run-folder round trip."""
+"""Histories, summary definitions (best epoch, overfitting onset, divergence), the run-folder round trip,
+its manifest and checksums."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxreg import results
+from jaxreg import results, runfolder
 
 ORIGINAL = [0.50, 0.40, 0.35, 0.36, 0.45, 0.60]  # bottoms out at epoch 3, then climbs
 
@@ -168,3 +169,26 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_checksummed_data_refuses_flipped_bytes():
+    payload = bytes(range(256)) * 4
+    sealed = runfolder.with_checksum(payload)
+    assert sealed.startswith(b"jaxreg-sha256 ") and runfolder.verified(sealed) == payload
+    flipped = bytearray(sealed)
+    flipped[500] ^= 1
+    with pytest.raises(runfolder.ChecksumMismatch):
+        runfolder.verified(bytes(flipped))
+    with pytest.raises(runfolder.NoChecksum):
+        runfolder.verified(payload)  # an older, unsealed file
+
+
+def test_manifest_records_once_and_refuses_paths_outside(tmp_path):
+    assert runfolder.recorded(tmp_path) is None
+    runfolder.record(tmp_path, "b.txt", tmp_path / "figures" / "a.png")
+    runfolder.record(tmp_path, "b.txt")
+    assert runfolder.recorded(tmp_path) == ["b.txt", "figures/a.png", "manifest.json"]
+    assert results.read_json(tmp_path / runfolder.MANIFEST_FILE)["format"] == 1
+    for bad in ("../x", "/etc/passwd", "."):
+        with pytest.raises(ValueError, match="not a path inside the run folder"):
+            runfolder.record(tmp_path, bad)
