@@ -78,6 +78,8 @@ class SweepConfig:
     against it; None for a set of named models (the book). data: archive or folder path
     (None: env JAXREG_DATA); synthetic: offline demo data instead (validation "test").
     devices: how many devices to shard the variants over (None: all).
+    divergence_threshold: a variant has diverged from the first epoch where a loss exceeds
+    this in size, or any metric is NaN or infinite (see `jaxreg.results`).
     """
 
     name: str
@@ -95,6 +97,7 @@ class SweepConfig:
     synthetic: bool = False
     devices: int | None = None
     axis: str | None = None
+    divergence_threshold: float = results.DIVERGENCE_THRESHOLD
 
     def __post_init__(self):
         def bad(field, why):
@@ -140,6 +143,10 @@ class SweepConfig:
             bad("validation", "must be 'test' with synthetic data (it has its own validation split)")
         if self.data is not None and (not isinstance(self.data, str) or not self.data):
             bad("data", "must be a path or None")
+        threshold = self.divergence_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < math.inf:
+            bad("divergence_threshold", "must be a finite number > 0")
+        object.__setattr__(self, "divergence_threshold", float(threshold))
 
     def replace(self, **changes) -> "SweepConfig":
         """A copy with some fields changed (validated again); unknown fields are an error."""
@@ -401,6 +408,7 @@ class _Progress:
             total=config.epochs, initial=start, desc=config.name, unit="epoch", disable=not enabled, dynamic_ncols=True
         )
         self.best = (math.inf, "", 0)
+        self.threshold = config.divergence_threshold
         self.announced: set = set()
         for e in range(start):
             self._record(e, {k: {m: v[e] for m, v in h.items()} for k, h in history.items()})
@@ -422,7 +430,7 @@ class _Progress:
     def _record(self, epoch: int, row: dict) -> None:
         """Announce new divergences, track the best loss."""
         for key, metrics in row.items():
-            if key not in self.announced and not all(math.isfinite(v) for v in metrics.values()):
+            if key not in self.announced and results.blown_up(metrics, self.threshold):
                 self.announced.add(key)
                 message = f"epoch {epoch + 1}: {key[0]} (seed {key[1]}) diverged (loss {metrics['loss']})"
                 self.bar.write(message, file=sys.stderr)
@@ -476,11 +484,12 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
 
 
 def _finish(folder: Path, config: SweepConfig, history, figures: bool, seconds: float, resumed_from: int, stream) -> SweepResult:
-    histories = results.stack(history, [v.name for v in config.variants])
+    histories = results.stack(history, [v.name for v in config.variants], config.divergence_threshold)
     summaries = results.summarize(histories)
     runfolder.record(folder, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV)
     results.write_history(folder, histories)
-    results.write_summary(folder, summaries, title=f"{config.name}: {config.epochs} epochs x {config.seeds} seed(s)")
+    title = f"{config.name}: {config.epochs} epochs x {config.seeds} seed(s)"
+    results.write_summary(folder, summaries, title=title, divergence_threshold=config.divergence_threshold)
     paths = []
     if figures:
         from jaxreg import plots  # matplotlib is only needed here
@@ -501,13 +510,15 @@ def _finish(folder: Path, config: SweepConfig, history, figures: bool, seconds: 
             "diverged": [{"variant": n, "seed": s, "epoch": e} for n, s, e in diverged],
         },
     )
-    print_summary(summaries, folder, paths, stream)
+    print_summary(summaries, folder, paths, stream, config.divergence_threshold)
     return SweepResult(folder, histories, summaries, diverged, paths, resumed_from)
 
 
-def print_summary(summaries, folder: Path, figures: list, stream=sys.stdout) -> None:
+def print_summary(
+    summaries, folder: Path, figures: list, stream=sys.stdout, divergence_threshold: float = results.DIVERGENCE_THRESHOLD
+) -> None:
     print("\n" + results.summary_table(summaries), file=stream)
-    print(results.summary_notes(), file=stream)
+    print(results.summary_notes(divergence_threshold=divergence_threshold), file=stream)
     written = [results.CONFIG_FILE, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV]
     written += [str(p.relative_to(folder)) for p in figures]
     print(f"Wrote {folder}: {', '.join(written)}", file=stream)
@@ -519,7 +530,7 @@ def _reload_finished(folder: Path, stream) -> SweepResult:
     diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
     figures = sorted((folder / results.FIGURES_DIR).glob("*.png"))
     print(f"{folder} already holds a finished run (use --overwrite to run it again).", file=stream)
-    print_summary(summaries, folder, figures, stream)
+    print_summary(summaries, folder, figures, stream, run.divergence_threshold)
     return SweepResult(folder, run.histories, summaries, diverged, figures, run.status.get("resumed_from_epoch", 0))
 
 

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import math
 import os
 import re
 import shlex
@@ -146,6 +147,12 @@ def test_preset_docstring_starts_with_its_command(name):
         ({"variants": (VariantSpec("a", seed=3),)}, "seed 0"),
         ({"variants": ()}, "non-empty"),
         ({"colour": 1}, r"unknown field\(s\) \['colour'\]"),
+        ({"divergence_threshold": 0}, "divergence_threshold=0 must be a finite number > 0"),
+        ({"divergence_threshold": -1e6}, "divergence_threshold=-1000000.0"),
+        ({"divergence_threshold": math.inf}, "divergence_threshold=inf"),
+        ({"divergence_threshold": math.nan}, "divergence_threshold=nan"),
+        ({"divergence_threshold": "1e6"}, "divergence_threshold='1e6'"),
+        ({"divergence_threshold": True}, "divergence_threshold=True"),
     ],
 )
 def test_sweep_config_rejects_bad_values_by_name(changes, match):
@@ -182,7 +189,7 @@ BAD_INPUTS = [
     "unknown preset", "missing preset file", "unknown variant", "negative epochs", "zero seeds", "zero batch size",
     "zero devices", "not an integer", "bad choice", "holdout with synthetic", "no data", "missing data path",
     "corrupt archive", "unwritable out", "finished run", "unfinished run", "foreign folder", "resume and overwrite",
-    "legacy folder", "legacy overwrite", "config.json only"
+    "legacy folder", "legacy overwrite", "config.json only", "bad divergence threshold",
 ]
 NO_OVERWRITE_HINT = ("foreign folder", "legacy folder", "legacy overwrite", "config.json only")
 
@@ -230,6 +237,7 @@ def _bad_input_cases(tmp: Path) -> dict:
             ["--synthetic", "--out", tmp / "legacy", "--overwrite"], "neither resumes nor overwrites", tmp / "legacy"
         ),
         "config.json only": (["--synthetic", "--out", tmp / "mine", "--overwrite"], "no manifest.json", tmp / "mine"),
+        "bad divergence threshold": (["--synthetic", "--divergence-threshold", "-1"], "divergence_threshold=-1.0", new),
     }
 
 
@@ -275,7 +283,8 @@ def test_help_explains_every_flag(sweep_env):
     proc = sweep("--help", env=sweep_env, timeout=60)
     assert proc.returncode == 0
     for flag in ("--preset", "--epochs", "--seeds", "--batch-size", "--data", "--synthetic", "--out", "--validation",
-                 "--devices", "--variants", "--product", "--variant-loop", "--resume", "--overwrite", "--no-figures"):
+                 "--devices", "--variants", "--product", "--variant-loop", "--resume", "--overwrite", "--no-figures",
+                 "--divergence-threshold"):
         assert flag in proc.stdout
     assert "JAXREG_DATA" in proc.stdout and "book" in proc.stdout
 
@@ -286,7 +295,8 @@ def test_help_explains_every_flag(sweep_env):
 def test_divergence_is_reported_and_the_others_train_on(tiny_run):
     proc, out = tiny_run
     assert proc.returncode == 3, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "sweep.py: diverged (NaN or infinite loss): exploding (seed 0, epoch 1)"
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "sweep.py: diverged (NaN, infinite or a loss above 1e+06): exploding (seed 0, epoch 1)"
     assert "exploding (seed 0) diverged" in proc.stderr  # announced when it happens
     run = results.load_run(out)
     assert run.histories["exploding"]["diverged"].all()
@@ -543,6 +553,29 @@ def test_a_missing_checkpoint_is_refused_unless_no_epoch_was_done(small_run, tmp
     assert result.resumed_from == 0 and results.read_json(out / results.STATUS_FILE)["state"] == "finished"
     assert (out / CHECKPOINT_FILE).is_file()
 
+
+def test_divergence_threshold_flags_a_huge_finite_loss(tmp_path, capsys):
+    """Every loss of SMALL is above 0.01: with that threshold everything diverges from epoch 1."""
+    config = SMALL.replace(divergence_threshold=0.01)
+    result = small_sweep(tmp_path / "run", config=config, figures=False, progress=True)
+    assert sorted(result.diverged) == [("l2", 0, 1), ("original", 0, 1)]
+    assert "epoch 1: original (seed 0) diverged" in capsys.readouterr().err  # the progress bar's message
+    run = results.load_run(tmp_path / "run")
+    assert run.config["config"]["divergence_threshold"] == 0.01 and run.divergence_threshold == 0.01
+    assert len(run.status["diverged"]) == 2 and all(h["diverged"].all() for h in run.histories.values())
+    assert small_sweep(tmp_path / "default", figures=False).diverged == []  # the same losses, default threshold
+
+
+def test_divergence_threshold_on_the_command_line(tmp_path, capsys):
+    preset = tmp_path / "small.py"
+    preset.write_text(
+        "from jaxreg.sweep import SweepConfig\nfrom jaxreg.variants import VariantSpec\n\n\ndef get_config():\n"
+        f"    return {SMALL!r}\n"
+    )
+    args = ["--preset", str(preset), "--synthetic", "--no-progress", "--no-figures", "--out", str(tmp_path / "run")]
+    assert _load_cli().main([*args, "--divergence-threshold", "0.01"]) == 3
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "sweep.py: diverged (NaN, infinite or a loss above 0.01): original (seed 0, epoch 1), l2 (seed 0, epoch 1)"
 
 
 @pytest.mark.slow
