@@ -2,7 +2,8 @@
 
 Parses flags, builds the preset's SweepConfig with the overrides and calls
 jaxreg.sweep.run_sweep. Exit status: 0 done, 2 bad input (one line on stderr, nothing
-written), 3 some variant diverged, 130 interrupted (Ctrl-C; resume with --resume).
+written), 3 some variant diverged (a NaN or infinite metric, or a loss above
+--divergence-threshold), 130 interrupted (Ctrl-C; resume with --resume).
 jax is imported only after parsing, so that --devices can set XLA_FLAGS first.
 """
 
@@ -28,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="sweep.py",
         description="Train a whole overfitting/underfitting study (every variant x seed in one vmapped program) "
         "into a run folder: config.json, history.jsonl/.csv, summary.md/.csv, figures/*.png, checkpoint.msgpack.",
-        epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf loss), 130 interrupted.",
+        epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf, or a loss above "
+        "--divergence-threshold), 130 interrupted.",
     )
     p.add_argument(
         "--preset",
@@ -73,6 +75,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "device), or auto (default)",
     )
     p.add_argument("--loss", choices=("keras", "logits"), help="keras: clipped BCE as the book (default); logits: stable BCE")
+    p.add_argument(
+        "--divergence-threshold",
+        type=float,
+        metavar="X",
+        help="a variant has diverged from the first epoch where a loss exceeds X, or a metric is NaN or infinite "
+        "(default 1e6; Keras' clipped data loss is at most ~16.1 per review)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same options)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -113,6 +122,7 @@ def build_config(args):
         "product": args.product,
         "variant_loop": args.variant_loop,
         "loss": args.loss,
+        "divergence_threshold": args.divergence_threshold,
     }
     changes = {k: v for k, v in flags.items() if v is not None}
     if args.synthetic:
@@ -162,7 +172,8 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     if result.diverged:
         which = ", ".join(f"{name} (seed {seed}, epoch {epoch})" for name, seed, epoch in result.diverged)
-        print(f"sweep.py: diverged (NaN or infinite loss): {which}", file=sys.stderr)
+        why = f"NaN, infinite or a loss above {config.divergence_threshold:g}"
+        print(f"sweep.py: diverged ({why}): {which}", file=sys.stderr)
         return EXIT_DIVERGED
     return 0
 

@@ -12,6 +12,7 @@ Modules, one idea each:
   variants   variant specs, bucket planning, vmapped + sharded multi-variant training
   sweep      SweepConfig and the resumable, checkpointing sweep behind experiments/sweep.py
   results    histories, summaries, run folders (load_run for notebooks)
+  runfolder  a run folder's manifest, writer lock and checksummed checkpoint
   plots      the study's figures with seed bands
 """
 

@@ -191,8 +191,20 @@ def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str
     return _save(fig, path)
 
 
+def figure_files(names: Sequence[str], axis_name: str | None = None) -> list[str]:
+    """The file names `make_figures` writes for these variants, in order (so a run folder can record them first)."""
+    if axis_name is not None:
+        return ["val_loss_curves.png", *([f"val_loss_vs_{axis_name}.png"] if len(names) > 1 else [])]
+    reference = "original" if "original" in names else names[0]
+    return [
+        "val_loss_curves.png",
+        *([f"vs_{reference}.png"] if len(names) > 1 else []),
+        *(["original_vs_bigger.png"] if "original" in names and "bigger" in names else []),
+    ]
+
+
 def make_figures(histories: Mapping, folder, axis: tuple[str, Mapping[str, float]] | None = None) -> list[Path]:
-    """The figures that fit these variants; returns their paths.
+    """The figures that fit these variants (`figure_files`); returns their paths.
 
     Always val_loss_curves.png. With `axis` (name, {variant: value}): val_loss_vs_<axis>.png.
     Without: vs_original.png (each variant against "original", else the first variant) and,
@@ -200,17 +212,12 @@ def make_figures(histories: Mapping, folder, axis: tuple[str, Mapping[str, float
     """
     folder = Path(folder)
     names = list(histories)
-    paths = []
-    if axis is not None:
-        axis_name, values = axis
-        paths.append(plot_curves(histories, folder / "val_loss_curves.png", values, axis_name))
-        if len(names) > 1:
-            paths.append(plot_against_axis(histories, values, axis_name, folder / f"val_loss_vs_{axis_name}.png"))
-        return paths
-    paths.append(plot_curves(histories, folder / "val_loss_curves.png"))
+    axis_name, values = axis if axis is not None else (None, None)
     reference = "original" if "original" in histories else names[0]
-    if len(names) > 1:
-        paths.append(plot_against_reference(histories, folder / f"vs_{reference}.png", reference))
-    if "original" in histories and "bigger" in histories:
-        paths.append(plot_train_val(histories, folder / "original_vs_bigger.png"))
-    return paths
+    draw = {
+        "val_loss_curves.png": lambda path: plot_curves(histories, path, values, axis_name),
+        f"val_loss_vs_{axis_name}.png": lambda path: plot_against_axis(histories, values, axis_name, path),
+        f"vs_{reference}.png": lambda path: plot_against_reference(histories, path, reference),
+        "original_vs_bigger.png": lambda path: plot_train_val(histories, path),
+    }
+    return [draw[name](folder / name) for name in figure_files(names, axis_name)]

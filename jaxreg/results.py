@@ -7,8 +7,12 @@ the seeds in increasing order. Epochs are numbered from 1 in every file and tabl
 
 Definitions used by the summary (all on the *mean over seeds* of a metric, per epoch):
   * diverged: a (variant, seed) has diverged from the first epoch where any of its metrics
-    is NaN or infinite, to the end; its values there are ignored (treated as missing), so
-    a mean over seeds is missing wherever any seed has diverged.
+    is NaN or infinite, or any loss (every metric but the accuracies) exceeds the divergence
+    threshold in size (DIVERGENCE_THRESHOLD = 1e6 unless the sweep sets another), to the end;
+    its values there are ignored (treated as missing), so a mean over seeds is missing
+    wherever any seed has diverged. The threshold catches blow-ups that Keras' clipped loss
+    keeps finite: its per-example data loss is at most ~16.1, so a loss of 1e6 comes from
+    exploding weights (through the penalty) or an exploding logit loss.
   * best epoch: the epoch of the lowest mean validation *data* loss (Keras' val_loss of a
     penalized model includes the penalty, which is not comparable across variants).
   * overfitting onset (`overfitting_onset`): the first epoch after the best one from which
@@ -17,7 +21,8 @@ Definitions used by the summary (all on the *mean over seeds* of a metric, per e
 
 Run folder files: config.json (written by `jaxreg.sweep`), status.json, history.jsonl (one
 line per variant, seed and epoch: every metric and `diverged`; non-finite values as null),
-history.csv (the same; non-finite as nan/inf), summary.md, summary.csv, figures/*.png.
+history.csv (the same; non-finite as nan/inf), summary.md, summary.csv, figures/*.png; the
+manifest of these files and the folder's lock are `jaxreg.runfolder`'s.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 
 METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
 OVERFITTING_TOLERANCE = 0.01
+DIVERGENCE_THRESHOLD = 1e6
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -86,16 +92,29 @@ def read_json(path):
 # --- histories -------------------------------------------------------------------------
 
 
-def diverged_mask(values: Mapping[str, np.ndarray]) -> np.ndarray:
-    """bool [..., epochs]: True from the first epoch where any metric is non-finite, to the end."""
+def blown_up(values: Mapping[str, np.ndarray], threshold: float = DIVERGENCE_THRESHOLD) -> np.ndarray:
+    """bool, elementwise: any metric non-finite, or any loss (a metric but an accuracy) above `threshold` in size."""
     bad = np.zeros(np.shape(values[next(iter(values))]), dtype=bool)
     for name, v in values.items():
-        if name != "diverged":
-            bad |= ~np.isfinite(np.asarray(v, dtype=np.float64))
-    return np.logical_or.accumulate(bad, axis=-1)
+        if name in ("diverged", "seeds"):
+            continue
+        v = np.asarray(v, dtype=np.float64)
+        bad |= ~np.isfinite(v)
+        if not name.endswith("accuracy"):
+            bad |= np.abs(v) > threshold
+    return bad
 
 
-def stack(history: Mapping[tuple[str, int], Mapping[str, Sequence[float]]], names: Sequence[str] | None = None) -> dict:
+def diverged_mask(values: Mapping[str, np.ndarray], threshold: float = DIVERGENCE_THRESHOLD) -> np.ndarray:
+    """bool [..., epochs]: True from the first epoch that is `blown_up`, to the end."""
+    return np.logical_or.accumulate(blown_up(values, threshold), axis=-1)
+
+
+def stack(
+    history: Mapping[tuple[str, int], Mapping[str, Sequence[float]]],
+    names: Sequence[str] | None = None,
+    divergence_threshold: float = DIVERGENCE_THRESHOLD,
+) -> dict:
     """{(name, seed): {metric: [epochs]}} -> {name: {metric: [seeds, epochs], "diverged": ..., "seeds": [seeds]}}.
 
     Variants keep the order of `names` (default: first appearance in `history`).
@@ -108,7 +127,7 @@ def stack(history: Mapping[tuple[str, int], Mapping[str, Sequence[float]]], name
         if not seeds:
             raise KeyError(f"no history for variant {name!r}")
         arrays = {m: np.array([np.asarray(history[(name, s)][m], np.float64) for s in seeds]) for m in METRICS}
-        arrays["diverged"] = diverged_mask(arrays)
+        arrays["diverged"] = diverged_mask(arrays, divergence_threshold)
         arrays["seeds"] = np.array(seeds)
         out[name] = arrays
     return out
@@ -227,10 +246,18 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return mean, std
 
 
-def summarize(histories, tolerance: float = OVERFITTING_TOLERANCE) -> list[VariantSummary]:
-    """The summary of every variant (definitions in the module docstring)."""
+def summarize(
+    histories, tolerance: float = OVERFITTING_TOLERANCE, divergence_threshold: float | None = None
+) -> list[VariantSummary]:
+    """The summary of every variant (definitions in the module docstring).
+
+    Divergence as the histories mark it ("diverged", set by `stack`), or, given
+    `divergence_threshold`, marked again with that threshold (e.g. to re-read a run).
+    """
     out = []
     for name, h in histories.items():
+        if divergence_threshold is not None:
+            h = {**h, "diverged": diverged_mask(h, divergence_threshold)}
         curve = seed_mean(h, "val_data_loss")
         best = int(np.nanargmin(curve)) if np.isfinite(curve).any() else None
 
@@ -318,19 +345,27 @@ def summary_table(summaries: Sequence[VariantSummary]) -> str:
     return "\n".join([line(SUMMARY_COLUMNS), sep, *(line(r) for r in rows)])
 
 
-def summary_notes(tolerance: float = OVERFITTING_TOLERANCE) -> str:
+def summary_notes(tolerance: float = OVERFITTING_TOLERANCE, divergence_threshold: float = DIVERGENCE_THRESHOLD) -> str:
     return (
         "Means over seeds (± sample std). best epoch: lowest mean validation data loss (without the "
         "penalty that Keras adds to val_loss). overfitting from: first epoch after the best from which "
         f"the mean validation data loss stays above (1 + {tolerance:g}) x its minimum; - if not seen. "
-        "Train loss is Keras' running mean over the epoch (dropout active, penalty included)."
+        "Train loss is Keras' running mean over the epoch (dropout active, penalty included). "
+        f"diverged: from the first epoch with a NaN or infinite metric or a loss above {divergence_threshold:g}."
     )
 
 
-def write_summary(folder, summaries: Sequence[VariantSummary], title: str = "", tolerance: float = OVERFITTING_TOLERANCE):
+def write_summary(
+    folder,
+    summaries: Sequence[VariantSummary],
+    title: str = "",
+    tolerance: float = OVERFITTING_TOLERANCE,
+    divergence_threshold: float = DIVERGENCE_THRESHOLD,
+):
     """summary.md (table + definitions) and summary.csv (every field, empty for missing values)."""
     folder = Path(folder)
-    md = (f"# {title}\n\n" if title else "") + summary_table(summaries) + "\n\n" + summary_notes(tolerance) + "\n"
+    notes = summary_notes(tolerance, divergence_threshold)
+    md = (f"# {title}\n\n" if title else "") + summary_table(summaries) + "\n\n" + notes + "\n"
     fields = [f.name for f in dataclasses.fields(VariantSummary)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -371,13 +406,18 @@ def read_summary(path) -> list[dict]:
 
 @dataclasses.dataclass
 class Run:
-    """A run folder read back: config.json, status.json, histories (stacked) and summary rows."""
+    """A run folder read back: config.json, status.json, histories (stacked) and summary rows.
+
+    divergence_threshold: the one the run marked divergence with (config.json); infinite for a
+    run from an older jaxreg, which marked only NaN and infinite values.
+    """
 
     folder: Path
     config: dict
     status: dict
     histories: dict
     summary: list
+    divergence_threshold: float = DIVERGENCE_THRESHOLD
 
     @property
     def epochs(self) -> np.ndarray:
@@ -397,4 +437,5 @@ def load_run(folder) -> Run:
     if names and set(names) == set(histories):
         histories = {n: histories[n] for n in names}
     summary = read_summary(folder / SUMMARY_CSV) if (folder / SUMMARY_CSV).is_file() else []
-    return Run(folder, config, status, histories, summary)
+    threshold = config.get("config", {}).get("divergence_threshold", math.inf)
+    return Run(folder, config, status, histories, summary, float(threshold))

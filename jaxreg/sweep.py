@@ -4,14 +4,18 @@
 it writes anything, then trains every variant x seed in one `variants.run` and fills the run
 folder (file formats in `jaxreg.results`):
 
+  manifest.json        every file jaxreg wrote into the folder (see `jaxreg.runfolder`)
   config.json          the resolved config, variant list, plan, versions, devices, data
   status.json          running / interrupted / finished (+ diverged variants, seconds)
-  checkpoint.msgpack   after every epoch: each bucket's TrainState and the history so far
+  checkpoint.msgpack   after every epoch: each bucket's TrainState and the history so far,
+                       behind a sha256 header line (`runfolder.with_checksum`)
   history.jsonl/.csv, summary.md/.csv, figures/*.png   at the end
 
 Checkpoints are written atomically (temporary file, then os.replace), so a run killed at
 any moment can continue with `resume=True` and ends with exactly the history of an
-uninterrupted run. A finished folder is never overwritten without `overwrite=True`.
+uninterrupted run. A finished folder is never overwritten without `overwrite=True`, which
+deletes only the files the manifest lists. One run at a time writes a folder: run_sweep
+holds the folder's lock (`runfolder.exclusive`) from checking the folder to its last write.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,7 +38,7 @@ import optax
 from tqdm.auto import tqdm
 
 import jaxreg
-from jaxreg import losses, results
+from jaxreg import losses, results, runfolder
 from jaxreg import variants as V
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.train import init_state
@@ -44,7 +47,7 @@ PRODUCTS = ("auto", "sparse", "dense")
 VALIDATIONS = ("test", "holdout")
 AXES = ("width", "l1", "l2", "dropout_rate", "learning_rate", "weight_decay")
 CHECKPOINT_FILE = "checkpoint.msgpack"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: behind a checksum header; 1 (no checksum) is refused
 SYNTHETIC = dict(n_train=2000, n_validation=1000, num_words=1000)
 # Fields that select the data file rather than the experiment; on resume the data checksum is compared instead.
 _LOCAL_FIELDS = ("data",)
@@ -75,6 +78,8 @@ class SweepConfig:
     against it; None for a set of named models (the book). data: archive or folder path
     (None: env JAXREG_DATA); synthetic: offline demo data instead (validation "test").
     devices: how many devices to shard the variants over (None: all).
+    divergence_threshold: a variant has diverged from the first epoch where a loss exceeds
+    this in size, or any metric is NaN or infinite (see `jaxreg.results`).
     """
 
     name: str
@@ -92,6 +97,7 @@ class SweepConfig:
     synthetic: bool = False
     devices: int | None = None
     axis: str | None = None
+    divergence_threshold: float = results.DIVERGENCE_THRESHOLD
 
     def __post_init__(self):
         def bad(field, why):
@@ -137,6 +143,10 @@ class SweepConfig:
             bad("validation", "must be 'test' with synthetic data (it has its own validation split)")
         if self.data is not None and (not isinstance(self.data, str) or not self.data):
             bad("data", "must be a path or None")
+        threshold = self.divergence_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < math.inf:
+            bad("divergence_threshold", "must be a finite number > 0")
+        object.__setattr__(self, "divergence_threshold", float(threshold))
 
     def replace(self, **changes) -> "SweepConfig":
         """A copy with some fields changed (validated again); unknown fields are an error."""
@@ -217,12 +227,15 @@ def select_devices(count: int | None) -> list:
 
 
 def folder_state(folder: Path) -> str:
-    """"new" (absent or empty), "foreign" (something else), "unfinished" or "finished" run folder."""
+    """"new" (absent or empty), "foreign" (something else), "legacy" (an older jaxreg's run, no
+    manifest), "unfinished" or "finished" run folder."""
     if not folder.exists():
         return "new"
     if not folder.is_dir():
         return "foreign"
-    if not (folder / results.CONFIG_FILE).is_file():
+    if not (folder / runfolder.MANIFEST_FILE).is_file():
+        if (folder / results.CONFIG_FILE).is_file():
+            return "legacy"
         return "new" if not any(folder.iterdir()) else "foreign"
     status = folder / results.STATUS_FILE
     try:
@@ -247,7 +260,14 @@ def _check_folder(folder: Path, config: SweepConfig, resume: bool, overwrite: bo
         raise SweepError("--resume and --overwrite contradict each other: pass one of them")
     state = folder_state(folder)
     if state == "foreign":
-        raise SweepError(f"{folder} exists and is not a jaxreg run folder (no {results.CONFIG_FILE}); choose another --out")
+        raise SweepError(
+            f"{folder} exists and is not a jaxreg run folder (no {runfolder.MANIFEST_FILE}); choose another --out"
+        )
+    if state == "legacy":
+        raise SweepError(
+            f"{folder} holds a run of an older jaxreg (no {runfolder.MANIFEST_FILE}), which this version neither resumes "
+            "nor overwrites; choose another --out (jaxreg.results.load_run still reads it)"
+        )
     if state == "finished" and not (resume or overwrite):
         raise SweepError(f"{folder} holds a finished run; pass --overwrite to replace it, or choose another --out")
     if state == "unfinished" and not (resume or overwrite):
@@ -256,8 +276,31 @@ def _check_folder(folder: Path, config: SweepConfig, resume: bool, overwrite: bo
         )
     if state in ("unfinished", "finished") and resume:
         _compare_configs(folder, config)
-    _check_writable(folder)
+    if state == "unfinished" and resume and not (folder / CHECKPOINT_FILE).is_file():
+        done = _epochs_done(folder)
+        if done:
+            raise SweepError(
+                f"cannot resume {folder}: {results.STATUS_FILE} says {done} epoch(s) done but "
+                f"{CHECKPOINT_FILE} is missing; use --overwrite to start again"
+            )
+    if state in ("unfinished", "finished"):
+        try:
+            runfolder.recorded(folder)  # overwrite deletes what it lists, resume cleans up after it
+        except ValueError as e:
+            action = "overwrite" if overwrite else "resume"
+            raise SweepError(f"cannot {action} {folder}: {e}; delete the folder yourself or choose another --out") from e
     return state
+
+
+def _epochs_done(folder: Path) -> int:
+    """status.json's epochs_done; 0 without one (a run killed before its first status)."""
+    path = folder / results.STATUS_FILE
+    if not path.is_file():
+        return 0
+    try:
+        return int(results.read_json(path).get("epochs_done", 0))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise SweepError(f"cannot resume {folder}: unreadable {path} ({e}); use --overwrite to start again") from e
 
 
 def _done_text(folder: Path) -> str:
@@ -291,7 +334,7 @@ def _compare_configs(folder: Path, config: SweepConfig) -> None:
 
 
 def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
-    """Atomically write the snapshot: states via flax msgpack, history as JSON text."""
+    """Atomically write the snapshot: states via flax msgpack, history as JSON text, behind a checksum."""
     history = [{"name": n, "seed": s, "metrics": m} for (n, s), m in snapshot.history.items()]
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -300,7 +343,8 @@ def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
         "plan": json.dumps(getattr(snapshot, "plan", None)),  # bucket layout, checked by variants.run on resume
         "states": {str(i): flax.serialization.to_state_dict(s) for i, s in enumerate(snapshot.states)},
     }
-    return results.atomic_write(folder / CHECKPOINT_FILE, flax.serialization.msgpack_serialize(payload))
+    sealed = runfolder.with_checksum(flax.serialization.msgpack_serialize(payload))
+    return results.atomic_write(folder / CHECKPOINT_FILE, sealed)
 
 
 def _state_targets(config: SweepConfig, num_words: int, n_devices: int) -> list:
@@ -314,10 +358,20 @@ def _state_targets(config: SweepConfig, num_words: int, n_devices: int) -> list:
 
 
 def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, n_devices: int) -> V.RunSnapshot:
-    """Read a checkpoint back into a RunSnapshot, checking it against the structure of a fresh run."""
+    """Read a checkpoint back into a RunSnapshot, checking its checksum and its structure against a fresh run's."""
     path = folder / CHECKPOINT_FILE
     try:
-        saved = flax.serialization.msgpack_restore(path.read_bytes())
+        payload = runfolder.verified(path.read_bytes())
+    except runfolder.ChecksumMismatch as e:
+        raise SweepError(f"checkpoint {path} is corrupt (checksum mismatch); use --overwrite to start again") from e
+    except runfolder.NoChecksum as e:
+        raise SweepError(
+            f"checkpoint {path} has no checksum (an older jaxreg's format, or damaged); use --overwrite to start again"
+        ) from e
+    except OSError as e:
+        raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
+    try:
+        saved = flax.serialization.msgpack_restore(payload)
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
         states = []
@@ -354,6 +408,7 @@ class _Progress:
             total=config.epochs, initial=start, desc=config.name, unit="epoch", disable=not enabled, dynamic_ncols=True
         )
         self.best = (math.inf, "", 0)
+        self.threshold = config.divergence_threshold
         self.announced: set = set()
         for e in range(start):
             self._record(e, {k: {m: v[e] for m, v in h.items()} for k, h in history.items()})
@@ -375,7 +430,7 @@ class _Progress:
     def _record(self, epoch: int, row: dict) -> None:
         """Announce new divergences, track the best loss."""
         for key, metrics in row.items():
-            if key not in self.announced and not all(math.isfinite(v) for v in metrics.values()):
+            if key not in self.announced and results.blown_up(metrics, self.threshold):
                 self.announced.add(key)
                 message = f"epoch {epoch + 1}: {key[0]} (seed {key[1]}) diverged (loss {metrics['loss']})"
                 self.bar.write(message, file=sys.stderr)
@@ -429,15 +484,19 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
 
 
 def _finish(folder: Path, config: SweepConfig, history, figures: bool, seconds: float, resumed_from: int, stream) -> SweepResult:
-    histories = results.stack(history, [v.name for v in config.variants])
+    histories = results.stack(history, [v.name for v in config.variants], config.divergence_threshold)
     summaries = results.summarize(histories)
+    runfolder.record(folder, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV)
     results.write_history(folder, histories)
-    results.write_summary(folder, summaries, title=f"{config.name}: {config.epochs} epochs x {config.seeds} seed(s)")
+    title = f"{config.name}: {config.epochs} epochs x {config.seeds} seed(s)"
+    results.write_summary(folder, summaries, title=title, divergence_threshold=config.divergence_threshold)
     paths = []
     if figures:
         from jaxreg import plots  # matplotlib is only needed here
 
         axis = (config.axis, config.axis_values()) if config.axis else None
+        names = plots.figure_files(list(histories), axis[0] if axis else None)
+        runfolder.record(folder, *(f"{results.FIGURES_DIR}/{name}" for name in names))
         paths = plots.make_figures(histories, folder / results.FIGURES_DIR, axis=axis)
     diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
     results.write_json(
@@ -451,13 +510,15 @@ def _finish(folder: Path, config: SweepConfig, history, figures: bool, seconds: 
             "diverged": [{"variant": n, "seed": s, "epoch": e} for n, s, e in diverged],
         },
     )
-    print_summary(summaries, folder, paths, stream)
+    print_summary(summaries, folder, paths, stream, config.divergence_threshold)
     return SweepResult(folder, histories, summaries, diverged, paths, resumed_from)
 
 
-def print_summary(summaries, folder: Path, figures: list, stream=sys.stdout) -> None:
+def print_summary(
+    summaries, folder: Path, figures: list, stream=sys.stdout, divergence_threshold: float = results.DIVERGENCE_THRESHOLD
+) -> None:
     print("\n" + results.summary_table(summaries), file=stream)
-    print(results.summary_notes(), file=stream)
+    print(results.summary_notes(divergence_threshold=divergence_threshold), file=stream)
     written = [results.CONFIG_FILE, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV]
     written += [str(p.relative_to(folder)) for p in figures]
     print(f"Wrote {folder}: {', '.join(written)}", file=stream)
@@ -469,7 +530,7 @@ def _reload_finished(folder: Path, stream) -> SweepResult:
     diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
     figures = sorted((folder / results.FIGURES_DIR).glob("*.png"))
     print(f"{folder} already holds a finished run (use --overwrite to run it again).", file=stream)
-    print_summary(summaries, folder, figures, stream)
+    print_summary(summaries, folder, figures, stream, run.divergence_threshold)
     return SweepResult(folder, run.histories, summaries, diverged, figures, run.status.get("resumed_from_epoch", 0))
 
 
@@ -488,11 +549,25 @@ def run_sweep(
 
     Raises SweepInterrupted on Ctrl-C after saving where to resume. Prints the data
     description, the plan and at the end the summary table to `stream`; the progress bar
-    goes to stderr.
+    goes to stderr. SweepError at once if another process is writing the folder.
     """
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
         raise SweepError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
     folder = Path(out)
+    _check_writable(folder)
+    try:
+        with runfolder.exclusive(folder):
+            return _run_locked(config, folder, resume, overwrite, figures, progress, checkpoint_every, stream)
+    except runfolder.LockError as e:
+        if e.in_use:
+            raise SweepError(
+                f"{folder} is in use by another jaxreg run (lock {e.path}); wait for it to end or choose another --out"
+            ) from None
+        raise SweepError(f"cannot create the lock file {e.path}: {e.reason}; choose another --out") from e
+
+
+def _run_locked(config, folder: Path, resume, overwrite, figures, progress, checkpoint_every, stream) -> SweepResult:
+    """run_sweep's work, while it holds the folder's lock."""
     state = _check_folder(folder, config, resume, overwrite)
     if state == "finished" and resume:
         return _reload_finished(folder, stream)
@@ -519,11 +594,12 @@ def run_sweep(
 
     try:
         if state in ("unfinished", "finished") and overwrite:
-            shutil.rmtree(folder)
-        for stale in folder.glob(".*.tmp") if state == "unfinished" else ():
-            stale.unlink()  # left by a process killed while writing
+            runfolder.remove_recorded(folder)  # only jaxreg's files; the user's stay
+        elif state == "unfinished":
+            runfolder.remove_temporaries(folder)  # left by a process killed while writing
         folder.mkdir(parents=True, exist_ok=True)
         if not (resume and state == "unfinished"):
+            runfolder.record(folder, results.CONFIG_FILE, results.STATUS_FILE, CHECKPOINT_FILE)
             results.write_json(folder / results.CONFIG_FILE, environment)
     except OSError as e:
         raise SweepError(f"cannot write the output folder {folder}: {e.strerror or e}") from e

@@ -1,4 +1,5 @@
-"""Histories, summary definitions (best epoch, overfitting onset, divergence) and the run-folder round trip."""
+"""Histories, summary definitions (best epoch, overfitting onset, divergence), the run-folder round trip,
+its manifest and checksums."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxreg import results
+from jaxreg import results, runfolder
 
 ORIGINAL = [0.50, 0.40, 0.35, 0.36, 0.45, 0.60]  # bottoms out at epoch 3, then climbs
 
@@ -168,3 +169,55 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_divergence_threshold_flags_a_huge_finite_loss():
+    history = make_history({"original": ORIGINAL})
+    history[("original", 1)]["loss"][2] = 4.8e31  # the clipped Keras loss stays finite; the penalty blew up
+    h = results.stack(history)["original"]
+    np.testing.assert_array_equal(h["diverged"][1], [False] * 2 + [True] * 4)
+    assert not h["diverged"][0].any()
+    assert results.summarize({"original": h})[0].diverged == ((1, 3),)
+    assert not results.stack(history, divergence_threshold=1e32)["original"]["diverged"].any()
+    (relaxed,) = results.summarize({"original": h}, divergence_threshold=1e32)  # marked again
+    assert relaxed.diverged == () and relaxed.best_epoch == 3
+
+
+def test_divergence_threshold_ignores_accuracies():
+    history = make_history({"original": ORIGINAL})  # losses <= 0.61, accuracies up to 0.9
+    assert not results.stack(history, divergence_threshold=0.7)["original"]["diverged"].any()
+    history[("original", 0)]["val_penalty"][4] = 0.71  # every loss counts, penalties too
+    np.testing.assert_array_equal(
+        results.stack(history, divergence_threshold=0.7)["original"]["diverged"][0], [False] * 4 + [True] * 2
+    )
+    assert "a loss above 0.7" in results.summary_notes(divergence_threshold=0.7)
+
+
+def test_load_run_reads_the_divergence_threshold(tmp_path):
+    results.write_history(tmp_path, results.stack(make_history({"original": ORIGINAL})))
+    assert results.load_run(tmp_path).divergence_threshold == math.inf  # an older run: NaN and inf only
+    results.write_json(tmp_path / results.CONFIG_FILE, {"config": {"divergence_threshold": 50.0}, "variants": []})
+    assert results.load_run(tmp_path).divergence_threshold == 50.0
+
+
+def test_checksummed_data_refuses_flipped_bytes():
+    payload = bytes(range(256)) * 4
+    sealed = runfolder.with_checksum(payload)
+    assert sealed.startswith(b"jaxreg-sha256 ") and runfolder.verified(sealed) == payload
+    flipped = bytearray(sealed)
+    flipped[500] ^= 1
+    with pytest.raises(runfolder.ChecksumMismatch):
+        runfolder.verified(bytes(flipped))
+    with pytest.raises(runfolder.NoChecksum):
+        runfolder.verified(payload)  # an older, unsealed file
+
+
+def test_manifest_records_once_and_refuses_paths_outside(tmp_path):
+    assert runfolder.recorded(tmp_path) is None
+    runfolder.record(tmp_path, "b.txt", tmp_path / "figures" / "a.png")
+    runfolder.record(tmp_path, "b.txt")
+    assert runfolder.recorded(tmp_path) == ["b.txt", "figures/a.png", "manifest.json"]
+    assert results.read_json(tmp_path / runfolder.MANIFEST_FILE)["format"] == 1
+    for bad in ("../x", "/etc/passwd", "."):
+        with pytest.raises(ValueError, match="not a path inside the run folder"):
+            runfolder.record(tmp_path, bad)

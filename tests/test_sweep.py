@@ -10,20 +10,25 @@ import ast
 import contextlib
 import hashlib
 import importlib.util
+import io
 import json
+import math
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pytest
 
-from jaxreg import results
-from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError
+from jaxreg import results, runfolder
+from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError, run_sweep
 from jaxreg.variants import VariantError, VariantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +147,12 @@ def test_preset_docstring_starts_with_its_command(name):
         ({"variants": (VariantSpec("a", seed=3),)}, "seed 0"),
         ({"variants": ()}, "non-empty"),
         ({"colour": 1}, r"unknown field\(s\) \['colour'\]"),
+        ({"divergence_threshold": 0}, "divergence_threshold=0 must be a finite number > 0"),
+        ({"divergence_threshold": -1e6}, "divergence_threshold=-1000000.0"),
+        ({"divergence_threshold": math.inf}, "divergence_threshold=inf"),
+        ({"divergence_threshold": math.nan}, "divergence_threshold=nan"),
+        ({"divergence_threshold": "1e6"}, "divergence_threshold='1e6'"),
+        ({"divergence_threshold": True}, "divergence_threshold=True"),
     ],
 )
 def test_sweep_config_rejects_bad_values_by_name(changes, match):
@@ -178,7 +189,9 @@ BAD_INPUTS = [
     "unknown preset", "missing preset file", "unknown variant", "negative epochs", "zero seeds", "zero batch size",
     "zero devices", "not an integer", "bad choice", "holdout with synthetic", "no data", "missing data path",
     "corrupt archive", "unwritable out", "finished run", "unfinished run", "foreign folder", "resume and overwrite",
+    "legacy folder", "legacy overwrite", "config.json only", "bad divergence threshold",
 ]
+NO_OVERWRITE_HINT = ("foreign folder", "legacy folder", "legacy overwrite", "config.json only")
 
 
 ARGPARSE_ERRORS = ("not an integer", "bad choice")
@@ -188,12 +201,17 @@ def _bad_input_cases(tmp: Path) -> dict:
     """{case: (args, message fragment, folder that must stay untouched)}; prepares the folders."""
     (tmp / "a_file").write_text("not a folder")
     (tmp / "garbage.tar.gz").write_bytes(b"this is not a gzip archive" * 10)
-    for name, status in (("finished", {"state": "finished"}), ("unfinished", {"state": "running", "epochs_done": 2, "epochs": 5})):
+    finished, unfinished = {"state": "finished"}, {"state": "running", "epochs_done": 2, "epochs": 5}
+    for name, status in (("finished", finished), ("unfinished", unfinished), ("legacy", finished)):
         (tmp / name).mkdir()
+        if name != "legacy":  # an older jaxreg wrote no manifest
+            runfolder.record(tmp / name, results.CONFIG_FILE, results.STATUS_FILE)
         (tmp / name / results.CONFIG_FILE).write_text(json.dumps({"config": {}}))
         (tmp / name / results.STATUS_FILE).write_text(json.dumps(status))
     (tmp / "foreign").mkdir()
     (tmp / "foreign" / "notes.txt").write_text("mine")
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / results.CONFIG_FILE).write_text("{}")  # the user's own config.json
     new = tmp / "new"
     return {
         "unknown preset": (["--preset", "nope", "--synthetic"], "unknown preset 'nope'", new),
@@ -214,6 +232,12 @@ def _bad_input_cases(tmp: Path) -> dict:
         "unfinished run": (["--synthetic", "--out", tmp / "unfinished"], "2/5 epochs done); pass --resume", tmp / "unfinished"),
         "foreign folder": (["--synthetic", "--out", tmp / "foreign", "--overwrite"], "not a jaxreg run folder", tmp / "foreign"),
         "resume and overwrite": (["--synthetic", "--resume", "--overwrite"], "contradict", new),
+        "legacy folder": (["--synthetic", "--out", tmp / "legacy", "--resume"], "a run of an older jaxreg", tmp / "legacy"),
+        "legacy overwrite": (
+            ["--synthetic", "--out", tmp / "legacy", "--overwrite"], "neither resumes nor overwrites", tmp / "legacy"
+        ),
+        "config.json only": (["--synthetic", "--out", tmp / "mine", "--overwrite"], "no manifest.json", tmp / "mine"),
+        "bad divergence threshold": (["--synthetic", "--divergence-threshold", "-1"], "divergence_threshold=-1.0", new),
     }
 
 
@@ -240,6 +264,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeyp
     assert len(lines) == 1 and lines[0].startswith("sweep.py: error: "), stderr
     assert fragment in lines[0]
     assert _tree_digest(folder) == before
+    if case in NO_OVERWRITE_HINT:
+        assert "--overwrite" not in lines[0]
 
 
 @pytest.mark.parametrize("case", ["not an integer", "negative epochs", "corrupt archive", "unfinished run"])
@@ -257,7 +283,8 @@ def test_help_explains_every_flag(sweep_env):
     proc = sweep("--help", env=sweep_env, timeout=60)
     assert proc.returncode == 0
     for flag in ("--preset", "--epochs", "--seeds", "--batch-size", "--data", "--synthetic", "--out", "--validation",
-                 "--devices", "--variants", "--product", "--variant-loop", "--resume", "--overwrite", "--no-figures"):
+                 "--devices", "--variants", "--product", "--variant-loop", "--resume", "--overwrite", "--no-figures",
+                 "--divergence-threshold"):
         assert flag in proc.stdout
     assert "JAXREG_DATA" in proc.stdout and "book" in proc.stdout
 
@@ -268,7 +295,8 @@ def test_help_explains_every_flag(sweep_env):
 def test_divergence_is_reported_and_the_others_train_on(tiny_run):
     proc, out = tiny_run
     assert proc.returncode == 3, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "sweep.py: diverged (NaN or infinite loss): exploding (seed 0, epoch 1)"
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "sweep.py: diverged (NaN, infinite or a loss above 1e+06): exploding (seed 0, epoch 1)"
     assert "exploding (seed 0) diverged" in proc.stderr  # announced when it happens
     run = results.load_run(out)
     assert run.histories["exploding"]["diverged"].all()
@@ -346,6 +374,208 @@ def test_interrupted_and_killed_run_resumes_to_the_same_history(tiny_run, tiny_p
 
     again = sweep(*args, "--resume", "--no-figures", env=sweep_env)
     assert again.returncode == 3 and "already holds a finished run" in again.stdout
+
+
+# --- run folder: manifest, lock, checkpoint checksum -------------------------------------
+
+SMALL = SweepConfig(
+    "small", (VariantSpec("original", (4,)), VariantSpec("l2", (4,), l2=1e-3)), epochs=2, batch_size=256, synthetic=True
+)
+
+
+def small_sweep(out, **kwargs) -> "object":
+    """SMALL in-process (compiled once per test session), quietly."""
+    return run_sweep(kwargs.pop("config", SMALL), out, progress=kwargs.pop("progress", False), stream=io.StringIO(), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """A finished SMALL run folder with figures; copy it before changing it."""
+    out = tmp_path_factory.mktemp("small") / "run"
+    small_sweep(out)
+    return out
+
+
+def _copy(folder: Path, to: Path) -> Path:
+    shutil.copytree(folder, to)
+    return to
+
+
+def _set_status(folder: Path, state: str, epochs_done: int) -> None:
+    results.write_json(folder / results.STATUS_FILE, {"state": state, "epochs_done": epochs_done, "epochs": SMALL.epochs})
+
+
+def test_manifest_lists_every_file_jaxreg_wrote(small_run):
+    written = sorted(str(p.relative_to(small_run)) for p in small_run.rglob("*") if p.is_file())
+    assert runfolder.recorded(small_run) == written
+    assert {"manifest.json", "config.json", "checkpoint.msgpack", "figures/vs_original.png"} <= set(written)
+    assert (small_run.parent / ".run.lock").is_file() and not list(small_run.glob(".*"))  # the lock lives beside
+
+
+def test_overwrite_removes_only_jaxregs_files(small_run, tmp_path):
+    out = _copy(small_run, tmp_path / "run")
+    (out / "notes.txt").write_text("mine")
+    (out / results.FIGURES_DIR / "mine.png").write_bytes(b"mine")
+    runfolder.record(out, "figures/old.png")  # a figure of an earlier run, which this one does not draw
+    (out / "figures" / "old.png").write_bytes(b"old")
+    (out / "figures" / ".old.png.x1.tmp").write_bytes(b"half")  # a write a killed run left behind
+    results.write_json(out / results.CONFIG_FILE, {**results.read_json(out / results.CONFIG_FILE), "created": "before"})
+    small_sweep(out, overwrite=True, figures=False)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "figures" / "mine.png").read_bytes() == b"mine"
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["mine.png"]
+    assert results.read_json(out / results.CONFIG_FILE)["created"] != "before"
+    assert "figures/old.png" not in runfolder.recorded(out) and "notes.txt" not in runfolder.recorded(out)
+
+
+def test_remove_recorded_keeps_the_users_files_and_folders(tmp_path):
+    runfolder.record(tmp_path, "config.json", "figures/a.png", "deep/er/b.txt")
+    for name in ("config.json", "figures/a.png", "deep/er/b.txt", "deep/mine.txt", "mine.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    runfolder.remove_recorded(tmp_path)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["deep", "deep/mine.txt", "mine.txt"]  # figures/ and deep/er/ were emptied, so removed
+    with pytest.raises(ValueError, match="not a path inside the run folder"):
+        runfolder.record(tmp_path, "../outside.txt")
+
+
+def test_overwrite_refuses_a_manifest_that_points_outside(small_run, tmp_path):
+    out = _copy(small_run, tmp_path / "run")
+    (tmp_path / "precious.txt").write_text("keep")
+    manifest = results.read_json(out / runfolder.MANIFEST_FILE)
+    results.write_json(out / runfolder.MANIFEST_FILE, {**manifest, "files": [*manifest["files"], "../precious.txt"]})
+    with pytest.raises(SweepError, match=r"cannot overwrite .*\.\./precious\.txt is not a path inside the run folder"):
+        small_sweep(out, overwrite=True)
+    assert (tmp_path / "precious.txt").read_text() == "keep" and (out / results.CONFIG_FILE).is_file()
+
+
+@pytest.mark.parametrize("flags", [{}, {"overwrite": True}, {"resume": True}])
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_held_lock_refuses_a_second_writer(small_run, tmp_path, flags, exists):
+    out = _copy(small_run, tmp_path / "run") if exists else tmp_path / "new"
+    before = _tree_digest(out)
+    with filelock.FileLock(runfolder.lock_path(out), timeout=0):
+        message = f"{out} is in use by another jaxreg run (lock {runfolder.lock_path(out)})"
+        with pytest.raises(SweepError, match=re.escape(message)):
+            small_sweep(out, **flags)
+    assert _tree_digest(out) == before
+
+
+HOLD_THE_LOCK = (
+    "import sys, time; from jaxreg import runfolder; "
+    "lock = runfolder.exclusive(sys.argv[1]); lock.__enter__(); print('locked', flush=True); time.sleep(120)"
+)
+
+
+def test_a_killed_holder_leaves_no_lock_behind(tmp_path, capsys):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        code = _load_cli().main(["--synthetic", "--no-progress", "--out", str(out)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "is in use by another jaxreg run" in lines[0], lines
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert runfolder.lock_path(out).is_file()  # the file stays; the OS lock died with the process
+    with runfolder.exclusive(out):
+        pass
+
+
+def test_two_runs_into_one_folder(tiny_preset, sweep_env, tmp_path, capsys):
+    """A second run, --overwrite or --resume while a run writes the folder: refused, the first run unharmed."""
+    out = tmp_path / "run"
+    args = ["--preset", str(tiny_preset), "--synthetic", "--no-progress", "--epochs", "3", "--no-figures", "--out", str(out)]
+    first = subprocess.Popen([sys.executable, str(SWEEP), *args, "--devices", "2"], env=sweep_env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            if results.read_json(out / results.STATUS_FILE)["state"] == "running":
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the first run made no progress"
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # hold it mid-run while the others try
+    try:
+        config = (out / results.CONFIG_FILE).read_text()
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            code = _load_cli().main([*args, *extra])
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert code == 2 and len(lines) == 1, (extra, lines)
+            assert f"{out} is in use by another jaxreg run (lock {runfolder.lock_path(out)})" in lines[0]
+            assert (out / results.CONFIG_FILE).read_text() == config
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, stderr = first.communicate(timeout=240)
+    assert first.returncode == 3, stderr
+    assert (out / results.CONFIG_FILE).read_text() == config  # config.json and history of the same run
+    run = results.load_run(out)
+    assert run.status["state"] == "finished" and run.histories["original"]["loss"].shape == (1, 3)
+    assert runfolder.recorded(out) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def test_a_corrupt_checkpoint_is_refused_on_resume(small_run, tmp_path):
+    out = _copy(small_run, tmp_path / "run")
+    _set_status(out, "interrupted", 1)
+    data = bytearray((out / CHECKPOINT_FILE).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    (out / CHECKPOINT_FILE).write_bytes(bytes(data))
+    before = _tree_digest(out)
+    message = f"checkpoint {out / CHECKPOINT_FILE} is corrupt (checksum mismatch); use --overwrite to start again"
+    with pytest.raises(SweepError, match=re.escape(message)):
+        small_sweep(out, resume=True)
+    assert _tree_digest(out) == before
+
+
+def test_an_old_format_checkpoint_is_refused_on_resume(small_run, tmp_path):
+    out = _copy(small_run, tmp_path / "run")
+    _set_status(out, "interrupted", 1)
+    payload = runfolder.verified((out / CHECKPOINT_FILE).read_bytes())  # format 1 was this payload, no header
+    (out / CHECKPOINT_FILE).write_bytes(payload)
+    with pytest.raises(SweepError, match="has no checksum \\(an older jaxreg's format, or damaged\\); use --overwrite"):
+        small_sweep(out, resume=True)
+
+
+def test_a_missing_checkpoint_is_refused_unless_no_epoch_was_done(small_run, tmp_path):
+    out = _copy(small_run, tmp_path / "run")
+    (out / CHECKPOINT_FILE).unlink()
+    _set_status(out, "interrupted", 1)
+    with pytest.raises(SweepError, match=f"says 1 epoch\\(s\\) done but {CHECKPOINT_FILE} is missing; use --overwrite"):
+        small_sweep(out, resume=True)
+    _set_status(out, "interrupted", 0)  # interrupted during the first epoch: starts again at epoch 1
+    result = small_sweep(out, resume=True, figures=False)
+    assert result.resumed_from == 0 and results.read_json(out / results.STATUS_FILE)["state"] == "finished"
+    assert (out / CHECKPOINT_FILE).is_file()
+
+
+def test_divergence_threshold_flags_a_huge_finite_loss(tmp_path, capsys):
+    """Every loss of SMALL is above 0.01: with that threshold everything diverges from epoch 1."""
+    config = SMALL.replace(divergence_threshold=0.01)
+    result = small_sweep(tmp_path / "run", config=config, figures=False, progress=True)
+    assert sorted(result.diverged) == [("l2", 0, 1), ("original", 0, 1)]
+    assert "epoch 1: original (seed 0) diverged" in capsys.readouterr().err  # the progress bar's message
+    run = results.load_run(tmp_path / "run")
+    assert run.config["config"]["divergence_threshold"] == 0.01 and run.divergence_threshold == 0.01
+    assert len(run.status["diverged"]) == 2 and all(h["diverged"].all() for h in run.histories.values())
+    assert small_sweep(tmp_path / "default", figures=False).diverged == []  # the same losses, default threshold
+
+
+def test_divergence_threshold_on_the_command_line(tmp_path, capsys):
+    preset = tmp_path / "small.py"
+    preset.write_text(
+        "from jaxreg.sweep import SweepConfig\nfrom jaxreg.variants import VariantSpec\n\n\ndef get_config():\n"
+        f"    return {SMALL!r}\n"
+    )
+    args = ["--preset", str(preset), "--synthetic", "--no-progress", "--no-figures", "--out", str(tmp_path / "run")]
+    assert _load_cli().main([*args, "--divergence-threshold", "0.01"]) == 3
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "sweep.py: diverged (NaN, infinite or a loss above 0.01): original (seed 0, epoch 1), l2 (seed 0, epoch 1)"
 
 
 @pytest.mark.slow

@@ -1,0 +1,171 @@
+"""A run folder's bookkeeping: the manifest of jaxreg's files, the writer's lock, checksummed files.
+
+manifest.json   {"format": 1, "files": [paths relative to the folder, "/"-separated]}: every file
+                jaxreg writes into the folder, the manifest included. A file is recorded (the
+                manifest rewritten atomically) *before* it is first written, so the manifest never
+                misses one. `remove_recorded` deletes exactly these files and the folders they leave
+                empty, never a file the user added. A folder without a manifest is not a jaxreg run
+                folder, or one written by an older jaxreg.
+.<name>.lock    beside the run folder, in its parent (`lock_path`), so that two runs creating the same
+                new folder exclude each other too. `exclusive` holds an OS lock (flock) on it for a
+                whole run; the OS releases it when the process ends, however it ends, so a file left
+                behind by a killed run never blocks the next one.
+checksummed     a header line "jaxreg-sha256 <hex digest of the rest>" and then the payload (the
+                checkpoint): `verified` refuses flipped bytes instead of loading them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import filelock
+
+from jaxreg.results import read_json, write_json
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+CHECKSUM_HEADER = b"jaxreg-sha256 "
+
+
+class LockError(Exception):
+    """The folder's lock cannot be taken: another process holds it (`in_use`), or its file cannot be created."""
+
+    def __init__(self, path: Path, in_use: bool, reason: str = ""):
+        self.path, self.in_use, self.reason = path, in_use, reason
+        super().__init__(f"{path}: {'held by another process' if in_use else reason}")
+
+
+class NoChecksum(ValueError):
+    """The data has no checksum header: an older jaxreg's file, or its first line is damaged."""
+
+
+class ChecksumMismatch(ValueError):
+    """The payload does not match its checksum: the file was damaged after it was written."""
+
+
+# --- manifest ----------------------------------------------------------------------------
+
+
+def _relative(folder: Path, name) -> str:
+    """`name` as a "/"-separated path inside `folder`; ValueError for one that leaves it."""
+    path = Path(name)
+    if path.is_absolute() and path.is_relative_to(folder.absolute()):
+        path = path.relative_to(folder.absolute())
+    posix = PurePosixPath(path.as_posix())
+    if posix.is_absolute() or ".." in posix.parts or str(posix) in ("", "."):
+        raise ValueError(f"{name!s} is not a path inside the run folder")
+    return str(posix)
+
+
+def recorded(folder) -> list[str] | None:
+    """The files the manifest lists (sorted), or None when the folder has no manifest."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        files = read_json(path)["files"]
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise TypeError("'files' is not a list of paths")
+        return sorted({_relative(folder, f) for f in files})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"unreadable {path}: {e}") from e
+
+
+def record(folder, *names) -> None:
+    """Add files (paths relative to `folder`, or inside it) to the manifest, before they are written."""
+    folder = Path(folder)
+    before = recorded(folder) or []
+    files = sorted({*before, MANIFEST_FILE, *(_relative(folder, n) for n in names)})
+    if files != before:
+        write_json(folder / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "files": files})
+
+
+def _temporaries(path: Path) -> list[Path]:
+    """What results.atomic_write leaves of `path` when its process is killed while writing."""
+    if not path.parent.is_dir():
+        return []
+    return [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.") and p.name.endswith(".tmp")]
+
+
+def remove_temporaries(folder) -> None:
+    """Delete the half-written temporary files of recorded files (a run killed while writing)."""
+    folder = Path(folder)
+    for name in recorded(folder) or []:
+        for tmp in _temporaries(folder / name):
+            tmp.unlink(missing_ok=True)
+
+
+def remove_recorded(folder) -> None:
+    """Delete every recorded file (the manifest last), then the sub-folders that leaves empty.
+
+    Files the user added stay, and so does every folder that still holds something.
+    """
+    folder = Path(folder)
+    files = recorded(folder) or []
+    for name in sorted(files, key=lambda f: f == MANIFEST_FILE):
+        path = folder / name
+        for tmp in _temporaries(path):
+            tmp.unlink(missing_ok=True)
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    parents = {p for f in files for p in (folder / f).parents if p != folder and folder in p.parents}
+    for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            parent.rmdir()
+
+
+# --- lock --------------------------------------------------------------------------------
+
+
+def lock_path(folder) -> Path:
+    """The lock file of a run folder: `.<name>.lock` beside it (symbolic links resolved)."""
+    folder = Path(folder).resolve()
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder) -> Iterator[Path]:
+    """Hold the folder's lock for the block; LockError at once if another process holds it.
+
+    Creates the folder's parent if needed (the lock file lives there). Yields the lock path.
+    """
+    path = lock_path(folder)
+    lock = filelock.FileLock(path, timeout=0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except filelock.Timeout:
+        raise LockError(path, in_use=True) from None
+    except OSError as e:
+        raise LockError(path, in_use=False, reason=e.strerror or str(e)) from e
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
+# --- checksums ---------------------------------------------------------------------------
+
+
+def _digest(payload: bytes) -> bytes:
+    return hashlib.sha256(payload).hexdigest().encode("ascii")
+
+
+def with_checksum(payload: bytes) -> bytes:
+    """The payload behind a header line with its sha256."""
+    return CHECKSUM_HEADER + _digest(payload) + b"\n" + payload
+
+
+def verified(data: bytes) -> bytes:
+    """The payload of `with_checksum(payload)`; NoChecksum or ChecksumMismatch if it is not intact."""
+    header, newline, payload = data.partition(b"\n")
+    if not newline or not header.startswith(CHECKSUM_HEADER):
+        raise NoChecksum("no checksum header")
+    if header[len(CHECKSUM_HEADER) :] != _digest(payload):
+        raise ChecksumMismatch("checksum mismatch")
+    return payload
+
