@@ -38,7 +38,7 @@ import optax
 from tqdm.auto import tqdm
 
 import jaxreg
-from jaxreg import losses, results, runfolder
+from jaxreg import losses, machine, results, runfolder
 from jaxreg import variants as V
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.train import init_state
@@ -471,6 +471,8 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
             "validation_size": len(dataset.validation),
         },
         "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices)},
+        # float32 results depend on it: histories are bit for bit only on the same instruction set
+        "machine": {"cpu": machine.describe(), "instruction_set": machine.instruction_set()},
         "versions": {
             "jaxreg": jaxreg.__version__,
             "jax": jax.__version__,
@@ -591,6 +593,13 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
             raise SweepError(f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}")
         if (folder / CHECKPOINT_FILE).is_file():
             snapshot = load_checkpoint(folder, config, dataset.num_words, len(devices))
+        started_on = saved.get("machine", {}).get("instruction_set")
+        if devices[0].platform == "cpu" and started_on != machine.instruction_set():
+            print(
+                f"note: {folder} was started with XLA:CPU on {started_on}, now {machine.instruction_set()}: "
+                "the resumed epochs differ from an uninterrupted run by float32 round-off (amplified by training), not bit for bit",
+                file=stream,
+            )
 
     try:
         if state in ("unfinished", "finished") and overwrite:

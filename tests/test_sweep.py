@@ -27,7 +27,7 @@ import filelock
 import numpy as np
 import pytest
 
-from jaxreg import results, runfolder
+from jaxreg import machine, results, runfolder
 from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError, run_sweep
 from jaxreg.variants import VariantError, VariantSpec
 
@@ -617,3 +617,17 @@ def test_real_data_sweep_end_to_end(imdb, imdb_archive, imdb_cache_dir, sweep_en
     assert figures == ["val_loss_curves.png", "vs_original.png"]
     assert all((out / results.FIGURES_DIR / f).stat().st_size > 10_000 for f in figures)
     assert (out / CHECKPOINT_FILE).stat().st_size > 0 and run.status["state"] == "finished"
+
+
+def test_resuming_on_another_instruction_set_says_it_is_not_bit_for_bit(small_run, tmp_path, monkeypatch):
+    out = _copy(small_run, tmp_path / "run")
+    _set_status(out, "interrupted", 1)
+    assert results.read_json(out / results.CONFIG_FILE)["machine"]["instruction_set"] == machine.instruction_set()
+    stream = io.StringIO()
+    run_sweep(SMALL, out, resume=True, figures=False, progress=False, stream=stream)
+    assert "note:" not in stream.getvalue()
+    _set_status(out, "interrupted", 1)
+    monkeypatch.setattr(machine, "instruction_set", lambda: "SSE4_2")
+    stream = io.StringIO()
+    run_sweep(SMALL, out, resume=True, figures=False, progress=False, stream=stream)
+    assert "not bit for bit" in stream.getvalue() and "now SSE4_2" in stream.getvalue()
