@@ -151,17 +151,14 @@ def machine_info() -> dict:
         "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "xla_flags": os.environ.get("XLA_FLAGS"),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-        info["simd"] = [f for f in ("avx2", "fma", "avx512f") if f in flags]
-    except OSError:
-        pass
+    from jaxreg import machine
+
+    cpu = machine.cpu_info()
+    if cpu.get("model"):
+        info["cpu"] = cpu["model"]
+        info["cpu_family_model"] = [cpu["family"], cpu["model_number"]]
+        info["simd"] = [f for f in ("avx2", "fma", "avx512f") if f in cpu["flags"]]
+    info["xla_cpu"] = machine.describe()  # the instruction set XLA compiles for decides float32 results
     try:
         import psutil
 
@@ -185,7 +182,7 @@ def describe_machine(info: dict) -> str:
     return (
         f"Machine: {info.get('cpu')} ({info.get('usable_cpus')} usable CPUs, SIMD {'+'.join(info.get('simd', [])) or '?'}, "
         f"{info.get('memory_gb', '?')} GB{load_text}); jax {info.get('jax')} on {info.get('backend')} "
-        f"{info.get('devices')}; Python {info.get('python')}."
+        f"{info.get('devices')}; Python {info.get('python')}; {info.get('xla_cpu')}."
     )
 
 
