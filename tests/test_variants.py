@@ -213,9 +213,15 @@ def test_from_dict_rejects_unknown_field_by_name():
     assert spec == VariantSpec("ok", (4, 4), l2=1e-3)
 
 
-def test_spec_accepts_edges():
-    VariantSpec("edges", (1,), dropout_rate=0.0, l1=0.0, seed=0)
-    VariantSpec("edges", (1024, 1024, 1024), dropout_rate=0.999, learning_rate=1e-12, optimizer="keras3", seed=7)
+def test_spec_accepts_edges_and_normalizes_types():
+    low = VariantSpec("edges", [np.int64(1)], dropout_rate=0, l1=0, seed=np.int32(0))
+    assert low.widths == (1,) and type(low.widths[0]) is int and type(low.seed) is int
+    assert (low.dropout_rate, low.l1) == (0.0, 0.0) and type(low.dropout_rate) is float and type(low.l1) is float
+    high = VariantSpec("edges", (1024, 1024, 1024), dropout_rate=0.999, learning_rate=1e-12, optimizer="keras3", seed=7)
+    assert (high.widths, high.dropout_rate, high.learning_rate, high.optimizer, high.seed) == (
+        (1024, 1024, 1024), 0.999, 1e-12, "keras3", 7,
+    )  # fmt: skip
+    assert VariantSpec.from_dict(dataclasses.asdict(high)) == high
 
 
 def test_plan_rejects_duplicate_name_and_seed():
