@@ -377,6 +377,8 @@ def _stat(path: Path) -> os.stat_result | None:
         return None
     except OSError as e:
         raise DataError(f"cannot access {str(path)!r} ({e.strerror or e}); check its permissions") from e
+    except ValueError as e:  # e.g. an embedded NUL character
+        raise DataError(f"IMDB data path {str(path)!r} is not a valid path ({e})") from e
 
 
 def _is_dir(path: Path) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import platform
 import shutil
@@ -103,8 +104,9 @@ class SweepConfig:
 
         def positive_int(field):
             value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
                 bad(field, "must be an integer >= 1")
+            object.__setattr__(self, field, int(value))  # NumPy ints too, as plain JSON-ready ints
 
         if not isinstance(self.name, str) or not self.name:
             raise SweepError(f"config name must be a non-empty string, got {self.name!r}")

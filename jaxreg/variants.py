@@ -63,8 +63,11 @@ def _is_number(value) -> bool:
 
 
 def _float32_finite(value) -> bool:
-    """Whether a real number stays finite when trained in float32."""
-    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+    """Whether a real number stays finite when trained in float32 (ints beyond float64 included)."""
+    try:
+        return math.isfinite(value) and abs(float(value)) <= FLOAT32_MAX
+    except OverflowError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
