@@ -8,6 +8,8 @@
   activations  what one step keeps per model: hidden activations of a batch (forward and
                backward), the dense multi-hot batch with the dense product, the gathered
                first-layer rows with XLA's sparse product, narrow validation products;
+  history      every epoch's metrics of every model as Python floats, three times (the
+               history, a checkpoint snapshot's copy and its JSON text);
 and `available_bytes(devices)` is what the devices report free (`memory_stats()`), else the
 host's available RAM (the smaller of /proc/meminfo's MemAvailable and the cgroup's limit).
 The data set itself is already loaded when the estimate is made, so it is not counted (it is
@@ -40,6 +42,9 @@ STATE_COPIES = 5
 BATCH_COPIES = 4
 # Per hidden unit and row of a batch: pre-activation, activation, dropout mask and their gradients.
 ACTIVATION_COPIES = 6
+# Bytes per recorded metric value: a Python float (24) in a list (8), held three times.
+HISTORY_BYTES_PER_VALUE = 3 * 32
+METRICS_PER_EPOCH = 8
 # Compiling and holding a program, XLA's runtime and allocator slack, per program (see CALIBRATION).
 PROGRAM_OVERHEAD_BYTES = 160 * 2**20
 # XLA's temporaries that the parts above do not model (fusion buffers, copies under vmap).
@@ -89,14 +94,15 @@ class Estimate:
     batches: int
     activations: int
     overhead: int
+    history: int = 0
 
     @property
     def total(self) -> int:
-        return int(MARGIN * (self.state + self.batches + self.activations)) + self.overhead
+        return int(MARGIN * (self.state + self.batches + self.activations)) + self.overhead + self.history
 
     @property
     def driver(self) -> str:
-        parts = {"state": self.state, "batches": self.batches, "activations": self.activations}
+        parts = {"state": self.state, "batches": self.batches, "activations": self.activations, "history": self.history}
         return max(parts, key=parts.get)
 
 
@@ -134,10 +140,14 @@ def bucket_estimate(bucket: BucketShape, data: DataShape) -> Estimate:
     return Estimate(state, batches, activations, PROGRAM_OVERHEAD_BYTES)
 
 
-def estimate(buckets: Sequence[BucketShape], data: DataShape) -> Estimate:
-    """The whole run's estimate: every bucket's program stays allocated for the whole run."""
+def estimate(buckets: Sequence[BucketShape], data: DataShape, epochs: int = 0) -> Estimate:
+    """The whole run's estimate: every bucket's program stays allocated for the whole run, and
+    the history grows with `epochs` (the only part that does)."""
     parts = [bucket_estimate(b, data) for b in buckets]
-    return Estimate(*(sum(getattr(p, f.name) for p in parts) for f in dataclasses.fields(Estimate)))
+    total = Estimate(*(sum(getattr(p, f.name) for p in parts) for f in dataclasses.fields(Estimate)))
+    models = sum(b.n_seeds * b.n_configs for b in buckets)
+    history = epochs * models * METRICS_PER_EPOCH * HISTORY_BYTES_PER_VALUE
+    return dataclasses.replace(total, history=history)
 
 
 def _meminfo_available() -> int | None:

@@ -329,7 +329,7 @@ def memory_estimate(config: SweepConfig, dataset: Dataset, devices: list, plan: 
         product, sequential = V.bucket_execution(b, config.product, devices, config.variant_loop)
         n_configs = len(V.sharded_configs(b, len(devices)))
         shapes.append(memory.BucketShape(b.widths, len(b.seeds), n_configs, product, sequential, V.cpu_kernels_on(devices)))
-    return memory.estimate(shapes, data)
+    return memory.estimate(shapes, data, config.epochs)
 
 
 def check_memory(config: SweepConfig, plan: list, estimate: memory.Estimate, available: int, where: str) -> None:
@@ -345,6 +345,7 @@ def check_memory(config: SweepConfig, plan: list, estimate: memory.Estimate, ava
         "lower --batch-size or --seeds",
         "activations": f"the activations of a batch (batch_size={config.batch_size}, widths up to {widest}, {models}); "
         "lower --batch-size or --seeds",
+        "history": f"the per-epoch history (epochs={config.epochs}, {models}); lower --epochs or --seeds",
     }
     raise SweepError(
         f"this run needs an estimated {memory.gigabytes(estimate.total)} but {where} has "

@@ -324,6 +324,13 @@ def test_estimate_refuses_a_huge_batch_and_huge_widths():
     assert wide.total > GB24 and wide.driver == "state"
 
 
+def test_only_the_history_grows_with_epochs():
+    short, long = (memory.estimate(_book_shapes(1), _imdb(), epochs) for epochs in (20, V.MAX_EPOCHS))
+    assert (short.state, short.batches, short.activations) == (long.state, long.batches, long.activations)
+    assert long.history == V.MAX_EPOCHS * 7 * memory.METRICS_PER_EPOCH * memory.HISTORY_BYTES_PER_VALUE
+    assert long.total < GB24  # the book for the most epochs allowed still fits
+
+
 def test_parameter_count_is_the_models():
     assert memory.parameter_count(10_000, (16, 16)) == 10_000 * 16 + 16 + 16 * 16 + 16 + 16 + 1
 
