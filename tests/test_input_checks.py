@@ -423,10 +423,14 @@ def _train(program, epochs):
     return jax.device_get(state), rows
 
 
+@pytest.mark.parametrize("path", ["default", "xla-sparse", "dense"])
 @pytest.mark.parametrize("variant", [VariantSpec("plain", (8, 8)), VariantSpec("penalized", (8,), l1=1e-3, dropout_rate=0.3)])
-def test_batch_capacity_does_not_change_any_result_bit(synthetic, variant):
-    """Padding pairs are inert: a larger capacity gives a bit-identical history and state."""
-    settings = RunSettings(epochs=2, batch_size=64, eval_batch_size=64)
+def test_batch_capacity_does_not_change_any_result_bit(synthetic, variant, path, monkeypatch):
+    """Padding pairs are inert: a larger capacity gives a bit-identical history and state, with
+    the CPU kernels (default here), XLA's sparse gather/scatter, and the dense product."""
+    if path == "xla-sparse":
+        monkeypatch.setattr(V, "cpu_kernels_on", lambda devices: False)
+    settings = RunSettings(epochs=2, batch_size=64, eval_batch_size=64, product="dense" if path == "dense" else "sparse")
     bucket = V.plan(V.with_seeds([variant], (0, 1)))[0]
     exact = BucketProgram(bucket, synthetic, settings)
     padded = BucketProgram(bucket, synthetic, settings)
