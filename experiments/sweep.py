@@ -59,7 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--devices",
         type=int,
-        help="shard the variants over N devices (default: all; on CPU N host devices are created)",
+        help="shard the variants over N devices (default: all, but at most the number of variants in the largest "
+        "program; more is refused, as the extra devices would only train padding copies; on CPU N host devices "
+        "are created)",
     )
     p.add_argument("--variants", help="comma-separated subset of the preset's variants, e.g. original,l2")
     p.add_argument(

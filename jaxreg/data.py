@@ -52,6 +52,7 @@ import hashlib
 import itertools
 import os
 import re
+import stat
 import tarfile
 import tempfile
 import warnings
@@ -64,6 +65,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 DEFAULT_NUM_WORDS = 10_000
+MAX_NUM_WORDS = int(np.iinfo(np.int32).max)  # word indices are int16 or int32 (see _index_dtype)
 PAD, START, OOV, FIRST_WORD = 0, 1, 2, 3
 TOKENIZER_VERSION = 1
 CACHE_FORMAT = 1
@@ -205,13 +207,9 @@ def load_imdb(
     use_cache: bool = True,
 ) -> Dataset:
     """Loads IMDB as sparse multi-hot splits (see the module docstring for every rule)."""
-    if source not in SOURCES:
+    if not isinstance(source, str) or source not in SOURCES:
         raise DataError(f"unknown source {source!r}; use one of {', '.join(map(repr, SOURCES))}")
-    if validation not in PROTOCOLS:
-        raise DataError(
-            f"unknown validation protocol {validation!r}; use 'test' (the book's: test set as "
-            "validation set) or 'holdout' (hold out part of the train split)"
-        )
+    _check_arguments(path, validation, holdout_size, seed)
     _check_num_words(num_words)
 
     if source == "tfds":
@@ -330,11 +328,69 @@ Record = tuple[str, int, tuple, str]  # (split, label 0/1, sort key, text)
 
 
 def _check_num_words(num_words: int) -> None:
-    if not isinstance(num_words, (int, np.integer)) or num_words < 4:
+    if not isinstance(num_words, (int, np.integer)) or isinstance(num_words, (bool, np.bool_)):
+        raise DataError(
+            f"num_words={num_words!r} must be an integer, not {type(num_words).__name__} "
+            f"(an int num_words >= 4; the book uses {DEFAULT_NUM_WORDS})"
+        )
+    if num_words < 4:
         raise DataError(
             f"num_words={num_words!r} is too small: indices 0-2 are reserved (padding, start, "
             f"out-of-vocabulary), so pass an integer num_words >= 4 (the book uses {DEFAULT_NUM_WORDS})"
         )
+    if num_words > MAX_NUM_WORDS:
+        raise DataError(
+            f"num_words={num_words!r} is too large: word indices are stored as int32, so the largest "
+            f"supported num_words is {MAX_NUM_WORDS:,} (the book uses {DEFAULT_NUM_WORDS})"
+        )
+
+
+def _check_arguments(path, validation, holdout_size, seed) -> None:
+    """Types and ranges of load_imdb's arguments, each error naming the argument and value."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise DataError(f"path={path!r} must be a str or os.PathLike (the archive or folder), or None")
+    if path is not None and not str(os.fspath(path)).strip():
+        raise DataError(f"path={path!r} is empty: pass the aclImdb archive or folder (an empty path is not the current folder)")
+    if not isinstance(validation, str) or validation not in PROTOCOLS:
+        raise DataError(
+            f"unknown validation protocol {validation!r}; use 'test' (the book's: test set as "
+            "validation set) or 'holdout' (hold out part of the train split)"
+        )
+    for name, value, least in (("holdout_size", holdout_size, 1), ("seed", seed, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < least:
+            raise DataError(f"{name}={value!r} must be an integer >= {least}")
+
+
+_FILE_KINDS = {
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISFIFO: "a FIFO (named pipe)",
+    stat.S_ISSOCK: "a socket",
+}
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """os.stat of the path (following links); None when it does not exist; DataError when it cannot be reached."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise DataError(f"cannot access {str(path)!r} ({e.strerror or e}); check its permissions") from e
+    except ValueError as e:  # e.g. an embedded NUL character
+        raise DataError(f"IMDB data path {str(path)!r} is not a valid path ({e})") from e
+
+
+def _is_dir(path: Path) -> bool:
+    st = _stat(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _scandir(folder: Path):
+    try:
+        return os.scandir(folder)
+    except OSError as e:
+        raise DataError(f"cannot read the folder {str(folder)!r} ({e.strerror or e}); check its permissions") from e
 
 
 def _resolve_path(path, source: str) -> tuple[Path, str]:
@@ -346,17 +402,27 @@ def _resolve_path(path, source: str) -> tuple[Path, str]:
                 "extracted folder, or set the environment variable JAXREG_DATA; online users can "
                 "pass source='tfds' instead"
             )
+    if not str(os.fspath(path)).strip():
+        raise DataError(f"IMDB data path {str(path)!r} is empty: pass the aclImdb archive or folder, or fix JAXREG_DATA")
     path = Path(path).expanduser()
-    if not path.exists():
+    st = _stat(path)
+    if st is None:
         raise DataError(
             f"IMDB data path {str(path)!r} does not exist: pass the path of aclImdb_v1.tar.gz "
             "(or the labeled part) or of an extracted aclImdb folder, or fix JAXREG_DATA"
         )
+    special = next((kind for test, kind in _FILE_KINDS.items() if test(st.st_mode)), None)
+    if special or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise DataError(
+            f"IMDB data path {str(path)!r} is {special or 'not a regular file or folder'}: "
+            "pass the aclImdb .tar.gz archive or the extracted folder"
+        )
+    is_dir = stat.S_ISDIR(st.st_mode)
     if source == "auto":
-        source = "folder" if path.is_dir() else "archive"
-    if source == "archive" and path.is_dir():
+        source = "folder" if is_dir else "archive"
+    if source == "archive" and is_dir:
         raise DataError(f"{str(path)!r} is a directory, not an archive: use source='folder' or 'auto'")
-    if source == "folder" and not path.is_dir():
+    if source == "folder" and not is_dir:
         raise DataError(f"{str(path)!r} is a file, not a folder: use source='archive' or 'auto'")
     return path, source
 
@@ -432,8 +498,8 @@ def _archive_records(path: Path, checksum: str) -> Iterator[Record]:
 
 
 def _aclimdb_root(path: Path) -> Path:
-    root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
-    missing = [f"{s}/{lab}" for s in _SPLITS for lab in _LABELS if not (root / s / lab).is_dir()]
+    root = path / "aclImdb" if _is_dir(path / "aclImdb") else path
+    missing = [f"{s}/{lab}" for s in _SPLITS for lab in _LABELS if not _is_dir(root / s / lab)]
     if missing:
         raise DataError(
             f"{str(path)!r} is not an aclImdb folder: missing subfolder(s) {', '.join(missing)}; "
@@ -446,7 +512,7 @@ def _aclimdb_root(path: Path) -> Path:
 def _folder_reviews(root: Path) -> Iterator[tuple[str, int, tuple, Path]]:
     for split in _SPLITS:
         for label, label_name in enumerate(_LABELS):
-            with os.scandir(root / split / label_name) as entries:
+            with _scandir(root / split / label_name) as entries:
                 for entry in entries:
                     key = _review_key(entry.name)
                     if key is not None and entry.is_file():
@@ -456,7 +522,9 @@ def _folder_reviews(root: Path) -> Iterator[tuple[str, int, tuple, Path]]:
 def _folder_fingerprint(root: Path) -> str:
     h = hashlib.sha256()
     for split, label, key, file in sorted(_folder_reviews(root)):
-        st = file.stat()
+        st = _stat(file)
+        if st is None:
+            raise DataError(f"{str(file)!r} disappeared while the folder was being read; load it again")
         h.update(f"{file.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 

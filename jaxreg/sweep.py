@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import platform
 import sys
@@ -38,7 +39,8 @@ import optax
 from tqdm.auto import tqdm
 
 import jaxreg
-from jaxreg import losses, machine, results, runfolder
+from jaxreg import batches as batching
+from jaxreg import losses, machine, memory, results, runfolder
 from jaxreg import variants as V
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.train import init_state
@@ -49,6 +51,9 @@ AXES = ("width", "l1", "l2", "dropout_rate", "learning_rate", "weight_decay")
 CHECKPOINT_FILE = "checkpoint.msgpack"
 CHECKPOINT_FORMAT = 2  # 2: behind a checksum header; 1 (no checksum) is refused
 SYNTHETIC = dict(n_train=2000, n_validation=1000, num_words=1000)
+# Largest accepted values: a history keeps every epoch; seeds and devices multiply the models;
+# batch rows are int32 indices. Whether a run fits in memory is estimated later (jaxreg.memory).
+MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, holdout_size=2**31 - 1, devices=4096)
 # Fields that select the data file rather than the experiment; on resume the data checksum is compared instead.
 _LOCAL_FIELDS = ("data",)
 
@@ -105,8 +110,9 @@ class SweepConfig:
 
         def positive_int(field):
             value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
                 bad(field, "must be an integer >= 1")
+            object.__setattr__(self, field, int(value))  # NumPy ints too, as plain JSON-ready ints
 
         if not isinstance(self.name, str) or not self.name:
             raise SweepError(f"config name must be a non-empty string, got {self.name!r}")
@@ -121,10 +127,10 @@ class SweepConfig:
             bad("variants", "names must not contain commas (--variants splits on them)")
         if any(v.seed != 0 for v in self.variants):
             bad("variants", "must have seed 0 (set seeds instead)")
-        for field in ("epochs", "seeds", "batch_size", "holdout_size"):
+        for field in ("epochs", "seeds", "batch_size", "holdout_size") + (("devices",) if self.devices is not None else ()):
             positive_int(field)
-        if self.devices is not None:
-            positive_int("devices")
+            if getattr(self, field) > MAXIMA[field]:
+                bad(field, f"is above the maximum {MAXIMA[field]:,}")
         if self.loss not in losses.LOSS_MODES:
             bad("loss", f"must be one of {losses.LOSS_MODES}")
         if self.product not in PRODUCTS:
@@ -218,8 +224,21 @@ def load_dataset(config: SweepConfig) -> Dataset:
         raise SweepError(str(e)) from e
 
 
-def select_devices(count: int | None) -> list:
+def check_device_count(config: SweepConfig, plan: list) -> None:
+    """Refuse more devices than the largest bucket has configs: the extra ones would train padding copies."""
+    largest = max(len(b.configs) for b in plan)
+    if config.devices is not None and config.devices > largest:
+        raise SweepError(
+            f"devices={config.devices} is more than the {largest} variant(s) of the largest program "
+            f"(seeds share a device); pass --devices {largest} or fewer"
+        )
+
+
+def select_devices(count: int | None, most: int | None = None) -> list:
+    """`count` devices (None: all, but at most `most`, the configs of the largest bucket)."""
     devices = jax.devices()
+    if count is None and most is not None:
+        count = min(len(devices), most)
     if count is not None and count > len(devices):
         hint = " (on CPU, --devices sets XLA_FLAGS before jax starts)" if devices[0].platform == "cpu" else ""
         raise SweepError(f"devices={count} asked for, but only {len(devices)} {devices[0].platform} device(s) exist{hint}")
@@ -328,6 +347,53 @@ def _compare_configs(folder: Path, config: SweepConfig) -> None:
             f"cannot resume {folder}: the config differs from the saved one ({shown}); "
             "repeat the original options, or use --overwrite"
         )
+
+
+def memory_estimate(config: SweepConfig, dataset: Dataset, devices: list, plan: list) -> memory.Estimate:
+    """jaxreg.memory's estimate for this run's buckets, data and batch capacities."""
+    settings = config.run_settings()
+    train, val = dataset.train, dataset.validation
+    capacity = max(
+        batching.train_capacity(train.x.lengths, seeds, config.epochs, config.batch_size)
+        for seeds in {b.seeds for b in plan}
+    )
+    data = memory.DataShape(
+        num_words=dataset.num_words,
+        n_train=len(train),
+        n_validation=len(val),
+        batch_size=config.batch_size,
+        eval_batch_size=settings.eval_batch_size,
+        train_capacity=capacity,
+        validation_capacity=batching.capacity(val.x.lengths, [np.arange(len(val))], settings.eval_batch_size),
+        index_bytes=2 if max(dataset.num_words, config.batch_size + 1) <= np.iinfo(np.int16).max else 4,
+    )
+    shapes = []
+    for b in plan:
+        product, sequential = V.bucket_execution(b, config.product, devices, config.variant_loop)
+        n_configs = len(V.sharded_configs(b, len(devices)))
+        shapes.append(memory.BucketShape(b.widths, len(b.seeds), n_configs, product, sequential, V.cpu_kernels_on(devices)))
+    return memory.estimate(shapes, data, config.epochs)
+
+
+def check_memory(config: SweepConfig, plan: list, estimate: memory.Estimate, available: int, where: str) -> None:
+    """SweepError naming what drives the estimate when it exceeds the available memory (0: unknown)."""
+    if not available or estimate.total <= available:
+        return
+    widest = max(plan, key=lambda b: sum(b.widths)).widths
+    models = f"{len(config.variants)} variant(s) x {config.seeds} seed(s)"
+    fixes = {
+        "state": f"the models' parameters and optimizer state (widths up to {widest}, {models}); "
+        "lower --seeds or the widths, or pick fewer --variants",
+        "batches": f"the training batches (batch_size={config.batch_size}, {config.seeds} seed(s)); "
+        "lower --batch-size or --seeds",
+        "activations": f"the activations of a batch (batch_size={config.batch_size}, widths up to {widest}, {models}); "
+        "lower --batch-size or --seeds",
+        "history": f"the per-epoch history (epochs={config.epochs}, {models}); lower --epochs or --seeds",
+    }
+    raise SweepError(
+        f"this run needs an estimated {memory.gigabytes(estimate.total)} but {where} has "
+        f"{memory.gigabytes(available)} free; most of it is {fixes[estimate.driver]}"
+    )
 
 
 # --- checkpoints -----------------------------------------------------------------------
@@ -573,10 +639,14 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
     state = _check_folder(folder, config, resume, overwrite)
     if state == "finished" and resume:
         return _reload_finished(folder, stream)
-    dataset = load_dataset(config)
-    devices = select_devices(config.devices)
     variants = config.variant_specs()
     plan = V.plan(variants)
+    check_device_count(config, plan)
+    dataset = load_dataset(config)
+    devices = select_devices(config.devices, max(len(b.configs) for b in plan))
+    estimate = memory_estimate(config, dataset, devices, plan)
+    available, where = memory.available_bytes(devices)
+    check_memory(config, plan, estimate, available, where)
     environment = _environment(config, dataset, devices, plan)
 
     snapshot = None
@@ -618,7 +688,8 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
     print(
         f"{config.name}: {len(config.variants)} variant(s) x {config.seeds} seed(s) = {len(variants)} models, "
         f"{config.epochs} epochs, batch {config.batch_size}, in {len(plan)} program(s) on "
-        f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}); output: {folder}"
+        f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}), "
+        f"est. {memory.gigabytes(estimate.total)} of {memory.gigabytes(available)} {where}; output: {folder}"
         + (f"; resuming after epoch {start}" if snapshot else ""),
         file=stream,
         flush=True,

@@ -33,6 +33,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxreg import batches as batching
 from jaxreg import optim
 from jaxreg.cpu_kernels import cpu_kernels_available
+from jaxreg.losses import LOSS_MODES
+from jaxreg.model import PRODUCTS as STEP_PRODUCTS
 from jaxreg.train import Hyperparameters, StepConfig, evaluate, fused_update_supports, init_state, train_epoch
 
 METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
@@ -40,6 +42,32 @@ METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_los
 
 class VariantError(ValueError):
     """An invalid variant specification; the message names the variant, field and value."""
+
+
+# Documented limits of the inputs. Numbers train in float32, so a value must be finite there
+# (1e39 is not); seeds must fit jax.random.key's and NumPy's seeding (0 <= seed < 2**32); a
+# width above MAX_WIDTH would need tens of GB for one layer; a history keeps every epoch.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_SEED = 2**32 - 1
+MAX_WIDTH = 2**16
+MAX_EPOCHS = 10**6
+MAX_BATCH_SIZE = int(np.iinfo(np.int32).max) - 1  # batch rows are int32 indices, with one dummy row
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _float32_finite(value) -> bool:
+    """Whether a real number stays finite when trained in float32 (ints beyond float64 included)."""
+    try:
+        return math.isfinite(value) and abs(float(value)) <= FLOAT32_MAX
+    except OverflowError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,33 +89,36 @@ class VariantSpec:
         def bad(field, why):
             raise VariantError(f"variant {self.name!r}: {field}={getattr(self, field)!r} {why}")
 
-        def is_number(value):
-            return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
         if not isinstance(self.name, str) or not self.name:
             raise VariantError(f"variant name must be a non-empty string, got {self.name!r}")
         if isinstance(self.widths, (str, bytes)) or not isinstance(self.widths, Iterable):
             bad("widths", "must be a sequence of integers")
-        if not all(isinstance(w, numbers.Integral) and not isinstance(w, (bool, np.bool_)) for w in self.widths):
+        widths = tuple(self.widths)
+        if not all(_is_int(w) for w in widths):
             bad("widths", "must be a sequence of integers")
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        if not self.widths or min(self.widths) < 1:
-            bad("widths", "must be one or more widths, each at least 1")
+        object.__setattr__(self, "widths", tuple(int(w) for w in widths))
+        if not self.widths or not all(1 <= w <= MAX_WIDTH for w in self.widths):
+            bad("widths", f"must be one or more widths, each from 1 to {MAX_WIDTH:,}")
         for field in ("l1", "l2", "weight_decay", "l1_proximal"):
             value = getattr(self, field)
-            if not is_number(value) or not math.isfinite(value) or value < 0:
-                bad(field, "must be a finite number >= 0")
+            if not _is_number(value) or not _float32_finite(value) or value < 0:
+                bad(field, f"must be a number >= 0 that is finite in float32 (at most {FLOAT32_MAX:.4g})")
             object.__setattr__(self, field, float(value))
-        if not is_number(self.dropout_rate) or not 0 <= self.dropout_rate < 1:
-            bad("dropout_rate", "must be a number in [0, 1)")
+        if not _is_number(self.dropout_rate) or not 0 <= self.dropout_rate < 1 or np.float32(self.dropout_rate) >= 1:
+            bad("dropout_rate", "must be a number in [0, 1) (also after rounding to float32)")
         object.__setattr__(self, "dropout_rate", float(self.dropout_rate))
-        if not is_number(self.learning_rate) or not math.isfinite(self.learning_rate) or not self.learning_rate > 0:
-            bad("learning_rate", "must be a finite number > 0")
+        if (
+            not _is_number(self.learning_rate)
+            or not _float32_finite(self.learning_rate)
+            or not self.learning_rate > 0
+            or not np.float32(self.learning_rate) > 0
+        ):
+            bad("learning_rate", f"must be a number > 0 that is finite and nonzero in float32 (at most {FLOAT32_MAX:.4g})")
         object.__setattr__(self, "learning_rate", float(self.learning_rate))
-        if self.optimizer not in optim.RMSPROP_MODES:
+        if not isinstance(self.optimizer, str) or self.optimizer not in optim.RMSPROP_MODES:
             bad("optimizer", f"must be one of {optim.RMSPROP_MODES}")
-        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, (bool, np.bool_)) or self.seed < 0:
-            bad("seed", "must be an integer >= 0")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            bad("seed", f"must be an integer from 0 to 2**32-1={MAX_SEED}")
         object.__setattr__(self, "seed", int(self.seed))
 
     @classmethod
@@ -275,11 +306,15 @@ class RunSettings:
     variant_loop: str = "auto"  # see sequential_on
 
     def __post_init__(self):
-        for field in ("epochs", "batch_size", "eval_batch_size"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
-                raise ValueError(f"RunSettings.{field} must be a positive integer, got {getattr(self, field)!r}")
-        if self.variant_loop not in VARIANT_LOOPS:
-            raise ValueError(f"RunSettings.variant_loop must be one of {VARIANT_LOOPS}, got {self.variant_loop!r}")
+        limits = {"epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE, "eval_batch_size": MAX_BATCH_SIZE}
+        for field, most in limits.items():
+            value = getattr(self, field)
+            if not _is_int(value) or not 1 <= value <= most:
+                raise ValueError(f"RunSettings.{field} must be an integer from 1 to {most:,}, got {value!r}")
+        choices = {"loss": LOSS_MODES, "product": ("auto",) + STEP_PRODUCTS, "variant_loop": VARIANT_LOOPS}
+        for field, allowed in choices.items():
+            if not isinstance(getattr(self, field), str) or getattr(self, field) not in allowed:
+                raise ValueError(f"RunSettings.{field} must be one of {allowed}, got {getattr(self, field)!r}")
 
 
 def variant_mesh(devices=None) -> jax.sharding.Mesh:
@@ -358,8 +393,7 @@ class BucketProgram:
         product, self.sequential = bucket_execution(bucket, settings.product, devices, settings.variant_loop)
         self.config = bucket.step_config(settings.loss, product, cpu_kernels_on(devices))
         train = dataset.train
-        orders = [batching.epoch_order(s, e, len(train)) for s in bucket.seeds for e in range(settings.epochs)]
-        self.capacity = batching.capacity(train.x.lengths, orders, settings.batch_size)
+        self.capacity = batching.train_capacity(train.x.lengths, bucket.seeds, settings.epochs, settings.batch_size)
         val = dataset.validation
         val_order = np.arange(len(val))
         val_cap = batching.capacity(val.x.lengths, [val_order], settings.eval_batch_size)
