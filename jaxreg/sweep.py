@@ -519,7 +519,14 @@ def run_sweep(
 
     try:
         if state in ("unfinished", "finished") and overwrite:
-            shutil.rmtree(folder)
+            # status.json first, config.json last: interrupted, it is still an unfinished run folder
+            order = {results.STATUS_FILE: 0, results.CONFIG_FILE: 2}
+            for path in sorted(folder.iterdir(), key=lambda p: order.get(p.name, 1)):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            folder.rmdir()
         for stale in folder.glob(".*.tmp") if state == "unfinished" else ():
             stale.unlink()  # left by a process killed while writing
         folder.mkdir(parents=True, exist_ok=True)
