@@ -102,8 +102,11 @@ class Interrupts:
     install() is for the whole command-line process, before jax is imported. The first signal
     raises KeyboardInterrupt in the main thread and is remembered for the exit status; later
     ones are ignored, so that writing status.json and the messages cannot be cut short (a
-    hung process still ends with SIGKILL). A signal ignored on entry (SIGINT of a background
-    job) stays ignored. Without install() (main() called in-process) Python's defaults apply.
+    hung process still ends with SIGKILL). Should the interrupt land in a __del__ or another
+    callback, Python drops it ("Exception ignored", via sys.unraisablehook): then the next
+    signal interrupts again, and one line asks for it instead of the traceback. A signal
+    ignored on entry (SIGINT of a background job) stays ignored. Without install() (main()
+    called in-process) Python's defaults apply.
     """
 
     def __init__(self):
@@ -113,12 +116,20 @@ class Interrupts:
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 signal.signal(signum, self._handle)
+        sys.unraisablehook = self._unraisable
         return self
 
     def _handle(self, signum, frame):
         if self.received is None:
             self.received = signum
             raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _unraisable(self, unraisable) -> None:
+        if self.received is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            name, self.received = signal.Signals(self.received).name, None
+            print(f"\nsweep.py: {name} came during cleanup code and was lost ({unraisable.object!r}); send it again", file=sys.stderr)
+        else:
+            sys.__unraisablehook__(unraisable)
 
     def exit_status(self) -> int:
         return EXIT_TERMINATED if self.received == signal.SIGTERM else EXIT_INTERRUPTED
