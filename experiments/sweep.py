@@ -5,7 +5,8 @@ jaxreg.sweep.run_sweep. Exit status: 0 done, 2 bad input (one line on stderr, no
 written), 3 some variant diverged, 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM
 (both at any moment: the run folder, if any, is left "interrupted" and continues with --resume).
 jax is imported only after parsing, so that --devices can set XLA_FLAGS first; the signal
-handlers are installed before that, so an interrupt during the imports is orderly too.
+handlers are installed before that, and a signal during the imports waits until they are
+done (jaxlib segfaults when interrupted while its extension module initializes).
 An interrupted process ends with os._exit once its messages are flushed: XLA's compiler
 threads may still be running, and the interpreter's normal teardown can crash in them.
 """
@@ -196,8 +197,14 @@ def _main(argv: list) -> int:
     if args.devices is not None and args.devices >= 1:
         _force_host_devices(args.devices)
 
-    from jaxreg.sweep import SweepError, SweepInterrupted, run_sweep
-    from jaxreg.variants import VariantError
+    # A signal handled while jaxlib's extension module initializes crashes it (segfault), so
+    # SIGINT and SIGTERM wait, blocked, until the imports are done (a second or two).
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        from jaxreg.sweep import SweepError, SweepInterrupted, run_sweep
+        from jaxreg.variants import VariantError
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
     try:
         config = build_config(args)
