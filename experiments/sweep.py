@@ -3,7 +3,7 @@
 Parses flags, builds the preset's SweepConfig with the overrides and calls
 jaxreg.sweep.run_sweep. Exit status: 0 done, 2 bad input (one line on stderr, nothing
 written), 3 some variant diverged, 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM
-(both at any moment: the run folder, if any, is left "interrupted" and continues with --resume).
+(both at any moment: a run folder this run has written is left "interrupted", for --resume).
 jax is imported only after parsing, so that --devices can set XLA_FLAGS first; the signal
 handlers are installed before that, and a signal during the imports waits until they are
 done (jaxlib segfaults when interrupted while its extension module initializes).
