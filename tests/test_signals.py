@@ -143,7 +143,8 @@ def test_sigint_while_compiling_repeatedly_then_resume(reference, cached_env, tm
     """The first epoch's compilation, five times (an XLA compiler thread used to segfault the exit).
 
     No compilation cache, so that XLA really compiles; signals at 10% to 80% of the reference
-    run's compile time (the segfault came in its second half); a second signal follows the first.
+    run's compile time (the segfault came in its second half), or as soon as an epoch is done
+    should this one compile faster; a second signal follows the first.
     """
     history, compiling = reference
     out = tmp_path / "run"
@@ -151,7 +152,8 @@ def test_sigint_while_compiling_repeatedly_then_resume(reference, cached_env, tm
     for attempt in range(5):
         proc = _start(out, env, *(["--resume"] if attempt else []))
         _wait(proc, lambda: _status(out).get("state") == "running")  # written right before compiling
-        time.sleep(compiling * (0.1 + 0.175 * attempt))
+        start, moment = _status(out)["epochs_done"], time.monotonic() + compiling * (0.1 + 0.175 * attempt)
+        _wait(proc, lambda: time.monotonic() >= moment or _status(out).get("epochs_done", 0) > start)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)  # while the first is handled: ignored
