@@ -3,19 +3,27 @@
 Parses flags, builds the preset's SweepConfig with the overrides and calls
 jaxreg.sweep.run_sweep. Exit status: 0 done, 2 bad input (one line on stderr, nothing
 written), 3 some variant diverged (a NaN or infinite metric, or a loss above
---divergence-threshold), 130 interrupted (Ctrl-C; resume with --resume).
-jax is imported only after parsing, so that --devices can set XLA_FLAGS first.
+--divergence-threshold), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM
+(both at any moment: a run folder this run has written is left "interrupted", for --resume).
+jax is imported only after parsing, so that --devices can set XLA_FLAGS first; the signal
+handlers are installed before that, and a signal during the imports waits until they are
+done (jaxlib segfaults when interrupted while its extension module initializes).
+An interrupted process ends with os._exit once its messages are flushed: XLA's compiler
+threads may still be running, and the interpreter's normal teardown can crash in them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
+import signal
 import sys
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: as a shell reports them
 PRESET_NAMES = ("book", "capacity", "l2-grid", "dropout-grid")
 
 
@@ -30,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train a whole overfitting/underfitting study (every variant x seed in one vmapped program) "
         "into a run folder: config.json, history.jsonl/.csv, summary.md/.csv, figures/*.png, checkpoint.msgpack.",
         epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf, or a loss above "
-        "--divergence-threshold), 130 interrupted.",
+        "--divergence-threshold), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; an interrupted run "
+        "continues with --resume.",
     )
     p.add_argument(
         "--preset",
@@ -99,6 +108,48 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class Interrupts:
+    """SIGINT (Ctrl-C) and SIGTERM both as KeyboardInterrupt, so that both take run_sweep's orderly path.
+
+    install() is for the whole command-line process, before jax is imported. The first signal
+    raises KeyboardInterrupt in the main thread and is remembered for the exit status; later
+    ones are ignored, so that writing status.json and the messages cannot be cut short (a
+    hung process still ends with SIGKILL). Should the interrupt land in a __del__ or another
+    callback, Python drops it ("Exception ignored", via sys.unraisablehook): then the next
+    signal interrupts again, and one line asks for it instead of the traceback. A signal
+    ignored on entry (SIGINT of a background job) stays ignored. Without install() (main()
+    called in-process) Python's defaults apply.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def install(self) -> "Interrupts":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, self._handle)
+        sys.unraisablehook = self._unraisable
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is None:
+            self.received = signum
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _unraisable(self, unraisable) -> None:
+        if self.received is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            name, self.received = signal.Signals(self.received).name, None
+            print(f"\nsweep.py: {name} came during cleanup code and was lost ({unraisable.object!r}); send it again", file=sys.stderr)
+        else:
+            sys.__unraisablehook__(unraisable)
+
+    def exit_status(self) -> int:
+        return EXIT_TERMINATED if self.received == signal.SIGTERM else EXIT_INTERRUPTED
+
+
+INTERRUPTS = Interrupts()
+
+
 def _force_host_devices(n: int) -> None:
     """Ask XLA for n CPU devices; must happen before jax initializes its backends."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
@@ -143,12 +194,29 @@ def _resume_hint(argv) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before run_sweep took charge of a run folder, or after it returned
+        print(
+            f"\n{_signal_prefix()}interrupted; to continue from the last checkpoint, if any: {_resume_hint(argv)}",
+            file=sys.stderr,
+        )
+        return INTERRUPTS.exit_status()
+
+
+def _main(argv: list) -> int:
     args = parse_args(argv)
     if args.devices is not None and args.devices >= 1:
         _force_host_devices(args.devices)
 
-    from jaxreg.sweep import SweepError, SweepInterrupted, run_sweep
-    from jaxreg.variants import VariantError
+    # A signal handled while jaxlib's extension module initializes crashes it (segfault), so
+    # SIGINT and SIGTERM wait, blocked, until the imports are done (a second or two).
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        from jaxreg.sweep import SweepError, SweepInterrupted, run_sweep
+        from jaxreg.variants import VariantError
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
     try:
         config = build_config(args)
@@ -163,15 +231,12 @@ def main(argv=None) -> int:
             checkpoint_every=args.checkpoint_every,
         )
     except SweepInterrupted as e:
-        print(f"\n{e}", file=sys.stderr)
+        print(f"\n{_signal_prefix()}{e}", file=sys.stderr)
         print(f"resume with: {_resume_hint(argv)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return INTERRUPTS.exit_status()
     except (SweepError, VariantError) as e:
         print(f"sweep.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; to continue from the last checkpoint, if any: {_resume_hint(argv)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     if result.diverged:
         which = ", ".join(f"{name} (seed {seed}, epoch {epoch})" for name, seed, epoch in result.diverged)
         why = f"NaN, infinite or a loss above {config.divergence_threshold:g}"
@@ -180,5 +245,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def _signal_prefix() -> str:
+    return "SIGTERM: " if INTERRUPTS.received == signal.SIGTERM else ""
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    INTERRUPTS.install()
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # e.g. a closed pipe
+            stream.flush()
+    if status in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        os._exit(status)  # skip the teardown: it can segfault in XLA compiler threads still running
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late signal must not interrupt the exit
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(status)

@@ -63,7 +63,7 @@ class SweepError(Exception):
 
 
 class SweepInterrupted(SweepError):
-    """Ctrl-C during training; the run folder holds a checkpoint after `epochs_done` epochs."""
+    """Ctrl-C (KeyboardInterrupt) once the run folder was written; it holds a checkpoint after `epochs_done` epochs."""
 
     def __init__(self, folder: Path, epochs_done: int, epochs: int):
         self.folder, self.epochs_done, self.epochs = folder, epochs_done, epochs
@@ -673,7 +673,8 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
 
     try:
         if state in ("unfinished", "finished") and overwrite:
-            runfolder.remove_recorded(folder)  # only jaxreg's files; the user's stay
+            (folder / results.STATUS_FILE).unlink(missing_ok=True)  # interrupted now: an unfinished run folder
+            runfolder.remove_recorded(folder)  # only jaxreg's files (the manifest last); the user's stay
         elif state == "unfinished":
             runfolder.remove_temporaries(folder)  # left by a process killed while writing
         folder.mkdir(parents=True, exist_ok=True)
@@ -684,23 +685,10 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
         raise SweepError(f"cannot write the output folder {folder}: {e.strerror or e}") from e
 
     start = snapshot.epochs_done if snapshot else 0
-    print(dataset.describe(), file=stream)
-    print(
-        f"{config.name}: {len(config.variants)} variant(s) x {config.seeds} seed(s) = {len(variants)} models, "
-        f"{config.epochs} epochs, batch {config.batch_size}, in {len(plan)} program(s) on "
-        f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}), "
-        f"est. {memory.gigabytes(estimate.total)} of {memory.gigabytes(available)} {where}; output: {folder}"
-        + (f"; resuming after epoch {start}" if snapshot else ""),
-        file=stream,
-        flush=True,
-    )
+    done, bar = start, None
 
     def write_status(name: str, epochs_done: int) -> None:
         results.write_json(folder / results.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": config.epochs})
-
-    write_status("running", start)
-    bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
-    done = start
 
     def on_epoch(epoch, row, take_snapshot):
         nonlocal done
@@ -710,8 +698,22 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
             write_status("running", done)
         bar.epoch_done(epoch, row)
 
-    t0 = time.perf_counter()
+    # From here on the folder is this run's: an interrupt at any moment, compiling, training or
+    # writing the results, leaves it "interrupted" (unless already "finished") and resumable.
     try:
+        print(dataset.describe(), file=stream)
+        print(
+            f"{config.name}: {len(config.variants)} variant(s) x {config.seeds} seed(s) = {len(variants)} models, "
+            f"{config.epochs} epochs, batch {config.batch_size}, in {len(plan)} program(s) on "
+            f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}), "
+            f"est. {memory.gigabytes(estimate.total)} of {memory.gigabytes(available)} {where}; output: {folder}"
+            + (f"; resuming after epoch {start}" if snapshot else ""),
+            file=stream,
+            flush=True,
+        )
+        write_status("running", start)
+        bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
+        t0 = time.perf_counter()
         history = V.run(
             variants,
             dataset,
@@ -720,9 +722,11 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
             on_epoch=on_epoch,
             resume=snapshot,
         )
-    except KeyboardInterrupt:
         bar.close()
-        write_status("interrupted", done)
+        return _finish(folder, config, history, figures, time.perf_counter() - t0, start, stream)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        if folder_state(folder) != "finished":
+            write_status("interrupted", done)
         raise SweepInterrupted(folder, done, config.epochs) from None
-    bar.close()
-    return _finish(folder, config, history, figures, time.perf_counter() - t0, start, stream)
