@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import filelock
 
+from jaxreg import results
+from jaxreg.config import LOCAL_FIELDS, SweepConfig, SweepError
 from jaxreg.results import read_json, write_json
 
+CHECKPOINT_FILE = "checkpoint.msgpack"  # its format: jaxreg.checkpoint
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 CHECKSUM_HEADER = b"jaxreg-sha256 "
@@ -169,3 +173,113 @@ def verified(data: bytes) -> bytes:
         raise ChecksumMismatch("checksum mismatch")
     return payload
 
+
+# --- checks before a run uses a folder --------------------------------------------------
+
+
+def folder_state(folder: Path) -> str:
+    """"new" (absent or empty), "foreign" (something else), "legacy" (an older jaxreg's run, no
+    manifest), "unfinished" or "finished" run folder."""
+    if not folder.exists():
+        return "new"
+    if not folder.is_dir():
+        return "foreign"
+    if not (folder / MANIFEST_FILE).is_file():
+        if (folder / results.CONFIG_FILE).is_file():
+            return "legacy"
+        return "new" if not any(folder.iterdir()) else "foreign"
+    status = folder / results.STATUS_FILE
+    try:
+        finished = status.is_file() and read_json(status).get("state") == "finished"
+    except (OSError, ValueError):
+        finished = False
+    return "finished" if finished else "unfinished"
+
+
+def check_writable(folder: Path) -> None:
+    """SweepError unless the folder, or the nearest existing folder above it, is a writable folder."""
+    parent = folder
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SweepError(f"cannot create the output folder {folder}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SweepError(f"cannot write the output folder {folder}: no write permission on {parent}")
+
+
+def check_folder(folder: Path, config: SweepConfig, resume: bool, overwrite: bool) -> str:
+    """The folder's state (see folder_state), or SweepError when the run may not use it as asked."""
+    if resume and overwrite:
+        raise SweepError("--resume and --overwrite contradict each other: pass one of them")
+    state = folder_state(folder)
+    if state == "foreign":
+        raise SweepError(
+            f"{folder} exists and is not a jaxreg run folder (no {MANIFEST_FILE}); choose another --out"
+        )
+    if state == "legacy":
+        raise SweepError(
+            f"{folder} holds a run of an older jaxreg (no {MANIFEST_FILE}), which this version neither resumes "
+            "nor overwrites; choose another --out (jaxreg.results.load_run still reads it)"
+        )
+    if state == "finished" and not (resume or overwrite):
+        raise SweepError(f"{folder} holds a finished run; pass --overwrite to replace it, or choose another --out")
+    if state == "unfinished" and not (resume or overwrite):
+        raise SweepError(
+            f"{folder} holds an unfinished run ({done_text(folder)}); pass --resume to continue it or --overwrite to restart it"
+        )
+    if state in ("unfinished", "finished") and resume:
+        compare_configs(folder, config)
+    if state == "unfinished" and resume and not (folder / CHECKPOINT_FILE).is_file():
+        done = epochs_done(folder)
+        if done:
+            raise SweepError(
+                f"cannot resume {folder}: {results.STATUS_FILE} says {done} epoch(s) done but "
+                f"{CHECKPOINT_FILE} is missing; use --overwrite to start again"
+            )
+    if state in ("unfinished", "finished"):
+        try:
+            recorded(folder)  # overwrite deletes what it lists, resume cleans up after it
+        except ValueError as e:
+            action = "overwrite" if overwrite else "resume"
+            raise SweepError(f"cannot {action} {folder}: {e}; delete the folder yourself or choose another --out") from e
+    return state
+
+
+def epochs_done(folder: Path) -> int:
+    """status.json's epochs_done; 0 without one (a run killed before its first status)."""
+    path = folder / results.STATUS_FILE
+    if not path.is_file():
+        return 0
+    try:
+        return int(read_json(path).get("epochs_done", 0))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise SweepError(f"cannot resume {folder}: unreadable {path} ({e}); use --overwrite to start again") from e
+
+
+def done_text(folder: Path) -> str:
+    """'N/M epochs done', from status.json."""
+    try:
+        status = read_json(folder / results.STATUS_FILE)
+        return f"{status.get('epochs_done', 0)}/{status.get('epochs', '?')} epochs done"
+    except (OSError, ValueError):
+        return "no epoch done"
+
+
+def compare_configs(folder: Path, config: SweepConfig) -> None:
+    """SweepError listing the differences when `config` is not the one the folder's run was started with."""
+    try:
+        saved = read_json(folder / results.CONFIG_FILE)["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SweepError(f"cannot resume {folder}: unreadable {results.CONFIG_FILE} ({e}); use --overwrite") from e
+    now = config.to_dict()
+    differences = [
+        f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
+        for k in sorted(set(saved) | set(now))
+        if k not in LOCAL_FIELDS and saved.get(k) != now.get(k)
+    ]
+    if differences:
+        shown = "; ".join(d if len(d) < 160 else d[:157] + "..." for d in differences)
+        raise SweepError(
+            f"cannot resume {folder}: the config differs from the saved one ({shown}); "
+            "repeat the original options, or use --overwrite"
+        )

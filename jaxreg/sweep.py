@@ -1,8 +1,9 @@
-"""The whole study in one call: a validated `SweepConfig` and `run_sweep`, resumable and checkpointed.
+"""The whole study in one call: `run_sweep(config, out)`, resumable and checkpointed.
 
 `run_sweep(config, out)` validates everything (config, output folder, data, devices) before
 it writes anything, then trains every variant x seed in one `variants.run` and fills the run
-folder (file formats in `jaxreg.results`):
+folder (the config: `jaxreg.config`; the folder's bookkeeping and checks: `jaxreg.runfolder`;
+the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
 
   manifest.json        every file jaxreg wrote into the folder (see `jaxreg.runfolder`)
   config.json          the resolved config, variant list, plan, versions, devices, data
@@ -21,18 +22,14 @@ holds the folder's lock (`runfolder.exclusive`) from checking the folder to its 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import numbers
 import os
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
 
 import flax
-import flax.serialization
 import jax
 import numpy as np
 import optax
@@ -40,26 +37,14 @@ from tqdm.auto import tqdm
 
 import jaxreg
 from jaxreg import batches as batching
-from jaxreg import losses, machine, memory, results, runfolder
+from jaxreg import machine, memory, results, runfolder
 from jaxreg import variants as V
+from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
-from jaxreg.train import init_state
+from jaxreg.runfolder import folder_state  # noqa: F401
 
-PRODUCTS = ("auto", "sparse", "dense")
-VALIDATIONS = ("test", "holdout")
-AXES = ("width", "l1", "l2", "dropout_rate", "learning_rate", "weight_decay")
-CHECKPOINT_FILE = "checkpoint.msgpack"
-CHECKPOINT_FORMAT = 2  # 2: behind a checksum header; 1 (no checksum) is refused
 SYNTHETIC = dict(n_train=2000, n_validation=1000, num_words=1000)
-# Largest accepted values: a history keeps every epoch; seeds and devices multiply the models;
-# batch rows are int32 indices. Whether a run fits in memory is estimated later (jaxreg.memory).
-MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, holdout_size=2**31 - 1, devices=4096)
-# Fields that select the data file rather than the experiment; on resume the data checksum is compared instead.
-_LOCAL_FIELDS = ("data",)
-
-
-class SweepError(Exception):
-    """A user-facing problem with a sweep's config, data, devices or output folder; one line."""
 
 
 class SweepInterrupted(SweepError):
@@ -72,125 +57,6 @@ class SweepInterrupted(SweepError):
         else:
             message = f"interrupted during the first epoch; no checkpoint yet in {folder} (resuming starts at epoch 1)"
         super().__init__(message)
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepConfig:
-    """One study: the variants and everything that decides their results. Validated on construction.
-
-    variants: base specs (seed 0); every one is trained with seeds 0..seeds-1 in one program.
-    axis: the VariantSpec field the sweep varies ("width" = first hidden width), for figures
-    against it; None for a set of named models (the book). data: archive or folder path
-    (None: env JAXREG_DATA); synthetic: offline demo data instead (validation "test").
-    devices: how many devices to shard the variants over (None: all).
-    divergence_threshold: a variant has diverged from the first epoch where a loss exceeds
-    this in size, or any metric is NaN or infinite (see `jaxreg.results`).
-    """
-
-    name: str
-    variants: tuple[V.VariantSpec, ...]
-    description: str = ""
-    epochs: int = 20
-    seeds: int = 1
-    batch_size: int = 512
-    loss: str = "keras"
-    product: str = "auto"
-    variant_loop: str = "auto"
-    validation: str = "test"
-    holdout_size: int = 10_000
-    data: str | None = None
-    synthetic: bool = False
-    devices: int | None = None
-    axis: str | None = None
-    divergence_threshold: float = results.DIVERGENCE_THRESHOLD
-
-    def __post_init__(self):
-        def bad(field, why):
-            raise SweepError(f"config {self.name!r}: {field}={getattr(self, field)!r} {why}")
-
-        def positive_int(field):
-            value = getattr(self, field)
-            if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
-                bad(field, "must be an integer >= 1")
-            object.__setattr__(self, field, int(value))  # NumPy ints too, as plain JSON-ready ints
-
-        if not isinstance(self.name, str) or not self.name:
-            raise SweepError(f"config name must be a non-empty string, got {self.name!r}")
-        object.__setattr__(self, "variants", tuple(self.variants))
-        if not self.variants or not all(isinstance(v, V.VariantSpec) for v in self.variants):
-            bad("variants", "must be a non-empty sequence of VariantSpec")
-        names = [v.name for v in self.variants]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            bad("variants", f"has duplicate names {duplicates}")
-        if any("," in n for n in names):
-            bad("variants", "names must not contain commas (--variants splits on them)")
-        if any(v.seed != 0 for v in self.variants):
-            bad("variants", "must have seed 0 (set seeds instead)")
-        for field in ("epochs", "seeds", "batch_size", "holdout_size") + (("devices",) if self.devices is not None else ()):
-            positive_int(field)
-            if getattr(self, field) > MAXIMA[field]:
-                bad(field, f"is above the maximum {MAXIMA[field]:,}")
-        if self.loss not in losses.LOSS_MODES:
-            bad("loss", f"must be one of {losses.LOSS_MODES}")
-        if self.product not in PRODUCTS:
-            bad("product", f"must be one of {PRODUCTS}")
-        if self.variant_loop not in V.VARIANT_LOOPS:
-            bad("variant_loop", f"must be one of {V.VARIANT_LOOPS}")
-        if self.validation not in VALIDATIONS:
-            bad("validation", f"must be one of {VALIDATIONS}")
-        if self.axis is not None and self.axis not in AXES:
-            bad("axis", f"must be None or one of {AXES}")
-        if not isinstance(self.synthetic, bool):
-            bad("synthetic", "must be True or False")
-        if self.synthetic and self.data is not None:
-            bad("data", "cannot be combined with synthetic=True (choose one)")
-        if self.synthetic and self.validation != "test":
-            bad("validation", "must be 'test' with synthetic data (it has its own validation split)")
-        if self.data is not None and (not isinstance(self.data, str) or not self.data):
-            bad("data", "must be a path or None")
-        threshold = self.divergence_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < math.inf:
-            bad("divergence_threshold", "must be a finite number > 0")
-        object.__setattr__(self, "divergence_threshold", float(threshold))
-
-    def replace(self, **changes) -> "SweepConfig":
-        """A copy with some fields changed (validated again); unknown fields are an error."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise SweepError(f"config {self.name!r}: unknown field(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(self, **changes)
-
-    def select(self, names: Sequence[str]) -> "SweepConfig":
-        """Only the named variants, in the config's order."""
-        known = [v.name for v in self.variants]
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise SweepError(f"unknown variant(s) {', '.join(unknown)} in preset {self.name!r}; known: {', '.join(known)}")
-        return self.replace(variants=tuple(v for v in self.variants if v.name in names))
-
-    def variant_specs(self) -> list[V.VariantSpec]:
-        return V.with_seeds(self.variants, range(self.seeds))
-
-    def run_settings(self) -> V.RunSettings:
-        return V.RunSettings(
-            epochs=self.epochs, batch_size=self.batch_size, loss=self.loss, product=self.product, variant_loop=self.variant_loop
-        )
-
-    def axis_values(self) -> dict[str, float]:
-        """{variant name: the value of `axis`}; empty without an axis."""
-        if self.axis is None:
-            return {}
-        if self.axis == "width":
-            return {v.name: float(v.widths[0]) for v in self.variants}
-        return {v.name: float(getattr(v, self.axis)) for v in self.variants}
-
-    def to_dict(self) -> dict:
-        """JSON-ready: every field, variants as dicts."""
-        d = dataclasses.asdict(self)
-        d["variants"] = [dataclasses.asdict(v) for v in self.variants]
-        return json.loads(json.dumps(d))
 
 
 @dataclasses.dataclass
@@ -245,110 +111,6 @@ def select_devices(count: int | None, most: int | None = None) -> list:
     return devices[: count or len(devices)]
 
 
-def folder_state(folder: Path) -> str:
-    """"new" (absent or empty), "foreign" (something else), "legacy" (an older jaxreg's run, no
-    manifest), "unfinished" or "finished" run folder."""
-    if not folder.exists():
-        return "new"
-    if not folder.is_dir():
-        return "foreign"
-    if not (folder / runfolder.MANIFEST_FILE).is_file():
-        if (folder / results.CONFIG_FILE).is_file():
-            return "legacy"
-        return "new" if not any(folder.iterdir()) else "foreign"
-    status = folder / results.STATUS_FILE
-    try:
-        finished = status.is_file() and results.read_json(status).get("state") == "finished"
-    except (OSError, ValueError):
-        finished = False
-    return "finished" if finished else "unfinished"
-
-
-def _check_writable(folder: Path) -> None:
-    parent = folder
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise SweepError(f"cannot create the output folder {folder}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SweepError(f"cannot write the output folder {folder}: no write permission on {parent}")
-
-
-def _check_folder(folder: Path, config: SweepConfig, resume: bool, overwrite: bool) -> str:
-    if resume and overwrite:
-        raise SweepError("--resume and --overwrite contradict each other: pass one of them")
-    state = folder_state(folder)
-    if state == "foreign":
-        raise SweepError(
-            f"{folder} exists and is not a jaxreg run folder (no {runfolder.MANIFEST_FILE}); choose another --out"
-        )
-    if state == "legacy":
-        raise SweepError(
-            f"{folder} holds a run of an older jaxreg (no {runfolder.MANIFEST_FILE}), which this version neither resumes "
-            "nor overwrites; choose another --out (jaxreg.results.load_run still reads it)"
-        )
-    if state == "finished" and not (resume or overwrite):
-        raise SweepError(f"{folder} holds a finished run; pass --overwrite to replace it, or choose another --out")
-    if state == "unfinished" and not (resume or overwrite):
-        raise SweepError(
-            f"{folder} holds an unfinished run ({_done_text(folder)}); pass --resume to continue it or --overwrite to restart it"
-        )
-    if state in ("unfinished", "finished") and resume:
-        _compare_configs(folder, config)
-    if state == "unfinished" and resume and not (folder / CHECKPOINT_FILE).is_file():
-        done = _epochs_done(folder)
-        if done:
-            raise SweepError(
-                f"cannot resume {folder}: {results.STATUS_FILE} says {done} epoch(s) done but "
-                f"{CHECKPOINT_FILE} is missing; use --overwrite to start again"
-            )
-    if state in ("unfinished", "finished"):
-        try:
-            runfolder.recorded(folder)  # overwrite deletes what it lists, resume cleans up after it
-        except ValueError as e:
-            action = "overwrite" if overwrite else "resume"
-            raise SweepError(f"cannot {action} {folder}: {e}; delete the folder yourself or choose another --out") from e
-    return state
-
-
-def _epochs_done(folder: Path) -> int:
-    """status.json's epochs_done; 0 without one (a run killed before its first status)."""
-    path = folder / results.STATUS_FILE
-    if not path.is_file():
-        return 0
-    try:
-        return int(results.read_json(path).get("epochs_done", 0))
-    except (OSError, ValueError, TypeError, AttributeError) as e:
-        raise SweepError(f"cannot resume {folder}: unreadable {path} ({e}); use --overwrite to start again") from e
-
-
-def _done_text(folder: Path) -> str:
-    try:
-        status = results.read_json(folder / results.STATUS_FILE)
-        return f"{status.get('epochs_done', 0)}/{status.get('epochs', '?')} epochs done"
-    except (OSError, ValueError):
-        return "no epoch done"
-
-
-def _compare_configs(folder: Path, config: SweepConfig) -> None:
-    try:
-        saved = results.read_json(folder / results.CONFIG_FILE)["config"]
-    except (OSError, ValueError, KeyError) as e:
-        raise SweepError(f"cannot resume {folder}: unreadable {results.CONFIG_FILE} ({e}); use --overwrite") from e
-    now = config.to_dict()
-    differences = [
-        f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
-        for k in sorted(set(saved) | set(now))
-        if k not in _LOCAL_FIELDS and saved.get(k) != now.get(k)
-    ]
-    if differences:
-        shown = "; ".join(d if len(d) < 160 else d[:157] + "..." for d in differences)
-        raise SweepError(
-            f"cannot resume {folder}: the config differs from the saved one ({shown}); "
-            "repeat the original options, or use --overwrite"
-        )
-
-
 def memory_estimate(config: SweepConfig, dataset: Dataset, devices: list, plan: list) -> memory.Estimate:
     """jaxreg.memory's estimate for this run's buckets, data and batch capacities."""
     settings = config.run_settings()
@@ -394,73 +156,6 @@ def check_memory(config: SweepConfig, plan: list, estimate: memory.Estimate, ava
         f"this run needs an estimated {memory.gigabytes(estimate.total)} but {where} has "
         f"{memory.gigabytes(available)} free; most of it is {fixes[estimate.driver]}"
     )
-
-
-# --- checkpoints -----------------------------------------------------------------------
-
-
-def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
-    """Atomically write the snapshot: states via flax msgpack, history as JSON text, behind a checksum."""
-    history = [{"name": n, "seed": s, "metrics": m} for (n, s), m in snapshot.history.items()]
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "epochs_done": snapshot.epochs_done,
-        "history": json.dumps(history),
-        "plan": json.dumps(getattr(snapshot, "plan", None)),  # bucket layout, checked by variants.run on resume
-        "states": {str(i): flax.serialization.to_state_dict(s) for i, s in enumerate(snapshot.states)},
-    }
-    sealed = runfolder.with_checksum(flax.serialization.msgpack_serialize(payload))
-    return results.atomic_write(folder / CHECKPOINT_FILE, sealed)
-
-
-def _state_targets(config: SweepConfig, num_words: int, n_devices: int) -> list:
-    """Per bucket: (abstract TrainState of one variant, leading axes [seeds, padded configs]) as variants.run builds it."""
-    targets = []
-    for bucket in V.plan(config.variant_specs()):
-        step_config = bucket.step_config(config.loss, V.choose_product(bucket, config.product))  # shapes only
-        one = jax.eval_shape(lambda c=step_config, w=bucket.widths: init_state(jax.random.key(0), c, num_words, w)[0])
-        targets.append((one, (len(bucket.seeds), len(V.sharded_configs(bucket, n_devices)))))
-    return targets
-
-
-def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, n_devices: int) -> V.RunSnapshot:
-    """Read a checkpoint back into a RunSnapshot, checking its checksum and its structure against a fresh run's."""
-    path = folder / CHECKPOINT_FILE
-    try:
-        payload = runfolder.verified(path.read_bytes())
-    except runfolder.ChecksumMismatch as e:
-        raise SweepError(f"checkpoint {path} is corrupt (checksum mismatch); use --overwrite to start again") from e
-    except runfolder.NoChecksum as e:
-        raise SweepError(
-            f"checkpoint {path} has no checksum (an older jaxreg's format, or damaged); use --overwrite to start again"
-        ) from e
-    except OSError as e:
-        raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
-    try:
-        saved = flax.serialization.msgpack_restore(payload)
-        if saved.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-        states = []
-        targets = _state_targets(config, num_words, n_devices)
-        if len(saved["states"]) != len(targets):
-            raise ValueError(f"{len(saved['states'])} buckets saved, this sweep has {len(targets)}")
-        for i, (target, lead) in enumerate(targets):
-            state = flax.serialization.from_state_dict(target, saved["states"][str(i)])
-            for want, got in zip(jax.tree.leaves(target), jax.tree.leaves(state)):
-                if tuple(got.shape) != lead + tuple(want.shape) or got.dtype != want.dtype:
-                    raise ValueError(f"bucket {i}: saved array {got.shape} {got.dtype}, expected {lead + want.shape} {want.dtype}")
-            states.append(state)
-        history = {(h["name"], h["seed"]): h["metrics"] for h in json.loads(saved["history"])}
-        expected = {(v.name, v.seed) for v in config.variant_specs()}
-        if set(history) != expected:
-            raise ValueError("the saved history has other variants or seeds")
-        snapshot = V.RunSnapshot(int(saved["epochs_done"]), states, history)
-        plan = json.loads(saved.get("plan", "null"))
-        if plan is not None and hasattr(snapshot, "plan"):
-            snapshot.plan = plan
-        return snapshot
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
 
 
 # --- the run ---------------------------------------------------------------------------
@@ -622,7 +317,7 @@ def run_sweep(
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
         raise SweepError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
     folder = Path(out)
-    _check_writable(folder)
+    runfolder.check_writable(folder)
     try:
         with runfolder.exclusive(folder):
             return _run_locked(config, folder, resume, overwrite, figures, progress, checkpoint_every, stream)
@@ -636,7 +331,7 @@ def run_sweep(
 
 def _run_locked(config, folder: Path, resume, overwrite, figures, progress, checkpoint_every, stream) -> SweepResult:
     """run_sweep's work, while it holds the folder's lock."""
-    state = _check_folder(folder, config, resume, overwrite)
+    state = runfolder.check_folder(folder, config, resume, overwrite)
     if state == "finished" and resume:
         return _reload_finished(folder, stream)
     variants = config.variant_specs()

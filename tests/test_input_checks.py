@@ -21,7 +21,7 @@ import pytest
 from jaxreg import batches as batching
 from jaxreg import memory, sweep
 from jaxreg import variants as V
-from jaxreg.data import MAX_NUM_WORDS, DataError, load_imdb, synthetic_dataset
+from jaxreg.data import MAX_NUM_WORDS, DataError, load_imdb
 from jaxreg.sweep import SweepConfig, SweepError
 from jaxreg.variants import BucketProgram, RunSettings, VariantError, VariantSpec
 

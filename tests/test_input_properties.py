@@ -12,7 +12,6 @@ import importlib.util
 import io
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ from hypothesis import strategies as st
 
 from jaxreg import variants as V
 from jaxreg.data import MAX_NUM_WORDS, DataError, load_imdb
-from jaxreg.sweep import MAXIMA, SweepConfig, SweepError, check_device_count
+from jaxreg.config import MAXIMA, SweepConfig, SweepError
+from jaxreg.sweep import check_device_count
 from jaxreg.variants import RunSettings, VariantError, VariantSpec
 
 from conftest import write_fake_imdb

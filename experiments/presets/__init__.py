@@ -10,7 +10,7 @@ import importlib.util
 import traceback
 from pathlib import Path
 
-from jaxreg.sweep import SweepConfig, SweepError
+from jaxreg.config import SweepConfig, SweepError
 from jaxreg.variants import VariantError
 
 PRESETS = {"book": "book.py", "capacity": "capacity.py", "l2-grid": "l2_grid.py", "dropout-grid": "dropout_grid.py"}

@@ -4,7 +4,7 @@ The study of Deep Learning with Python 4.4, exactly: seven models on IMDB, RMSpr
 clipped binary cross-entropy, 20 epochs, batch 512, the test set as validation set.
 """
 
-from jaxreg.sweep import SweepConfig
+from jaxreg.config import SweepConfig
 from jaxreg.variants import VariantSpec
 
 

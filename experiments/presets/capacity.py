@@ -3,7 +3,7 @@
 Capacity: the book's (w, w) model for widths 1, 2, 4, ..., 1024; no regularization.
 """
 
-from jaxreg.sweep import SweepConfig
+from jaxreg.config import SweepConfig
 from jaxreg.variants import VariantSpec
 
 WIDTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)

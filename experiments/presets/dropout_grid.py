@@ -3,7 +3,7 @@
 Dropout rate after each hidden layer on a linear grid 0, 0.1, ..., 0.8, 16-unit model.
 """
 
-from jaxreg.sweep import SweepConfig
+from jaxreg.config import SweepConfig
 from jaxreg.variants import VariantSpec
 
 RATES = tuple(round(0.1 * i, 1) for i in range(9))

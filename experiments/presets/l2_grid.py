@@ -3,7 +3,7 @@
 L2 penalty strength (Keras' coupled penalty c * sum(w^2) on the hidden kernels) on a log grid, 16-unit model.
 """
 
-from jaxreg.sweep import SweepConfig
+from jaxreg.config import SweepConfig
 from jaxreg.variants import VariantSpec
 
 STRENGTHS = (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)

@@ -1,0 +1,85 @@
+"""The resume checkpoint: every bucket's TrainState and the history so far, in one checksummed file.
+
+Format (CHECKPOINT_FORMAT 2): `runfolder.with_checksum` of a flax msgpack of {format,
+epochs_done, history (JSON text), plan (JSON text: each bucket's widths, optimizer, config
+names and seeds), states {bucket index: state dict}}. Written atomically after an epoch;
+read back only into the structure a fresh run of the same config builds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import flax.serialization
+import jax
+
+from jaxreg import results, runfolder
+from jaxreg import variants as V
+from jaxreg.config import SweepConfig, SweepError
+from jaxreg.runfolder import CHECKPOINT_FILE
+from jaxreg.train import init_state
+
+CHECKPOINT_FORMAT = 2  # 2: behind a checksum header; 1 (no checksum) is refused
+
+
+def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
+    """Atomically write the snapshot: states via flax msgpack, history as JSON text, behind a checksum."""
+    history = [{"name": n, "seed": s, "metrics": m} for (n, s), m in snapshot.history.items()]
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "epochs_done": snapshot.epochs_done,
+        "history": json.dumps(history),
+        "plan": json.dumps(snapshot.plan),  # bucket layout, checked by variants.run on resume
+        "states": {str(i): flax.serialization.to_state_dict(s) for i, s in enumerate(snapshot.states)},
+    }
+    sealed = runfolder.with_checksum(flax.serialization.msgpack_serialize(payload))
+    return results.atomic_write(folder / CHECKPOINT_FILE, sealed)
+
+
+def _state_targets(config: SweepConfig, num_words: int, n_devices: int) -> list:
+    """Per bucket: (abstract TrainState of one variant, leading axes [seeds, padded configs]) as variants.run builds it."""
+    targets = []
+    for bucket in V.plan(config.variant_specs()):
+        step_config = bucket.step_config(config.loss, V.choose_product(bucket, config.product))  # shapes only
+        one = jax.eval_shape(lambda c=step_config, w=bucket.widths: init_state(jax.random.key(0), c, num_words, w)[0])
+        targets.append((one, (len(bucket.seeds), len(V.sharded_configs(bucket, n_devices)))))
+    return targets
+
+
+def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, n_devices: int) -> V.RunSnapshot:
+    """Read a checkpoint back into a RunSnapshot, checking its checksum and its structure against a fresh run's."""
+    path = folder / CHECKPOINT_FILE
+    try:
+        payload = runfolder.verified(path.read_bytes())
+    except runfolder.ChecksumMismatch as e:
+        raise SweepError(f"checkpoint {path} is corrupt (checksum mismatch); use --overwrite to start again") from e
+    except runfolder.NoChecksum as e:
+        raise SweepError(
+            f"checkpoint {path} has no checksum (an older jaxreg's format, or damaged); use --overwrite to start again"
+        ) from e
+    except OSError as e:
+        raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
+    try:
+        saved = flax.serialization.msgpack_restore(payload)
+        if saved.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        states = []
+        targets = _state_targets(config, num_words, n_devices)
+        if len(saved["states"]) != len(targets):
+            raise ValueError(f"{len(saved['states'])} buckets saved, this sweep has {len(targets)}")
+        for i, (target, lead) in enumerate(targets):
+            state = flax.serialization.from_state_dict(target, saved["states"][str(i)])
+            for want, got in zip(jax.tree.leaves(target), jax.tree.leaves(state)):
+                if tuple(got.shape) != lead + tuple(want.shape) or got.dtype != want.dtype:
+                    raise ValueError(f"bucket {i}: saved array {got.shape} {got.dtype}, expected {lead + want.shape} {want.dtype}")
+            states.append(state)
+        history = {(h["name"], h["seed"]): h["metrics"] for h in json.loads(saved["history"])}
+        expected = {(v.name, v.seed) for v in config.variant_specs()}
+        if set(history) != expected:
+            raise ValueError("the saved history has other variants or seeds")
+        return V.RunSnapshot(int(saved["epochs_done"]), states, history, json.loads(saved["plan"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
+
+

@@ -1,0 +1,152 @@
+"""A study's configuration: `SweepConfig`, validated on construction, and `SweepError` for bad input.
+
+A SweepConfig names the variants (each trained with seeds 0..seeds-1) and everything else
+that decides their results; `jaxreg.sweep.run_sweep` trains it into a run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+from typing import Sequence
+
+import numpy as np
+
+from jaxreg import losses, results
+from jaxreg import variants as V
+
+PRODUCTS = ("auto", "sparse", "dense")
+VALIDATIONS = ("test", "holdout")
+AXES = ("width", "l1", "l2", "dropout_rate", "learning_rate", "weight_decay")
+# Largest accepted values: a history keeps every epoch; seeds and devices multiply the models;
+# batch rows are int32 indices. Whether a run fits in memory is estimated later (jaxreg.memory).
+MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, holdout_size=2**31 - 1, devices=4096)
+# Fields that select the data file rather than the experiment; on resume the data checksum is compared instead.
+LOCAL_FIELDS = ("data",)
+
+
+class SweepError(Exception):
+    """A user-facing problem with a sweep's config, data, devices or output folder; one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """One study: the variants and everything that decides their results. Validated on construction.
+
+    variants: base specs (seed 0); every one is trained with seeds 0..seeds-1 in one program.
+    axis: the VariantSpec field the sweep varies ("width" = first hidden width), for figures
+    against it; None for a set of named models (the book). data: archive or folder path
+    (None: env JAXREG_DATA); synthetic: offline demo data instead (validation "test").
+    devices: how many devices to shard the variants over (None: all).
+    divergence_threshold: a variant has diverged from the first epoch where a loss exceeds
+    this in size, or any metric is NaN or infinite (see `jaxreg.results`).
+    """
+
+    name: str
+    variants: tuple[V.VariantSpec, ...]
+    description: str = ""
+    epochs: int = 20
+    seeds: int = 1
+    batch_size: int = 512
+    loss: str = "keras"
+    product: str = "auto"
+    variant_loop: str = "auto"
+    validation: str = "test"
+    holdout_size: int = 10_000
+    data: str | None = None
+    synthetic: bool = False
+    devices: int | None = None
+    axis: str | None = None
+    divergence_threshold: float = results.DIVERGENCE_THRESHOLD
+
+    def __post_init__(self):
+        def bad(field, why):
+            raise SweepError(f"config {self.name!r}: {field}={getattr(self, field)!r} {why}")
+
+        def positive_int(field):
+            value = getattr(self, field)
+            if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
+                bad(field, "must be an integer >= 1")
+            object.__setattr__(self, field, int(value))  # NumPy ints too, as plain JSON-ready ints
+
+        if not isinstance(self.name, str) or not self.name:
+            raise SweepError(f"config name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "variants", tuple(self.variants))
+        if not self.variants or not all(isinstance(v, V.VariantSpec) for v in self.variants):
+            bad("variants", "must be a non-empty sequence of VariantSpec")
+        names = [v.name for v in self.variants]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            bad("variants", f"has duplicate names {duplicates}")
+        if any("," in n for n in names):
+            bad("variants", "names must not contain commas (--variants splits on them)")
+        if any(v.seed != 0 for v in self.variants):
+            bad("variants", "must have seed 0 (set seeds instead)")
+        for field in ("epochs", "seeds", "batch_size", "holdout_size") + (("devices",) if self.devices is not None else ()):
+            positive_int(field)
+            if getattr(self, field) > MAXIMA[field]:
+                bad(field, f"is above the maximum {MAXIMA[field]:,}")
+        if self.loss not in losses.LOSS_MODES:
+            bad("loss", f"must be one of {losses.LOSS_MODES}")
+        if self.product not in PRODUCTS:
+            bad("product", f"must be one of {PRODUCTS}")
+        if self.variant_loop not in V.VARIANT_LOOPS:
+            bad("variant_loop", f"must be one of {V.VARIANT_LOOPS}")
+        if self.validation not in VALIDATIONS:
+            bad("validation", f"must be one of {VALIDATIONS}")
+        if self.axis is not None and self.axis not in AXES:
+            bad("axis", f"must be None or one of {AXES}")
+        if not isinstance(self.synthetic, bool):
+            bad("synthetic", "must be True or False")
+        if self.synthetic and self.data is not None:
+            bad("data", "cannot be combined with synthetic=True (choose one)")
+        if self.synthetic and self.validation != "test":
+            bad("validation", "must be 'test' with synthetic data (it has its own validation split)")
+        if self.data is not None and (not isinstance(self.data, str) or not self.data):
+            bad("data", "must be a path or None")
+        threshold = self.divergence_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < math.inf:
+            bad("divergence_threshold", "must be a finite number > 0")
+        object.__setattr__(self, "divergence_threshold", float(threshold))
+
+    def replace(self, **changes) -> "SweepConfig":
+        """A copy with some fields changed (validated again); unknown fields are an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise SweepError(f"config {self.name!r}: unknown field(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    def select(self, names: Sequence[str]) -> "SweepConfig":
+        """Only the named variants, in the config's order."""
+        known = [v.name for v in self.variants]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise SweepError(f"unknown variant(s) {', '.join(unknown)} in preset {self.name!r}; known: {', '.join(known)}")
+        return self.replace(variants=tuple(v for v in self.variants if v.name in names))
+
+    def variant_specs(self) -> list[V.VariantSpec]:
+        return V.with_seeds(self.variants, range(self.seeds))
+
+    def run_settings(self) -> V.RunSettings:
+        return V.RunSettings(
+            epochs=self.epochs, batch_size=self.batch_size, loss=self.loss, product=self.product, variant_loop=self.variant_loop
+        )
+
+    def axis_values(self) -> dict[str, float]:
+        """{variant name: the value of `axis`}; empty without an axis."""
+        if self.axis is None:
+            return {}
+        if self.axis == "width":
+            return {v.name: float(v.widths[0]) for v in self.variants}
+        return {v.name: float(getattr(v, self.axis)) for v in self.variants}
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every field, variants as dicts."""
+        d = dataclasses.asdict(self)
+        d["variants"] = [dataclasses.asdict(v) for v in self.variants]
+        return json.loads(json.dumps(d))
+
+
