@@ -37,17 +37,17 @@ def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
     return results.atomic_write(folder / CHECKPOINT_FILE, sealed)
 
 
-def _state_targets(config: SweepConfig, num_words: int, n_devices: int) -> list:
+def _state_targets(config: SweepConfig, num_words: int, devices) -> list:
     """Per bucket: (abstract TrainState of one variant, leading axes [seeds, padded configs]) as variants.run builds it."""
     targets = []
     for bucket in V.plan(config.variant_specs()):
-        step_config = bucket.step_config(config.loss, V.choose_product(bucket, config.product))  # shapes only
-        one = jax.eval_shape(lambda c=step_config, w=bucket.widths: init_state(jax.random.key(0), c, num_words, w)[0])
-        targets.append((one, (len(bucket.seeds), len(V.sharded_configs(bucket, n_devices)))))
+        run = V.execution(bucket, config.run_settings(), devices)
+        one = jax.eval_shape(lambda c=run.step, w=bucket.widths: init_state(jax.random.key(0), c, num_words, w)[0])
+        targets.append((one, (len(bucket.seeds), run.n_configs)))
     return targets
 
 
-def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, n_devices: int) -> V.RunSnapshot:
+def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, devices) -> V.RunSnapshot:
     """Read a checkpoint back into a RunSnapshot, checking its checksum and its structure against a fresh run's."""
     path = folder / CHECKPOINT_FILE
     try:
@@ -65,7 +65,7 @@ def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, n_devices
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
         states = []
-        targets = _state_targets(config, num_words, n_devices)
+        targets = _state_targets(config, num_words, devices)
         if len(saved["states"]) != len(targets):
             raise ValueError(f"{len(saved['states'])} buckets saved, this sweep has {len(targets)}")
         for i, (target, lead) in enumerate(targets):

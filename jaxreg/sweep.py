@@ -131,9 +131,8 @@ def memory_estimate(config: SweepConfig, dataset: Dataset, devices: list, plan: 
     )
     shapes = []
     for b in plan:
-        product, sequential = V.bucket_execution(b, config.product, devices, config.variant_loop)
-        n_configs = len(V.sharded_configs(b, len(devices)))
-        shapes.append(memory.BucketShape(b.widths, len(b.seeds), n_configs, product, sequential, V.cpu_kernels_on(devices)))
+        run = V.execution(b, settings, devices)
+        shapes.append(memory.BucketShape(b.widths, len(b.seeds), run.n_configs, run.product, run.sequential, run.cpu_kernels))
     return memory.estimate(shapes, data, config.epochs)
 
 
@@ -218,7 +217,7 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
                 "optimizer": b.optimizer,
                 "variants": [c.name for c in b.configs],
                 "seeds": list(b.seeds),
-                "product": V.bucket_execution(b, config.product, devices, config.variant_loop)[0],
+                **V.execution(b, config.run_settings(), devices).describe(),
             }
             for b in plan
         ],
@@ -357,7 +356,7 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
         if count != len(devices):
             raise SweepError(f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}")
         if (folder / CHECKPOINT_FILE).is_file():
-            snapshot = load_checkpoint(folder, config, dataset.num_words, len(devices))
+            snapshot = load_checkpoint(folder, config, dataset.num_words, devices)
         started_on = saved.get("machine", {}).get("instruction_set")
         if devices[0].platform == "cpu" and started_on != machine.instruction_set():
             print(

@@ -282,18 +282,6 @@ def choose_product(bucket: Bucket, product: str = "auto", sequential: bool = Fal
     return "dense" if columns > DENSE_PRODUCT_COLUMNS else "sparse"
 
 
-def bucket_execution(bucket: Bucket, product: str, devices, variant_loop: str = "auto") -> tuple[str, bool]:
-    """(first-layer product, whether variants run one after the other) for a bucket on these devices.
-
-    "auto" loops over variants only for XLA's sparse gathers (see sequential_on): a bucket
-    that "auto" gives the dense product is vmapped, so its configs share one matmul.
-    """
-    devices = list(devices)
-    sequential = sequential_on(devices, variant_loop)
-    product = choose_product(bucket, product, sequential, cpu_kernels_on(devices))
-    return product, sequential and (variant_loop == "map" or product == "sparse")
-
-
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     """What every bucket of a run shares."""
@@ -315,6 +303,54 @@ class RunSettings:
         for field, allowed in choices.items():
             if not isinstance(getattr(self, field), str) or getattr(self, field) not in allowed:
                 raise ValueError(f"RunSettings.{field} must be one of {allowed}, got {getattr(self, field)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How one bucket runs on its devices: decided once, by `execution`, and used by training,
+    the checkpoint, the memory estimate and the run folder's report.
+
+    step: the compiled step's static choices (first-layer product, loss, stages, fused
+    update); sequential: variants one after the other (lax.map) instead of vmapped;
+    cpu_kernels: the sparse first layer runs as jaxreg's C++ kernels; n_configs: the
+    bucket's configs, padded with inert copies to a multiple of the device count.
+    """
+
+    step: StepConfig
+    sequential: bool
+    cpu_kernels: bool
+    n_configs: int
+
+    @property
+    def product(self) -> str:
+        return self.step.product
+
+    def describe(self) -> dict:
+        """JSON-ready: which path this bucket takes (it changes with the machine)."""
+        return {
+            "product": self.product,
+            "variant_loop": "map" if self.sequential else "vmap",
+            "cpu_kernels": self.cpu_kernels,
+            "fused_update": self.step.fused_update,
+        }
+
+
+def execution(bucket: Bucket, settings: RunSettings, devices) -> Execution:
+    """The bucket's Execution on these devices under these settings.
+
+    "auto" loops over variants only for XLA's sparse gathers (see sequential_on): a bucket
+    that "auto" gives the dense product is vmapped, so its configs share one matmul.
+    """
+    devices = list(devices)
+    kernels = cpu_kernels_on(devices)
+    sequential = sequential_on(devices, settings.variant_loop)
+    product = choose_product(bucket, settings.product, sequential, kernels)
+    return Execution(
+        step=bucket.step_config(settings.loss, product, kernels),
+        sequential=sequential and (settings.variant_loop == "map" or product == "sparse"),
+        cpu_kernels=kernels,
+        n_configs=len(sharded_configs(bucket, len(devices))),
+    )
 
 
 def variant_mesh(devices=None) -> jax.sharding.Mesh:
@@ -389,9 +425,8 @@ class BucketProgram:
         self.mesh = mesh if mesh is not None else variant_mesh()
         self.n_configs = len(bucket.configs)
         self.configs = sharded_configs(bucket, self.mesh.devices.size)
-        devices = list(self.mesh.devices.flat)
-        product, self.sequential = bucket_execution(bucket, settings.product, devices, settings.variant_loop)
-        self.config = bucket.step_config(settings.loss, product, cpu_kernels_on(devices))
+        self.execution = execution(bucket, settings, self.mesh.devices.flat)
+        self.config, self.sequential = self.execution.step, self.execution.sequential
         train = dataset.train
         self.capacity = batching.train_capacity(train.x.lengths, bucket.seeds, settings.epochs, settings.batch_size)
         val = dataset.validation

@@ -301,7 +301,7 @@ GB24 = 24 * 10**9
 
 
 def _book_shapes(seeds: int, cpu_kernels: bool = True) -> list:
-    """The book's buckets as variants.bucket_execution runs them (without the kernels, `bigger` is dense)."""
+    """The book's buckets as variants.execution runs them (without the kernels, `bigger` is dense)."""
     return [
         memory.BucketShape((16, 16), seeds, 6, "sparse", False, cpu_kernels),
         memory.BucketShape((1024, 1024), seeds, 1, "sparse" if cpu_kernels else "dense", False, cpu_kernels),

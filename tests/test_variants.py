@@ -352,9 +352,27 @@ def test_variant_loop():
     assert sequential_on(cpu, "map") and not sequential_on(cpu, "vmap")
     assert sequential_on(cpu, "auto") == (not variants.cpu_kernels_on(cpu))
     wide = Bucket((1024, 4), "keras2", (VariantSpec("w", (1024, 4)),), (0,))
-    assert variants.bucket_execution(wide, "dense", cpu, "map") == ("dense", True)  # "map" loops whatever the product
-    assert variants.bucket_execution(wide, "dense", cpu, "auto") == ("dense", False)  # auto never loops a dense product
-    assert variants.bucket_execution(wide, "sparse", cpu, "vmap") == ("sparse", False)
+
+    def run(product, loop):
+        e = variants.execution(wide, RunSettings(product=product, variant_loop=loop), cpu)
+        return e.product, e.sequential
+
+    assert run("dense", "map") == ("dense", True)  # "map" loops whatever the product
+    assert run("dense", "auto") == ("dense", False)  # auto never loops a dense product
+    assert run("sparse", "vmap") == ("sparse", False)
+
+
+def test_execution_is_decided_once_and_reported():
+    """One Execution per bucket: the step config training compiles, the loop, the kernels, the padded configs."""
+    cpu = jax.devices("cpu")[:1]
+    bucket = plan([WIDE, WIDE_L2, NARROW])[0]
+    e = variants.execution(bucket, RunSettings(), cpu)
+    kernels = variants.cpu_kernels_on(cpu)
+    assert e.step == bucket.step_config("keras", "sparse", kernels) and e.n_configs == 3
+    assert e.describe() == {"product": "sparse", "variant_loop": "map" if e.sequential else "vmap",
+                            "cpu_kernels": kernels, "fused_update": kernels}  # fmt: skip
+    program = BucketProgram(bucket, synthetic_dataset(n_train=64, n_validation=16, num_words=200), RunSettings(epochs=1))
+    assert program.execution == e and program.config == e.step
     with pytest.raises(ValueError, match="variant_loop"):
         RunSettings(variant_loop="loop")
 
