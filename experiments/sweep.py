@@ -97,6 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-tensorboard", action="store_true", help="skip the TensorBoard event files (tensorboard/)")
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -228,6 +229,7 @@ def _main(argv: list) -> int:
             overwrite=args.overwrite,
             figures=not args.no_figures,
             progress=not args.no_progress,
+            tensorboard=not args.no_tensorboard,
             checkpoint_every=args.checkpoint_every,
         )
     except SweepInterrupted as e:
