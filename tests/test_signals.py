@@ -4,7 +4,7 @@ Every moment (imports, compilation, training, writing the results) must end with
 (SIGINT) or 143 (SIGTERM), no traceback, status.json "interrupted" where the run folder
 exists, and a folder that --resume completes with the history of an uninterrupted run.
 Moments are found by polling what the process shows (its signal mask in /proc, status.json,
-status.jsons epochs_done), not by fixed sleeps.
+its epochs_done), not by fixed sleeps.
 """
 
 from __future__ import annotations
