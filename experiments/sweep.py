@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = _Parser(
         prog="sweep.py",
         description="Train a whole overfitting/underfitting study (every variant x seed in one vmapped program) "
-        "into a run folder: config.json, history.jsonl/.csv, summary.md/.csv, figures/*.png, checkpoint.msgpack.",
+        "into a run folder: config.json, history.jsonl/.csv and tensorboard/ (after every epoch), summary.md/.csv, "
+        "figures/*.png, checkpoint.msgpack.",
         epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf, or a loss above "
         "--divergence-threshold), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; an interrupted run "
         "continues with --resume.",

@@ -21,8 +21,9 @@ Definitions used by the summary (all on the *mean over seeds* of a metric, per e
 
 Run folder files: config.json (written by `jaxreg.sweep`), status.json, history.jsonl (one
 line per variant, seed and epoch: every metric and `diverged`; non-finite values as null),
-history.csv (the same; non-finite as nan/inf), summary.md, summary.csv, figures/*.png; the
-manifest of these files and the folder's lock are `jaxreg.runfolder`'s.
+history.csv (the same; non-finite as nan/inf), both appended after every epoch while a run
+trains (`jaxreg.live`), summary.md, summary.csv, figures/*.png; the manifest of these files
+and the folder's lock are `jaxreg.runfolder`'s. `load_run` reads a folder in any state.
 """
 
 from __future__ import annotations
