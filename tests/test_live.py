@@ -64,7 +64,8 @@ def _report(*args, env=None) -> subprocess.CompletedProcess:
 
 
 def _jsonl(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / results.HISTORY_JSONL).read_text().splitlines()]
+    """history.jsonl's records; a last line still being written is left out."""
+    return [json.loads(line) for line in (folder / results.HISTORY_JSONL).read_text().split("\n")[:-1]]
 
 
 def _scalars(folder: Path):
