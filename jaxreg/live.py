@@ -53,7 +53,8 @@ class LiveLog:
     def epoch(self, epoch: int, row: Mapping) -> None:
         """Append an epoch (from 0) of `variants.run`'s row to every file, flushed."""
         records = self._add(epoch, row)
-        for name, text in ((results.HISTORY_JSONL, results.jsonl_lines(records)), (results.HISTORY_CSV, results.csv_lines(records))):
+        lines = {results.HISTORY_JSONL: results.jsonl_lines(records), results.HISTORY_CSV: results.csv_lines(records)}
+        for name, text in lines.items():
             with open(self.folder / name, "a", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()

@@ -246,12 +246,15 @@ def read_history(path) -> dict:
         n = 0
         while all(n + 1 in by_seed[s] for s in seeds):
             n += 1
-        epochs = range(1, n + 1)
-        h = {
-            m: np.array([[np.nan if by_seed[s][e][m] is None else by_seed[s][e][m] for e in epochs] for s in seeds]).reshape(len(seeds), n)
-            for m in METRICS
-        }
-        h["diverged"] = np.array([[by_seed[s][e]["diverged"] for e in epochs] for s in seeds], dtype=bool).reshape(len(seeds), n)
+        epochs, shape = range(1, n + 1), (len(seeds), n)  # reshape: n may be 0
+
+        def column(m, null=np.nan, dtype=np.float64):
+            return np.array(
+                [[null if by_seed[s][e][m] is None else by_seed[s][e][m] for e in epochs] for s in seeds], dtype=dtype
+            ).reshape(shape)
+
+        h = {m: column(m) for m in METRICS}
+        h["diverged"] = column("diverged", False, bool)
         h["seeds"] = np.array(seeds)
         out[name] = h
     return out
