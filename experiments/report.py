@@ -45,7 +45,8 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     run = made.run
     total = run.config.get("config", {}).get("epochs", "?")
-    print(f"{run.folder}: {run.state}, {made.epochs}/{total} epochs" + ("" if run.finished else " (summary of the epochs so far)"))
+    so_far = " (summary of the epochs so far)" if made.summaries and not run.finished else ""
+    print(f"{run.folder}: {run.state}, {made.epochs}/{total} epochs{so_far}")
     if made.summaries:
         print("\n" + results.summary_table(made.summaries))
         print(results.summary_notes(divergence_threshold=run.divergence_threshold))

@@ -6,6 +6,7 @@ epochs, or a last line still being written, which `results.read_history` skips. 
 trains the lines are in epoch order; at the end `jaxreg.sweep` rewrites history.jsonl/.csv in
 `results.write_history`'s order (variant, seed, epoch), so a finished run's files are the same
 whether or not it was interrupted and resumed. Every file is in the manifest before it exists.
+A run resumed with `tensorboard=False` leaves the event files already written as they are.
 """
 
 from __future__ import annotations

@@ -269,3 +269,15 @@ def test_read_history_skips_a_line_being_written(uninterrupted, tmp_path):
     path.write_text("".join(by_epoch[:9]) + by_epoch[9][:40])  # epoch 3: 1 of 4 lines, and half of the next
     histories = results.read_history(path)
     assert {name: h["loss"].shape for name, h in histories.items()} == {"original": (2, 2), "l2": (2, 2)}
+
+
+def test_report_before_the_first_epoch_says_so(uninterrupted, tmp_path):
+    out = shutil.copytree(uninterrupted, tmp_path / "run")
+    (out / results.HISTORY_JSONL).write_text("")  # as a run writes it before its first epoch
+    results.write_json(out / results.STATUS_FILE, {"state": "interrupted", "epochs_done": 0, "epochs": LIVE.epochs})
+    summary = (out / results.SUMMARY_MD).read_bytes()
+    shown = _report(out)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [f"{out}: interrupted, 0/4 epochs", "interrupted, no epoch finished yet: nothing to summarize"]
+    assert (out / results.SUMMARY_MD).read_bytes() == summary
+    assert results.load_run(out).epochs_present == {}
