@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = _Parser(
         prog="sweep.py",
         description="Train a whole overfitting/underfitting study (every variant x seed in one vmapped program) "
-        "into a run folder: config.json, history.jsonl/.csv, summary.md/.csv, figures/*.png, checkpoint.msgpack.",
+        "into a run folder: config.json, history.jsonl/.csv and tensorboard/ (after every epoch), summary.md/.csv, "
+        "figures/*.png, checkpoint.msgpack.",
         epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf, or a loss above "
         "--divergence-threshold), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; an interrupted run "
         "continues with --resume.",
@@ -97,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-tensorboard", action="store_true", help="skip the TensorBoard event files (tensorboard/)")
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -228,6 +230,7 @@ def _main(argv: list) -> int:
             overwrite=args.overwrite,
             figures=not args.no_figures,
             progress=not args.no_progress,
+            tensorboard=not args.no_tensorboard,
             checkpoint_every=args.checkpoint_every,
         )
     except SweepInterrupted as e:

@@ -21,8 +21,9 @@ Definitions used by the summary (all on the *mean over seeds* of a metric, per e
 
 Run folder files: config.json (written by `jaxreg.sweep`), status.json, history.jsonl (one
 line per variant, seed and epoch: every metric and `diverged`; non-finite values as null),
-history.csv (the same; non-finite as nan/inf), summary.md, summary.csv, figures/*.png; the
-manifest of these files and the folder's lock are `jaxreg.runfolder`'s.
+history.csv (the same; non-finite as nan/inf), both appended after every epoch while a run
+trains (`jaxreg.live`), summary.md, summary.csv, figures/*.png; the manifest of these files
+and the folder's lock are `jaxreg.runfolder`'s. `load_run` reads a folder in any state.
 """
 
 from __future__ import annotations
@@ -161,39 +162,99 @@ def history_records(histories: Mapping[str, Mapping[str, np.ndarray]]) -> list[d
     return records
 
 
-def write_history(folder, histories) -> tuple[Path, Path]:
-    """history.jsonl (non-finite -> null, so every line is strict JSON) and history.csv."""
-    folder = Path(folder)
-    records = history_records(histories)
+HISTORY_FIELDS = ("variant", "seed", "epoch", *METRICS, "diverged")
+
+
+def jsonl_lines(records: Sequence[Mapping]) -> str:
+    """history.jsonl lines of `records` (non-finite -> null, so every line is strict JSON)."""
 
     def strict(r):
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
 
-    jsonl = "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in records)
+    return "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in records)
+
+
+def csv_lines(records: Sequence[Mapping], header: bool = False) -> str:
+    """history.csv lines of `records` (floats as repr: exact), after the header line if asked."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["variant", "seed", "epoch", *METRICS, "diverged"], lineterminator="\n")
-    writer.writeheader()
+    writer = csv.DictWriter(buf, fieldnames=list(HISTORY_FIELDS), lineterminator="\n")
+    if header:
+        writer.writeheader()
     writer.writerows({**r, **{m: repr(r[m]) for m in METRICS}} for r in records)
-    return atomic_write(folder / HISTORY_JSONL, jsonl), atomic_write(folder / HISTORY_CSV, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_history(folder, histories) -> tuple[Path, Path]:
+    """history.jsonl (non-finite -> null) and history.csv, in variant, seed, epoch order, atomically."""
+    folder = Path(folder)
+    records = history_records(histories)
+    return (
+        atomic_write(folder / HISTORY_JSONL, jsonl_lines(records)),
+        atomic_write(folder / HISTORY_CSV, csv_lines(records, header=True)),
+    )
+
+
+def epoch_records(
+    epoch: int,
+    row: Mapping[tuple[str, int], Mapping[str, float]],
+    names: Sequence[str],
+    diverged_before: Mapping[tuple[str, int], bool],
+    threshold: float = DIVERGENCE_THRESHOLD,
+) -> list[dict]:
+    """The history records of one epoch (from 0) of `variants.run`'s `row`, in variant, seed order.
+
+    `diverged` as `stack` marks it: True from the first blown-up epoch on, so it needs whether
+    each (name, seed) had diverged before this epoch.
+    """
+    records = []
+    for name in names:
+        for seed in sorted(s for n, s in row if n == name):
+            metrics = row[(name, seed)]
+            record = {"variant": name, "seed": int(seed), "epoch": epoch + 1}
+            record.update({m: float(metrics[m]) for m in METRICS})
+            record["diverged"] = bool(diverged_before.get((name, seed), False) or blown_up(record_metrics(record), threshold))
+            records.append(record)
+    return records
+
+
+def record_metrics(record: Mapping) -> dict:
+    """The metrics of one history record, as numbers (for `blown_up`)."""
+    return {m: record[m] for m in METRICS}
+
+
+def _complete_lines(path) -> list[str]:
+    """The whole lines of a file being appended to: a last line without its newline is still being written."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return text.split("\n")[:-1]
 
 
 def read_history(path) -> dict:
-    """history.jsonl -> the stacked form of `stack` (null -> NaN)."""
+    """history.jsonl -> the stacked form of `stack` (null -> NaN), also while a run appends to it.
+
+    An incomplete last line is skipped, and each variant keeps the epochs (from 1, in a row)
+    that all its seeds have, so a file read during a write gives the epochs written so far.
+    """
     rows: dict[str, dict[int, dict[int, dict]]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                rows.setdefault(r["variant"], {}).setdefault(r["seed"], {})[r["epoch"]] = r
+    for line in _complete_lines(path):
+        if line.strip():
+            r = json.loads(line)
+            rows.setdefault(r["variant"], {}).setdefault(r["seed"], {})[r["epoch"]] = r
     out = {}
     for name, by_seed in rows.items():
         seeds = sorted(by_seed)
-        epochs = sorted(by_seed[seeds[0]])
-        h = {
-            m: np.array([[np.nan if by_seed[s][e][m] is None else by_seed[s][e][m] for e in epochs] for s in seeds])
-            for m in METRICS
-        }
-        h["diverged"] = np.array([[by_seed[s][e]["diverged"] for e in epochs] for s in seeds], dtype=bool)
+        n = 0
+        while all(n + 1 in by_seed[s] for s in seeds):
+            n += 1
+        epochs, shape = range(1, n + 1), (len(seeds), n)  # reshape: n may be 0
+
+        def column(m, null=np.nan, dtype=np.float64):
+            return np.array(
+                [[null if by_seed[s][e][m] is None else by_seed[s][e][m] for e in epochs] for s in seeds], dtype=dtype
+            ).reshape(shape)
+
+        h = {m: column(m) for m in METRICS}
+        h["diverged"] = column("diverged", False, bool)
         h["seeds"] = np.array(seeds)
         out[name] = h
     return out
@@ -408,6 +469,10 @@ def read_summary(path) -> list[dict]:
 class Run:
     """A run folder read back: config.json, status.json, histories (stacked) and summary rows.
 
+    state: "running" (a process is training into it), "interrupted" (stopped or killed before
+    the end; `--resume` continues it) or "finished" (status.json; "running" in a folder whose
+    lock nobody holds is a killed run, so "interrupted"). The histories of an unfinished run
+    hold the epochs written so far (`epochs_present`); its summary rows may be stale.
     divergence_threshold: the one the run marked divergence with (config.json); infinite for a
     run from an older jaxreg, which marked only NaN and infinite values.
     """
@@ -418,24 +483,48 @@ class Run:
     histories: dict
     summary: list
     divergence_threshold: float = DIVERGENCE_THRESHOLD
+    state: str = "finished"
 
     @property
     def epochs(self) -> np.ndarray:
-        first = next(iter(self.histories.values()))
-        return np.arange(1, first["loss"].shape[1] + 1)
+        """Epoch numbers (from 1) of the first variant's history."""
+        first = next(iter(self.histories.values()), None)
+        return np.arange(1, (0 if first is None else first["loss"].shape[1]) + 1)
+
+    @property
+    def epochs_present(self) -> dict[str, int]:
+        """{variant: epochs in its history} (all its seeds have them)."""
+        return {name: int(h["loss"].shape[1]) for name, h in self.histories.items()}
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
+
+def run_state(folder, status: Mapping) -> str:
+    """"running", "interrupted" or "finished", from status.json and whether the folder's lock is held."""
+    from jaxreg import runfolder  # runfolder imports this module
+
+    state = status.get("state")
+    if state == "finished":
+        return "finished"
+    if state == "running" and runfolder.lock_held(folder):
+        return "running"
+    return "interrupted"
 
 
 def load_run(folder) -> Run:
-    """Read a finished run folder, e.g. `run.histories["l2"]["val_data_loss"]` is [seeds, epochs]."""
+    """Read a run folder, running, interrupted or finished: `run.histories["l2"]["val_data_loss"]` is [seeds, epochs]."""
     folder = Path(folder)
-    if not (folder / HISTORY_JSONL).is_file():
-        raise FileNotFoundError(f"{folder} has no {HISTORY_JSONL}: not a finished jaxreg run folder")
+    if not (folder / HISTORY_JSONL).is_file() and not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{folder} has neither {HISTORY_JSONL} nor {CONFIG_FILE}: not a jaxreg run folder")
     config = read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else {}
     status = read_json(folder / STATUS_FILE) if (folder / STATUS_FILE).is_file() else {}
-    histories = read_history(folder / HISTORY_JSONL)
+    histories = read_history(folder / HISTORY_JSONL) if (folder / HISTORY_JSONL).is_file() else {}
     names = [v["name"] for v in config.get("variants", [])]
-    if names and set(names) == set(histories):
-        histories = {n: histories[n] for n in names}
+    if names and set(histories) <= set(names):
+        histories = {n: histories[n] for n in names if n in histories}
     summary = read_summary(folder / SUMMARY_CSV) if (folder / SUMMARY_CSV).is_file() else []
     threshold = config.get("config", {}).get("divergence_threshold", math.inf)
-    return Run(folder, config, status, histories, summary, float(threshold))
+    state = run_state(folder, status) if status else ("finished" if summary else "interrupted")
+    return Run(folder, config, status, histories, summary, float(threshold), state)

@@ -152,6 +152,31 @@ def exclusive(folder) -> Iterator[Path]:
         lock.release()
 
 
+def lock_held(folder) -> bool:
+    """Whether a process holds the folder's lock now (a run is writing it); takes nothing, creates nothing.
+
+    Asks for the lock without waiting on a read-only handle and gives it back at once; False where
+    the lock file is absent or locks are unsupported (no fcntl).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no way to ask without taking it
+        return False
+    try:
+        fd = os.open(lock_path(folder), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 # --- checksums ---------------------------------------------------------------------------
 
 

@@ -10,7 +10,9 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
   status.json          running / interrupted / finished (+ diverged variants, seconds)
   checkpoint.msgpack   after every epoch: each bucket's TrainState and the history so far,
                        behind a sha256 header line (`runfolder.with_checksum`)
-  history.jsonl/.csv, summary.md/.csv, figures/*.png   at the end
+  history.jsonl/.csv   appended after every epoch (`jaxreg.live`), rewritten at the end
+  tensorboard/         TensorBoard events per variant and seed, after every epoch (`jaxreg.events`)
+  summary.md/.csv, figures/*.png   at the end
 
 Checkpoints are written atomically (temporary file, then os.replace), so a run killed at
 any moment can continue with `resume=True` and ends with exactly the history of an
@@ -41,6 +43,7 @@ from jaxreg import machine, memory, results, runfolder
 from jaxreg import variants as V
 from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
+from jaxreg.live import LiveLog
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.runfolder import folder_state  # noqa: F401
 
@@ -306,12 +309,14 @@ def run_sweep(
     progress: bool = True,
     checkpoint_every: int = 1,
     stream=sys.stdout,
+    tensorboard: bool = True,
 ) -> SweepResult:
     """Train the sweep into the folder `out` (see the module docstring); SweepError for bad input.
 
     Raises SweepInterrupted on Ctrl-C after saving where to resume. Prints the data
     description, the plan and at the end the summary table to `stream`; the progress bar
     goes to stderr. SweepError at once if another process is writing the folder.
+    history.jsonl/.csv and (unless `tensorboard=False`) TensorBoard events grow every epoch.
     """
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
         raise SweepError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
@@ -319,7 +324,7 @@ def run_sweep(
     runfolder.check_writable(folder)
     try:
         with runfolder.exclusive(folder):
-            return _run_locked(config, folder, resume, overwrite, figures, progress, checkpoint_every, stream)
+            return _run_locked(config, folder, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard)
     except runfolder.LockError as e:
         if e.in_use:
             raise SweepError(
@@ -328,7 +333,7 @@ def run_sweep(
         raise SweepError(f"cannot create the lock file {e.path}: {e.reason}; choose another --out") from e
 
 
-def _run_locked(config, folder: Path, resume, overwrite, figures, progress, checkpoint_every, stream) -> SweepResult:
+def _run_locked(config, folder: Path, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard=True) -> SweepResult:
     """run_sweep's work, while it holds the folder's lock."""
     state = runfolder.check_folder(folder, config, resume, overwrite)
     if state == "finished" and resume:
@@ -379,13 +384,14 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
         raise SweepError(f"cannot write the output folder {folder}: {e.strerror or e}") from e
 
     start = snapshot.epochs_done if snapshot else 0
-    done, bar = start, None
+    done, bar, live = start, None, None
 
     def write_status(name: str, epochs_done: int) -> None:
         results.write_json(folder / results.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": config.epochs})
 
     def on_epoch(epoch, row, take_snapshot):
         nonlocal done
+        live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
             save_checkpoint(folder, take_snapshot())
             done = epoch + 1
@@ -406,6 +412,7 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
             flush=True,
         )
         write_status("running", start)
+        live = LiveLog(folder, config, snapshot.history if snapshot else {}, start, tensorboard)
         bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
         t0 = time.perf_counter()
         history = V.run(
@@ -417,6 +424,7 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
             resume=snapshot,
         )
         bar.close()
+        live.finish(config.epochs)
         return _finish(folder, config, history, figures, time.perf_counter() - t0, start, stream)
     except KeyboardInterrupt:
         if bar is not None:

@@ -157,8 +157,8 @@ def test_run_folder_round_trip(tmp_path):
     assert md.startswith("# test") and "overfitting from" in md and "| l2 " in md
 
 
-def test_load_run_needs_a_history(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a finished jaxreg run folder"):
+def test_load_run_needs_a_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a jaxreg run folder"):
         results.load_run(tmp_path)
 
 

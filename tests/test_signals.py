@@ -4,7 +4,7 @@ Every moment (imports, compilation, training, writing the results) must end with
 (SIGINT) or 143 (SIGTERM), no traceback, status.json "interrupted" where the run folder
 exists, and a folder that --resume completes with the history of an uninterrupted run.
 Moments are found by polling what the process shows (its signal mask in /proc, status.json,
-history.jsonl), not by fixed sleeps.
+its epochs_done), not by fixed sleeps.
 """
 
 from __future__ import annotations
@@ -176,10 +176,10 @@ def test_sigterm_while_training_then_resume(reference, cached_env, tmp_path):
 
 
 def test_sigint_while_writing_results_then_resume(reference, cached_env, tmp_path):
-    """history.jsonl is written first; the summary and the figures (matplotlib) follow."""
+    """After the last epoch's checkpoint: history.jsonl/.csv rewritten, then the summary and the figures (matplotlib)."""
     out = tmp_path / "run"
     proc = _start(out, cached_env)
-    _wait(proc, lambda: (out / results.HISTORY_JSONL).is_file())
+    _wait(proc, lambda: _status(out).get("epochs_done") == EPOCHS)
     proc.send_signal(signal.SIGINT)
     _, stderr = _ended(proc, 130)
     status = _status(out)

@@ -352,7 +352,8 @@ def test_interrupted_and_killed_run_resumes_to_the_same_history(tiny_run, tiny_p
     assert status["state"] == "interrupted" and 1 <= status["epochs_done"] < 30, status
     assert f"interrupted after epoch {status['epochs_done']}/30; checkpoint: {out / CHECKPOINT_FILE}" in stderr
     assert f"resume with: python experiments/sweep.py {shlex.join(args)} --resume" in stderr
-    assert not (out / results.HISTORY_JSONL).exists()
+    stopped = results.load_run(out)  # the history so far, written after every epoch
+    assert stopped.state == "interrupted" and min(stopped.epochs_present.values()) >= status["epochs_done"]
 
     changed = sweep(*args, "--resume", "--epochs", "31", env=sweep_env)
     assert changed.returncode == 2 and "epochs: saved 30, now 31" in changed.stderr

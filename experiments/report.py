@@ -1,0 +1,61 @@
+"""Summarize a run folder again: python experiments/report.py FOLDER [--out DIR] [--no-figures]
+
+Rewrites summary.md/.csv and figures/*.png of a run folder from its history so far and prints
+the summary table; works on running, interrupted and finished runs (an unfinished one is
+summarized from the epochs done, and says so). Where the files go (jaxreg.report): into --out
+DIR if given; else into the run folder when no run is writing it; else (a run is training
+into it) nowhere: the table is printed only. Exit status: 0 done, 2 not a run folder (one
+line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"report.py: error: {message} (see --help)\n")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = _Parser(
+        prog="report.py",
+        description="Summary table, summary.md/.csv and figures of a run folder (running, interrupted or finished).",
+        epilog="Files go into --out DIR, else into the run folder unless a run is training into it (then the "
+        "table is only printed). Exit status: 0 done, 2 not a run folder.",
+    )
+    p.add_argument("folder", help="a run folder written by experiments/sweep.py")
+    p.add_argument("--out", help="write summary.md/.csv and figures/ here instead of into the run folder")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from jaxreg import report, results
+
+    try:
+        made = report.report(args.folder, args.out, figures=not args.no_figures)
+    except report.NotARunFolder as e:
+        print(f"report.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    run = made.run
+    total = run.config.get("config", {}).get("epochs", "?")
+    so_far = " (summary of the epochs so far)" if made.summaries and not run.finished else ""
+    print(f"{run.folder}: {run.state}, {made.epochs}/{total} epochs{so_far}")
+    if made.summaries:
+        print("\n" + results.summary_table(made.summaries))
+        print(results.summary_notes(divergence_threshold=run.divergence_threshold))
+    if made.written:
+        print(f"Wrote {made.destination}: {', '.join(str(p.relative_to(made.destination)) for p in made.written)}")
+    if made.note:
+        print(made.note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""What a run writes after every epoch, so it can be watched: history.jsonl/.csv lines and TensorBoard events.
+
+`LiveLog` starts the files afresh (atomically) with the epochs a resumed run keeps (its
+checkpoint's), then appends every epoch as one write per file, flushed: a reader sees whole
+epochs, or a last line still being written, which `results.read_history` skips. While the run
+trains the lines are in epoch order; at the end `jaxreg.sweep` rewrites history.jsonl/.csv in
+`results.write_history`'s order (variant, seed, epoch), so a finished run's files are the same
+whether or not it was interrupted and resumed. Every file is in the manifest before it exists.
+A run resumed with `tensorboard=False` leaves the event files already written as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Mapping
+
+from jaxreg import results, runfolder
+
+
+class LiveLog:
+    """The per-epoch files of one run: history.jsonl/.csv and, unless `tensorboard=False`, `jaxreg.events`."""
+
+    def __init__(self, folder, config, history: Mapping, epochs_done: int, tensorboard: bool = True):
+        """`history`: {(name, seed): {metric: [epochs]}} of the epochs kept (a checkpoint's), `epochs_done` of them."""
+        self.folder = Path(folder)
+        self.names = [v.name for v in config.variants]
+        self.threshold = config.divergence_threshold
+        self.diverged: dict = {}
+        self.history = {(v.name, v.seed): {m: [] for m in results.METRICS} for v in config.variant_specs()}
+        runfolder.record(self.folder, results.HISTORY_JSONL, results.HISTORY_CSV)
+        kept = []
+        for epoch in range(epochs_done):
+            kept += self._add(epoch, {key: {m: h[m][epoch] for m in results.METRICS} for key, h in history.items()})
+        results.atomic_write(self.folder / results.HISTORY_JSONL, results.jsonl_lines(kept))
+        results.atomic_write(self.folder / results.HISTORY_CSV, results.csv_lines(kept, header=True))
+        self.events = None
+        if tensorboard:
+            from jaxreg import events
+
+            hparams = {(v.name, v.seed): events.hparams_of(dataclasses.asdict(v), v.seed) for v in config.variant_specs()}
+            self.events = events.EventLog(self.folder, hparams, history, epochs_done)
+
+    def _add(self, epoch: int, row: Mapping) -> list[dict]:
+        """The history records of an epoch (from 0); remembers the row and which seeds have diverged."""
+        records = results.epoch_records(epoch, row, self.names, self.diverged, self.threshold)
+        for r in records:
+            key = (r["variant"], r["seed"])
+            self.diverged[key] = r["diverged"]
+            for m in results.METRICS:
+                self.history[key][m].append(r[m])
+        return records
+
+    def epoch(self, epoch: int, row: Mapping) -> None:
+        """Append an epoch (from 0) of `variants.run`'s row to every file, flushed."""
+        records = self._add(epoch, row)
+        lines = {results.HISTORY_JSONL: results.jsonl_lines(records), results.HISTORY_CSV: results.csv_lines(records)}
+        for name, text in lines.items():
+            with open(self.folder / name, "a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+        if self.events is not None:
+            self.events.epoch(epoch, row)
+
+    def finish(self, epochs: int) -> None:
+        """The run trained every epoch: the final and best metrics for TensorBoard's HParams."""
+        if self.events is not None:
+            self.events.finish(self.history, epochs)
