@@ -249,6 +249,7 @@ def _main(argv: list) -> int:
             progress=not args.no_progress,
             checkpoint_every=args.checkpoint_every,
             keep_checkpoint=args.keep_checkpoint,
+            stream=sys.stdout,  # today's, not the one run_sweep's default captured at import
         )
     except SweepInterrupted as e:
         print(f"\n{_signal_prefix()}{e}", file=sys.stderr)
