@@ -336,13 +336,16 @@ def run_sweep(
         raise SweepError(f"cannot create the lock file {e.path}: {e.reason}; choose another --out") from e
 
 
-def _remove_checkpoint(folder: Path) -> None:
-    """Delete a finished run's checkpoint, then drop it from the manifest (a finished run needs none to be read or resumed)."""
+def _remove_checkpoint(folder: Path, stream) -> None:
+    """Delete a finished run's checkpoint, then drop it from the manifest (a finished run needs none to be read or resumed).
+
+    The run has succeeded by then, so a failure is a note, not an error.
+    """
     try:
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         runfolder.unrecord(folder, CHECKPOINT_FILE)
     except OSError as e:
-        raise SweepError(f"the run finished, but its checkpoint {folder / CHECKPOINT_FILE} cannot be deleted: {e.strerror or e}; delete it yourself") from e
+        print(f"note: cannot delete the checkpoint {folder / CHECKPOINT_FILE} ({e.strerror or e}); delete it yourself", file=stream)
 
 
 def _run_locked(config, folder: Path, resume, overwrite, figures, progress, checkpoint_every, stream, keep_checkpoint=False) -> SweepResult:
@@ -439,7 +442,7 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
         saved_params.save_params(folder, trained)
         result = _finish(folder, config, history, figures, time.perf_counter() - t0, start, stream)
         if not keep_checkpoint:
-            _remove_checkpoint(folder)
+            _remove_checkpoint(folder, stream)
         return result
     except KeyboardInterrupt:
         if bar is not None:
