@@ -13,6 +13,7 @@ import os
 import threading
 from pathlib import Path
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from jaxreg import batches as batching
 from jaxreg import losses, outfolders, results, runfolder
 from jaxreg import sweep as sweep_module
 from jaxreg.data import densify
-from jaxreg.model import MLP
+from jaxreg.model import MLP, init_params, unpadded
 from jaxreg.params import load_params, params_file
 from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError, load_dataset, run_sweep
 from jaxreg.train import StepConfig, evaluate
@@ -302,3 +303,27 @@ def test_latest_is_replaced_atomically_and_falls_back_to_a_file(tmp_path, monkey
     assert outfolders.latest_folder(tmp_path) == a
     with pytest.raises(SweepError, match=r"nothing to resume: .*latest does not exist"):
         outfolders.latest_folder(tmp_path / "none")
+
+
+def test_unpadded_undoes_the_padding_of_init_params():
+    key = jax.random.key(3)
+    padded, mask = init_params(key, (6, 6), 50, (16, 16))
+    alone, _ = init_params(key, (6, 6), 50)
+    assert mask is not None
+    cut = unpadded(padded, (6, 6))
+    assert jax.tree.structure(cut) == jax.tree.structure(alone)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(cut), jax.tree.leaves(alone)))
+    with pytest.raises(ValueError, match="cannot cut a parameter"):
+        unpadded(alone, (16, 16))
+
+
+def test_a_checkpoint_without_best_parameters_is_refused(tmp_path):
+    out = tmp_path / "run"
+    quiet_sweep(out, keep_checkpoint=True)
+    payload = flax.serialization.msgpack_restore(runfolder.verified((out / CHECKPOINT_FILE).read_bytes()))
+    del payload["best"]
+    payload["format"] = 2  # the format before the best-epoch parameters
+    (out / CHECKPOINT_FILE).write_bytes(runfolder.with_checksum(flax.serialization.msgpack_serialize(payload)))
+    results.write_json(out / results.STATUS_FILE, {"state": "interrupted", "epochs_done": 5, "epochs": 5})
+    with pytest.raises(SweepError, match=r"cannot resume from .*checkpoint.msgpack: format 2, expected 3; use --overwrite"):
+        quiet_sweep(out, resume=True)
