@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="sweep.py",
         description="Train a whole overfitting/underfitting study (every variant x seed in one vmapped program) "
         "into a run folder: config.json, history.jsonl/.csv and tensorboard/ (after every epoch), summary.md/.csv, "
-        "figures/*.png, checkpoint.msgpack.",
+        "figures/*.png, params/ (each variant's final and best-epoch parameters), checkpoint.msgpack (while it runs).",
         epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf, or a loss above "
         "--divergence-threshold), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; an interrupted run "
         "continues with --resume.",
@@ -58,7 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="IMDB data: the aclImdb .tar.gz archive or extracted folder (default: env JAXREG_DATA)",
     )
     p.add_argument("--synthetic", action="store_true", help="use small offline synthetic IMDB-like data (a demo)")
-    p.add_argument("--out", help="run folder (default: runs/<preset>)")
+    p.add_argument(
+        "--out",
+        help="run folder, used exactly as given (default: a new runs/<preset>/<YYYY-MM-DD_HH-MM-SS> folder, local "
+        "time, -2, -3, ... appended when taken; runs/<preset>/latest then points at it)",
+    )
     p.add_argument(
         "--validation",
         choices=("test", "holdout"),
@@ -94,8 +98,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a variant has diverged from the first epoch where a loss exceeds X, or a metric is NaN or infinite "
         "(default 1e6; Keras' clipped data loss is at most ~16.1 per review)",
     )
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same options)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out (same options); without --out, the run runs/<preset>/latest "
+        "points at",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
+    p.add_argument(
+        "--keep-checkpoint",
+        action="store_true",
+        help="keep the resume checkpoint (every model's weights and optimizer state) once the run has finished "
+        "(default: deleted then)",
+    )
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tensorboard", action="store_true", help="skip the TensorBoard event files (tensorboard/)")
@@ -189,8 +204,9 @@ def build_config(args):
     return config.replace(**changes)
 
 
-def _resume_hint(argv) -> str:
-    args = [a for a in argv if a != "--overwrite"]
+def _resume_hint(argv, out=None) -> str:
+    """The command that resumes this run; `out`: the default folder this run got (without --out)."""
+    args = [a for a in argv if a != "--overwrite"] + ([] if out is None else ["--out", str(out)])
     return shlex.join(["python", "experiments/sweep.py", *args, *([] if "--resume" in args else ["--resume"])])
 
 
@@ -215,14 +231,16 @@ def _main(argv: list) -> int:
     # SIGINT and SIGTERM wait, blocked, until the imports are done (a second or two).
     unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
+        from jaxreg import outfolders
         from jaxreg.sweep import SweepError, SweepInterrupted, run_sweep
         from jaxreg.variants import VariantError
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
+    fresh = None  # (base, previous latest, folder) when this run made a new default folder
     try:
         config = build_config(args)
-        out = args.out or os.path.join("runs", config.name)
+        out, fresh = _output_folder(args, config, outfolders)
         result = run_sweep(
             config,
             out,
@@ -232,12 +250,16 @@ def _main(argv: list) -> int:
             progress=not args.no_progress,
             tensorboard=not args.no_tensorboard,
             checkpoint_every=args.checkpoint_every,
+            keep_checkpoint=args.keep_checkpoint,
+            stream=sys.stdout,  # today's, not the one run_sweep's default captured at import
         )
     except SweepInterrupted as e:
         print(f"\n{_signal_prefix()}{e}", file=sys.stderr)
-        print(f"resume with: {_resume_hint(argv)}", file=sys.stderr)
+        print(f"resume with: {_resume_hint(argv, fresh and fresh[2])}", file=sys.stderr)
         return INTERRUPTS.exit_status()
     except (SweepError, VariantError) as e:
+        if fresh is not None:
+            _drop_if_empty(*fresh, outfolders)
         print(f"sweep.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if result.diverged:
@@ -246,6 +268,33 @@ def _main(argv: list) -> int:
         print(f"sweep.py: diverged ({why}): {which}", file=sys.stderr)
         return EXIT_DIVERGED
     return 0
+
+
+def _output_folder(args, config, outfolders):
+    """(run folder, (base, previous latest, folder) or None): --out as given; else runs/<preset>/latest with
+    --resume, or a new timestamped folder under runs/<preset> that latest then names."""
+    if args.out:
+        return args.out, None
+    base = os.path.join("runs", config.name)
+    if args.resume:
+        return outfolders.latest_folder(base), None
+    try:
+        previous = outfolders.latest_folder(base)
+    except outfolders.SweepError:  # no earlier run
+        previous = None
+    folder = outfolders.new_folder(base)
+    outfolders.point_latest(base, folder)
+    return folder, (base, previous, folder)
+
+
+def _drop_if_empty(base, previous, folder, outfolders) -> None:
+    """Undo a new default folder the run refused before writing into it, and point latest back."""
+    try:
+        folder.rmdir()  # only when still empty
+    except OSError:
+        return
+    with contextlib.suppress(outfolders.SweepError):
+        outfolders.restore_latest(base, previous)
 
 
 def _signal_prefix() -> str:

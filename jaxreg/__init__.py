@@ -13,6 +13,8 @@ Modules, one idea each:
   sweep      SweepConfig and the resumable, checkpointing sweep behind experiments/sweep.py
   results    histories, summaries, run folders (load_run for notebooks)
   runfolder  a run folder's manifest, writer lock and checksummed checkpoint
+  params     the trained parameters a run saves (final and best epoch), load_params
+  outfolders default run folders runs/<preset>/<time> and runs/<preset>/latest
   plots      the study's figures with seed bands
 """
 

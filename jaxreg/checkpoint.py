@@ -1,9 +1,11 @@
 """The resume checkpoint: every bucket's TrainState and the history so far, in one checksummed file.
 
-Format (CHECKPOINT_FORMAT 2): `runfolder.with_checksum` of a flax msgpack of {format,
+Format (CHECKPOINT_FORMAT 3): `runfolder.with_checksum` of a flax msgpack of {format,
 epochs_done, history (JSON text), plan (JSON text: each bucket's widths, optimizer, config
-names and seeds), states {bucket index: state dict}}. Written atomically after an epoch;
-read back only into the structure a fresh run of the same config builds.
+names and seeds), states {bucket index: state dict}, best {bucket index: the parameters of
+each variant's best epoch so far, shaped like the state's params}}. Written atomically after
+an epoch; read back only into the structure a fresh run of the same config builds. A
+finished run deletes it unless asked to keep it (`run_sweep(keep_checkpoint=True)`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jaxreg.config import SweepConfig, SweepError
 from jaxreg.runfolder import CHECKPOINT_FILE
 from jaxreg.train import init_state
 
-CHECKPOINT_FORMAT = 2  # 2: behind a checksum header; 1 (no checksum) is refused
+CHECKPOINT_FORMAT = 3  # 3: with the best-epoch parameters; 2 (without them) and 1 (no checksum) are refused
 
 
 def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
@@ -32,6 +34,7 @@ def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
         "history": json.dumps(history),
         "plan": json.dumps(snapshot.plan),  # bucket layout, checked by variants.run on resume
         "states": {str(i): flax.serialization.to_state_dict(s) for i, s in enumerate(snapshot.states)},
+        "best": {str(i): flax.serialization.to_state_dict(b) for i, b in enumerate(snapshot.best)},
     }
     sealed = runfolder.with_checksum(flax.serialization.msgpack_serialize(payload))
     return results.atomic_write(folder / CHECKPOINT_FILE, sealed)
@@ -45,6 +48,15 @@ def _state_targets(config: SweepConfig, num_words: int, devices) -> list:
         one = jax.eval_shape(lambda c=run.step, w=bucket.widths: init_state(jax.random.key(0), c, num_words, w)[0])
         targets.append((one, (len(bucket.seeds), run.n_configs)))
     return targets
+
+
+def _restored(target, saved, lead: tuple, bucket: int):
+    """`saved` (a state dict) in the structure of `target` (one variant's), checked to be `lead` x its shapes."""
+    tree = flax.serialization.from_state_dict(target, saved)
+    for want, got in zip(jax.tree.leaves(target), jax.tree.leaves(tree)):
+        if tuple(got.shape) != lead + tuple(want.shape) or got.dtype != want.dtype:
+            raise ValueError(f"bucket {bucket}: saved array {got.shape} {got.dtype}, expected {lead + want.shape} {want.dtype}")
+    return tree
 
 
 def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, devices) -> V.RunSnapshot:
@@ -64,21 +76,19 @@ def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, devices) 
         saved = flax.serialization.msgpack_restore(payload)
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-        states = []
+        states, bests = [], []
         targets = _state_targets(config, num_words, devices)
-        if len(saved["states"]) != len(targets):
+        if len(saved["states"]) != len(targets) or len(saved["best"]) != len(targets):
             raise ValueError(f"{len(saved['states'])} buckets saved, this sweep has {len(targets)}")
         for i, (target, lead) in enumerate(targets):
-            state = flax.serialization.from_state_dict(target, saved["states"][str(i)])
-            for want, got in zip(jax.tree.leaves(target), jax.tree.leaves(state)):
-                if tuple(got.shape) != lead + tuple(want.shape) or got.dtype != want.dtype:
-                    raise ValueError(f"bucket {i}: saved array {got.shape} {got.dtype}, expected {lead + want.shape} {want.dtype}")
+            state = _restored(target, saved["states"][str(i)], lead, i)
             states.append(state)
+            bests.append(_restored(target.params, saved["best"][str(i)], lead, i))
         history = {(h["name"], h["seed"]): h["metrics"] for h in json.loads(saved["history"])}
         expected = {(v.name, v.seed) for v in config.variant_specs()}
         if set(history) != expected:
             raise ValueError("the saved history has other variants or seeds")
-        return V.RunSnapshot(int(saved["epochs_done"]), states, history, json.loads(saved["plan"]))
+        return V.RunSnapshot(int(saved["epochs_done"]), states, history, json.loads(saved["plan"]), bests)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
 

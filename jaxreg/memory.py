@@ -1,7 +1,8 @@
 """A rough estimate of the memory a sweep will allocate, to refuse impossible runs up front.
 
 `estimate(buckets, data)` adds up, for every bucket (one compiled program), the bytes of
-  state        parameters x (params, optimizer slot, gradient, updated params and slot)
+  state        parameters x (params, optimizer slot, gradient, updated params and slot,
+               the best epoch's params)
                for every seed x config, plus one unit mask per config;
   batches      one epoch's training batches per seed (host copy, stacked copy, the device's
                current and next epoch) and the validation batches;
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import Sequence
 
 FLOAT_BYTES = 4
-# Arrays per parameter alive during a step: params, RMSprop slot, gradient, new params, new slot.
-STATE_COPIES = 5
+# Arrays per parameter alive during a step: params, RMSprop slot, gradient, new params, new slot,
+# and the best epoch's params that variants.run keeps (not yet in the calibration runs below).
+STATE_COPIES = 6
 # Copies of an epoch's training batches: built per seed on the host, stacked, and on the device
 # for the current epoch and the next one (prepared while the device trains).
 BATCH_COPIES = 4

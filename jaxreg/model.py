@@ -98,6 +98,24 @@ def init_params(key: jax.Array, widths: Sequence[int], num_words: int, padded_wi
     return padded, mask
 
 
+def unpadded(params, widths: Sequence[int]):
+    """The parameters of a zero-padded model cut back to its true `widths` (the inverse of init_params' padding).
+
+    Every leaf is sliced to the shape `MLP(widths)` gives it, so `MLP(widths).apply` takes the
+    result; the cut-off entries are the padded units, which training keeps at exactly zero.
+    Works on NumPy or JAX leaves; the number of words is read from the first kernel.
+    """
+    num_words = params["params"]["hidden_0"]["kernel"].shape[0]
+    target = jax.eval_shape(lambda: MLP(tuple(widths)).init({"params": jax.random.key(0)}, jnp.zeros((1, num_words))))
+
+    def cut(leaf, shape):
+        if leaf.ndim != len(shape.shape) or any(t > s for s, t in zip(leaf.shape, shape.shape)):
+            raise ValueError(f"cannot cut a parameter of shape {leaf.shape} to widths {tuple(widths)} ({shape.shape})")
+        return leaf[tuple(slice(0, t) for t in shape.shape)]
+
+    return jax.tree.map(cut, params, target)
+
+
 def count_params(widths: Sequence[int], num_words: int) -> int:
     """Number of trainable parameters of an MLP with these widths."""
     sizes = (num_words, *widths, 1)

@@ -88,6 +88,16 @@ def record(folder, *names) -> None:
         write_json(folder / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "files": files})
 
 
+def unrecord(folder, *names) -> None:
+    """Drop files from the manifest, after they were deleted (so the manifest never misses a file on disk)."""
+    folder = Path(folder)
+    before = recorded(folder) or []
+    gone = {_relative(folder, n) for n in names}
+    files = [f for f in before if f not in gone]
+    if files != before:
+        write_json(folder / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "files": files})
+
+
 def _temporaries(path: Path) -> list[Path]:
     """What results.atomic_write leaves of `path` when its process is killed while writing."""
     if not path.parent.is_dir():

@@ -8,10 +8,14 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
   manifest.json        every file jaxreg wrote into the folder (see `jaxreg.runfolder`)
   config.json          the resolved config, variant list, plan, versions, devices, data
   status.json          running / interrupted / finished (+ diverged variants, seconds)
-  checkpoint.msgpack   after every epoch: each bucket's TrainState and the history so far,
-                       behind a sha256 header line (`runfolder.with_checksum`)
+  checkpoint.msgpack   after every epoch: each bucket's TrainState, best-epoch parameters and
+                       the history so far, behind a sha256 header line (`runfolder.with_checksum`);
+                       deleted (and dropped from the manifest) once the run has finished, unless
+                       `keep_checkpoint=True`
   history.jsonl/.csv   appended after every epoch (`jaxreg.live`), rewritten at the end
   tensorboard/         TensorBoard events per variant and seed, after every epoch (`jaxreg.events`)
+  params/<variant>/seed_<s>.final.msgpack, .best.msgpack   at the end: the trained parameters
+                       at the variant's true widths (`jaxreg.params`, `load_params`)
   summary.md/.csv, figures/*.png   at the end
 
 Checkpoints are written atomically (temporary file, then os.replace), so a run killed at
@@ -40,6 +44,7 @@ from tqdm.auto import tqdm
 import jaxreg
 from jaxreg import batches as batching
 from jaxreg import machine, memory, results, runfolder
+from jaxreg import params as saved_params
 from jaxreg import variants as V
 from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
@@ -310,13 +315,15 @@ def run_sweep(
     checkpoint_every: int = 1,
     stream=sys.stdout,
     tensorboard: bool = True,
+    keep_checkpoint: bool = False,
 ) -> SweepResult:
     """Train the sweep into the folder `out` (see the module docstring); SweepError for bad input.
 
     Raises SweepInterrupted on Ctrl-C after saving where to resume. Prints the data
     description, the plan and at the end the summary table to `stream`; the progress bar
     goes to stderr. SweepError at once if another process is writing the folder.
-    history.jsonl/.csv and (unless `tensorboard=False`) TensorBoard events grow every epoch.
+    history.jsonl/.csv and (unless `tensorboard=False`) TensorBoard events grow every epoch. The
+    resume checkpoint is deleted once the run has finished, unless `keep_checkpoint`.
     """
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
         raise SweepError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
@@ -324,7 +331,9 @@ def run_sweep(
     runfolder.check_writable(folder)
     try:
         with runfolder.exclusive(folder):
-            return _run_locked(config, folder, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard)
+            return _run_locked(
+                config, folder, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard, keep_checkpoint
+            )
     except runfolder.LockError as e:
         if e.in_use:
             raise SweepError(
@@ -333,7 +342,21 @@ def run_sweep(
         raise SweepError(f"cannot create the lock file {e.path}: {e.reason}; choose another --out") from e
 
 
-def _run_locked(config, folder: Path, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard=True) -> SweepResult:
+def _remove_checkpoint(folder: Path, stream) -> None:
+    """Delete a finished run's checkpoint, then drop it from the manifest (a finished run needs none to be read or resumed).
+
+    The run has succeeded by then, so a failure is a note, not an error.
+    """
+    try:
+        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+        runfolder.unrecord(folder, CHECKPOINT_FILE)
+    except OSError as e:
+        print(f"note: cannot delete the checkpoint {folder / CHECKPOINT_FILE} ({e.strerror or e}); delete it yourself", file=stream)
+
+
+def _run_locked(
+    config, folder: Path, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard=True, keep_checkpoint=False
+) -> SweepResult:
     """run_sweep's work, while it holds the folder's lock."""
     state = runfolder.check_folder(folder, config, resume, overwrite)
     if state == "finished" and resume:
@@ -415,17 +438,23 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
         live = LiveLog(folder, config, snapshot.history if snapshot else {}, start, tensorboard)
         bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
         t0 = time.perf_counter()
-        history = V.run(
+        history, trained = V.run(
             variants,
             dataset,
             config.run_settings(),
             mesh=V.variant_mesh(devices),
             on_epoch=on_epoch,
             resume=snapshot,
+            return_params=True,
+            divergence_threshold=config.divergence_threshold,
         )
         bar.close()
         live.finish(config.epochs)
-        return _finish(folder, config, history, figures, time.perf_counter() - t0, start, stream)
+        saved_params.save_params(folder, trained)
+        result = _finish(folder, config, history, figures, time.perf_counter() - t0, start, stream)
+        if not keep_checkpoint:
+            _remove_checkpoint(folder, stream)
+        return result
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()

@@ -15,6 +15,12 @@ Narrow configs train zero-padded to a width fixed by their own width (see `Paddi
 Randomness of a variant comes from its seed alone: initialization (key(seed) folded with
 0), dropout (folded with 1, then with the step) and the data order (`batches.epoch_order`).
 So a variant's history does not depend on which bucket, neighbours or devices it has.
+
+Best-epoch parameters: after every epoch, `run` keeps, per variant and seed, a copy of the
+parameters of its best epoch so far (the lowest validation data loss, before the variant
+diverged; see `best_epoch_tracker`), on the device, outside the compiled epoch, so the
+training numbers are untouched. They cost one more copy of the parameters and are part of a
+RunSnapshot, so a resumed run keeps the best so far.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxreg import batches as batching
-from jaxreg import optim
+from jaxreg import optim, results
 from jaxreg.cpu_kernels import cpu_kernels_available
 from jaxreg.losses import LOSS_MODES
 from jaxreg.model import PRODUCTS as STEP_PRODUCTS
+from jaxreg.model import unpadded
 from jaxreg.train import Hyperparameters, StepConfig, evaluate, fused_update_supports, init_state, train_epoch
 
 METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
@@ -492,6 +499,50 @@ class RunSnapshot:
     states: list
     history: dict
     plan: list | None = None  # per bucket (widths, optimizer, config names, seeds), checked on resume
+    best: list | None = None  # per bucket: the params of each variant's best epoch so far (like states' params)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedParams:
+    """One variant's and seed's trained parameters at its true widths: what `MLP(widths).apply` takes.
+
+    final: after the last epoch. best: after `best_epoch` (from 1), the epoch of its lowest
+    validation data loss before it diverged; None (both) when no epoch qualifies (diverged from
+    epoch 1). Trees of NumPy float32 arrays, {"params": {"hidden_0": {"kernel", "bias"}, ...}}.
+    """
+
+    final: dict
+    best: dict | None
+    best_epoch: int | None
+
+
+def best_epoch_tracker(threshold: float = results.DIVERGENCE_THRESHOLD):
+    """A function metrics -> whether this epoch is the best so far, for one variant and seed, epoch by epoch.
+
+    The best epoch is the first epoch of the lowest validation data loss among the epochs
+    before the variant diverged (`results.blown_up` with `threshold`, from that epoch on):
+    per seed, the same definition as the summary's best epoch on the mean over seeds.
+    """
+    best, diverged = math.inf, False
+
+    def improved(metrics: dict) -> bool:
+        nonlocal best, diverged
+        diverged = diverged or bool(results.blown_up({k: np.asarray(v) for k, v in metrics.items()}, threshold))
+        if diverged or not metrics["val_data_loss"] < best:
+            return False
+        best = metrics["val_data_loss"]
+        return True
+
+    return improved
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _keep_best(best, params, improved):
+    """Per leaf [seeds, configs, ...]: params where `improved` [seeds, configs], else best (whose buffers it reuses)."""
+    def pick(b, p):
+        return jnp.where(improved.reshape(improved.shape + (1,) * (p.ndim - 2)), p, b)
+
+    return jax.tree.map(pick, best, params)
 
 
 def run(
@@ -503,8 +554,14 @@ def run(
     policy: PaddingPolicy = PaddingPolicy(),
     on_epoch: Callable[[int, dict, Callable[[], RunSnapshot]], None] | None = None,
     resume: RunSnapshot | None = None,
-) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+    return_params: bool = False,
+    divergence_threshold: float = results.DIVERGENCE_THRESHOLD,
+):
     """Train all variants for settings.epochs; returns {(name, seed): {metric: [epochs]}}.
+
+    With `return_params=True` it returns (that history, {(name, seed): TrainedParams}): the
+    final and best-epoch parameters at each variant's true widths (the padding cut off); the
+    best epoch is `best_epoch_tracker(divergence_threshold)`'s.
 
     The host loops over epochs and buckets only; each bucket-epoch is one compiled call, and
     the next epoch's batches are prepared while the device works on the current one.
@@ -518,7 +575,12 @@ def run(
     history = {(v.name, v.seed): {m: [] for m in METRICS} for v in variants}
     first_epoch = 0
     layout = [(p.bucket.widths, p.bucket.optimizer, tuple(c.name for c in p.bucket.configs), p.bucket.seeds) for p in programs]
+    bests = [jax.tree.map(jnp.copy, state.params) for state, _ in states]  # best so far: none yet, any tree will do
+    trackers = {key: best_epoch_tracker(divergence_threshold) for key in history}
+    best_epochs: dict = {key: None for key in history}
     if resume is not None:
+        if resume.best is None or len(resume.best) != len(resume.states):
+            raise VariantError("the snapshot has no best-epoch parameters (RunSnapshot.best); take it with run's on_epoch")
         if len(resume.states) != len(programs) or (
             resume.plan is not None and _as_tuples(resume.plan) != _as_tuples(layout)
         ):
@@ -530,12 +592,17 @@ def run(
             (jax.device_put(saved, jax.tree.map(lambda x: x.sharding, state)), mask)
             for saved, (state, mask) in zip(resume.states, states)
         ]
+        bests = [jax.device_put(saved, jax.tree.map(lambda x: x.sharding, best)) for saved, best in zip(resume.best, bests)]
         history = {key: {m: list(resume.history[key][m]) for m in METRICS} for key in history}
         first_epoch = resume.epochs_done
+        for key, h in history.items():  # replay the best-epoch bookkeeping over the restored history
+            for e in range(first_epoch):
+                if trackers[key]({m: h[m][e] for m in METRICS}):
+                    best_epochs[key] = e + 1
 
     def snapshot(epochs_done):
         copied = {key: {m: list(v) for m, v in h.items()} for key, h in history.items()}
-        return RunSnapshot(epochs_done, [jax.device_get(s) for s, _ in states], copied, layout)
+        return RunSnapshot(epochs_done, [jax.device_get(s) for s, _ in states], copied, layout, [jax.device_get(b) for b in bests])
 
     next_batches = [p.train_batches(first_epoch) for p in programs] if first_epoch < settings.epochs else []
     for epoch in range(first_epoch, settings.epochs):
@@ -556,6 +623,27 @@ def run(
         for key, values in row.items():
             for k, v in values.items():
                 history[key][k].append(v)
+        for i, program in enumerate(programs):
+            improved = np.zeros((len(program.bucket.seeds), len(program.configs)), bool)  # inert padding configs: False
+            for si, seed in enumerate(program.bucket.seeds):
+                for ci, config in enumerate(program.bucket.configs):
+                    if trackers[(config.name, seed)](row[(config.name, seed)]):
+                        improved[si, ci], best_epochs[(config.name, seed)] = True, epoch + 1
+            if improved.any():
+                bests[i] = _keep_best(bests[i], states[i][0].params, improved)
         if on_epoch is not None:
             on_epoch(epoch, row, lambda e=epoch: snapshot(e + 1))
-    return {key: {k: np.asarray(v) for k, v in h.items()} for key, h in history.items()}
+    arrays = {key: {k: np.asarray(v) for k, v in h.items()} for key, h in history.items()}
+    if not return_params:
+        return arrays
+    trained = {}
+    for program, (state, _), best in zip(programs, states, bests):
+        final, best = jax.device_get(state.params), jax.device_get(best)
+        for si, seed in enumerate(program.bucket.seeds):
+            for ci, config in enumerate(program.bucket.configs):
+                def one(tree, si=si, ci=ci, widths=config.widths):
+                    return jax.tree.map(np.ascontiguousarray, unpadded(jax.tree.map(lambda x: x[si, ci], tree), widths))
+
+                epoch = best_epochs[(config.name, seed)]
+                trained[(config.name, seed)] = TrainedParams(one(final), None if epoch is None else one(best), epoch)
+    return arrays, trained

@@ -283,7 +283,7 @@ def test_help_explains_every_flag(sweep_env):
     proc = sweep("--help", env=sweep_env, timeout=60)
     assert proc.returncode == 0
     for flag in ("--preset", "--epochs", "--seeds", "--batch-size", "--data", "--synthetic", "--out", "--validation",
-                 "--devices", "--variants", "--product", "--variant-loop", "--resume", "--overwrite", "--no-figures",
+                 "--devices", "--variants", "--product", "--variant-loop", "--resume", "--overwrite", "--no-figures", "--keep-checkpoint",
                  "--divergence-threshold"):
         assert flag in proc.stdout
     assert "JAXREG_DATA" in proc.stdout and "book" in proc.stdout
@@ -391,9 +391,9 @@ def small_sweep(out, **kwargs) -> "object":
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> Path:
-    """A finished SMALL run folder with figures; copy it before changing it."""
+    """A finished SMALL run folder with figures and its checkpoint; copy it before changing it."""
     out = tmp_path_factory.mktemp("small") / "run"
-    small_sweep(out)
+    small_sweep(out, keep_checkpoint=True)
     return out
 
 
@@ -552,7 +552,7 @@ def test_a_missing_checkpoint_is_refused_unless_no_epoch_was_done(small_run, tmp
     _set_status(out, "interrupted", 0)  # interrupted during the first epoch: starts again at epoch 1
     result = small_sweep(out, resume=True, figures=False)
     assert result.resumed_from == 0 and results.read_json(out / results.STATUS_FILE)["state"] == "finished"
-    assert (out / CHECKPOINT_FILE).is_file()
+    assert not (out / CHECKPOINT_FILE).exists()  # deleted once finished
 
 
 def test_divergence_threshold_flags_a_huge_finite_loss(tmp_path, capsys):
@@ -617,7 +617,7 @@ def test_real_data_sweep_end_to_end(imdb, imdb_archive, imdb_cache_dir, sweep_en
     figures = sorted(p.name for p in (out / results.FIGURES_DIR).iterdir())
     assert figures == ["val_loss_curves.png", "vs_original.png"]
     assert all((out / results.FIGURES_DIR / f).stat().st_size > 10_000 for f in figures)
-    assert (out / CHECKPOINT_FILE).stat().st_size > 0 and run.status["state"] == "finished"
+    assert not (out / CHECKPOINT_FILE).exists() and run.status["state"] == "finished"  # deleted once finished
 
 
 def test_resuming_on_another_instruction_set_says_it_is_not_bit_for_bit(small_run, tmp_path, monkeypatch):
@@ -625,7 +625,7 @@ def test_resuming_on_another_instruction_set_says_it_is_not_bit_for_bit(small_ru
     _set_status(out, "interrupted", 1)
     assert results.read_json(out / results.CONFIG_FILE)["machine"]["instruction_set"] == machine.instruction_set()
     stream = io.StringIO()
-    run_sweep(SMALL, out, resume=True, figures=False, progress=False, stream=stream)
+    run_sweep(SMALL, out, resume=True, figures=False, progress=False, stream=stream, keep_checkpoint=True)
     assert "note:" not in stream.getvalue()
     _set_status(out, "interrupted", 1)
     monkeypatch.setattr(machine, "instruction_set", lambda: "SSE4_2")

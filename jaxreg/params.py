@@ -1,0 +1,80 @@
+"""Trained parameters in a run folder: each variant's and seed's final and best-epoch parameters.
+
+params/<variant>/seed_<seed>.final.msgpack   after the last epoch
+params/<variant>/seed_<seed>.best.msgpack    after its best epoch: the lowest validation data
+                                             loss of that seed before it diverged (the summary's
+                                             definition, per seed); absent when it diverged
+                                             from epoch 1
+
+Each file is `flax.serialization.msgpack_serialize` of the parameter tree at the variant's
+true widths (the padding it trained with cut off): {"params": {"hidden_0": {"kernel",
+"bias"}, ..., "output": {...}}} of float32 arrays, which `jaxreg.model.MLP(widths).apply`
+takes as is. `<variant>` is the variant's name, percent-encoded where a character is not a
+letter, digit or one of -_.~=+ (as urllib.parse.quote). Read one back with `load_params`:
+
+    from jaxreg.params import load_params
+    params = load_params("runs/book/latest", "smaller", seed=0, which="best")
+    logits = MLP((6, 6)).apply(params, multi_hot_batch)
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+
+import flax.serialization
+import numpy as np
+
+from jaxreg import results, runfolder
+from jaxreg.config import SweepError
+
+PARAMS_DIR = "params"
+WHICH = ("final", "best")
+
+
+def params_file(variant: str, seed: int, which: str = "final") -> str:
+    """The file of a variant's and seed's parameters, relative to the run folder ("/"-separated)."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    name = urllib.parse.quote(variant, safe="-_.~=+")
+    if name in (".", ".."):
+        name = name.replace(".", "%2E")
+    return f"{PARAMS_DIR}/{name}/seed_{int(seed)}.{which}.msgpack"
+
+
+def save_params(folder, trained: dict) -> list[str]:
+    """Write {(name, seed): variants.TrainedParams} into the folder, every file recorded in the manifest first."""
+    folder = Path(folder)
+    files = {}
+    for (name, seed), t in trained.items():
+        files[params_file(name, seed, "final")] = t.final
+        if t.best is not None:
+            files[params_file(name, seed, "best")] = t.best
+    runfolder.record(folder, *files)
+    for name, tree in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        results.atomic_write(folder / name, flax.serialization.msgpack_serialize(tree))
+    return list(files)
+
+
+def load_params(folder, variant: str, seed: int = 0, which: str = "final") -> dict:
+    """A variant's and seed's saved parameters ("final" or "best"), the tree `MLP(its widths).apply` takes.
+
+    SweepError, naming the file, when it is missing or unreadable.
+    """
+    path = Path(folder) / params_file(variant, seed, which)
+    if not path.is_file():
+        why = "its seed diverged from epoch 1, so it has no best epoch, or " if which == "best" else ""
+        raise SweepError(
+            f"no {which} parameters for variant {variant!r}, seed {seed}: {path} does not exist "
+            f"({why}the run has not finished, or was made by a jaxreg that did not save them)"
+        )
+    try:
+        tree = flax.serialization.msgpack_restore(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise SweepError(f"cannot read {path}: {e}; run the study again with --overwrite") from e
+    return _as_numpy(tree)
+
+
+def _as_numpy(tree):
+    return {k: _as_numpy(v) for k, v in tree.items()} if isinstance(tree, dict) else np.asarray(tree)
