@@ -302,8 +302,12 @@ def _signal_prefix() -> str:
 
 
 if __name__ == "__main__":
-    INTERRUPTS.install()
-    status = main()
+    try:  # install() inside: a signal right after it, before main's own try, is caught here
+        INTERRUPTS.install()
+        status = main()
+    except KeyboardInterrupt:
+        print(f"\n{_signal_prefix()}interrupted before anything was written", file=sys.stderr)
+        status = INTERRUPTS.exit_status()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # e.g. a closed pipe
             stream.flush()
