@@ -34,7 +34,8 @@ included: the ranking uses word counts only, never labels, and it lets both prot
 share one cached encoding.
 
 Cache: one ``.npz`` per (source checksum, num_words, tokenizer version, cache format)
-under ``cache_dir`` (default: env ``JAXREG_CACHE``, else ``~/.cache/jaxreg``), holding the
+under ``cache_dir`` (default: env ``JAXREG_CACHE``, else ``jaxreg.cache.cache_dir()``:
+``$XDG_CACHE_HOME/jaxreg`` or ``~/.cache/jaxreg``), holding the
 encoded full train and test splits. The checksum is the sha256 of the archive file; for
 a folder it is a sha256 over the sorted relative paths, sizes and mtimes of its review
 files (an edit that keeps both size and mtime goes unnoticed; touch the file to refresh);
@@ -49,12 +50,12 @@ import collections
 import functools
 import gzip
 import hashlib
+import io
 import itertools
 import os
 import re
 import stat
 import tarfile
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -63,6 +64,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from jaxreg import cache
+from jaxreg.results import atomic_write
 
 DEFAULT_NUM_WORDS = 10_000
 MAX_NUM_WORDS = int(np.iinfo(np.int32).max)  # word indices are int16 or int32 (see _index_dtype)
@@ -637,7 +641,7 @@ _ARRAY_NAMES = ("vocabulary",) + tuple(f"{s}_{a}" for s in _SPLITS for a in ("in
 
 def _cache_file(cache_dir, checksum: str, num_words: int) -> Path:
     if cache_dir is None:
-        cache_dir = os.environ.get("JAXREG_CACHE") or Path.home() / ".cache" / "jaxreg"
+        cache_dir = os.environ.get("JAXREG_CACHE") or cache.cache_dir()
     key = hashlib.sha256(f"{checksum}|{num_words}|{TOKENIZER_VERSION}|{CACHE_FORMAT}".encode()).hexdigest()
     return Path(cache_dir).expanduser() / f"imdb-{key[:24]}.npz"
 
@@ -668,14 +672,10 @@ def _read_cache(file: Path, checksum: str, num_words: int) -> dict[str, np.ndarr
 
 
 def _write_cache(file: Path, arrays: dict[str, np.ndarray], checksum: str, num_words: int) -> None:
-    tmp = None
+    buffer = io.BytesIO()  # ~14 MB for the full IMDB; written in one piece, atomically
+    np.savez(buffer, meta=np.array(_meta(checksum, num_words)), **arrays)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=file.parent, prefix=file.stem, suffix=".tmp", delete=False) as f:
-            tmp = f.name
-            np.savez(f, meta=np.array(_meta(checksum, num_words)), **arrays)
-        os.replace(tmp, file)
+        atomic_write(file, buffer.getvalue())
     except OSError as e:
         warnings.warn(f"could not write the IMDB cache file {file} ({e}); loading works, but uncached", stacklevel=3)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
