@@ -98,6 +98,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep compiled XLA programs in ~/.cache/jaxreg/xla (or $XDG_CACHE_HOME/jaxreg/xla) for the next "
+        "run; env JAXREG_COMPILE_CACHE=0 does the same",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=int,
         default=1,
@@ -213,10 +219,13 @@ def _main(argv: list) -> int:
     # SIGINT and SIGTERM wait, blocked, until the imports are done (a second or two).
     unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
+        from jaxreg.cache import enable_compilation_cache
         from jaxreg.sweep import SweepError, SweepInterrupted, run_sweep
         from jaxreg.variants import VariantError
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+    if not args.no_compile_cache:
+        enable_compilation_cache()
 
     try:
         config = build_config(args)

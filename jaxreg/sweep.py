@@ -7,7 +7,7 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
 
   manifest.json        every file jaxreg wrote into the folder (see `jaxreg.runfolder`)
   config.json          the resolved config, variant list, plan, versions, devices, data
-  status.json          running / interrupted / finished (+ diverged variants, seconds)
+  status.json          running / interrupted / finished (+ diverged variants, seconds, compile_seconds)
   checkpoint.msgpack   after every epoch: each bucket's TrainState and the history so far,
                        behind a sha256 header line (`runfolder.with_checksum`)
   history.jsonl/.csv, summary.md/.csv, figures/*.png   at the end
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 import jaxreg
 from jaxreg import batches as batching
-from jaxreg import machine, memory, results, runfolder
+from jaxreg import compiletime, machine, memory, results, runfolder
 from jaxreg import variants as V
 from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
@@ -162,7 +162,11 @@ def check_memory(config: SweepConfig, plan: list, estimate: memory.Estimate, ava
 
 
 class _Progress:
-    """A tqdm bar over epochs; postfix: the best mean validation data loss so far and its variant."""
+    """A tqdm bar over epochs; postfix: the best mean validation data loss so far and its variant.
+
+    The first epoch of a process includes XLA's compilation, so its rate and time left are
+    measured from the epochs after it (the elapsed time still counts from the start).
+    """
 
     def __init__(self, config: SweepConfig, start: int, history: dict, enabled: bool):
         self.bar = tqdm(
@@ -171,6 +175,7 @@ class _Progress:
         self.best = (math.inf, "", 0)
         self.threshold = config.divergence_threshold
         self.announced: set = set()
+        self.compiling = True
         for e in range(start):
             self._record(e, {k: {m: v[e] for m, v in h.items()} for k, h in history.items()})
         self._postfix()
@@ -200,7 +205,14 @@ class _Progress:
     def epoch_done(self, epoch: int, row: dict) -> None:
         self._record(epoch, row)
         self._postfix()
-        self.bar.update(1)
+        if self.compiling:  # counted, but left out of the rate, as if the bar had started after it
+            self.compiling = False
+            self.bar.n += 1
+            self.bar.initial = self.bar.last_print_n = self.bar.n
+            self.bar.last_print_t = time.time()  # tqdm's clock
+            self.bar.refresh()
+        else:
+            self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()
@@ -246,7 +258,9 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
     }
 
 
-def _finish(folder: Path, config: SweepConfig, history, figures: bool, seconds: float, resumed_from: int, stream) -> SweepResult:
+def _finish(
+    folder: Path, config: SweepConfig, history, figures: bool, seconds: float, resumed_from: int, stream, compile_seconds=None
+) -> SweepResult:
     histories = results.stack(history, [v.name for v in config.variants], config.divergence_threshold)
     summaries = results.summarize(histories)
     runfolder.record(folder, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV)
@@ -269,6 +283,7 @@ def _finish(folder: Path, config: SweepConfig, history, figures: bool, seconds: 
             "epochs_done": config.epochs,
             "epochs": config.epochs,
             "seconds": round(seconds, 3),
+            "compile_seconds": None if compile_seconds is None else round(compile_seconds, 3),
             "resumed_from_epoch": resumed_from,
             "diverged": [{"variant": n, "seed": s, "epoch": e} for n, s, e in diverged],
         },
@@ -409,16 +424,19 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
         write_status("running", start)
         bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
         t0 = time.perf_counter()
-        history = V.run(
-            variants,
-            dataset,
-            config.run_settings(),
-            mesh=V.variant_mesh(devices),
-            on_epoch=on_epoch,
-            resume=snapshot,
-        )
+        with compiletime.measure() as compiled:
+            history = V.run(
+                variants,
+                dataset,
+                config.run_settings(),
+                mesh=V.variant_mesh(devices),
+                on_epoch=on_epoch,
+                resume=snapshot,
+            )
+        seconds = time.perf_counter() - t0
         bar.close()
-        return _finish(folder, config, history, figures, time.perf_counter() - t0, start, stream)
+        print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
+        return _finish(folder, config, history, figures, seconds, start, stream, compiled.seconds)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
