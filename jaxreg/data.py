@@ -55,6 +55,7 @@ import itertools
 import os
 import re
 import stat
+import sys
 import tarfile
 import warnings
 import zipfile
@@ -64,6 +65,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxreg import cache
 from jaxreg.results import atomic_write
@@ -78,6 +80,7 @@ PROTOCOLS = {"test": "test-as-validation", "holdout": "holdout"}
 
 _SPLITS = ("train", "test")
 _LABELS = ("neg", "pos")
+IMDB_REVIEWS = 50_000  # labeled reviews, train and test: what a progress bar over the archive expects
 _BR_RE = re.compile(r"<br\s*/?>")
 _TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 _REVIEW_NAME_RE = re.compile(r"(\d+)(?:_\d+)?\.txt$")
@@ -209,8 +212,13 @@ def load_imdb(
     seed: int = 0,
     cache_dir=None,
     use_cache: bool = True,
+    progress: bool = False,
 ) -> Dataset:
-    """Loads IMDB as sparse multi-hot splits (see the module docstring for every rule)."""
+    """Loads IMDB as sparse multi-hot splits (see the module docstring for every rule).
+
+    progress: when the reviews must be read (no cache file yet, ~15 s), say so on stderr
+    with a progress bar over them; a cache hit prints nothing.
+    """
     if not isinstance(source, str) or source not in SOURCES:
         raise DataError(f"unknown source {source!r}; use one of {', '.join(map(repr, SOURCES))}")
     _check_arguments(path, validation, holdout_size, seed)
@@ -233,7 +241,11 @@ def load_imdb(
     cache_file = _cache_file(cache_dir, checksum, num_words) if use_cache else None
     arrays = _read_cache(cache_file, checksum, num_words) if cache_file else None
     if arrays is None:
-        arrays = _encode(records(), num_words, description)
+        if progress:
+            later = f"cached afterwards in {cache_file.parent}" if cache_file else "not cached"
+            print(f"Reading and encoding the IMDB reviews of {description} (first time; {later})", file=sys.stderr, flush=True)
+        total = len(texts) if source == "tfds" else IMDB_REVIEWS
+        arrays = _encode(_with_progress(records(), total, progress), num_words, description)
         if cache_file:
             _write_cache(cache_file, arrays, checksum, num_words)
 
@@ -567,6 +579,15 @@ def _texts_checksum(records: Iterable[Record]) -> str:
 
 
 # --- encoding -------------------------------------------------------------------------
+
+
+def _with_progress(records: Iterable[Record], total: int, enabled: bool) -> Iterator[Record]:
+    """The records, counted by a tqdm bar on stderr when enabled (ending full, should `total` be off)."""
+    with tqdm(total=total, unit=" reviews", file=sys.stderr, disable=not enabled, dynamic_ncols=True) as bar:
+        for record in records:
+            yield record
+            bar.update()
+        bar.total = bar.n
 
 
 def _encode(records: Iterable[Record], num_words: int, description: str) -> dict[str, np.ndarray]:

@@ -74,8 +74,10 @@ class SweepResult:
 # --- validation before anything is written ---------------------------------------------
 
 
-def load_dataset(config: SweepConfig) -> Dataset:
-    """The config's data (synthetic or IMDB); SweepError with the fix if it cannot be loaded."""
+def load_dataset(config: SweepConfig, progress: bool = False) -> Dataset:
+    """The config's data (synthetic or IMDB); SweepError with the fix if it cannot be loaded.
+
+    progress: a line and a progress bar on stderr while the IMDB reviews are read (first time only)."""
     if config.synthetic:
         return synthetic_dataset(**SYNTHETIC)
     path = config.data or os.environ.get("JAXREG_DATA")
@@ -85,7 +87,7 @@ def load_dataset(config: SweepConfig) -> Dataset:
             "set JAXREG_DATA, or use --synthetic for offline demo data"
         )
     try:
-        return load_imdb(path, validation=config.validation, holdout_size=config.holdout_size)
+        return load_imdb(path, validation=config.validation, holdout_size=config.holdout_size, progress=progress)
     except DataError as e:
         raise SweepError(str(e)) from e
 
@@ -352,7 +354,7 @@ def _run_locked(config, folder: Path, resume, overwrite, figures, progress, chec
     variants = config.variant_specs()
     plan = V.plan(variants)
     check_device_count(config, plan)
-    dataset = load_dataset(config)
+    dataset = load_dataset(config, progress)
     devices = select_devices(config.devices, max(len(b.configs) for b in plan))
     estimate = memory_estimate(config, dataset, devices, plan)
     available, where = memory.available_bytes(devices)
