@@ -14,6 +14,8 @@ Modules, one idea each:
   results    histories, summaries, run folders (load_run for notebooks)
   runfolder  a run folder's manifest, writer lock and checksummed checkpoint
   plots      the study's figures with seed bands
+  cache      the cache folders (one root, XDG_CACHE_HOME) and JAX's persistent compilation cache
+  compiletime  how long XLA compiled, apart from training
 """
 
 __version__ = "0.1.0"
