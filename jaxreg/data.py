@@ -241,11 +241,10 @@ def load_imdb(
     cache_file = _cache_file(cache_dir, checksum, num_words) if use_cache else None
     arrays = _read_cache(cache_file, checksum, num_words) if cache_file else None
     if arrays is None:
-        if progress:
-            later = f"cached afterwards in {cache_file.parent}" if cache_file else "not cached"
-            print(f"Reading and encoding the IMDB reviews of {description} (first time; {later})", file=sys.stderr, flush=True)
+        later = f"cached afterwards in {cache_file.parent}" if cache_file else "not cached"
+        message = f"Reading and encoding the IMDB reviews of {description} (first time; {later})" if progress else None
         total = len(texts) if source == "tfds" else IMDB_REVIEWS
-        arrays = _encode(_with_progress(records(), total, progress), num_words, description)
+        arrays = _encode(_with_progress(records(), total, message), num_words, description)
         if cache_file:
             _write_cache(cache_file, arrays, checksum, num_words)
 
@@ -581,12 +580,29 @@ def _texts_checksum(records: Iterable[Record]) -> str:
 # --- encoding -------------------------------------------------------------------------
 
 
-def _with_progress(records: Iterable[Record], total: int, enabled: bool) -> Iterator[Record]:
-    """The records, counted by a tqdm bar on stderr when enabled (ending full, should `total` be off)."""
-    with tqdm(total=total, unit=" reviews", file=sys.stderr, disable=not enabled, dynamic_ncols=True) as bar:
-        for record in records:
-            yield record
-            bar.update()
+def _with_progress(records: Iterable[Record], total: int, message: str | None) -> Iterator[Record]:
+    """The records; with a message, it and a tqdm bar over them go to stderr from the first record on.
+
+    Not before: a file that is no archive fails at once, and its error stays the only line.
+    The bar ends full should `total` be off; an error on the way removes it.
+    """
+    records = iter(records)
+    first = next(records, None)
+    if first is None:
+        return
+    if message is None:
+        yield first
+        yield from records
+        return
+    print(message, file=sys.stderr, flush=True)
+    with tqdm(total=total, unit=" reviews", file=sys.stderr, dynamic_ncols=True) as bar:
+        try:
+            for record in itertools.chain([first], records):
+                yield record
+                bar.update()
+        except BaseException:
+            bar.leave = False
+            raise
         bar.total = bar.n
 
 

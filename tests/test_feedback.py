@@ -150,6 +150,11 @@ def test_cold_load_says_what_it_reads_only_when_asked(make_fake_imdb, tmp_path, 
     assert "10/10" in err  # the bar over the reviews, ending full
     data.load_imdb(archive, num_words=8, cache_dir=tmp_path / "loud", progress=True)
     assert capsys.readouterr().err == ""  # a cache hit has nothing to say
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"not an archive")
+    with pytest.raises(data.DataError):
+        data.load_imdb(garbage, cache_dir=tmp_path / "loud", progress=True)
+    assert capsys.readouterr().err == ""  # nothing was read: the error stays the only message
 
 
 def test_progress_rate_leaves_out_the_compiling_first_epoch(capsys):
