@@ -115,6 +115,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tensorboard", action="store_true", help="skip the TensorBoard event files (tensorboard/)")
     p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep compiled XLA programs in ~/.cache/jaxreg/xla (or $XDG_CACHE_HOME/jaxreg/xla) for the next "
+        "run; env JAXREG_COMPILE_CACHE=0 does the same",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=int,
         default=1,
@@ -232,10 +238,13 @@ def _main(argv: list) -> int:
     unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         from jaxreg import outfolders
+        from jaxreg.cache import enable_compilation_cache
         from jaxreg.sweep import SweepError, SweepInterrupted, run_sweep
         from jaxreg.variants import VariantError
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+    if not args.no_compile_cache:
+        enable_compilation_cache()
 
     fresh = None  # (base, previous latest, folder) when this run made a new default folder
     try:

@@ -16,6 +16,8 @@ Modules, one idea each:
   params     the trained parameters a run saves (final and best epoch), load_params
   outfolders default run folders runs/<preset>/<time> and runs/<preset>/latest
   plots      the study's figures with seed bands
+  cache      the cache folders (one root, XDG_CACHE_HOME) and JAX's persistent compilation cache
+  compiletime  how long XLA compiled, apart from training
 """
 
 __version__ = "0.1.0"

@@ -16,10 +16,11 @@ import numpy as np
 
 from jaxreg import losses, results
 from jaxreg import variants as V
+from jaxreg.train import HYPERPARAMETERS
 
 PRODUCTS = ("auto", "sparse", "dense")
 VALIDATIONS = ("test", "holdout")
-AXES = ("width", "l1", "l2", "dropout_rate", "learning_rate", "weight_decay")
+AXES = ("width", *HYPERPARAMETERS)  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
 # Largest accepted values: a history keeps every epoch; seeds and devices multiply the models;
 # batch rows are int32 indices. Whether a run fits in memory is estimated later (jaxreg.memory).
 MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, holdout_size=2**31 - 1, devices=4096)

@@ -6,8 +6,8 @@ a time, ~1.5 GB/s) and the first layer's gradient and optimizer step
 (`optim.keras_rmsprop_step`: XLA writes a gradient table and splits the step into ~14
 passes over the array, where one pass does). They are compiled once per
 source, jax/jaxlib version, compiler flags and CPU with the system's C++ compiler against
-the installed jaxlib's FFI headers, and cached (~/.cache/jaxreg/kernels, or
-$XDG_CACHE_HOME/jaxreg/kernels). Any failure (no compiler, an old jax) warns once and jaxreg
+the installed jaxlib's FFI headers, and cached (`jaxreg.cache.cache_dir("kernels")`:
+~/.cache/jaxreg/kernels, or $XDG_CACHE_HOME/jaxreg/kernels). Any failure (no compiler, an old jax) warns once and jaxreg
 uses XLA's own operations instead; JAXREG_CPU_KERNELS=0 forces that.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import jaxlib
 
-from jaxreg import machine
+from jaxreg import cache, machine
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("embedding_bag.cc", "rmsprop.cc")
@@ -39,11 +39,6 @@ TARGETS = {
 # -ffp-contract=off: fused multiply-adds only where the source asks (where XLA makes them),
 # so results equal XLA's bit for bit; -fno-math-errno lets sqrt vectorize.
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w", "-ffp-contract=off", "-fno-math-errno")
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "jaxreg" / "kernels"
 
 
 def _machine_key() -> bytes:
@@ -65,12 +60,14 @@ def build_cpu_kernels(cache_dir: Path | None = None) -> Path:
     versions = f"{jax.__version__}|{jaxlib.__version__}".encode()
     texts = [(CSRC / name).read_bytes() for name in SOURCES + HEADERS]
     key = hashlib.sha256(b"\0".join([*texts, versions, " ".join(FLAGS).encode(), _machine_key()])).hexdigest()[:16]
-    cache_dir = Path(cache_dir) if cache_dir is not None else _cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache.cache_dir("kernels")
     library = cache_dir / f"jaxreg_kernels-{key}.so"
     if library.exists():
         return library
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:  # atomic: concurrent builds never see half a file
+    # Atomic like results.atomic_write, which writes bytes it is given: here the compiler writes the
+    # file, so it builds into a temporary folder and the finished library is renamed into place.
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         partial = Path(tmp) / library.name
         command = [compiler, *FLAGS, "-isystem", include, *(str(CSRC / s) for s in SOURCES), "-o", str(partial)]
         result = subprocess.run(command, capture_output=True, text=True)

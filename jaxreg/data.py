@@ -34,7 +34,8 @@ included: the ranking uses word counts only, never labels, and it lets both prot
 share one cached encoding.
 
 Cache: one ``.npz`` per (source checksum, num_words, tokenizer version, cache format)
-under ``cache_dir`` (default: env ``JAXREG_CACHE``, else ``~/.cache/jaxreg``), holding the
+under ``cache_dir`` (default: env ``JAXREG_CACHE``, else ``jaxreg.cache.cache_dir()``:
+``$XDG_CACHE_HOME/jaxreg`` or ``~/.cache/jaxreg``), holding the
 encoded full train and test splits. The checksum is the sha256 of the archive file; for
 a folder it is a sha256 over the sorted relative paths, sizes and mtimes of its review
 files (an edit that keeps both size and mtime goes unnoticed; touch the file to refresh);
@@ -49,12 +50,13 @@ import collections
 import functools
 import gzip
 import hashlib
+import io
 import itertools
 import os
 import re
 import stat
+import sys
 import tarfile
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -63,6 +65,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from jaxreg import cache
+from jaxreg.results import atomic_write
 
 DEFAULT_NUM_WORDS = 10_000
 MAX_NUM_WORDS = int(np.iinfo(np.int32).max)  # word indices are int16 or int32 (see _index_dtype)
@@ -74,6 +80,7 @@ PROTOCOLS = {"test": "test-as-validation", "holdout": "holdout"}
 
 _SPLITS = ("train", "test")
 _LABELS = ("neg", "pos")
+IMDB_REVIEWS = 50_000  # labeled reviews, train and test: what a progress bar over the archive expects
 _BR_RE = re.compile(r"<br\s*/?>")
 _TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 _REVIEW_NAME_RE = re.compile(r"(\d+)(?:_\d+)?\.txt$")
@@ -205,8 +212,13 @@ def load_imdb(
     seed: int = 0,
     cache_dir=None,
     use_cache: bool = True,
+    progress: bool = False,
 ) -> Dataset:
-    """Loads IMDB as sparse multi-hot splits (see the module docstring for every rule)."""
+    """Loads IMDB as sparse multi-hot splits (see the module docstring for every rule).
+
+    progress: when the reviews must be read (no cache file yet, ~15 s), say so on stderr
+    with a progress bar over them; a cache hit prints nothing.
+    """
     if not isinstance(source, str) or source not in SOURCES:
         raise DataError(f"unknown source {source!r}; use one of {', '.join(map(repr, SOURCES))}")
     _check_arguments(path, validation, holdout_size, seed)
@@ -229,7 +241,10 @@ def load_imdb(
     cache_file = _cache_file(cache_dir, checksum, num_words) if use_cache else None
     arrays = _read_cache(cache_file, checksum, num_words) if cache_file else None
     if arrays is None:
-        arrays = _encode(records(), num_words, description)
+        later = f"cached afterwards in {cache_file.parent}" if cache_file else "not cached"
+        message = f"Reading and encoding the IMDB reviews of {description} (first time; {later})" if progress else None
+        total = len(texts) if source == "tfds" else IMDB_REVIEWS
+        arrays = _encode(_with_progress(records(), total, message), num_words, description)
         if cache_file:
             _write_cache(cache_file, arrays, checksum, num_words)
 
@@ -565,6 +580,32 @@ def _texts_checksum(records: Iterable[Record]) -> str:
 # --- encoding -------------------------------------------------------------------------
 
 
+def _with_progress(records: Iterable[Record], total: int, message: str | None) -> Iterator[Record]:
+    """The records; with a message, it and a tqdm bar over them go to stderr from the first record on.
+
+    Not before: a file that is no archive fails at once, and its error stays the only line.
+    The bar ends full should `total` be off; an error on the way removes it.
+    """
+    records = iter(records)
+    first = next(records, None)
+    if first is None:
+        return
+    if message is None:
+        yield first
+        yield from records
+        return
+    print(message, file=sys.stderr, flush=True)
+    with tqdm(total=total, unit=" reviews", file=sys.stderr, dynamic_ncols=True) as bar:
+        try:
+            for record in itertools.chain([first], records):
+                yield record
+                bar.update()
+        except BaseException:
+            bar.leave = False
+            raise
+        bar.total = bar.n
+
+
 def _encode(records: Iterable[Record], num_words: int, description: str) -> dict[str, np.ndarray]:
     """Tokenizes reviews to word ids on the fly (no token strings kept), then encodes with numpy."""
     word_ids = collections.defaultdict(itertools.count().__next__)
@@ -637,7 +678,7 @@ _ARRAY_NAMES = ("vocabulary",) + tuple(f"{s}_{a}" for s in _SPLITS for a in ("in
 
 def _cache_file(cache_dir, checksum: str, num_words: int) -> Path:
     if cache_dir is None:
-        cache_dir = os.environ.get("JAXREG_CACHE") or Path.home() / ".cache" / "jaxreg"
+        cache_dir = os.environ.get("JAXREG_CACHE") or cache.cache_dir()
     key = hashlib.sha256(f"{checksum}|{num_words}|{TOKENIZER_VERSION}|{CACHE_FORMAT}".encode()).hexdigest()
     return Path(cache_dir).expanduser() / f"imdb-{key[:24]}.npz"
 
@@ -668,14 +709,10 @@ def _read_cache(file: Path, checksum: str, num_words: int) -> dict[str, np.ndarr
 
 
 def _write_cache(file: Path, arrays: dict[str, np.ndarray], checksum: str, num_words: int) -> None:
-    tmp = None
+    buffer = io.BytesIO()  # ~14 MB for the full IMDB; written in one piece, atomically
+    np.savez(buffer, meta=np.array(_meta(checksum, num_words)), **arrays)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=file.parent, prefix=file.stem, suffix=".tmp", delete=False) as f:
-            tmp = f.name
-            np.savez(f, meta=np.array(_meta(checksum, num_words)), **arrays)
-        os.replace(tmp, file)
+        atomic_write(file, buffer.getvalue())
     except OSError as e:
         warnings.warn(f"could not write the IMDB cache file {file} ({e}); loading works, but uncached", stacklevel=3)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

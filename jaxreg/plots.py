@@ -27,8 +27,9 @@ AXIS_LABELS = {
     "dropout_rate": "dropout rate",
     "learning_rate": "learning rate",
     "weight_decay": "decoupled weight decay",
-}
-LOG_AXES = ("width", "l1", "l2", "learning_rate", "weight_decay")
+    "l1_proximal": "proximal L1 strength",
+}  # one per sweep axis (jaxreg.config.AXES)
+LOG_AXES = tuple(axis for axis in AXIS_LABELS if axis != "dropout_rate")
 
 
 def _epochs(h) -> np.ndarray:

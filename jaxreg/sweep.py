@@ -7,7 +7,7 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
 
   manifest.json        every file jaxreg wrote into the folder (see `jaxreg.runfolder`)
   config.json          the resolved config, variant list, plan, versions, devices, data
-  status.json          running / interrupted / finished (+ diverged variants, seconds)
+  status.json          running / interrupted / finished (+ diverged variants, seconds, compile_seconds)
   checkpoint.msgpack   after every epoch: each bucket's TrainState, best-epoch parameters and
                        the history so far, behind a sha256 header line (`runfolder.with_checksum`);
                        deleted (and dropped from the manifest) once the run has finished, unless
@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 import jaxreg
 from jaxreg import batches as batching
-from jaxreg import machine, memory, results, runfolder
+from jaxreg import compiletime, machine, memory, results, runfolder
 from jaxreg import params as saved_params
 from jaxreg import variants as V
 from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -82,8 +82,10 @@ class SweepResult:
 # --- validation before anything is written ---------------------------------------------
 
 
-def load_dataset(config: SweepConfig) -> Dataset:
-    """The config's data (synthetic or IMDB); SweepError with the fix if it cannot be loaded."""
+def load_dataset(config: SweepConfig, progress: bool = False) -> Dataset:
+    """The config's data (synthetic or IMDB); SweepError with the fix if it cannot be loaded.
+
+    progress: a line and a progress bar on stderr while the IMDB reviews are read (first time only)."""
     if config.synthetic:
         return synthetic_dataset(**SYNTHETIC)
     path = config.data or os.environ.get("JAXREG_DATA")
@@ -93,7 +95,7 @@ def load_dataset(config: SweepConfig) -> Dataset:
             "set JAXREG_DATA, or use --synthetic for offline demo data"
         )
     try:
-        return load_imdb(path, validation=config.validation, holdout_size=config.holdout_size)
+        return load_imdb(path, validation=config.validation, holdout_size=config.holdout_size, progress=progress)
     except DataError as e:
         raise SweepError(str(e)) from e
 
@@ -169,7 +171,11 @@ def check_memory(config: SweepConfig, plan: list, estimate: memory.Estimate, ava
 
 
 class _Progress:
-    """A tqdm bar over epochs; postfix: the best mean validation data loss so far and its variant."""
+    """A tqdm bar over epochs; postfix: the best mean validation data loss so far and its variant.
+
+    The first epoch of a process includes XLA's compilation, so its rate and time left are
+    measured from the epochs after it (the elapsed time still counts from the start).
+    """
 
     def __init__(self, config: SweepConfig, start: int, history: dict, enabled: bool):
         self.bar = tqdm(
@@ -178,6 +184,7 @@ class _Progress:
         self.best = (math.inf, "", 0)
         self.threshold = config.divergence_threshold
         self.announced: set = set()
+        self.compiling = True
         for e in range(start):
             self._record(e, {k: {m: v[e] for m, v in h.items()} for k, h in history.items()})
         self._postfix()
@@ -207,7 +214,14 @@ class _Progress:
     def epoch_done(self, epoch: int, row: dict) -> None:
         self._record(epoch, row)
         self._postfix()
-        self.bar.update(1)
+        if self.compiling:  # counted, but left out of the rate, as if the bar had started after it
+            self.compiling = False
+            self.bar.n += 1
+            self.bar.initial = self.bar.last_print_n = self.bar.n
+            self.bar.last_print_t = time.time()  # tqdm's clock
+            self.bar.refresh()
+        else:
+            self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()
@@ -253,7 +267,9 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
     }
 
 
-def _finish(folder: Path, config: SweepConfig, history, figures: bool, seconds: float, resumed_from: int, stream) -> SweepResult:
+def _finish(
+    folder: Path, config: SweepConfig, history, figures: bool, seconds: float, resumed_from: int, stream, compile_seconds=None
+) -> SweepResult:
     histories = results.stack(history, [v.name for v in config.variants], config.divergence_threshold)
     summaries = results.summarize(histories)
     runfolder.record(folder, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV)
@@ -276,6 +292,7 @@ def _finish(folder: Path, config: SweepConfig, history, figures: bool, seconds: 
             "epochs_done": config.epochs,
             "epochs": config.epochs,
             "seconds": round(seconds, 3),
+            "compile_seconds": None if compile_seconds is None else round(compile_seconds, 3),
             "resumed_from_epoch": resumed_from,
             "diverged": [{"variant": n, "seed": s, "epoch": e} for n, s, e in diverged],
         },
@@ -364,7 +381,7 @@ def _run_locked(
     variants = config.variant_specs()
     plan = V.plan(variants)
     check_device_count(config, plan)
-    dataset = load_dataset(config)
+    dataset = load_dataset(config, progress)
     devices = select_devices(config.devices, max(len(b.configs) for b in plan))
     estimate = memory_estimate(config, dataset, devices, plan)
     available, where = memory.available_bytes(devices)
@@ -438,20 +455,23 @@ def _run_locked(
         live = LiveLog(folder, config, snapshot.history if snapshot else {}, start, tensorboard)
         bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
         t0 = time.perf_counter()
-        history, trained = V.run(
-            variants,
-            dataset,
-            config.run_settings(),
-            mesh=V.variant_mesh(devices),
-            on_epoch=on_epoch,
-            resume=snapshot,
-            return_params=True,
-            divergence_threshold=config.divergence_threshold,
-        )
+        with compiletime.measure() as compiled:
+            history, trained = V.run(
+                variants,
+                dataset,
+                config.run_settings(),
+                mesh=V.variant_mesh(devices),
+                on_epoch=on_epoch,
+                resume=snapshot,
+                return_params=True,
+                divergence_threshold=config.divergence_threshold,
+            )
+        seconds = time.perf_counter() - t0
         bar.close()
+        print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
         live.finish(config.epochs)
         saved_params.save_params(folder, trained)
-        result = _finish(folder, config, history, figures, time.perf_counter() - t0, start, stream)
+        result = _finish(folder, config, history, figures, seconds, start, stream, compiled.seconds)
         if not keep_checkpoint:
             _remove_checkpoint(folder, stream)
         return result

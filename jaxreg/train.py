@@ -24,18 +24,26 @@ from jaxreg.model import MLP, PRODUCTS, init_params
 
 
 class Hyperparameters(NamedTuple):
-    """Per-variant numbers; each leaf a float32 scalar (or a [variants] array under vmap)."""
+    """Per-variant numbers; each leaf a float32 scalar (or a [variants] array under vmap).
 
-    learning_rate: jax.Array
-    l1: jax.Array
-    l2: jax.Array
-    weight_decay: jax.Array
-    l1_proximal: jax.Array
-    dropout_rate: jax.Array
+    The one list of per-variant numbers and their defaults (`HYPERPARAMETERS`): VariantSpec
+    has a field of each name, and the sweep's axes are these and the width.
+    """
+
+    learning_rate: jax.Array = 1e-3
+    l1: jax.Array = 0.0
+    l2: jax.Array = 0.0
+    weight_decay: jax.Array = 0.0
+    l1_proximal: jax.Array = 0.0
+    dropout_rate: jax.Array = 0.0
 
     @classmethod
-    def create(cls, learning_rate=1e-3, l1=0.0, l2=0.0, weight_decay=0.0, l1_proximal=0.0, dropout_rate=0.0):
-        return cls(*(jnp.asarray(v, jnp.float32) for v in (learning_rate, l1, l2, weight_decay, l1_proximal, dropout_rate)))
+    def create(cls, *args, **kwargs) -> "Hyperparameters":
+        """The arguments of Hyperparameters (the fields, by position or name; defaults as above) as float32 scalars."""
+        return cls(*(jnp.asarray(v, jnp.float32) for v in cls(*args, **kwargs)))
+
+
+HYPERPARAMETERS = Hyperparameters._fields
 
 
 @dataclasses.dataclass(frozen=True)

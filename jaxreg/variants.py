@@ -42,7 +42,7 @@ from jaxreg.cpu_kernels import cpu_kernels_available
 from jaxreg.losses import LOSS_MODES
 from jaxreg.model import PRODUCTS as STEP_PRODUCTS
 from jaxreg.model import unpadded
-from jaxreg.train import Hyperparameters, StepConfig, evaluate, fused_update_supports, init_state, train_epoch
+from jaxreg.train import HYPERPARAMETERS, Hyperparameters, StepConfig, evaluate, fused_update_supports, init_state, train_epoch
 
 METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
 
@@ -83,6 +83,7 @@ class VariantSpec:
 
     name: str
     widths: tuple[int, ...] = (16, 16)
+    # the per-variant numbers: train.HYPERPARAMETERS, with Hyperparameters' defaults (tests/test_feedback.py)
     l1: float = 0.0
     l2: float = 0.0
     weight_decay: float = 0.0
@@ -139,9 +140,7 @@ class VariantSpec:
         return cls(**values)
 
     def hyperparameters(self) -> Hyperparameters:
-        return Hyperparameters.create(
-            self.learning_rate, self.l1, self.l2, self.weight_decay, self.l1_proximal, self.dropout_rate
-        )
+        return Hyperparameters.create(**{name: getattr(self, name) for name in HYPERPARAMETERS})
 
 
 def with_seeds(variants: Iterable[VariantSpec], seeds: Sequence[int]) -> list[VariantSpec]:

@@ -11,6 +11,10 @@ import pytest
 
 from jaxreg.data import synthetic_dataset, load_imdb
 
+# The command line keeps compiled programs in the user's cache folder by default; tests leave it
+# alone (and subprocesses that must compile, compile): tests/test_feedback.py turns it on in its own folders.
+os.environ.setdefault("JAXREG_COMPILE_CACHE", "0")
+
 IMDB_ARCHIVE = Path(
     os.environ.get("JAXREG_DATA")
     or Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
