@@ -308,6 +308,7 @@ def print_summary(
     print(results.summary_notes(divergence_threshold=divergence_threshold), file=stream)
     written = [results.CONFIG_FILE, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV]
     written += [str(p.relative_to(folder)) for p in figures]
+    written += [f"{d}/" for d in ("params", "tensorboard") if (folder / d).is_dir()]  # per variant and seed
     print(f"Wrote {folder}: {', '.join(written)}", file=stream)
 
 
