@@ -9,13 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 from typing import Sequence
-
-import numpy as np
 
 from jaxreg import losses, results
 from jaxreg import variants as V
+from jaxreg.checks import is_int, is_number
 from jaxreg.train import HYPERPARAMETERS
 
 PRODUCTS = ("auto", "sparse", "dense")
@@ -68,7 +66,7 @@ class SweepConfig:
 
         def positive_int(field):
             value = getattr(self, field)
-            if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
+            if not is_int(value) or value < 1:
                 bad(field, "must be an integer >= 1")
             object.__setattr__(self, field, int(value))  # NumPy ints too, as plain JSON-ready ints
 
@@ -108,7 +106,7 @@ class SweepConfig:
         if self.data is not None and (not isinstance(self.data, str) or not self.data):
             bad("data", "must be a path or None")
         threshold = self.divergence_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < math.inf:
+        if not is_number(threshold) or not 0 < threshold < math.inf:
             bad("divergence_threshold", "must be a finite number > 0")
         object.__setattr__(self, "divergence_threshold", float(threshold))
 

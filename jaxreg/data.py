@@ -68,6 +68,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxreg import cache
+from jaxreg.checks import is_int
 from jaxreg.results import atomic_write
 
 DEFAULT_NUM_WORDS = 10_000
@@ -343,7 +344,7 @@ Record = tuple[str, int, tuple, str]  # (split, label 0/1, sort key, text)
 
 
 def _check_num_words(num_words: int) -> None:
-    if not isinstance(num_words, (int, np.integer)) or isinstance(num_words, (bool, np.bool_)):
+    if not is_int(num_words):
         raise DataError(
             f"num_words={num_words!r} must be an integer, not {type(num_words).__name__} "
             f"(an int num_words >= 4; the book uses {DEFAULT_NUM_WORDS})"
@@ -372,7 +373,7 @@ def _check_arguments(path, validation, holdout_size, seed) -> None:
             "validation set) or 'holdout' (hold out part of the train split)"
         )
     for name, value, least in (("holdout_size", holdout_size, 1), ("seed", seed, 0)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < least:
+        if not is_int(value) or value < least:
             raise DataError(f"{name}={value!r} must be an integer >= {least}")
 
 

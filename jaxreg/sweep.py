@@ -47,6 +47,7 @@ from jaxreg import compiletime, machine, memory, results, runfolder
 from jaxreg import params as saved_params
 from jaxreg import variants as V
 from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from jaxreg.checks import is_int
 from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.live import LiveLog
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
@@ -343,7 +344,7 @@ def run_sweep(
     history.jsonl/.csv and (unless `tensorboard=False`) TensorBoard events grow every epoch. The
     resume checkpoint is deleted once the run has finished, unless `keep_checkpoint`.
     """
-    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+    if not is_int(checkpoint_every) or checkpoint_every < 1:
         raise SweepError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
     folder = Path(out)
     runfolder.check_writable(folder)

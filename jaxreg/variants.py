@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from typing import Callable, Iterable, Sequence
 
 import jax
@@ -38,6 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxreg import batches as batching
 from jaxreg import optim, results
+from jaxreg.checks import FLOAT32_MAX, float32_finite, is_int, is_number
 from jaxreg.cpu_kernels import cpu_kernels_available
 from jaxreg.losses import LOSS_MODES
 from jaxreg.model import PRODUCTS as STEP_PRODUCTS
@@ -54,27 +54,10 @@ class VariantError(ValueError):
 # Documented limits of the inputs. Numbers train in float32, so a value must be finite there
 # (1e39 is not); seeds must fit jax.random.key's and NumPy's seeding (0 <= seed < 2**32); a
 # width above MAX_WIDTH would need tens of GB for one layer; a history keeps every epoch.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_SEED = 2**32 - 1
 MAX_WIDTH = 2**16
 MAX_EPOCHS = 10**6
 MAX_BATCH_SIZE = int(np.iinfo(np.int32).max) - 1  # batch rows are int32 indices, with one dummy row
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _float32_finite(value) -> bool:
-    """Whether a real number stays finite when trained in float32 (ints beyond float64 included)."""
-    try:
-        return math.isfinite(value) and abs(float(value)) <= FLOAT32_MAX
-    except OverflowError:
-        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,22 +85,22 @@ class VariantSpec:
         if isinstance(self.widths, (str, bytes)) or not isinstance(self.widths, Iterable):
             bad("widths", "must be a sequence of integers")
         widths = tuple(self.widths)
-        if not all(_is_int(w) for w in widths):
+        if not all(is_int(w) for w in widths):
             bad("widths", "must be a sequence of integers")
         object.__setattr__(self, "widths", tuple(int(w) for w in widths))
         if not self.widths or not all(1 <= w <= MAX_WIDTH for w in self.widths):
             bad("widths", f"must be one or more widths, each from 1 to {MAX_WIDTH:,}")
         for field in ("l1", "l2", "weight_decay", "l1_proximal"):
             value = getattr(self, field)
-            if not _is_number(value) or not _float32_finite(value) or value < 0:
+            if not is_number(value) or not float32_finite(value) or value < 0:
                 bad(field, f"must be a number >= 0 that is finite in float32 (at most {FLOAT32_MAX:.4g})")
             object.__setattr__(self, field, float(value))
-        if not _is_number(self.dropout_rate) or not 0 <= self.dropout_rate < 1 or np.float32(self.dropout_rate) >= 1:
+        if not is_number(self.dropout_rate) or not 0 <= self.dropout_rate < 1 or np.float32(self.dropout_rate) >= 1:
             bad("dropout_rate", "must be a number in [0, 1) (also after rounding to float32)")
         object.__setattr__(self, "dropout_rate", float(self.dropout_rate))
         if (
-            not _is_number(self.learning_rate)
-            or not _float32_finite(self.learning_rate)
+            not is_number(self.learning_rate)
+            or not float32_finite(self.learning_rate)
             or not self.learning_rate > 0
             or not np.float32(self.learning_rate) > 0
         ):
@@ -125,7 +108,7 @@ class VariantSpec:
         object.__setattr__(self, "learning_rate", float(self.learning_rate))
         if not isinstance(self.optimizer, str) or self.optimizer not in optim.RMSPROP_MODES:
             bad("optimizer", f"must be one of {optim.RMSPROP_MODES}")
-        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             bad("seed", f"must be an integer from 0 to 2**32-1={MAX_SEED}")
         object.__setattr__(self, "seed", int(self.seed))
 
@@ -303,7 +286,7 @@ class RunSettings:
         limits = {"epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE, "eval_batch_size": MAX_BATCH_SIZE}
         for field, most in limits.items():
             value = getattr(self, field)
-            if not _is_int(value) or not 1 <= value <= most:
+            if not is_int(value) or not 1 <= value <= most:
                 raise ValueError(f"RunSettings.{field} must be an integer from 1 to {most:,}, got {value!r}")
         choices = {"loss": LOSS_MODES, "product": ("auto",) + STEP_PRODUCTS, "variant_loop": VARIANT_LOOPS}
         for field, allowed in choices.items():
