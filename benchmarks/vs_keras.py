@@ -189,7 +189,7 @@ def jaxreg_child(args) -> dict:
     stamps = []
     with C.RSSPoller() as mem:
         start = time.perf_counter()
-        history = V.run(specs, ds, settings, on_epoch=lambda epoch, row, snapshot: stamps.append(time.perf_counter()))
+        history = V.run(specs, ds, settings, on_epoch=lambda epoch, row, snapshot: stamps.append(time.perf_counter())).history
         end = time.perf_counter()
     run_process_peak = C.ru_maxrss_bytes()
     epoch_seconds = [b - a for a, b in zip([start] + stamps[:-1], stamps)]

@@ -1,7 +1,7 @@
 """TensorBoard event files of a run: one TensorBoard run per variant and seed, every metric per epoch.
 
 <run folder>/tensorboard/<variant>/seed_<s>/events.out.tfevents.jaxreg holds, as scalars with
-step = epoch (from 1), every metric of `results.METRICS`, appended and flushed after every
+step = epoch (from 1), every metric of the history (`tasks.metric_names`), appended and flushed after every
 epoch, and the variant's hyperparameters for TensorBoard's HParams plugin (with, at the end,
 the final and best validation metrics). `tensorboard --logdir <run folder or its parent>`.
 
@@ -23,13 +23,18 @@ from tensorboardX import summary as tbx_summary
 from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto.event_pb2 import Event
 
-from jaxreg import results, runfolder
+from jaxreg import results, runfolder, tasks
 
 EVENTS_DIR = "tensorboard"
 EVENT_FILE = "events.out.tfevents.jaxreg"  # TensorBoard reads files with "tfevents" in their name
 HPARAM_FIELDS = ("l1", "l2", "dropout_rate", "learning_rate", "weight_decay", "l1_proximal", "optimizer")
 # what the HParams plugin compares variants by: the last value of each tag in a run
-HPARAM_METRICS = ("val_data_loss", "val_accuracy", "best/val_data_loss", "best/val_accuracy", "best/epoch")
+def hparam_metrics(metric: str = "accuracy") -> tuple[str, ...]:
+    """The metrics the HParams plugin shows for a task whose metric is `metric` (accuracy, mae)."""
+    return ("val_data_loss", f"val_{metric}", "best/val_data_loss", f"best/val_{metric}", "best/epoch")
+
+
+HPARAM_METRICS = hparam_metrics("accuracy")
 
 
 def event_file(name: str, seed: int) -> str:
@@ -62,21 +67,23 @@ def scalar_records(step: int, values: Mapping[str, float]) -> bytes:
     return b"".join(_summary_event(tbx_summary.scalar(tag, float(v)), step, wall_time) for tag, v in values.items())
 
 
-def header_records(hparams: Mapping) -> bytes:
+def header_records(hparams: Mapping, metric: str = "accuracy") -> bytes:
     """What an event file starts with: its version, the HParams experiment and this run's hyperparameters."""
-    experiment, session_start, _ = tbx_summary.hparams(dict(hparams), {m: None for m in HPARAM_METRICS})
+    experiment, session_start, _ = tbx_summary.hparams(dict(hparams), {m: None for m in hparam_metrics(metric)})
     version = _record(Event(wall_time=time.time(), step=0, file_version="brain.Event:2"))
     return version + _summary_event(experiment, 0) + _summary_event(session_start, 0)
 
 
 def best_metrics(history: Mapping[str, Sequence[float]]) -> dict:
-    """Best epoch (lowest finite val_data_loss) of one seed, its val_data_loss and val_accuracy; {} if none is finite."""
+    """Best epoch (lowest finite val_data_loss) of one seed, its val_data_loss and the task's metric
+    (val_accuracy, val_mae); {} if none is finite."""
     losses = [float(v) for v in history["val_data_loss"]]
     finite = [i for i, v in enumerate(losses) if math.isfinite(v)]
     if not finite:
         return {}
     best = min(finite, key=lambda i: losses[i])
-    return {"best/val_data_loss": losses[best], "best/val_accuracy": float(history["val_accuracy"][best]), "best/epoch": best + 1}
+    metric = f"val_{results.task_metric(history)}"
+    return {"best/val_data_loss": losses[best], f"best/{metric}": float(history[metric][best]), "best/epoch": best + 1}
 
 
 def _end_records(step: int, history: Mapping[str, Sequence[float]]) -> bytes:
@@ -93,17 +100,20 @@ class EventLog:
     flushed with one write per file; files are opened per write, so none stays open.
     """
 
-    def __init__(self, folder, hparams: Mapping[tuple[str, int], Mapping], history: Mapping, epochs_done: int):
+    def __init__(
+        self, folder, hparams: Mapping[tuple[str, int], Mapping], history: Mapping, epochs_done: int, metric: str = "accuracy"
+    ):
         self.folder = Path(folder)
+        metrics = tasks.metric_names(metric)
         self.keys = list(hparams)
         runfolder.record(self.folder, *(event_file(n, s) for n, s in self.keys))
         for key in self.keys:
             kept = b"".join(
-                scalar_records(e + 1, {m: history[key][m][e] for m in results.METRICS}) for e in range(epochs_done)
+                scalar_records(e + 1, {m: history[key][m][e] for m in metrics}) for e in range(epochs_done)
             ) if key in history else b""
             path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            results.atomic_write(path, header_records(hparams[key]) + kept)
+            results.atomic_write(path, header_records(hparams[key], metric) + kept)
 
     def _path(self, key) -> Path:
         return self.folder / event_file(*key)
@@ -116,7 +126,7 @@ class EventLog:
     def epoch(self, epoch: int, row: Mapping[tuple[str, int], Mapping[str, float]]) -> None:
         """Append an epoch (from 0) of `variants.run`'s row: every metric at step epoch + 1."""
         for key in self.keys:
-            self._append(key, scalar_records(epoch + 1, {m: row[key][m] for m in results.METRICS}))
+            self._append(key, scalar_records(epoch + 1, {m: row[key][m] for m in results.columns(row[key])}))
 
     def finish(self, history: Mapping, epochs: int) -> None:
         """Append each run's best metrics (for the HParams plugin) and the end of its session."""

@@ -1,4 +1,4 @@
-"""Keras-initialized Flax MLP whose first layer consumes sparse multi-hot batches.
+"""The study's model: a Keras-initialized Flax MLP whose first layer consumes sparse multi-hot batches.
 
 Kernels are glorot-uniform and biases zero, as Keras' Dense (Flax's default is
 lecun_normal). The first layer is an "embedding bag": the sum of the kernel rows at a
@@ -53,7 +53,9 @@ class MultiHotDense(nn.Module):
 
 
 class MLP(nn.Module):
-    """ReLU hidden layers of the given widths, inverted dropout after each, one output logit.
+    """ReLU hidden layers of the given widths, inverted dropout after each, then `outputs` units.
+
+    With one output (binary classification, regression) it returns [...] rather than [..., 1].
 
     `first_product` (optional): multi_hot(x) @ first kernel, computed by the caller, who then
     owns that kernel's gradient (train_step's fused_update takes it from this product's).
@@ -61,6 +63,7 @@ class MLP(nn.Module):
 
     widths: Sequence[int]
     product: str = "sparse"
+    outputs: int = 1
 
     @nn.compact
     def __call__(self, x, dropout_rate=0.0, dropout_key=None, first_product=None):
@@ -72,10 +75,13 @@ class MLP(nn.Module):
                 h = nn.Dense(width, kernel_init=glorot_uniform, name=f"hidden_{i}")(h)
             h = nn.relu(h)
             h = dropout(h, dropout_rate, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
-        return nn.Dense(1, kernel_init=glorot_uniform, name="output")(h)[..., 0]
+        out = nn.Dense(self.outputs, kernel_init=glorot_uniform, name="output")(h)
+        return out[..., 0] if self.outputs == 1 else out
 
 
-def init_params(key: jax.Array, widths: Sequence[int], num_words: int, padded_widths: Sequence[int] | None = None):
+def init_params(
+    key: jax.Array, widths: Sequence[int], num_words: int, padded_widths: Sequence[int] | None = None, outputs: int = 1
+):
     """Parameters initialized at the true `widths`, zero-padded to `padded_widths`.
 
     Returns (params, unit_mask): unit_mask is a pytree of 0/1 marking the real entries,
@@ -83,12 +89,12 @@ def init_params(key: jax.Array, widths: Sequence[int], num_words: int, padded_wi
     a padded model starts exactly where it would start alone.
     """
     widths = tuple(int(w) for w in widths)
-    params = MLP(widths).init({"params": key}, jnp.zeros((1, num_words), jnp.float32))
+    params = MLP(widths, outputs=outputs).init({"params": key}, jnp.zeros((1, num_words), jnp.float32))
     if padded_widths is None or tuple(padded_widths) == widths:
         return params, None
     if len(padded_widths) != len(widths) or any(p < w for p, w in zip(padded_widths, widths)):
         raise ValueError(f"cannot pad widths {widths} to {tuple(padded_widths)}")
-    target = jax.eval_shape(lambda: MLP(tuple(padded_widths)).init({"params": key}, jnp.zeros((1, num_words))))
+    target = jax.eval_shape(lambda: MLP(tuple(padded_widths), outputs=outputs).init({"params": key}, jnp.zeros((1, num_words))))
 
     def pad(leaf, shape):
         return jnp.pad(leaf, [(0, t - s) for s, t in zip(leaf.shape, shape.shape)])
@@ -101,12 +107,16 @@ def init_params(key: jax.Array, widths: Sequence[int], num_words: int, padded_wi
 def unpadded(params, widths: Sequence[int]):
     """The parameters of a zero-padded model cut back to its true `widths` (the inverse of init_params' padding).
 
-    Every leaf is sliced to the shape `MLP(widths)` gives it, so `MLP(widths).apply` takes the
-    result; the cut-off entries are the padded units, which training keeps at exactly zero.
-    Works on NumPy or JAX leaves; the number of words is read from the first kernel.
+    Every leaf is sliced to the shape `MLP(widths, outputs=...)` gives it, so its `apply` takes
+    the result; the cut-off entries are the padded units, which training keeps at exactly
+    zero. Works on NumPy or JAX leaves; the number of words and of outputs are read from the
+    first and the output kernel.
     """
     num_words = params["params"]["hidden_0"]["kernel"].shape[0]
-    target = jax.eval_shape(lambda: MLP(tuple(widths)).init({"params": jax.random.key(0)}, jnp.zeros((1, num_words))))
+    outputs = params["params"]["output"]["kernel"].shape[-1]
+    target = jax.eval_shape(
+        lambda: MLP(tuple(widths), outputs=outputs).init({"params": jax.random.key(0)}, jnp.zeros((1, num_words)))
+    )
 
     def cut(leaf, shape):
         if leaf.ndim != len(shape.shape) or any(t > s for s, t in zip(leaf.shape, shape.shape)):
@@ -116,7 +126,7 @@ def unpadded(params, widths: Sequence[int]):
     return jax.tree.map(cut, params, target)
 
 
-def count_params(widths: Sequence[int], num_words: int) -> int:
+def count_params(widths: Sequence[int], num_words: int, outputs: int = 1) -> int:
     """Number of trainable parameters of an MLP with these widths."""
-    sizes = (num_words, *widths, 1)
+    sizes = (num_words, *widths, outputs)
     return int(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])))

@@ -1,7 +1,9 @@
 """Keras-exact weight penalties: L1 = c * sum|w|, L2 = c * sum(w^2) (no 1/2).
 
-A boolean mask pytree selects the leaves that carry a penalty; by default the hidden
-layers' kernels, as in the study (never biases, not the output layer).
+A boolean mask pytree selects the leaves that carry a penalty. `kernel_mask` builds it from
+a rule on each leaf's path (`networks.default_penalized` by default: every "kernel" outside
+a submodule named "output", which for the study's MLP is its hidden layers' kernels, as Keras'
+kernel_regularizer there; never biases).
 """
 
 from __future__ import annotations
@@ -10,15 +12,20 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from jaxreg.networks import default_penalized
+
+
+def kernel_mask(params, penalize=default_penalized):
+    """True at the leaves whose path (tuple of keys) `penalize` accepts, False elsewhere."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({path: bool(penalize(path)) for path in flat})
+
 
 def hidden_kernel_mask(params, include_output: bool = False):
-    """True for the kernels of layers named hidden_* (and output if asked), False elsewhere."""
-    flat = traverse_util.flatten_dict(params)
-    mask = {
-        path: path[-1] == "kernel" and (path[-2].startswith("hidden_") or (include_output and path[-2] == "output"))
-        for path in flat
-    }
-    return traverse_util.unflatten_dict(mask)
+    """The study's rule for its MLP: the kernels of layers named hidden_* (and output if asked)."""
+    return kernel_mask(
+        params, lambda path: path[-1] == "kernel" and (path[-2].startswith("hidden_") or (include_output and path[-2] == "output"))
+    )
 
 
 def _masked_sum(fn, params, mask) -> jax.Array:

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from jaxreg.results import is_penalized, masked
+from jaxreg.results import is_penalized, masked, task_metric
 
 REFERENCE_COLOR = "0.45"
 DPI = 110
@@ -30,6 +30,12 @@ AXIS_LABELS = {
     "l1_proximal": "proximal L1 strength",
 }  # one per sweep axis (jaxreg.config.AXES)
 LOG_AXES = tuple(axis for axis in AXIS_LABELS if axis != "dropout_rate")
+
+
+def loss_name(histories: Mapping) -> str:
+    """What the data loss is: the squared error for regression (metric mae), else the cross-entropy."""
+    first = next(iter(histories.values()), {})
+    return "mean squared error" if first and task_metric(first) == "mae" else "cross-entropy"
 
 
 def _epochs(h) -> np.ndarray:
@@ -82,7 +88,7 @@ def plot_against_reference(histories: Mapping, path, reference: str = "original"
         if is_penalized(h):
             _line(ax, h, "val_loss", f"{name}: Keras val_loss (+ penalty)", "C3", "--", marker=None)
         ax.set_title(f"{name} vs {reference}")
-        ax.set_ylabel("validation loss (binary cross-entropy)")
+        ax.set_ylabel(f"validation loss ({loss_name(histories)})")
         _epoch_axis(ax, len(_epochs(ref)))
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(others) :]:
@@ -101,7 +107,7 @@ def plot_train_val(histories: Mapping, path, names: Sequence[str] = ("original",
     left.set_title("Validation loss")
     right.set_title("Training loss (Keras: running mean over the epoch)")
     for ax in (left, right):
-        ax.set_ylabel("loss (binary cross-entropy)")
+        ax.set_ylabel(f"loss ({loss_name(histories)})")
         _epoch_axis(ax, len(_epochs(histories[names[0]])))
         ax.legend()
     fig.suptitle(f"{' vs '.join(names)}: training and validation loss ({_seed_note(histories)})")
@@ -122,7 +128,7 @@ def plot_curves(histories: Mapping, path, values: Mapping[str, float] | None = N
         colors = [f"C{i % 10}" for i in range(len(names))]
     for name, color in zip(names, colors):
         _line(ax, histories[name], "val_data_loss", name, color, marker=None)
-    ax.set_ylabel("validation data loss (binary cross-entropy, no penalty)")
+    ax.set_ylabel(f"validation data loss ({loss_name(histories)}, no penalty)")
     _epoch_axis(ax, len(_epochs(histories[names[0]])))
     ax.legend(fontsize="small", ncols=2 if len(names) > 8 else 1, title=AXIS_LABELS.get(axis) if axis else None)
     fig.suptitle(f"Validation data loss per epoch ({_seed_note(histories)})")
@@ -183,7 +189,7 @@ def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str
                 ax.set_xticklabels([f"{v:g}" for v in x[x > 0]])
         ax.set_title(title)
         ax.set_xlabel(AXIS_LABELS.get(axis, axis) + (" (log scale)" if log else ""))
-        ax.set_ylabel("validation loss (binary cross-entropy)")
+        ax.set_ylabel(f"validation loss ({loss_name(histories)})")
         ax.grid(alpha=0.3, which="both" if log and axis != "width" else "major")
         ax.legend(fontsize="small")
     note = _seed_note(histories).replace("band", "error bars")

@@ -1,6 +1,9 @@
 """Histories, summaries and run folders: what a sweep writes, and `load_run` to read it back.
 
-A *history* is what `variants.run` returns: {(name, seed): {metric: [epochs]}}. `stack`
+A *history* is what `variants.run` returns: {(name, seed): {metric: [epochs]}}, with the
+columns `tasks.metric_names(metric)`: loss, data_loss, penalty, the task's metric (accuracy,
+or mae for regression) and their val_ twins; every function here reads the columns from the
+history it is given (`columns`). `stack`
 turns it into the form every function here and in `plots` takes, one entry per variant:
 {name: {metric: float array [seeds, epochs], "diverged": bool array [seeds, epochs]}}, with
 the seeds in increasing order. Epochs are numbered from 1 in every file and table.
@@ -40,7 +43,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
+from jaxreg import tasks
+
+METRICS = tasks.metric_names("accuracy")  # a classification history's columns (the study's)
 OVERFITTING_TOLERANCE = 0.01
 DIVERGENCE_THRESHOLD = 1e6
 
@@ -93,6 +98,21 @@ def read_json(path):
 # --- histories -------------------------------------------------------------------------
 
 
+def task_metric(names) -> str:
+    """The task's metric ("accuracy", "mae", ...) among a history's column names (or a mapping's keys)."""
+    losses = {"val_loss", "val_data_loss", "val_penalty"}
+    found = [n[4:] for n in names if n.startswith("val_") and n not in losses]
+    if len(found) != 1:
+        raise ValueError(f"cannot tell the task's metric from the columns {sorted(names)}")
+    return found[0]
+
+
+def columns(names) -> tuple[str, ...]:
+    """A history's metric columns in their canonical order, from its column names (or a mapping's keys)."""
+    return tasks.metric_names(task_metric(names))
+
+
+
 def blown_up(values: Mapping[str, np.ndarray], threshold: float = DIVERGENCE_THRESHOLD) -> np.ndarray:
     """bool, elementwise: any metric non-finite, or any loss (a metric but an accuracy) above `threshold` in size."""
     bad = np.zeros(np.shape(values[next(iter(values))]), dtype=bool)
@@ -127,7 +147,9 @@ def stack(
         seeds = sorted(seed for n, seed in history if n == name)
         if not seeds:
             raise KeyError(f"no history for variant {name!r}")
-        arrays = {m: np.array([np.asarray(history[(name, s)][m], np.float64) for s in seeds]) for m in METRICS}
+        arrays = {
+            m: np.array([np.asarray(history[(name, s)][m], np.float64) for s in seeds]) for m in columns(history[(name, seeds[0])])
+        }
         arrays["diverged"] = diverged_mask(arrays, divergence_threshold)
         arrays["seeds"] = np.array(seeds)
         out[name] = arrays
@@ -156,13 +178,18 @@ def history_records(histories: Mapping[str, Mapping[str, np.ndarray]]) -> list[d
         for si, seed in enumerate(h["seeds"]):
             for e in range(h["loss"].shape[1]):
                 record = {"variant": name, "seed": int(seed), "epoch": e + 1}
-                record.update({m: float(h[m][si, e]) for m in METRICS})
+                record.update({m: float(h[m][si, e]) for m in columns(h)})
                 record["diverged"] = bool(h["diverged"][si, e])
                 records.append(record)
     return records
 
 
-HISTORY_FIELDS = ("variant", "seed", "epoch", *METRICS, "diverged")
+def history_fields(metric: str = "accuracy") -> tuple[str, ...]:
+    """The fields of a history record (and history.csv's header) for a task with this metric."""
+    return ("variant", "seed", "epoch", *tasks.metric_names(metric), "diverged")
+
+
+HISTORY_FIELDS = history_fields("accuracy")
 
 
 def jsonl_lines(records: Sequence[Mapping]) -> str:
@@ -176,11 +203,14 @@ def jsonl_lines(records: Sequence[Mapping]) -> str:
 
 def csv_lines(records: Sequence[Mapping], header: bool = False) -> str:
     """history.csv lines of `records` (floats as repr: exact), after the header line if asked."""
+    if not records:
+        return ""
+    metrics = columns(records[0])
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(HISTORY_FIELDS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(history_fields(task_metric(metrics))), lineterminator="\n")
     if header:
         writer.writeheader()
-    writer.writerows({**r, **{m: repr(r[m]) for m in METRICS}} for r in records)
+    writer.writerows({**r, **{m: repr(r[m]) for m in metrics}} for r in records)
     return buf.getvalue()
 
 
@@ -211,7 +241,7 @@ def epoch_records(
         for seed in sorted(s for n, s in row if n == name):
             metrics = row[(name, seed)]
             record = {"variant": name, "seed": int(seed), "epoch": epoch + 1}
-            record.update({m: float(metrics[m]) for m in METRICS})
+            record.update({m: float(metrics[m]) for m in columns(metrics)})
             record["diverged"] = bool(diverged_before.get((name, seed), False) or blown_up(record_metrics(record), threshold))
             records.append(record)
     return records
@@ -219,7 +249,7 @@ def epoch_records(
 
 def record_metrics(record: Mapping) -> dict:
     """The metrics of one history record, as numbers (for `blown_up`)."""
-    return {m: record[m] for m in METRICS}
+    return {m: record[m] for m in columns(record)}
 
 
 def _complete_lines(path) -> list[str]:
@@ -253,7 +283,8 @@ def read_history(path) -> dict:
                 [[null if by_seed[s][e][m] is None else by_seed[s][e][m] for e in epochs] for s in seeds], dtype=dtype
             ).reshape(shape)
 
-        h = {m: column(m) for m in METRICS}
+        first = by_seed[seeds[0]]
+        h = {m: column(m) for m in columns(first[min(first)])}
         h["diverged"] = column("diverged", False, bool)
         h["seeds"] = np.array(seeds)
         out[name] = h
@@ -288,8 +319,8 @@ class VariantSummary:
     best_epoch: int | None
     best_val_data_loss_mean: float
     best_val_data_loss_std: float
-    best_val_accuracy_mean: float
-    best_val_accuracy_std: float
+    best_val_metric_mean: float  # the task's metric (`metric`) at the best epoch
+    best_val_metric_std: float
     best_val_loss_mean: float
     final_val_data_loss_mean: float
     final_val_data_loss_std: float
@@ -299,6 +330,7 @@ class VariantSummary:
     overfitting_epoch: int | None
     diverged: tuple[tuple[int, int], ...]  # (seed, first diverged epoch from 1)
     penalized: bool  # val_loss (Keras) includes a non-zero penalty, so it differs from val_data_loss
+    metric: str = "accuracy"  # the task's metric: accuracy (classification) or mae (regression)
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
@@ -326,7 +358,8 @@ def summarize(
             return (math.nan, math.nan) if epoch is None else _mean_std(masked(h, metric)[:, epoch])
 
         best_loss, final_loss = at("val_data_loss", best), at("val_data_loss", -1)
-        best_accuracy = at("val_accuracy", best)
+        metric = task_metric(h)
+        best_metric = at(f"val_{metric}", best)
         out.append(
             VariantSummary(
                 name=name,
@@ -334,8 +367,8 @@ def summarize(
                 best_epoch=None if best is None else best + 1,
                 best_val_data_loss_mean=best_loss[0],
                 best_val_data_loss_std=best_loss[1],
-                best_val_accuracy_mean=best_accuracy[0],
-                best_val_accuracy_std=best_accuracy[1],
+                best_val_metric_mean=best_metric[0],
+                best_val_metric_std=best_metric[1],
                 best_val_loss_mean=at("val_loss", best)[0],
                 final_val_data_loss_mean=final_loss[0],
                 final_val_data_loss_std=final_loss[1],
@@ -347,6 +380,7 @@ def summarize(
                     (int(seed), int(np.argmax(row)) + 1) for seed, row in zip(h["seeds"], h["diverged"]) if row.any()
                 ),
                 penalized=is_penalized(h),
+                metric=metric,
             )
         )
     return out
@@ -364,6 +398,21 @@ def _pm(mean: float, std: float, digits: int = 4) -> str:
 
 def _diverged_text(s: VariantSummary) -> str:
     return ", ".join(f"seed {seed} @ {epoch}" for seed, epoch in s.diverged) or "-"
+
+
+METRIC_HEADERS = {"accuracy": "val acc @ best", "mae": "val MAE @ best"}
+
+
+def summary_columns(metric: str = "accuracy") -> tuple[str, ...]:
+    """The summary table's header for a task with this metric (the data loss is the MSE for regression)."""
+    return (
+        "variant",
+        "seeds",
+        "best epoch",
+        "best val data loss" if metric != "mae" else "best val MSE",
+        METRIC_HEADERS.get(metric, f"val {metric} @ best"),
+        *SUMMARY_COLUMNS[5:],
+    )
 
 
 SUMMARY_COLUMNS = (
@@ -388,7 +437,7 @@ def summary_table(summaries: Sequence[VariantSummary]) -> str:
             str(s.seeds),
             "-" if s.best_epoch is None else str(s.best_epoch),
             _pm(s.best_val_data_loss_mean, s.best_val_data_loss_std),
-            _pm(s.best_val_accuracy_mean, s.best_val_accuracy_std),
+            _pm(s.best_val_metric_mean, s.best_val_metric_std),
             _pm(s.final_val_data_loss_mean, s.final_val_data_loss_std),
             _num(s.final_val_loss_mean) + (" (+penalty)" if s.penalized else ""),
             _num(s.final_loss_mean),
@@ -397,13 +446,14 @@ def summary_table(summaries: Sequence[VariantSummary]) -> str:
         ]
         for s in summaries
     ]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(SUMMARY_COLUMNS)]
+    header = summary_columns(summaries[0].metric if summaries else "accuracy")
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(header)]
 
     def line(cells):
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(SUMMARY_COLUMNS), sep, *(line(r) for r in rows)])
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
 def summary_notes(tolerance: float = OVERFITTING_TOLERANCE, divergence_threshold: float = DIVERGENCE_THRESHOLD) -> str:
@@ -448,7 +498,7 @@ def read_summary(path) -> list[dict]:
         for row in csv.DictReader(f):
             parsed = {}
             for k, v in row.items():
-                if k in ("name", "diverged"):
+                if k in ("name", "diverged", "metric"):
                     parsed[k] = v
                 elif k == "penalized":
                     parsed[k] = v == "True"

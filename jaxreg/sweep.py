@@ -458,16 +458,16 @@ def _run_locked(
         bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
         t0 = time.perf_counter()
         with compiletime.measure() as compiled:
-            history, trained = V.run(
+            outcome = V.run(
                 variants,
                 dataset,
                 config.run_settings(),
                 mesh=V.variant_mesh(devices),
                 on_epoch=on_epoch,
                 resume=snapshot,
-                return_params=True,
                 divergence_threshold=config.divergence_threshold,
             )
+            history, trained = outcome.history, outcome.params
         seconds = time.perf_counter() - t0
         bar.close()
         print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)

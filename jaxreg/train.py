@@ -2,9 +2,13 @@
 
 Everything here is a function of (state, batch, key, hyperparameters) that jits and vmaps.
 Numbers that vary per variant (learning rate, penalties, decay, dropout rate) are arrays in
-`Hyperparameters`; what fixes shapes or program structure is in the static `StepConfig`.
-Randomness: the caller passes one key per variant; each step folds in the step counter,
-so no key is ever used twice.
+`Hyperparameters`; what fixes shapes or program structure is in the static `StepConfig`
+(the model, the task, the optimizer's stages). Randomness: the caller passes one key per
+variant; each step folds in the step counter, so no key is ever used twice.
+
+`train_step` is the reference: forward, loss, gradient, optax update. `fused_train_step`
+computes the same step with the first layer's kernel updated by one CPU kernel; the
+execution plan (`StepConfig.fused_update`, set by `variants.execution`) picks it.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
-from jaxreg import losses, optim, penalties
+from jaxreg import optim, penalties
 from jaxreg.batches import Batch, SparseBatch
 from jaxreg.embedding_bag import embedding_bag
 from jaxreg.model import MLP, PRODUCTS, init_params
+from jaxreg.networks import Network, default_penalized
+from jaxreg.tasks import Task
 
 
 class Hyperparameters(NamedTuple):
@@ -50,50 +57,65 @@ HYPERPARAMETERS = Hyperparameters._fields
 class StepConfig:
     """Static choices that select a compiled program.
 
-    widths: hidden widths (of the bucket, when padding); product: how the first layer
-    multiplies the multi-hot input ("sparse" gather or "dense" matmul); loss: "keras"
-    (clipped, as the study) or "logits"; rmsprop: "keras2" or "keras3" eps placement. The
-    use_* flags drop stages that every variant of a program has switched off (a stage at
-    0 gives bit-identical results, it only costs time). fused_update: the first layer's
-    kernel takes its gradient (from the bag's output gradient), penalty and RMSprop step as
-    one CPU kernel (`optim.keras_rmsprop_step`, same parameters bit for bit; needs the CPU
-    kernels, sparse batches and product, rmsprop "keras2", no decay and no proximal stage).
+    network: your own model (a `networks.Network`), or None for the study's MLP, which
+    `widths` (hidden widths; of the bucket, when padding) and `product` (how its first layer
+    multiplies multi-hot input: "sparse" gather or "dense" matmul) describe. task: what is
+    predicted and the loss (`tasks.Task`). rmsprop: "keras2" or "keras3" eps placement. The
+    use_* flags drop stages that every variant of a program has switched off (a stage at 0
+    gives bit-identical results, it only costs time); `variants.Bucket.step_config` derives
+    them from the variants, and a step refuses a non-zero number whose stage is off.
+    fused_update: `fused_train_step` (see there; the MLP only, with the CPU kernels, sparse
+    batches and product, rmsprop "keras2", no decay and no proximal stage).
     """
 
     widths: tuple[int, ...] = (16, 16)
     product: str = "sparse"
-    loss: str = "keras"
+    task: Task = Task()
     rmsprop: str = "keras2"
     use_penalty: bool = True
     use_dropout: bool = True
     use_weight_decay: bool = True
     use_l1_proximal: bool = True
     fused_update: bool = False
+    network: Network | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"StepConfig.widths must be positive, got {self.widths}")
-        checks = {"product": PRODUCTS, "loss": losses.LOSS_MODES, "rmsprop": optim.RMSPROP_MODES}
+        checks = {"product": PRODUCTS, "rmsprop": optim.RMSPROP_MODES}
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"StepConfig.{field} must be one of {allowed}, got {getattr(self, field)!r}")
+        if not isinstance(self.task, Task):
+            raise ValueError(f"StepConfig.task must be a jaxreg.tasks.Task, got {self.task!r}")
+        if self.network is not None and not isinstance(self.network, Network):
+            raise ValueError(f"StepConfig.network must be a jaxreg.networks.Network or None, got {self.network!r}")
         if self.fused_update and not fused_update_supports(self):
             raise ValueError(
-                "StepConfig.fused_update needs product='sparse', rmsprop='keras2' and no weight decay or proximal L1 "
-                f"stage, got product={self.product!r}, rmsprop={self.rmsprop!r}, "
+                "StepConfig.fused_update needs the study's MLP, product='sparse', rmsprop='keras2' and no weight decay "
+                f"or proximal L1 stage, got network={self.network!r}, product={self.product!r}, rmsprop={self.rmsprop!r}, "
                 f"use_weight_decay={self.use_weight_decay}, use_l1_proximal={self.use_l1_proximal}"
             )
 
     @property
     def model(self) -> MLP:
-        return MLP(self.widths, self.product)
+        """The study's MLP at these widths (only when `network` is None)."""
+        if self.network is not None:
+            raise ValueError("StepConfig.model is the study's MLP; this config trains its own network")
+        return MLP(self.widths, self.product, self.task.outputs)
+
+    @property
+    def penalize(self):
+        """The rule that selects the penalized (and decayed) leaves by their path."""
+        return default_penalized if self.network is None else self.network.penalize
 
 
 def fused_update_supports(config: StepConfig) -> bool:
     """Whether `optim.keras_rmsprop_step` computes exactly this config's optimizer (see StepConfig)."""
     return (
-        config.product == "sparse"
+        config.network is None
+        and config.product == "sparse"
         and config.rmsprop == "keras2"
         and not config.use_weight_decay
         and not config.use_l1_proximal
@@ -102,6 +124,36 @@ def fused_update_supports(config: StepConfig) -> bool:
 
 # The first layer's kernel (10,000 rows), the parameter that fused_update steps with one kernel.
 FUSED_PATH = ("params", "hidden_0", "kernel")
+
+# Each stage flag and the numbers it carries; a stage that is off must see zeros (check_stages).
+STAGE_FIELDS = {
+    "use_penalty": ("l1", "l2"),
+    "use_dropout": ("dropout_rate",),
+    "use_weight_decay": ("weight_decay",),
+    "use_l1_proximal": ("l1_proximal",),
+}
+
+
+def check_stages(config: StepConfig, hp: Hyperparameters) -> None:
+    """Raise when a number is non-zero but its stage is off in `config` (it would be silently ignored).
+
+    Checked where the numbers are known (not traced): eager calls and `variants.BucketProgram`.
+    """
+    for flag, fields in STAGE_FIELDS.items():
+        if getattr(config, flag):
+            continue
+        for field in fields:
+            value = getattr(hp, field)
+            if not is_traced(value) and np.any(np.asarray(value) != 0):
+                raise ValueError(
+                    f"{field}={np.asarray(value).tolist()} is non-zero but StepConfig.{flag}=False drops that stage; "
+                    f"set {flag}=True or {field}=0"
+                )
+
+
+def is_traced(x) -> bool:
+    """Whether x is a JAX tracer (its value unknown until the program runs)."""
+    return isinstance(x, jax.core.Tracer)
 
 
 class TrainState(NamedTuple):
@@ -114,18 +166,34 @@ def optimizer(config: StepConfig, hp: Hyperparameters, params) -> optax.Gradient
     """The optimizer chain for this config; hp values may be traced."""
     return optim.make_optimizer(
         hp,
-        penalties.hidden_kernel_mask(params),
+        penalties.kernel_mask(params, config.penalize),
         config.rmsprop,
         weight_decay=config.use_weight_decay,
         l1_proximal=config.use_l1_proximal,
     )
 
 
+def init_params_for(key: jax.Array, config: StepConfig, num_words: int, true_widths: Sequence[int] | None = None):
+    """(params, unit_mask) of the config's model: the study's MLP at `true_widths`, padded to
+    config.widths (unit_mask marks the real entries, None without padding), or its network's."""
+    if config.network is not None:
+        return config.network.init(key, jnp.zeros((1, num_words), jnp.float32)), None
+    return init_params(key, true_widths or config.widths, num_words, config.widths, config.task.outputs)
+
+
 def init_state(key: jax.Array, config: StepConfig, num_words: int, true_widths: Sequence[int] | None = None):
-    """(TrainState, unit_mask): parameters from `key` at `true_widths`, padded to config.widths."""
-    params, unit_mask = init_params(key, true_widths or config.widths, num_words, config.widths)
+    """(TrainState, unit_mask): parameters from `key` (see init_params_for) and a fresh optimizer state."""
+    params, unit_mask = init_params_for(key, config, num_words, true_widths)
     opt_state = optimizer(config, Hyperparameters.create(), params).init(params)
     return TrainState(params, opt_state, jnp.zeros((), jnp.int32)), unit_mask
+
+
+def forward(config: StepConfig, params, x, dropout_rate=0.0, dropout_key=None, first_product=None):
+    """The model's outputs; dropout active when `dropout_key` is given. `first_product`: the MLP's
+    first-layer product, computed by the caller (see fused_train_step and evaluate)."""
+    if config.network is not None:
+        return config.network.apply(params, x, dropout_rate, dropout_key)
+    return config.model.apply(params, x, dropout_rate, dropout_key, first_product)
 
 
 def _weighted_mean(values, weight):
@@ -135,10 +203,11 @@ def _weighted_mean(values, weight):
 
 
 def penalty(config: StepConfig, params, hp: Hyperparameters, mask=None) -> jax.Array:
-    """The Keras weight penalty (L1 + L2 on the hidden kernels, or on `mask`) of these parameters."""
+    """The Keras weight penalty (L1 + L2 on the config's penalized leaves, or on `mask`) of these parameters."""
     if not config.use_penalty:
         return jnp.zeros((), jnp.float32)
-    return penalties.weight_penalty(params, hp.l1, hp.l2, penalties.hidden_kernel_mask(params) if mask is None else mask)
+    mask = penalties.kernel_mask(params, config.penalize) if mask is None else mask
+    return penalties.weight_penalty(params, hp.l1, hp.l2, mask)
 
 
 def _at(tree, path):
@@ -151,61 +220,101 @@ def _replaced(tree, path, leaf):
     return traverse_util.unflatten_dict(flat)
 
 
-def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None):
-    """One RMSprop step on data loss + penalty, dropout active. Returns (state, metrics).
+def _objective(config: StepConfig, batch: Batch, hp: Hyperparameters, dropout_key, penalty_mask):
+    """loss(params, first_product) -> (data loss + penalty, (data loss, penalty, outputs)): what a step differentiates."""
 
-    metrics: loss (Keras': data loss + penalty, dropout active), data_loss, penalty,
-    accuracy, count (real rows in the batch, the weight for epoch means).
-    `unit_mask` (from init_state) keeps padded units at exactly zero.
-    """
-    dropout_key = jax.random.fold_in(key, state.step) if config.use_dropout else None
-    penalty_mask = penalties.hidden_kernel_mask(state.params)
-    first_product = None
-    if config.fused_update:  # the fused kernel owns that leaf's gradient (data and penalty) and penalty value
-        if not isinstance(batch.x, SparseBatch):
-            raise ValueError("StepConfig.fused_update needs sparse batches (batches.SparseBatch)")
-        penalty_mask = _replaced(penalty_mask, FUSED_PATH, False)
-        first_product = embedding_bag(_at(state.params, FUSED_PATH), batch.x.rows, batch.x.cols, batch.x.num_rows)
-
-    def loss_fn(params, first_product):
-        logits = config.model.apply(params, batch.x, hp.dropout_rate, dropout_key, first_product)
-        data_loss = _weighted_mean(losses.binary_cross_entropy(logits, batch.y, config.loss), batch.weight)
+    def loss_fn(params, first_product=None):
+        outputs = forward(config, params, batch.x, hp.dropout_rate, dropout_key, first_product)
+        data_loss = _weighted_mean(config.task.loss_per_example(outputs, batch.y), batch.weight)
         pen = penalty(config, params, hp, penalty_mask)
-        return data_loss + pen, (data_loss, pen, logits)
+        return data_loss + pen, (data_loss, pen, outputs)
 
-    (loss, (data_loss, pen, logits)), (loss_grads, d_first_product) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True
-    )(state.params, first_product)
-    grads = loss_grads if unit_mask is None else jax.tree.map(jnp.multiply, loss_grads, unit_mask)
-    updates, opt_state = optimizer(config, hp, state.params).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if config.fused_update:  # XLA drops the chain's own (unused) computation for this leaf
-        w, nu, sum_abs, sum_sq = optim.keras_rmsprop_step(
-            _at(state.params, FUSED_PATH),
-            _at(state.opt_state[0].nu, FUSED_PATH),
-            d_first_product,
-            batch.x.rows,
-            batch.x.cols,
-            hp.l1,
-            hp.l2,
-            hp.learning_rate,
-            None if unit_mask is None else _at(unit_mask, FUSED_PATH),
-            penalty=config.use_penalty,
-        )
-        params = _replaced(params, FUSED_PATH, w)
-        rms = opt_state[0]  # make_optimizer's first stage scales by RMS
-        opt_state = (rms._replace(nu=_replaced(rms.nu, FUSED_PATH, nu)), *opt_state[1:])
-        if config.use_penalty:
-            pen = pen + (hp.l1 * sum_abs + hp.l2 * sum_sq)
-            loss = data_loss + pen
-    metrics = {
+    return loss_fn
+
+
+def _step_metrics(config: StepConfig, loss, data_loss, pen, outputs, batch: Batch) -> dict:
+    """A step's metrics: loss (data loss + penalty), data_loss, penalty, the task's metric, count
+    (real rows in the batch, the weight for epoch means)."""
+    return {
         "loss": loss,
         "data_loss": data_loss,
         "penalty": pen,
-        "accuracy": _weighted_mean(losses.correct(logits, batch.y), batch.weight),
+        config.task.metric: _weighted_mean(config.task.metric_per_example(outputs, batch.y), batch.weight),
         "count": jnp.sum(batch.weight),
     }
-    return TrainState(params, opt_state, state.step + 1), metrics
+
+
+def _dropout_key(config: StepConfig, key, step):
+    return jax.random.fold_in(key, step) if config.use_dropout else None
+
+
+def _masked(grads, unit_mask):
+    """Gradients with padded units' entries zeroed, so that they stay exactly zero."""
+    return grads if unit_mask is None else jax.tree.map(jnp.multiply, grads, unit_mask)
+
+
+def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None):
+    """One optimizer step on data loss + penalty, dropout active. Returns (state, metrics).
+
+    The reference step: forward, loss, gradient, the optax chain of `optimizer`. metrics: see
+    _step_metrics (the loss is Keras': data loss + penalty, dropout active). `unit_mask`
+    (from init_state) keeps padded units at exactly zero.
+    """
+    check_stages(config, hp)
+    loss_fn = _objective(config, batch, hp, _dropout_key(config, key, state.step), penalties.kernel_mask(state.params, config.penalize))
+    (loss, (data_loss, pen, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer(config, hp, state.params).update(_masked(grads, unit_mask), state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, opt_state, state.step + 1), _step_metrics(config, loss, data_loss, pen, outputs, batch)
+
+
+def fused_train_step(
+    state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None
+):
+    """`train_step` with the MLP's first-layer kernel stepped by one CPU kernel (`optim.keras_rmsprop_step`).
+
+    The kernel takes that leaf's data gradient from the gradient of the first layer's product
+    (so the 10,000-row gradient is never stored), adds its penalty's gradient and steps RMSprop,
+    all in one pass; the optax chain steps every other leaf. Same parameters as train_step bit
+    for bit on one machine; the penalty's value sums in another order (~1e-7).
+    """
+    if not isinstance(batch.x, SparseBatch):
+        raise ValueError("StepConfig.fused_update needs sparse batches (batches.SparseBatch)")
+    check_stages(config, hp)
+    penalty_mask = _replaced(penalties.kernel_mask(state.params, config.penalize), FUSED_PATH, False)  # the kernel owns it
+    first_product = embedding_bag(_at(state.params, FUSED_PATH), batch.x.rows, batch.x.cols, batch.x.num_rows)
+    loss_fn = _objective(config, batch, hp, _dropout_key(config, key, state.step), penalty_mask)
+    (loss, (data_loss, pen, outputs)), (loss_grads, d_first_product) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True
+    )(state.params, first_product)
+    updates, opt_state = optimizer(config, hp, state.params).update(
+        _masked(loss_grads, unit_mask), state.opt_state, state.params
+    )
+    params = optax.apply_updates(state.params, updates)  # XLA drops the chain's own (unused) work for the fused leaf
+    rms_nu = optax.tree_utils.tree_get(state.opt_state, "nu")  # RMSprop's accumulator, found by name
+    w, nu, sum_abs, sum_sq = optim.keras_rmsprop_step(
+        _at(state.params, FUSED_PATH),
+        _at(rms_nu, FUSED_PATH),
+        d_first_product,
+        batch.x.rows,
+        batch.x.cols,
+        hp.l1,
+        hp.l2,
+        hp.learning_rate,
+        None if unit_mask is None else _at(unit_mask, FUSED_PATH),
+        penalty=config.use_penalty,
+    )
+    params = _replaced(params, FUSED_PATH, w)
+    opt_state = optax.tree_utils.tree_set(opt_state, nu=_replaced(optax.tree_utils.tree_get(opt_state, "nu"), FUSED_PATH, nu))
+    if config.use_penalty:
+        pen = pen + (hp.l1 * sum_abs + hp.l2 * sum_sq)
+        loss = data_loss + pen
+    return TrainState(params, opt_state, state.step + 1), _step_metrics(config, loss, data_loss, pen, outputs, batch)
+
+
+def step_function(config: StepConfig):
+    """The step this config runs: fused_train_step with fused_update, else the reference train_step."""
+    return fused_train_step if config.fused_update else train_step
 
 
 def _epoch_means(metrics):
@@ -216,10 +325,11 @@ def _epoch_means(metrics):
 
 def train_epoch(state: TrainState, batches: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None):
     """All batches of one epoch (leading axis of `batches`) as one lax.scan; returns (state, epoch means)."""
+    step = step_function(config)
 
     def body(state, i):
         batch = jax.tree.map(lambda a: a[i], batches)  # indexed, not scanned: no transposed copy of all batches under vmap
-        return train_step(state, batch, key, hp, config=config, unit_mask=unit_mask)
+        return step(state, batch, key, hp, config=config, unit_mask=unit_mask)
 
     state, metrics = jax.lax.scan(body, state, jnp.arange(batches.y.shape[0]))
     return state, _epoch_means(metrics)
@@ -230,36 +340,42 @@ ALL_BATCHES_MAX_WIDTH = 64
 
 
 def evaluate(params, batches: Batch, hp: Hyperparameters, *, config: StepConfig):
-    """Validation metrics without dropout: loss (Keras': data loss + penalty), data_loss, penalty, accuracy.
+    """Validation metrics without dropout: loss (data loss + penalty), data_loss, penalty, the task's metric.
 
-    A narrow sparse first layer is computed for all batches in one embedding-bag call before
-    the scan over batches: under vmap that call reads one variant's table for all its batches
-    while it is in cache, where a call per batch would fetch every variant's table again each
-    time. The same sums, so the same numbers; for wide layers the products would take more
-    memory than they save time.
+    For the study's MLP, a narrow sparse first layer is computed for all batches in one
+    embedding-bag call before the scan over batches: under vmap that call reads one
+    variant's table for all its batches while it is in cache, where a call per batch would
+    fetch every variant's table again each time. The same sums, so the same numbers; for
+    wide layers the products would take more memory than they save time.
     """
-    width = config.widths[0]
     products = None
-    if isinstance(batches.x, SparseBatch) and config.product == "sparse" and width <= ALL_BATCHES_MAX_WIDTH:
+    if (
+        config.network is None
+        and isinstance(batches.x, SparseBatch)
+        and config.product == "sparse"
+        and config.widths[0] <= ALL_BATCHES_MAX_WIDTH
+    ):
         table = _at(params, FUSED_PATH)
         x = batches.x
         products = jax.vmap(lambda r, c: embedding_bag(table, r, c, x.num_rows))(x.rows, x.cols)
+    task = config.task
 
     def body(_, batch_and_index):
         batch, i = batch_and_index
         product = None if products is None else products[i]  # indexed, not scanned: no transposed copy under vmap
-        logits = config.model.apply(params, batch.x, first_product=product)
-        return None, (losses.binary_cross_entropy(logits, batch.y, config.loss), losses.correct(logits, batch.y))
+        outputs = forward(config, params, batch.x, first_product=product)
+        return None, (task.loss_per_example(outputs, batch.y), task.metric_per_example(outputs, batch.y))
 
     # Per-example values leave the loop and are averaged after it: inside it, XLA:CPU fuses the
     # loss into its reduction and evaluates the logs there one at a time (~4x slower).
-    _, (per_example, correct) = jax.lax.scan(body, None, (batches, jnp.arange(batches.y.shape[0])))
+    _, (per_example, metric) = jax.lax.scan(body, None, (batches, jnp.arange(batches.y.shape[0])))
     weight = batches.weight
-    metrics = {
-        "data_loss": jax.vmap(_weighted_mean)(per_example, weight),
-        "accuracy": jax.vmap(_weighted_mean)(correct, weight),
-        "count": jnp.sum(weight, axis=-1),
-    }
-    means = _epoch_means(metrics)
+    means = _epoch_means(
+        {
+            "data_loss": jax.vmap(_weighted_mean)(per_example, weight),
+            task.metric: jax.vmap(_weighted_mean)(metric, weight),
+            "count": jnp.sum(weight, axis=-1),
+        }
+    )
     pen = penalty(config, params, hp)
-    return {"loss": means["data_loss"] + pen, "data_loss": means["data_loss"], "penalty": pen, "accuracy": means["accuracy"]}
+    return {"loss": means["data_loss"] + pen, "data_loss": means["data_loss"], "penalty": pen, task.metric: means[task.metric]}

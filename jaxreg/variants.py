@@ -1,8 +1,9 @@
 """Many variants in one compiled program: specs, bucket planning, vmapped and sharded epochs.
 
-A *variant* is one model to train: widths, per-variant numbers (penalties, decay, dropout
-rate, learning rate) and a seed. Widths fix shapes, so they select the compiled program; all
-other numbers are arrays on a variant axis.
+A *variant* is one model to train: the study's MLP at some widths, or your own model (a Flax
+module, see `networks`), per-variant numbers (penalties, decay, dropout rate, learning rate)
+and a seed. The model fixes shapes, so it selects the compiled program; all other numbers
+are arrays on a variant axis. The task (binary, multiclass, regression) comes from the data.
 
 A *bucket* is a grid seeds x configs that shares one program. Inside, the program is a
 vmap over seeds (each seed has its own batches) of a vmap over configs (which share their
@@ -36,15 +37,25 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxreg import batches as batching
-from jaxreg import optim, results
+from jaxreg import optim, results, tasks
 from jaxreg.checks import FLOAT32_MAX, float32_finite, is_int, is_number
 from jaxreg.cpu_kernels import cpu_kernels_available
-from jaxreg.losses import LOSS_MODES
 from jaxreg.model import PRODUCTS as STEP_PRODUCTS
 from jaxreg.model import unpadded
-from jaxreg.train import HYPERPARAMETERS, Hyperparameters, StepConfig, evaluate, fused_update_supports, init_state, train_epoch
+from jaxreg.networks import Network, as_network
+from jaxreg.train import (
+    HYPERPARAMETERS,
+    Hyperparameters,
+    StepConfig,
+    check_stages,
+    evaluate,
+    fused_update_supports,
+    init_state,
+    train_epoch,
+)
 
-METRICS = ("loss", "data_loss", "penalty", "accuracy", "val_loss", "val_data_loss", "val_penalty", "val_accuracy")
+METRICS = tasks.metric_names("accuracy")  # a classification run's history columns; see tasks.metric_names
+DEFAULT_WIDTHS = (16, 16)
 
 
 class VariantError(ValueError):
@@ -62,10 +73,14 @@ MAX_BATCH_SIZE = int(np.iinfo(np.int32).max) - 1  # batch rows are int32 indices
 
 @dataclasses.dataclass(frozen=True)
 class VariantSpec:
-    """One model to train. Validated on construction."""
+    """One model to train. Validated on construction.
+
+    model: None for the study's MLP at `widths` (default (16, 16)), or your own model (a Flax
+    Linen module or a `networks.Network`; `widths` then stays None: the model fixes its shapes).
+    """
 
     name: str
-    widths: tuple[int, ...] = (16, 16)
+    widths: tuple[int, ...] | None = None
     # the per-variant numbers: train.HYPERPARAMETERS, with Hyperparameters' defaults (tests/test_feedback.py)
     l1: float = 0.0
     l2: float = 0.0
@@ -75,6 +90,7 @@ class VariantSpec:
     learning_rate: float = 1e-3
     optimizer: str = "keras2"
     seed: int = 0
+    model: Network | None = None
 
     def __post_init__(self):
         def bad(field, why):
@@ -82,14 +98,10 @@ class VariantSpec:
 
         if not isinstance(self.name, str) or not self.name:
             raise VariantError(f"variant name must be a non-empty string, got {self.name!r}")
-        if isinstance(self.widths, (str, bytes)) or not isinstance(self.widths, Iterable):
-            bad("widths", "must be a sequence of integers")
-        widths = tuple(self.widths)
-        if not all(is_int(w) for w in widths):
-            bad("widths", "must be a sequence of integers")
-        object.__setattr__(self, "widths", tuple(int(w) for w in widths))
-        if not self.widths or not all(1 <= w <= MAX_WIDTH for w in self.widths):
-            bad("widths", f"must be one or more widths, each from 1 to {MAX_WIDTH:,}")
+        if self.model is not None:
+            self._check_model(bad)
+        else:
+            self._check_widths(bad)
         for field in ("l1", "l2", "weight_decay", "l1_proximal"):
             value = getattr(self, field)
             if not is_number(value) or not float32_finite(value) or value < 0:
@@ -111,6 +123,33 @@ class VariantSpec:
         if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             bad("seed", f"must be an integer from 0 to 2**32-1={MAX_SEED}")
         object.__setattr__(self, "seed", int(self.seed))
+        if self.model is not None and self.dropout_rate > 0 and not self.model.takes_dropout_rate:
+            bad(
+                "dropout_rate",
+                f"does not reach model {self.model.name} ({self.model.style} style: its dropout rate is its own); "
+                "set dropout_rate=0, or take (x, dropout_rate, dropout_key) in __call__ (see jaxreg.networks)",
+            )
+
+    def _check_widths(self, bad):
+        if self.widths is None:
+            object.__setattr__(self, "widths", DEFAULT_WIDTHS)
+        if isinstance(self.widths, (str, bytes)) or not isinstance(self.widths, Iterable):
+            bad("widths", "must be a sequence of integers")
+        widths = tuple(self.widths)
+        if not all(is_int(w) for w in widths):
+            bad("widths", "must be a sequence of integers")
+        object.__setattr__(self, "widths", tuple(int(w) for w in widths))
+        if not self.widths or not all(1 <= w <= MAX_WIDTH for w in self.widths):
+            bad("widths", f"must be one or more widths, each from 1 to {MAX_WIDTH:,}")
+
+    def _check_model(self, bad):
+        try:
+            object.__setattr__(self, "model", as_network(self.model))
+            hash(self.model)
+        except TypeError as e:
+            bad("model", f"is not a usable model ({e})")
+        if self.widths is not None:
+            bad("widths", "is for the study's MLP; a variant with its own model takes its shapes from the model")
 
     @classmethod
     def from_dict(cls, values: dict) -> "VariantSpec":
@@ -163,25 +202,27 @@ def padded_widths(all_widths: Iterable[Sequence[int]], policy: PaddingPolicy = P
 
 @dataclasses.dataclass(frozen=True)
 class Bucket:
-    """A grid of `configs` x `seeds` that trains as one program at `widths`."""
+    """A grid of `configs` x `seeds` that trains as one program: the study's MLP at `widths`, or `network`."""
 
-    widths: tuple[int, ...]
+    widths: tuple[int, ...] | None
     optimizer: str
     configs: tuple[VariantSpec, ...]
     seeds: tuple[int, ...]
+    network: Network | None = None
 
     @property
     def variants(self) -> list[VariantSpec]:
         """The grid in [seed][config] order, seeds filled in."""
         return [dataclasses.replace(c, seed=s) for s in self.seeds for c in self.configs]
 
-    def step_config(self, loss: str, product: str, cpu_kernels: bool = False) -> StepConfig:
+    def step_config(self, task: tasks.Task, product: str, cpu_kernels: bool = False) -> StepConfig:
         """The bucket's static step choices; with the CPU kernels the first layer's update is
         fused where the optimizer allows it (see StepConfig.fused_update)."""
         config = StepConfig(
-            widths=self.widths,
+            widths=self.widths or DEFAULT_WIDTHS,
             product=product,
-            loss=loss,
+            task=task,
+            network=self.network,
             rmsprop=self.optimizer,
             use_penalty=any(c.l1 > 0 or c.l2 > 0 for c in self.configs),
             use_dropout=any(c.dropout_rate > 0 for c in self.configs),
@@ -204,7 +245,8 @@ def decoupled_stages(spec: VariantSpec) -> bool:
 
 
 def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy()) -> list[Bucket]:
-    """Group variants into buckets: same padded widths, optimizer and decoupled stages, full seeds x configs grids.
+    """Group variants into buckets: same model (the MLP's padded widths, or the same own model),
+    optimizer and decoupled stages, full seeds x configs grids.
 
     Variants are identified by (name, seed); duplicates are an error. Configs that share a
     bucket but were asked for different seed sets go to separate grids.
@@ -214,7 +256,7 @@ def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy(
         if (v.name, v.seed) in seen:
             raise VariantError(f"variant {v.name!r} with seed {v.seed} appears twice")
         seen.add((v.name, v.seed))
-    assignment = padded_widths((v.widths for v in variants), policy)
+    assignment = padded_widths((v.widths for v in variants if v.model is None), policy)
     configs: dict[str, VariantSpec] = {}
     seeds: dict[str, list[int]] = {}
     for v in variants:
@@ -224,9 +266,10 @@ def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy(
         seeds.setdefault(v.name, []).append(v.seed)
     groups: dict[tuple, list[VariantSpec]] = {}
     for name, config in configs.items():
-        key = (assignment[config.widths], config.optimizer, decoupled_stages(config), tuple(sorted(seeds[name])))
+        shape = assignment[config.widths] if config.model is None else None
+        key = (shape, config.model, config.optimizer, decoupled_stages(config), tuple(sorted(seeds[name])))
         groups.setdefault(key, []).append(config)
-    return [Bucket(w, opt, tuple(cs), s) for (w, opt, _, s), cs in groups.items()]
+    return [Bucket(w, opt, tuple(cs), s, network) for (w, network, opt, _, s), cs in groups.items()]
 
 
 DENSE_PRODUCT_COLUMNS = 256
@@ -265,7 +308,7 @@ def choose_product(bucket: Bucket, product: str = "auto", sequential: bool = Fal
     """
     if product != "auto":
         return product
-    if cpu_kernels:
+    if cpu_kernels or bucket.network is not None:  # own models multiply their input themselves
         return "sparse"
     columns = bucket.widths[0] * (1 if sequential else len(bucket.configs))
     return "dense" if columns > DENSE_PRODUCT_COLUMNS else "sparse"
@@ -278,7 +321,7 @@ class RunSettings:
     epochs: int = 20
     batch_size: int = 512
     eval_batch_size: int = 1024
-    loss: str = "keras"
+    loss: str = "auto"  # tasks.task_for: "keras" for classification, "mse" for regression
     product: str = "auto"
     variant_loop: str = "auto"  # see sequential_on
 
@@ -288,7 +331,7 @@ class RunSettings:
             value = getattr(self, field)
             if not is_int(value) or not 1 <= value <= most:
                 raise ValueError(f"RunSettings.{field} must be an integer from 1 to {most:,}, got {value!r}")
-        choices = {"loss": LOSS_MODES, "product": ("auto",) + STEP_PRODUCTS, "variant_loop": VARIANT_LOOPS}
+        choices = {"loss": ("auto",) + tasks.LOSSES, "product": ("auto",) + STEP_PRODUCTS, "variant_loop": VARIANT_LOOPS}
         for field, allowed in choices.items():
             if not isinstance(getattr(self, field), str) or getattr(self, field) not in allowed:
                 raise ValueError(f"RunSettings.{field} must be one of {allowed}, got {getattr(self, field)!r}")
@@ -316,26 +359,40 @@ class Execution:
 
     def describe(self) -> dict:
         """JSON-ready: which path this bucket takes (it changes with the machine)."""
+        step = self.step
         return {
-            "product": self.product,
+            "model": f"MLP{step.widths}" if step.network is None else step.network.name,
+            "task": step.task.describe(),
+            "product": self.product if step.network is None else "(the model's own)",
             "variant_loop": "map" if self.sequential else "vmap",
             "cpu_kernels": self.cpu_kernels,
             "fused_update": self.step.fused_update,
         }
 
 
-def execution(bucket: Bucket, settings: RunSettings, devices) -> Execution:
-    """The bucket's Execution on these devices under these settings.
+def run_task(dataset, settings: RunSettings) -> tasks.Task:
+    """The task a run trains: the data's kind (`Dataset.target`, binary if it has none) with settings.loss."""
+    kind = getattr(dataset, "target", "binary")
+    try:
+        return tasks.task_for(kind, settings.loss, getattr(dataset, "num_classes", None))
+    except ValueError as e:
+        raise ValueError(f"RunSettings.loss={settings.loss!r} does not fit the data's {kind} task: {e}") from e
+
+
+def execution(bucket: Bucket, settings: RunSettings, devices, task: tasks.Task | None = None) -> Execution:
+    """The bucket's Execution on these devices under these settings, for `task` (default: binary
+    classification with settings.loss, the study's).
 
     "auto" loops over variants only for XLA's sparse gathers (see sequential_on): a bucket
     that "auto" gives the dense product is vmapped, so its configs share one matmul.
     """
+    task = task if task is not None else run_task(None, settings)
     devices = list(devices)
     kernels = cpu_kernels_on(devices)
     sequential = sequential_on(devices, settings.variant_loop)
     product = choose_product(bucket, settings.product, sequential, kernels)
     return Execution(
-        step=bucket.step_config(settings.loss, product, kernels),
+        step=bucket.step_config(task, product, kernels),
         sequential=sequential and (settings.variant_loop == "map" or product == "sparse"),
         cpu_kernels=kernels,
         n_configs=len(sharded_configs(bucket, len(devices))),
@@ -414,7 +471,8 @@ class BucketProgram:
         self.mesh = mesh if mesh is not None else variant_mesh()
         self.n_configs = len(bucket.configs)
         self.configs = sharded_configs(bucket, self.mesh.devices.size)
-        self.execution = execution(bucket, settings, self.mesh.devices.flat)
+        self.task = run_task(dataset, settings)
+        self.execution = execution(bucket, settings, self.mesh.devices.flat, self.task)
         self.config, self.sequential = self.execution.step, self.execution.sequential
         train = dataset.train
         self.capacity = batching.train_capacity(train.x.lengths, bucket.seeds, settings.epochs, settings.batch_size)
@@ -428,8 +486,9 @@ class BucketProgram:
             batching.make_batches(val.x, val.y, val_order, settings.eval_batch_size, val_cap), self._replicated
         )
         self.keys = jax.device_put(jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated)
-        hps = [c.hyperparameters() for c in self.configs]
-        self.hp = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *hps), self._by_config)
+        hps = jax.tree.map(lambda *xs: jnp.stack(xs), *[c.hyperparameters() for c in self.configs])
+        check_stages(self.config, hps)
+        self.hp = jax.device_put(hps, self._by_config)
 
     def init(self):
         """(states [seeds, configs], unit masks [configs] or None), each variant initialized at its true widths."""
@@ -486,7 +545,8 @@ class RunSnapshot:
 
 @dataclasses.dataclass(frozen=True)
 class TrainedParams:
-    """One variant's and seed's trained parameters at its true widths: what `MLP(widths).apply` takes.
+    """One variant's and seed's trained parameters: what its model's `apply` takes (for the
+    study's MLP, at its true widths: `MLP(widths, outputs=...)`).
 
     final: after the last epoch. best: after `best_epoch` (from 1), the epoch of its lowest
     validation data loss before it diverged; None (both) when no epoch qualifies (diverged from
@@ -527,6 +587,23 @@ def _keep_best(best, params, improved):
     return jax.tree.map(pick, best, params)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What `run` returns.
+
+    history: {(name, seed): {metric: [epochs]}}, columns `tasks.metric_names(task.metric)`;
+    params: {(name, seed): TrainedParams}; task: what was trained (`tasks.Task`); buckets:
+    per compiled program, its variants and seeds and which path ran (`Execution.describe`:
+    model, product, vmap or map, CPU kernels, fused update), which changes with the machine.
+    """
+
+    history: dict
+    params: dict
+    task: tasks.Task
+    buckets: list
+
+
+
 def run(
     variants: Sequence[VariantSpec],
     dataset,
@@ -536,14 +613,13 @@ def run(
     policy: PaddingPolicy = PaddingPolicy(),
     on_epoch: Callable[[int, dict, Callable[[], RunSnapshot]], None] | None = None,
     resume: RunSnapshot | None = None,
-    return_params: bool = False,
     divergence_threshold: float = results.DIVERGENCE_THRESHOLD,
-):
-    """Train all variants for settings.epochs; returns {(name, seed): {metric: [epochs]}}.
+) -> RunResult:
+    """Train all variants for settings.epochs on `dataset`; returns a RunResult.
 
-    With `return_params=True` it returns (that history, {(name, seed): TrainedParams}): the
-    final and best-epoch parameters at each variant's true widths (the padding cut off); the
-    best epoch is `best_epoch_tracker(divergence_threshold)`'s.
+    The result holds every variant's and seed's history, its final and best-epoch parameters
+    (for the study's MLP at its true widths, the padding cut off; the best epoch is
+    `best_epoch_tracker(divergence_threshold)`'s) and, per bucket, which path ran.
 
     The host loops over epochs and buckets only; each bucket-epoch is one compiled call, and
     the next epoch's batches are prepared while the device works on the current one.
@@ -553,8 +629,10 @@ def run(
     uninterrupted run.
     """
     programs = [BucketProgram(b, dataset, settings, mesh) for b in plan(variants, policy)]
+    task = run_task(dataset, settings)
+    columns = tasks.metric_names(task.metric)
     states = [p.init() for p in programs]
-    history = {(v.name, v.seed): {m: [] for m in METRICS} for v in variants}
+    history = {(v.name, v.seed): {m: [] for m in columns} for v in variants}
     first_epoch = 0
     layout = [(p.bucket.widths, p.bucket.optimizer, tuple(c.name for c in p.bucket.configs), p.bucket.seeds) for p in programs]
     bests = [jax.tree.map(jnp.copy, state.params) for state, _ in states]  # best so far: none yet, any tree will do
@@ -575,11 +653,11 @@ def run(
             for saved, (state, mask) in zip(resume.states, states)
         ]
         bests = [jax.device_put(saved, jax.tree.map(lambda x: x.sharding, best)) for saved, best in zip(resume.best, bests)]
-        history = {key: {m: list(resume.history[key][m]) for m in METRICS} for key in history}
+        history = {key: {m: list(resume.history[key][m]) for m in columns} for key in history}
         first_epoch = resume.epochs_done
         for key, h in history.items():  # replay the best-epoch bookkeeping over the restored history
             for e in range(first_epoch):
-                if trackers[key]({m: h[m][e] for m in METRICS}):
+                if trackers[key]({m: h[m][e] for m in columns}):
                     best_epochs[key] = e + 1
 
     def snapshot(epochs_done):
@@ -616,16 +694,19 @@ def run(
         if on_epoch is not None:
             on_epoch(epoch, row, lambda e=epoch: snapshot(e + 1))
     arrays = {key: {k: np.asarray(v) for k, v in h.items()} for key, h in history.items()}
-    if not return_params:
-        return arrays
     trained = {}
     for program, (state, _), best in zip(programs, states, bests):
         final, best = jax.device_get(state.params), jax.device_get(best)
         for si, seed in enumerate(program.bucket.seeds):
             for ci, config in enumerate(program.bucket.configs):
                 def one(tree, si=si, ci=ci, widths=config.widths):
-                    return jax.tree.map(np.ascontiguousarray, unpadded(jax.tree.map(lambda x: x[si, ci], tree), widths))
+                    tree = jax.tree.map(lambda x: x[si, ci], tree)
+                    return jax.tree.map(np.ascontiguousarray, tree if widths is None else unpadded(tree, widths))
 
                 epoch = best_epochs[(config.name, seed)]
                 trained[(config.name, seed)] = TrainedParams(one(final), None if epoch is None else one(best), epoch)
-    return arrays, trained
+    buckets = [
+        {"variants": [c.name for c in p.bucket.configs], "seeds": list(p.bucket.seeds), **p.execution.describe()}
+        for p in programs
+    ]
+    return RunResult(arrays, trained, task, buckets)

@@ -41,7 +41,7 @@ NUM_WORDS = 1000
 BATCH = 128
 N_TRAIN = 1100  # 8 batches of 128 and a last one of 76
 CONFIG = StepConfig(
-    widths=(16, 16), loss="keras", rmsprop="keras3", use_dropout=False, use_weight_decay=False, use_l1_proximal=False
+    widths=(16, 16), rmsprop="keras3", use_dropout=False, use_weight_decay=False, use_l1_proximal=False
 )
 LAYERS = ("hidden_0", "hidden_1", "output")
 

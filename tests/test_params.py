@@ -25,6 +25,7 @@ from jaxreg.data import densify
 from jaxreg.model import MLP, init_params, unpadded
 from jaxreg.params import load_params, params_file
 from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError, load_dataset, run_sweep
+from jaxreg.tasks import Task
 from jaxreg.train import StepConfig, evaluate
 from jaxreg.variants import VariantSpec
 
@@ -76,7 +77,7 @@ def validation():
 def val_metrics(params, name: str, validation) -> dict:
     """jaxreg.train.evaluate of saved parameters at the variant's true widths."""
     spec = SPECS[name]
-    config = StepConfig(widths=spec.widths, product="sparse", loss=CONFIG.loss)
+    config = StepConfig(widths=spec.widths, product="sparse", task=Task(loss=CONFIG.loss))
     return {k: float(v) for k, v in evaluate(params, validation[1], spec.hyperparameters(), config=config).items()}
 
 

@@ -44,7 +44,7 @@ def histories() -> dict[str, np.ndarray]:
     """{"name/seed/metric": values per epoch} of the small study."""
     dataset = synthetic_dataset(n_train=1000, n_validation=300, num_words=1000, seed=0)
     out = {}
-    for (name, seed), h in run(with_seeds(VARIANTS, [0, 1]), dataset, SETTINGS).items():
+    for (name, seed), h in run(with_seeds(VARIANTS, [0, 1]), dataset, SETTINGS).history.items():
         for metric, values in h.items():
             out[f"{name}/{seed}/{metric}"] = np.asarray(values)
     return out

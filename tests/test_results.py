@@ -71,7 +71,7 @@ def test_summary_uses_the_data_loss_and_seed_statistics():
     assert original.seeds == 2 and original.best_epoch == 3
     assert original.best_val_data_loss_mean == pytest.approx(0.355)
     assert original.best_val_data_loss_std == pytest.approx(np.std([0.35, 0.36], ddof=1))
-    assert original.best_val_accuracy_mean == pytest.approx(1 - 0.355 / 2)
+    assert original.best_val_metric_mean == pytest.approx(1 - 0.355 / 2)
     assert original.final_val_data_loss_mean == pytest.approx(0.605)
     assert original.final_loss_mean == pytest.approx(0.105)
     assert original.overfitting_epoch == 4

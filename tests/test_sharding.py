@@ -63,7 +63,7 @@ SCRIPT = textwrap.dedent(
         "state_spec_expected": str(P(None, "variant")),
     }
     arrays = {}
-    for (name, seed), h in run(vs, dataset, settings, mesh=mesh).items():
+    for (name, seed), h in run(vs, dataset, settings, mesh=mesh).history.items():
         for metric, values in h.items():
             arrays[f"{label}/{name}/{seed}/{metric}"] = values
     np.savez(out, layout=json.dumps(layout), **arrays)

@@ -139,7 +139,7 @@ def reference(dataset):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(variants, "train_epoch", counting_train_epoch)
             vs = with_seeds(REFERENCE_CONFIGS, SEEDS)
-            history = run(vs, dataset, SETTINGS, on_epoch=on_epoch)
+            history = run(vs, dataset, SETTINGS, on_epoch=on_epoch).history
     finally:
         jax.monitoring.unregister_event_duration_listener(on_compile)
     return dict(variants=vs, history=history, traces=traces, epoch_compiles=epoch_compiles, snapshot=snapshots[0])
@@ -150,8 +150,8 @@ def neighbours(dataset):
     """NEIGHBOURS next to DIVERGING, and next to the same config at a benign learning rate (same program)."""
     benign = dataclasses.replace(DIVERGING, learning_rate=1e-3)
     return dict(
-        with_bad=run([*NEIGHBOURS, DIVERGING], dataset, SETTINGS),
-        with_good=run([*NEIGHBOURS, benign], dataset, SETTINGS),
+        with_bad=run([*NEIGHBOURS, DIVERGING], dataset, SETTINGS).history,
+        with_good=run([*NEIGHBOURS, benign], dataset, SETTINGS).history,
         benign=benign,
     )
 
@@ -163,7 +163,7 @@ def alone(dataset):
 
     def history(v: VariantSpec):
         if key(v) not in cache:
-            cache[key(v)] = run([v], dataset, SETTINGS)[key(v)]
+            cache[key(v)] = run([v], dataset, SETTINGS).history[key(v)]
         return cache[key(v)]
 
     return history
@@ -404,7 +404,7 @@ def test_vmap_equals_loop_of_single_runs(reference, alone, v):
 def test_padded_equals_unpadded(dataset, reference, v):
     """(6, 6) variants trained inside the (16, 16) bucket match the unpadded (6, 6) program."""
     assert plan([v])[0].widths == (16, 16) and plan([v], NO_PADDING)[0].widths == (6, 6)
-    unpadded = run([v], dataset, SETTINGS, policy=NO_PADDING)
+    unpadded = run([v], dataset, SETTINGS, policy=NO_PADDING).history
     assert_close(reference["history"], unpadded, [key(v)])
 
 
@@ -451,7 +451,7 @@ def test_order_of_the_variant_list_is_bit_exact(dataset, reference):
     random.Random(0).shuffle(vs)
     assert [b.configs for b in plan(vs)] != [b.configs for b in plan(reference["variants"])]
     compare = assert_equal if jax.default_backend() == "cpu" else assert_close
-    compare(run(vs, dataset, SETTINGS), reference["history"], list(reference["history"]))
+    compare(run(vs, dataset, SETTINGS).history, reference["history"], list(reference["history"]))
 
 
 def test_one_trace_and_no_compile_after_the_first_epoch(reference):
@@ -470,7 +470,7 @@ def test_resume_equals_uninterrupted(dataset, reference):
     assert snap.epochs_done == SNAPSHOT_AFTER
     assert all(len(h["loss"]) == SNAPSHOT_AFTER for h in snap.history.values())
     seen = []
-    resumed = run(reference["variants"], dataset, SETTINGS, resume=snap, on_epoch=lambda e, row, s: seen.append(e))
+    resumed = run(reference["variants"], dataset, SETTINGS, resume=snap, on_epoch=lambda e, row, s: seen.append(e)).history
     assert seen == list(range(SNAPSHOT_AFTER, SETTINGS.epochs))
     assert_equal(resumed, reference["history"], list(reference["history"]))
 
@@ -547,14 +547,14 @@ def test_with_variant_loop_map_a_variant_is_bit_identical_alone_and_in_a_bucket(
         target,
         unpadded,
     ]
-    together_all = run(neighbours, dataset, settings)
+    together_all = run(neighbours, dataset, settings).history
     together = together_all[("target", 1)]
-    alone = run([target], dataset, settings)[("target", 1)]
+    alone = run([target], dataset, settings).history[("target", 1)]
     assert set(alone) == set(METRICS)
     for metric in METRICS:
         assert np.array_equal(alone[metric], together[metric]), metric
-    unpadded_alone = run([unpadded], dataset, settings)[("unpadded", 1)]
+    unpadded_alone = run([unpadded], dataset, settings).history[("unpadded", 1)]
     for metric in unpadded_alone:
         assert np.array_equal(unpadded_alone[metric], together_all[("unpadded", 1)][metric]), metric
-    vmapped = run(neighbours, dataset, dataclasses.replace(SETTINGS, variant_loop="vmap"))[("target", 1)]
+    vmapped = run(neighbours, dataset, dataclasses.replace(SETTINGS, variant_loop="vmap")).history[("target", 1)]
     assert_close({"t": vmapped}, {"t": together}, ["t"])
