@@ -1,23 +1,84 @@
 """jaxreg: overfitting, underfitting and regularization studies in JAX/Flax.
 
+The public API (imported lazily, so that `import jaxreg` stays cheap and does not start JAX):
+
+  data         from_arrays, load_imdb, synthetic_dataset, Dataset
+  variants     VariantSpec, with_seeds, RunSettings, run (returns a RunResult), PaddingPolicy
+  models       MLP (the study's), MultiHotDense (a sparse multi-hot first layer), Network (your own
+               Flax module or init/apply functions); jaxreg.dropout.dropout: a traced-rate dropout
+  tasks        Task: binary, multiclass or regression, and the loss
+  train step   StepConfig, Hyperparameters, TrainState, init_state, train_step (the reference),
+               fused_train_step, train_epoch, evaluate
+  results      load_run (a run folder, in any state), stack, summarize, summary_table, load_params
+
 Modules, one idea each:
-  data       IMDB and synthetic bag-of-words data, sparse multi-hot encoding
-  batches    host-side epoch order and fixed-shape sparse batches for the device
-  model      Keras-initialized Flax MLP whose first layer eats sparse multi-hot input
+  dataset    data classes and data from arrays (dense, sparse CSR, index lists)
+  data       IMDB (archive, folder, tfds) and synthetic bag-of-words data
+  batches    host-side epoch order and fixed-shape device batches
+  model      the study's Keras-initialized MLP and its sparse multi-hot first layer
+  networks   own models: how the engine calls a Flax module or a pair of functions
+  tasks      binary / multiclass / regression: outputs, loss and metric
   dropout    inverted dropout driven by an explicit key, rate may be traced
-  penalties  Keras-exact L1/L2 weight penalties through a kernel mask
+  penalties  Keras-exact L1/L2 weight penalties through a kernel mask chosen by a path rule
   optim      RMSprop (Keras 2.3 and Keras 3 eps placement), decoupled weight decay, proximal L1
-  losses     binary cross-entropy (stable and Keras-clipped) and accuracy
+  losses     cross-entropies (stable and Keras-clipped), squared and absolute errors, accuracy
   train      pure init / train_step / evaluate / train_epoch functions
   variants   variant specs, bucket planning, vmapped + sharded multi-variant training
-  sweep      SweepConfig and the resumable, checkpointing sweep behind experiments/sweep.py
+  config     SweepConfig, the study a sweep runs; sweep: the resumable sweep behind experiments/sweep.py
   results    histories, summaries, run folders (load_run for notebooks)
   runfolder  a run folder's manifest, writer lock and checksummed checkpoint
   params     the trained parameters a run saves (final and best epoch), load_params
-  outfolders default run folders runs/<preset>/<time> and runs/<preset>/latest
-  plots      the study's figures with seed bands
-  cache      the cache folders (one root, XDG_CACHE_HOME) and JAX's persistent compilation cache
-  compiletime  how long XLA compiled, apart from training
+  plots      the study's figures with seed bands; events: TensorBoard event files
+  cache      the cache folders and JAX's persistent compilation cache; compiletime: compile time apart
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+# name -> module that defines it; one home per name.
+_EXPORTS = {
+    "from_arrays": "dataset",
+    "Dataset": "dataset",
+    "load_imdb": "data",
+    "synthetic_dataset": "data",
+    "VariantSpec": "variants",
+    "with_seeds": "variants",
+    "RunSettings": "variants",
+    "RunResult": "variants",
+    "PaddingPolicy": "variants",
+    "run": "variants",
+    "MLP": "model",
+    "MultiHotDense": "model",
+    "Network": "networks",
+    "Task": "tasks",
+    "StepConfig": "train",
+    "Hyperparameters": "train",
+    "TrainState": "train",
+    "init_state": "train",
+    "train_step": "train",
+    "fused_train_step": "train",
+    "train_epoch": "train",
+    "evaluate": "train",
+    "load_run": "results",
+    "summarize": "results",
+    "stack": "results",
+    "summary_table": "results",
+    "load_params": "params",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jaxreg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"jaxreg.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

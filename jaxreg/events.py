@@ -1,7 +1,7 @@
 """TensorBoard event files of a run: one TensorBoard run per variant and seed, every metric per epoch.
 
 <run folder>/tensorboard/<variant>/seed_<s>/events.out.tfevents.jaxreg holds, as scalars with
-step = epoch (from 1), every metric of the history (`tasks.metric_names`), appended and flushed after every
+step = epoch (from 1), every metric of the history (`results.metric_names`), appended and flushed after every
 epoch, and the variant's hyperparameters for TensorBoard's HParams plugin (with, at the end,
 the final and best validation metrics). `tensorboard --logdir <run folder or its parent>`.
 
@@ -23,7 +23,7 @@ from tensorboardX import summary as tbx_summary
 from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto.event_pb2 import Event
 
-from jaxreg import results, runfolder, tasks
+from jaxreg import results, runfolder
 
 EVENTS_DIR = "tensorboard"
 EVENT_FILE = "events.out.tfevents.jaxreg"  # TensorBoard reads files with "tfevents" in their name
@@ -104,7 +104,7 @@ class EventLog:
         self, folder, hparams: Mapping[tuple[str, int], Mapping], history: Mapping, epochs_done: int, metric: str = "accuracy"
     ):
         self.folder = Path(folder)
-        metrics = tasks.metric_names(metric)
+        metrics = results.metric_names(metric)
         self.keys = list(hparams)
         runfolder.record(self.folder, *(event_file(n, s) for n, s in self.keys))
         for key in self.keys:

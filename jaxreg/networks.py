@@ -84,7 +84,11 @@ class Network:
 
     @property
     def name(self) -> str:
-        return type(self.module).__name__ if self.module is not None else getattr(self.apply_fn, "__name__", "apply_fn")
+        """The module's class and fields (BagMean(embedding=16)), or the apply function's name."""
+        if self.module is None:
+            return getattr(self.apply_fn, "__name__", "apply_fn")
+        fields = [f.name for f in dataclasses.fields(self.module) if f.init and f.name not in ("parent", "name")]
+        return f"{type(self.module).__name__}({', '.join(f'{k}={getattr(self.module, k)!r}' for k in fields)})"
 
     def init(self, key: jax.Array, x) -> dict:
         if self.module is None:

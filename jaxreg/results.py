@@ -1,7 +1,7 @@
 """Histories, summaries and run folders: what a sweep writes, and `load_run` to read it back.
 
 A *history* is what `variants.run` returns: {(name, seed): {metric: [epochs]}}, with the
-columns `tasks.metric_names(metric)`: loss, data_loss, penalty, the task's metric (accuracy,
+columns `metric_names(metric)`: loss, data_loss, penalty, the task's metric (accuracy,
 or mae for regression) and their val_ twins; every function here reads the columns from the
 history it is given (`columns`). `stack`
 turns it into the form every function here and in `plots` takes, one entry per variant:
@@ -43,9 +43,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from jaxreg import tasks
 
-METRICS = tasks.metric_names("accuracy")  # a classification history's columns (the study's)
+def metric_names(metric: str = "accuracy") -> tuple[str, ...]:
+    """A history's columns for a task whose metric is `metric` (tasks.Task.metric): the training
+    epoch's means, then the validation's."""
+    train = ("loss", "data_loss", "penalty", metric)
+    return train + tuple(f"val_{m}" for m in train)
+
+
+METRICS = metric_names("accuracy")  # a classification history's columns (the study's)
 OVERFITTING_TOLERANCE = 0.01
 DIVERGENCE_THRESHOLD = 1e6
 
@@ -109,7 +115,7 @@ def task_metric(names) -> str:
 
 def columns(names) -> tuple[str, ...]:
     """A history's metric columns in their canonical order, from its column names (or a mapping's keys)."""
-    return tasks.metric_names(task_metric(names))
+    return metric_names(task_metric(names))
 
 
 
@@ -186,7 +192,7 @@ def history_records(histories: Mapping[str, Mapping[str, np.ndarray]]) -> list[d
 
 def history_fields(metric: str = "accuracy") -> tuple[str, ...]:
     """The fields of a history record (and history.csv's header) for a task with this metric."""
-    return ("variant", "seed", "epoch", *tasks.metric_names(metric), "diverged")
+    return ("variant", "seed", "epoch", *metric_names(metric), "diverged")
 
 
 HISTORY_FIELDS = history_fields("accuracy")
@@ -201,13 +207,15 @@ def jsonl_lines(records: Sequence[Mapping]) -> str:
     return "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in records)
 
 
-def csv_lines(records: Sequence[Mapping], header: bool = False) -> str:
-    """history.csv lines of `records` (floats as repr: exact), after the header line if asked."""
-    if not records:
-        return ""
-    metrics = columns(records[0])
+def csv_lines(records: Sequence[Mapping], header: bool = False, metric: str | None = None) -> str:
+    """history.csv lines of `records` (floats as repr: exact), after the header line if asked.
+
+    The columns are the records' (`metric`, e.g. "accuracy", names them when there are none).
+    """
+    metric = metric or (task_metric(records[0]) if records else "accuracy")
+    metrics = metric_names(metric)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history_fields(task_metric(metrics))), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(history_fields(metric)), lineterminator="\n")
     if header:
         writer.writeheader()
     writer.writerows({**r, **{m: repr(r[m]) for m in metrics}} for r in records)

@@ -3,7 +3,7 @@
 A `Task` fixes the model's number of outputs, the per-example loss that training
 minimizes, and the one metric reported beside it (`metric`): accuracy for classification,
 the mean absolute error (MAE) for regression. Histories, summaries, figures and TensorBoard
-name their columns by `metric_names(task.metric)`. The task of a run comes from its data
+name their columns by `results.metric_names(task.metric)`. The task of a run comes from its data
 (`Dataset.target`) and the loss mode (`task_for`).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from jaxreg import losses
 
@@ -85,12 +84,6 @@ def task_for(kind: str, loss: str = "auto", num_classes: int | None = None) -> T
     if loss == "auto":
         loss = REGRESSION_LOSS if kind == "regression" else losses.DEFAULT_MODE
     return Task(kind, loss, num_classes if kind == "multiclass" else None)
-
-
-def metric_names(metric: str = "accuracy") -> tuple[str, ...]:
-    """The columns of a history: the training epoch's means, then the validation's."""
-    train = ("loss", "data_loss", "penalty", metric)
-    return train + tuple(f"val_{m}" for m in train)
 
 
 def higher_is_better(metric_name: str) -> bool:

@@ -145,8 +145,9 @@ def check_stages(config: StepConfig, hp: Hyperparameters) -> None:
         for field in fields:
             value = getattr(hp, field)
             if not is_traced(value) and np.any(np.asarray(value) != 0):
+                shown = ", ".join(f"{v:g}" for v in np.ravel(value))
                 raise ValueError(
-                    f"{field}={np.asarray(value).tolist()} is non-zero but StepConfig.{flag}=False drops that stage; "
+                    f"{field}={shown} is non-zero but StepConfig.{flag}=False drops that stage; "
                     f"set {flag}=True or {field}=0"
                 )
 

@@ -54,7 +54,7 @@ from jaxreg.train import (
     train_epoch,
 )
 
-METRICS = tasks.metric_names("accuracy")  # a classification run's history columns; see tasks.metric_names
+METRICS = results.METRICS  # a classification run's history columns; see results.metric_names
 DEFAULT_WIDTHS = (16, 16)
 
 
@@ -225,7 +225,7 @@ class Bucket:
             network=self.network,
             rmsprop=self.optimizer,
             use_penalty=any(c.l1 > 0 or c.l2 > 0 for c in self.configs),
-            use_dropout=any(c.dropout_rate > 0 for c in self.configs),
+            use_dropout=any(c.dropout_rate > 0 for c in self.configs) or (self.network is not None and self.network.style == "flax"),
             use_weight_decay=any(c.weight_decay > 0 for c in self.configs),
             use_l1_proximal=any(c.l1_proximal > 0 for c in self.configs),
         )
@@ -591,7 +591,7 @@ def _keep_best(best, params, improved):
 class RunResult:
     """What `run` returns.
 
-    history: {(name, seed): {metric: [epochs]}}, columns `tasks.metric_names(task.metric)`;
+    history: {(name, seed): {metric: [epochs]}}, columns `results.metric_names(task.metric)`;
     params: {(name, seed): TrainedParams}; task: what was trained (`tasks.Task`); buckets:
     per compiled program, its variants and seeds and which path ran (`Execution.describe`:
     model, product, vmap or map, CPU kernels, fused update), which changes with the machine.
@@ -630,7 +630,7 @@ def run(
     """
     programs = [BucketProgram(b, dataset, settings, mesh) for b in plan(variants, policy)]
     task = run_task(dataset, settings)
-    columns = tasks.metric_names(task.metric)
+    columns = results.metric_names(task.metric)
     states = [p.init() for p in programs]
     history = {(v.name, v.seed): {m: [] for m in columns} for v in variants}
     first_epoch = 0

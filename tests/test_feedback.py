@@ -177,7 +177,7 @@ def test_one_list_of_per_variant_numbers():
     """train.Hyperparameters is the list: VariantSpec's numbers, the sweep axes and the figure labels follow it."""
     names = train.HYPERPARAMETERS
     assert names == train.Hyperparameters._fields
-    numbers = {f.name: f.default for f in dataclasses.fields(VariantSpec) if f.name not in ("name", "widths", "optimizer", "seed")}
+    numbers = {f.name: f.default for f in dataclasses.fields(VariantSpec) if f.name not in ("name", "widths", "optimizer", "seed", "model")}
     assert numbers == train.Hyperparameters._field_defaults
     assert config.AXES == ("width", *names)
     assert set(plots.AXIS_LABELS) == set(config.AXES)

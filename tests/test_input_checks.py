@@ -88,7 +88,7 @@ def test_variant_spec_accepts_the_documented_edges():
 
 @pytest.mark.parametrize(
     "changes",
-    [{"epochs": True}, {"epochs": 10**7}, {"batch_size": 2.0}, {"eval_batch_size": 2**31}, {"loss": "mse"},
+    [{"epochs": True}, {"epochs": 10**7}, {"batch_size": 2.0}, {"eval_batch_size": 2**31}, {"loss": "hinge"},
      {"product": "fast"}, {"variant_loop": ["map"]}],
 )
 def test_run_settings_refuses_by_field(changes):

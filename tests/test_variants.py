@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from jaxreg import variants
+from jaxreg.tasks import Task
 from jaxreg.data import synthetic_dataset
 from jaxreg.variants import (
     METRICS,
@@ -298,14 +299,14 @@ def test_plan_builds_full_grids():
     assert bucket.configs == tuple(configs) and bucket.seeds == (0, 1, 2)
     assert [key(v) for v in bucket.variants] == [(c.name, s) for s in (0, 1, 2) for c in configs]
 
-    cfg = bucket.step_config("keras", "sparse")
+    cfg = bucket.step_config(Task(), "sparse")
     assert (cfg.widths, cfg.use_penalty, cfg.use_dropout, cfg.use_weight_decay, cfg.use_l1_proximal) == (
         (16, 16), True, True, False, False,
     )  # fmt: skip
     # with the CPU kernels the first layer's update is fused, where the optimizer allows it
-    assert not cfg.fused_update and bucket.step_config("keras", "sparse", cpu_kernels=True).fused_update
+    assert not cfg.fused_update and bucket.step_config(Task(), "sparse", cpu_kernels=True).fused_update
     (decayed,) = plan([dataclasses.replace(WIDE, name="decayed", weight_decay=1e-3)])
-    assert not decayed.step_config("keras", "sparse", cpu_kernels=True).fused_update
+    assert not decayed.step_config(Task(), "sparse", cpu_kernels=True).fused_update
 
 
 def test_plan_keeps_decoupled_stages_apart():
@@ -314,7 +315,7 @@ def test_plan_keeps_decoupled_stages_apart():
     buckets = plan([WIDE, WIDE_DECAY, WIDE_L2, WIDE_PROXIMAL, NARROW])
     grids = sorted((tuple(c.name for c in b.configs), b.widths) for b in buckets)
     assert grids == [(("wide", "wide_l2", "narrow"), (16, 16)), (("wide_decay", "wide_proximal"), (16, 16))]
-    fused = {tuple(c.name for c in b.configs): b.step_config("keras", "sparse", cpu_kernels=True).fused_update for b in buckets}
+    fused = {tuple(c.name for c in b.configs): b.step_config(Task(), "sparse", cpu_kernels=True).fused_update for b in buckets}
     assert fused == {("wide", "wide_l2", "narrow"): True, ("wide_decay", "wide_proximal"): False}
 
 
@@ -368,8 +369,9 @@ def test_execution_is_decided_once_and_reported():
     bucket = plan([WIDE, WIDE_L2, NARROW])[0]
     e = variants.execution(bucket, RunSettings(), cpu)
     kernels = variants.cpu_kernels_on(cpu)
-    assert e.step == bucket.step_config("keras", "sparse", kernels) and e.n_configs == 3
-    assert e.describe() == {"product": "sparse", "variant_loop": "map" if e.sequential else "vmap",
+    assert e.step == bucket.step_config(Task(), "sparse", kernels) and e.n_configs == 3
+    assert e.describe() == {"model": "MLP(16, 16)", "task": {"kind": "binary", "loss": "keras", "num_classes": None},
+                            "product": "sparse", "variant_loop": "map" if e.sequential else "vmap",
                             "cpu_kernels": kernels, "fused_update": kernels}  # fmt: skip
     program = BucketProgram(bucket, synthetic_dataset(n_train=64, n_validation=16, num_words=200), RunSettings(epochs=1))
     assert program.execution == e and program.config == e.step

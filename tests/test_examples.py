@@ -1,0 +1,57 @@
+"""The examples in examples/ run as a user runs them (python examples/NAME.py) and report sane numbers.
+
+Offline: digits and diabetes are scikit-learn's bundled data (the `examples` extra), own_model
+uses the synthetic generator. The thresholds are far from what the examples reach (see each
+docstring), so they fail on a broken engine, not on another CPU's rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> list[str]:
+    env = {**os.environ, "JAXREG_COMPILE_CACHE": "0", "PYTHONPATH": str(EXAMPLES.parent)}
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()
+
+
+def last_value(lines: list[str], label: str) -> float:
+    match = re.fullmatch(rf"{label}: (\d+\.\d+)", lines[-1])
+    assert match, f"last line {lines[-1]!r} is not '{label}: <value>'"
+    return float(match.group(1))
+
+
+def test_digits_multiclass_width_and_dropout_sweep():
+    pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) provides the digits data")
+    lines = run_example("digits")
+    assert 0.9 < last_value(lines, "best validation accuracy") <= 1.0
+    table = "\n".join(lines)
+    assert "val acc @ best" in table and "w128_dropout" in table
+
+
+def test_diabetes_regression_l2_sweep():
+    pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) provides the diabetes data")
+    lines = run_example("diabetes")
+    mse = last_value(lines, "best validation MSE")
+    baseline = float(next(re.search(r"validation MSE (\d+\.\d+)", l).group(1) for l in lines if "training mean" in l))
+    assert mse < 0.7 * baseline, (mse, baseline)  # a model that learned something, in the target's units
+    assert "val MAE @ best" in "\n".join(lines)
+
+
+def test_own_model_trains_as_variants_next_to_the_study_mlp():
+    lines = run_example("own_model")
+    assert 0.6 < last_value(lines, "best validation accuracy") <= 1.0
+    programs = [l for l in lines if l.startswith("program ")]
+    assert len(programs) == 4 and sum("BagMean" in p for p in programs) == 3
