@@ -96,6 +96,7 @@ PROTOCOLS = {"test": "test-as-validation", "holdout": "holdout"}
 
 _SPLITS = ("train", "test")
 _LABELS = ("neg", "pos")
+_TFDS_BATCH = 4096  # reviews per batch read from tensorflow-datasets
 IMDB_REVIEWS = 50_000  # labeled reviews, train and test: what a progress bar over the archive expects
 _BR_RE = re.compile(r"<br\s*/?>")
 _TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
@@ -468,8 +469,19 @@ def _tfds_texts() -> list[Record]:
         ) from e
     records = []
     for split in _SPLITS:
-        texts, labels = tfds.as_numpy(tfds.load("imdb_reviews", split=split, batch_size=-1, as_supervised=True))
-        for i, (text, label) in enumerate(zip(texts, labels)):
+        # Batches of a fixed size, not batch_size=-1: that asks for one batch of the split's
+        # recorded size, and where none is recorded (tfds.testing.mock_data) for one of
+        # sys.maxsize rows, which aborts the process inside TensorFlow.
+        try:
+            batches = tfds.as_numpy(tfds.load("imdb_reviews", split=split, batch_size=_TFDS_BATCH, as_supervised=True))
+            pairs = [(text, label) for texts, labels in batches for text, label in zip(texts, labels)]
+        except Exception as e:  # noqa: BLE001 - download, checksum and file errors of any kind: one line
+            detail = (str(e).strip().splitlines() or [""])[0][:300]
+            raise DataError(
+                f"tensorflow-datasets could not load imdb_reviews ({type(e).__name__}: {detail}); it downloads and "
+                "checks the data the first time (internet needed); offline, pass the path of the aclImdb archive instead"
+            ) from e
+        for i, (text, label) in enumerate(pairs):
             records.append((split, int(label), (i, ""), text.decode("utf-8", errors="replace")))
     return records
 
