@@ -1,8 +1,9 @@
 """jaxreg: overfitting, underfitting and regularization studies in JAX/Flax.
 
 Modules, one idea each:
+  dataset    Dataset and Split (multi-hot or dense inputs; binary, multiclass or regression targets), from_arrays
   data       IMDB and synthetic bag-of-words data, sparse multi-hot encoding
-  batches    host-side epoch order and fixed-shape sparse batches for the device
+  batches    host-side epoch order and fixed-shape batches (sparse pairs or dense rows) for the device
   model      Keras-initialized Flax MLP whose first layer eats sparse multi-hot input
   dropout    inverted dropout driven by an explicit key, rate may be traced
   penalties  Keras-exact L1/L2 weight penalties through a kernel mask
