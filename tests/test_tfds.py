@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -139,6 +140,7 @@ def get_config():
 @needs_tfds
 def test_cli_runs_on_tfds_mock_data(tfds, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JAXREG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --devices sets it; restored after
     monkeypatch.delenv("JAXREG_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "two.py").write_text(TWO_EPOCHS)
