@@ -281,11 +281,13 @@ def from_arrays(
     seeded random holdout of the rows of x: `holdout` is a fraction in (0, 1) (rounded to
     rows) or a row count, `seed` chooses the rows (`holdout` and `seed` are not used when
     validation is given).
-    target: "binary", "multiclass", "regression", or "auto": y (train and validation
-    together) with non-integer values is regression; integer values all in {0, 1} are
-    binary; other integer values >= 0 are multiclass with num_classes = max + 1 unless
-    num_classes is given (a given num_classes with "auto" means multiclass). Negative
-    integer labels are refused (pass target="regression" for integer targets).
+    target: "binary", "multiclass", "regression", or "auto", which looks at y of train and
+    validation together: values all 0 or 1 (any dtype, bool included) are binary; other
+    float values are regression (integer-valued floats too, such as scikit-learn's diabetes
+    targets: pass target="multiclass" for float class ids); other integer (dtype) values
+    >= 0 are multiclass with num_classes = max + 1 unless num_classes is given (a given
+    num_classes with "auto" means multiclass). Negative integer labels are refused (pass
+    target="regression" for integer targets).
     num_words: the number of columns for index lists (None: the largest index + 1 over
     train and validation); for dense and scipy.sparse x it must equal their width if given.
     name: the data's name in describe() and run records. The checksum is a sha256 over the
@@ -493,14 +495,13 @@ def _labels(y, arg: str, n: int) -> np.ndarray:
 
 def _resolve_target(ys, args, target: str, num_classes):
     """(target, num_classes) from the rules in from_arrays' docstring; DataError naming the y that breaks them."""
-    integral = all(a.dtype.kind in "iu" or bool((a == np.round(a)).all()) for a in ys)
     if target == "auto":
         if num_classes is not None:
             target = "multiclass"
-        elif not integral:
-            target = "regression"
         elif all(((a == 0) | (a == 1)).all() for a in ys):
             target = "binary"
+        elif any(a.dtype.kind == "f" for a in ys):
+            target = "regression"
         else:
             for a, arg in zip(ys, args):
                 if (a < 0).any():

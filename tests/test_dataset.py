@@ -59,7 +59,7 @@ def assert_same_split(a: Split, b: Split):
         ([0, 0, 0, 0], [0, 0], "binary", None, np.float32),
         ([0, 1, 2, 1], [2, 0], "multiclass", 3, np.int32),
         ([0, 1, 2, 1], [4, 0], "multiclass", 5, np.int32),  # the largest label of validation counts too
-        ([3.0, 1.0, 2.0, 0.0], [1.0, 2.0], "multiclass", 4, np.int32),
+        ([3.0, 1.0, 2.0, 0.0], [1.0, 2.0], "regression", None, np.float32),  # float class ids need target="multiclass"
         (np.array([0, 2, 1, 2], np.uint8), np.array([1, 1], np.uint8), "multiclass", 3, np.int32),
     ],
 )
@@ -383,3 +383,19 @@ def test_holdout_and_seed_are_kept_or_refused_by_name(holdout, seed):
     assert len(d.train) + len(d.validation) == 10 and len(d.validation) >= 1 and len(d.train) >= 1
     expected = int(holdout) if isinstance(holdout, int) else round(float(holdout) * 10)
     assert len(d.validation) == expected
+
+
+@pytest.mark.parametrize(
+    "loader, target, num_classes",
+    [("load_breast_cancer", "binary", None), ("load_digits", "multiclass", 10), ("load_diabetes", "regression", None)],
+)
+def test_scikit_learn_toy_data_sets(loader, target, num_classes):
+    """scikit-learn's bundled data sets (no download) get the target their labels say."""
+    datasets = pytest.importorskip("sklearn.datasets", reason='needs scikit-learn (pip install "jaxreg[examples]")')
+    x, y = getattr(datasets, loader)(return_X_y=True)
+    d = from_arrays(x, y, seed=0)
+    assert (d.target, d.num_classes, d.num_features) == (target, num_classes, x.shape[1])
+    assert len(d.train) + len(d.validation) == len(y) and len(d.validation) == round(0.2 * len(y))
+    train_rows, _ = holdout_indices(len(y), len(d.validation), 0)
+    np.testing.assert_array_equal(d.train.x, x[train_rows].astype(np.float32))
+    np.testing.assert_allclose(d.train.y, y[train_rows], rtol=1e-6)
