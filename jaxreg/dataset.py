@@ -310,6 +310,10 @@ def from_arrays(
             raise DataError(f"validation must be an (x_val, y_val) pair or None, not {_short(validation)}")
         pairs.append(("validation[0]", validation[0], "validation[1]", validation[1]))
     inputs = [_inputs(xv, xname) for xname, xv, _, _ in pairs]
+    for (kind, value), (xname, *_) in zip(inputs, pairs):
+        n = value[2] if kind == "lists" else (len(value) if kind == "sparse" else value.shape[0])
+        if n == 0:
+            raise DataError(f"{xname} is empty; every split needs at least one row")
     width = _width(inputs, [p[0] for p in pairs], num_words)
     xs = [_finish_inputs(kind, value, width, p[0]) for (kind, value), p in zip(inputs, pairs)]
     kinds = {type(v) for v in xs}
@@ -482,8 +486,6 @@ def _labels(y, arg: str, n: int) -> np.ndarray:
         raise DataError(f"{arg} must be 1-D [n], got shape {a.shape}; pass {arg}.ravel() for a column of targets")
     if a.size != n:
         raise DataError(f"{arg} has {a.size} targets but its x has {n} rows")
-    if n == 0:
-        raise DataError(f"{arg} is empty; every split needs at least one row")
     if a.dtype.kind not in "biuf":
         raise DataError(f"{arg} has dtype {a.dtype}; targets must be numbers (bool, int or float)")
     if a.dtype.kind == "b":
