@@ -55,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="training batch size (book: 512)")
     p.add_argument(
         "--data",
-        help="IMDB data: the aclImdb .tar.gz archive or extracted folder (default: env JAXREG_DATA)",
+        help="IMDB data: the aclImdb .tar.gz archive or extracted folder, or the word tfds for tensorflow-datasets' "
+        "imdb_reviews (pip install \"jaxreg[tfds]\"; downloads and checks it the first time) (default: env JAXREG_DATA)",
     )
     p.add_argument("--synthetic", action="store_true", help="use small offline synthetic IMDB-like data (a demo)")
     p.add_argument(
@@ -206,7 +207,7 @@ def build_config(args):
     else:
         data = args.data or os.environ.get("JAXREG_DATA")
         if data:
-            changes["data"] = os.path.abspath(os.path.expanduser(data))
+            changes["data"] = data if data == "tfds" else os.path.abspath(os.path.expanduser(data))
     return config.replace(**changes)
 
 

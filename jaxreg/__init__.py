@@ -12,9 +12,9 @@ The public API (imported lazily, so that `import jaxreg` stays cheap and does no
   results      load_run (a run folder, in any state), stack, summarize, summary_table, load_params
 
 Modules, one idea each:
-  dataset    data classes and data from arrays (dense, sparse CSR, index lists)
+  dataset    Dataset and Split (multi-hot or dense inputs; binary, multiclass or regression targets), from_arrays
   data       IMDB (archive, folder, tfds) and synthetic bag-of-words data
-  batches    host-side epoch order and fixed-shape device batches
+  batches    host-side epoch order and fixed-shape batches (sparse pairs or dense rows) for the device
   model      the study's Keras-initialized MLP and its sparse multi-hot first layer
   networks   own models: how the engine calls a Flax module or a pair of functions
   tasks      binary / multiclass / regression: outputs, loss and metric

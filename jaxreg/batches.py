@@ -1,7 +1,8 @@
 """Host-side epoch order and fixed-shape sparse batches for the device.
 
 A batch's multi-hot rows travel as flat (row, column) pairs padded to a fixed capacity, so
-one compiled step serves every batch of a run however many words its reviews hold. The
+one compiled step serves every batch of a run however many words its reviews hold; dense
+inputs travel as [batch_size, d] float32 blocks and need no capacity. The
 last partial batch (Keras keeps it: 25,000 = 48 x 512 + 424) is padded with rows of weight
 0, which makes its mean loss and gradient exactly those of the 424 real rows.
 
@@ -43,7 +44,7 @@ class SparseBatch:
 
 @struct.dataclass
 class Batch:
-    """Inputs (sparse or dense multi-hot), 0/1 labels and per-row weights (0 for padding rows)."""
+    """Inputs (sparse multi-hot pairs or dense rows), targets (the split's dtype) and per-row weights (0 for padding rows)."""
 
     x: SparseBatch | jax.Array
     y: jax.Array
@@ -98,14 +99,40 @@ def train_capacity(lengths: np.ndarray, seeds, epochs: int, batch_size: int, mul
     return capacity(lengths, orders, batch_size, multiple)
 
 
-def make_batches(x, y: np.ndarray, order: np.ndarray, batch_size: int, cap: int) -> Batch:
+def run_capacity(x, seeds, epochs: int, batch_size: int, multiple: int = CAPACITY_MULTIPLE) -> int | None:
+    """The training batch capacity of a run (`train_capacity`) for multi-hot x; None for dense x (no pairs)."""
+    if isinstance(x, np.ndarray):
+        return None
+    return train_capacity(x.lengths, seeds, epochs, batch_size, multiple)
+
+
+def eval_capacity(x, batch_size: int, multiple: int = CAPACITY_MULTIPLE) -> int | None:
+    """The capacity of x's batches in row order (evaluation) for multi-hot x; None for dense x."""
+    if isinstance(x, np.ndarray):
+        return None
+    return capacity(x.lengths, [np.arange(len(x))], batch_size, multiple)
+
+
+def make_batches(x, y: np.ndarray, order: np.ndarray, batch_size: int, cap: int | None) -> Batch:
     """Stack the batches of `order` into a Batch of NumPy arrays with a leading batch axis.
 
-    `x` is a `data.SparseMultiHot`. The (row, column) pairs of all examples in `order` form
-    one stream; batch b is a contiguous piece of it, copied into row b of the output.
+    `x` is a `dataset.SparseMultiHot` or a dense float32 [n, d] array. Sparse: the (row,
+    column) pairs of all examples in `order` form one stream; batch b is a contiguous piece
+    of it, copied into row b of the output (`cap` pairs per batch). Dense: x is float32
+    [n_batches, batch_size, d], padding rows zero (`cap` is not used). Labels keep y's dtype
+    (int32 class ids stay int32), padding labels 0.
     """
     n = len(order)
     n_batches = math.ceil(n / batch_size)
+    shape = (n_batches, batch_size)
+    labels = np.zeros(n_batches * batch_size, y.dtype)
+    labels[:n] = y[order]
+    weight = np.zeros(n_batches * batch_size, np.float32)
+    weight[:n] = 1.0
+    if isinstance(x, np.ndarray):
+        rows = np.zeros((n_batches * batch_size, x.shape[1]), np.float32)
+        rows[:n] = x[order]
+        return Batch(rows.reshape(*shape, x.shape[1]), labels.reshape(shape), weight.reshape(shape))
     lengths = x.lengths[order]
     ends = np.cumsum(lengths)
     starts = ends - lengths
@@ -121,9 +148,4 @@ def make_batches(x, y: np.ndarray, order: np.ndarray, batch_size: int, cap: int)
             raise ValueError(f"a batch holds {hi - lo} active words, more than the capacity {cap}")
         rows[b, : hi - lo] = rows_stream[lo:hi]
         cols[b, : hi - lo] = cols_stream[lo:hi]
-    labels = np.zeros(n_batches * batch_size, np.float32)
-    labels[:n] = y[order]
-    weight = np.zeros(n_batches * batch_size, np.float32)
-    weight[:n] = 1.0
-    shape = (n_batches, batch_size)
     return Batch(SparseBatch(rows, cols, batch_size, x.num_words), labels.reshape(shape), weight.reshape(shape))

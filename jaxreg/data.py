@@ -1,5 +1,9 @@
 """IMDB sentiment data as sparse multi-hot rows (Deep Learning with Python, section 4.4).
 
+The data classes (SparseMultiHot, Split, Dataset, DataError) and ``from_arrays`` live in
+``jaxreg.dataset`` and are re-exported here; this module reads and encodes IMDB and makes
+the synthetic stand-in, both through ``jaxreg.dataset``'s shared construction.
+
 Where the data comes from (``load_imdb``):
 
 * ``source="archive"``: the official ``aclImdb_v1.tar.gz`` or its labeled part
@@ -60,7 +64,6 @@ import tarfile
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -69,6 +72,18 @@ from tqdm.auto import tqdm
 
 from jaxreg import cache
 from jaxreg.checks import is_int
+from jaxreg.dataset import (  # noqa: F401 - re-exported: `from jaxreg.data import Dataset` keeps working
+    TARGETS,
+    DataError,
+    Dataset,
+    SparseMultiHot,
+    Split,
+    densify,
+    from_arrays,
+    holdout_indices,
+    index_dtype,
+    multi_hot,
+)
 from jaxreg.results import atomic_write
 
 DEFAULT_NUM_WORDS = 10_000
@@ -81,6 +96,7 @@ PROTOCOLS = {"test": "test-as-validation", "holdout": "holdout"}
 
 _SPLITS = ("train", "test")
 _LABELS = ("neg", "pos")
+_TFDS_BATCH = 4096  # reviews per batch read from tensorflow-datasets
 IMDB_REVIEWS = 50_000  # labeled reviews, train and test: what a progress bar over the archive expects
 _BR_RE = re.compile(r"<br\s*/?>")
 _TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
@@ -88,119 +104,9 @@ _REVIEW_NAME_RE = re.compile(r"(\d+)(?:_\d+)?\.txt$")
 _TARFILE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, gzip.BadGzipFile)
 
 
-class DataError(ValueError):
-    """A user-facing data problem; the message names the problem and the fix."""
-
-
 def tokenize(text: str) -> list[str]:
     """Splits a review into lowercase word tokens (rules in the module docstring)."""
     return _TOKEN_RE.findall(_BR_RE.sub(" ", text.lower()))
-
-
-@dataclass(frozen=True)
-class SparseMultiHot:
-    """Rows of a multi-hot matrix in CSR form.
-
-    Row i's active columns are indices[indptr[i]:indptr[i+1]], sorted and unique; indptr is
-    int64 [n + 1], indices int16 (num_words <= 32767) else int32 [nnz].
-    """
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    num_words: int
-
-    def __post_init__(self):
-        if self.indptr.ndim != 1 or self.indptr.size == 0 or self.indices.ndim != 1:
-            raise ValueError("SparseMultiHot needs a 1-D indptr of length n + 1 and 1-D indices")
-        if self.indptr[0] != 0 or self.indptr[-1] != self.indices.size:
-            raise ValueError(
-                f"SparseMultiHot indptr must run from 0 to len(indices)={self.indices.size}, "
-                f"got {self.indptr[0]}..{self.indptr[-1]}"
-            )
-
-    def __len__(self) -> int:
-        return self.indptr.size - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.indptr).astype(np.int32)
-
-    def take(self, rows) -> "SparseMultiHot":
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        lengths = np.diff(self.indptr)[rows]
-        indptr = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        gather = np.arange(indptr[-1], dtype=np.int64) + np.repeat(
-            self.indptr[rows] - indptr[:-1], lengths
-        )
-        return SparseMultiHot(indptr, self.indices[gather], self.num_words)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.indptr.nbytes + self.indices.nbytes)
-
-
-def densify(x: SparseMultiHot, dtype=np.float32) -> np.ndarray:
-    """[n, num_words] dense multi-hot matrix (for references and tests; big for real data)."""
-    out = np.zeros((len(x), x.num_words), dtype=dtype)
-    out[np.repeat(np.arange(len(x)), x.lengths), x.indices] = 1
-    return out
-
-
-@dataclass(frozen=True)
-class Split:
-    x: SparseMultiHot
-    y: np.ndarray
-    name: str
-
-    def __post_init__(self):
-        if self.y.shape != (len(self.x),):
-            raise ValueError(f"split {self.name!r}: y has shape {self.y.shape}, x has {len(self.x)} rows")
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-
-@dataclass(frozen=True)
-class Dataset:
-    train: Split
-    validation: Split
-    protocol: str
-    num_words: int
-    source: str
-    checksum: str
-    vocabulary: tuple[str, ...]
-
-    def describe(self) -> str:
-        head = (
-            f"Data: {self.source} [{self.checksum[:24]}], num_words={self.num_words:,}: "
-            f"train {len(self.train):,} reviews ({self.train.name}), "
-            f"validation {len(self.validation):,} reviews ({self.validation.name})."
-        )
-        if self.protocol == "test-as-validation":
-            tail = (
-                "Validation protocol: the TEST set is used as the validation set, as the book does "
-                "(so it is not an unbiased final test); validation='holdout' holds out part of train instead."
-            )
-        elif self.protocol == "holdout":
-            tail = (
-                "Validation protocol: held-out reviews of the train split; the test set is not used "
-                "(vocabulary ranked on the full train split)."
-            )
-        else:
-            tail = f"Validation protocol: {self.protocol}."
-        return f"{head}\n{tail}"
-
-
-def holdout_indices(n: int, holdout_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train_rows, holdout_rows), both sorted: a seeded random holdout_size of range(n) is held out."""
-    if not 0 < holdout_size < n:
-        raise DataError(
-            f"holdout_size={holdout_size} must be between 1 and {n - 1} (the train split has {n} reviews); "
-            "pass a smaller holdout_size"
-        )
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[holdout_size:]), np.sort(perm[:holdout_size])
 
 
 def load_imdb(
@@ -256,8 +162,7 @@ def load_imdb(
         train_split, validation_split = train, test
     else:
         train_rows, holdout_rows = holdout_indices(len(train), holdout_size, seed)
-        train_split = Split(train.x.take(train_rows), train.y[train_rows], "train")
-        validation_split = Split(train.x.take(holdout_rows), train.y[holdout_rows], "holdout")
+        train_split, validation_split = train.take(train_rows, "train"), train.take(holdout_rows, "holdout")
         description += f", holdout_size={holdout_size}, seed={seed}"
     return Dataset(
         train=train_split,
@@ -564,8 +469,19 @@ def _tfds_texts() -> list[Record]:
         ) from e
     records = []
     for split in _SPLITS:
-        texts, labels = tfds.as_numpy(tfds.load("imdb_reviews", split=split, batch_size=-1, as_supervised=True))
-        for i, (text, label) in enumerate(zip(texts, labels)):
+        # Batches of a fixed size, not batch_size=-1: that asks for one batch of the split's
+        # recorded size, and where none is recorded (tfds.testing.mock_data) for one of
+        # sys.maxsize rows, which aborts the process inside TensorFlow.
+        try:
+            batches = tfds.as_numpy(tfds.load("imdb_reviews", split=split, batch_size=_TFDS_BATCH, as_supervised=True))
+            pairs = [(text, label) for texts, labels in batches for text, label in zip(texts, labels)]
+        except Exception as e:  # noqa: BLE001 - download, checksum and file errors of any kind: one line
+            detail = (str(e).strip().splitlines() or [""])[0][:300]
+            raise DataError(
+                f"tensorflow-datasets could not load imdb_reviews ({type(e).__name__}: {detail}); it downloads and "
+                "checks the data the first time (internet needed); offline, pass the path of the aclImdb archive instead"
+            ) from e
+        for i, (text, label) in enumerate(pairs):
             records.append((split, int(label), (i, ""), text.decode("utf-8", errors="replace")))
     return records
 
@@ -649,22 +565,19 @@ def _encode(records: Iterable[Record], num_words: int, description: str) -> dict
     return out
 
 
-def _index_dtype(num_words: int):
-    return np.int16 if num_words <= np.iinfo(np.int16).max else np.int32
+_index_dtype = index_dtype
 
 
 def _rows_to_csr(cols: np.ndarray, lengths: np.ndarray, num_words: int) -> SparseMultiHot:
     """CSR multi-hot rows of [START] + cols, where row i owns the next lengths[i] entries of cols."""
     n = lengths.size
     rows = np.arange(n, dtype=np.int64)
-    keys = np.concatenate([rows * num_words + START, np.repeat(rows, lengths) * num_words + cols])
-    keys.sort()  # np.unique's hash path is several times slower on millions of keys
-    first = np.ones(keys.size, dtype=bool)
-    np.not_equal(keys[1:], keys[:-1], out=first[1:])
-    keys = keys[first]
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys // num_words, minlength=n), out=indptr[1:])
-    return SparseMultiHot(indptr, (keys % num_words).astype(_index_dtype(num_words)), num_words)
+    return multi_hot(
+        np.concatenate([rows, np.repeat(rows, lengths)]),
+        np.concatenate([np.full(n, START, np.int64), np.asarray(cols, np.int64)]),
+        n,
+        num_words,
+    )
 
 
 def _split(arrays: dict[str, np.ndarray], split: str, num_words: int) -> Split:

@@ -83,8 +83,14 @@ class SweepResult:
 # --- validation before anything is written ---------------------------------------------
 
 
+TFDS = "tfds"  # the data path that means tensorflow-datasets' imdb_reviews (load_imdb(source="tfds"))
+
+
 def load_dataset(config: SweepConfig, progress: bool = False) -> Dataset:
     """The config's data (synthetic or IMDB); SweepError with the fix if it cannot be loaded.
+
+    The data path "tfds" (--data tfds, or JAXREG_DATA=tfds) loads tensorflow-datasets'
+    imdb_reviews; a file named tfds in the current folder is ./tfds.
 
     progress: a line and a progress bar on stderr while the IMDB reviews are read (first time only)."""
     if config.synthetic:
@@ -93,10 +99,11 @@ def load_dataset(config: SweepConfig, progress: bool = False) -> Dataset:
     if not path:
         raise SweepError(
             "no data: pass --data PATH (the aclImdb .tar.gz archive or extracted folder), "
-            "set JAXREG_DATA, or use --synthetic for offline demo data"
+            "--data tfds (tensorflow-datasets' copy), set JAXREG_DATA, or use --synthetic for offline demo data"
         )
+    source = {"path": None, "source": "tfds"} if path == TFDS else {"path": path}
     try:
-        return load_imdb(path, validation=config.validation, holdout_size=config.holdout_size, progress=progress)
+        return load_imdb(**source, validation=config.validation, holdout_size=config.holdout_size, progress=progress)
     except DataError as e:
         raise SweepError(str(e)) from e
 

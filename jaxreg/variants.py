@@ -475,10 +475,10 @@ class BucketProgram:
         self.execution = execution(bucket, settings, self.mesh.devices.flat, self.task)
         self.config, self.sequential = self.execution.step, self.execution.sequential
         train = dataset.train
-        self.capacity = batching.train_capacity(train.x.lengths, bucket.seeds, settings.epochs, settings.batch_size)
+        self.capacity = batching.run_capacity(train.x, bucket.seeds, settings.epochs, settings.batch_size)
         val = dataset.validation
         val_order = np.arange(len(val))
-        val_cap = batching.capacity(val.x.lengths, [val_order], settings.eval_batch_size)
+        val_cap = batching.eval_capacity(val.x, settings.eval_batch_size)
         self._replicated = NamedSharding(self.mesh, P())
         self._by_config = NamedSharding(self.mesh, P("variant"))
         self._by_seed_config = NamedSharding(self.mesh, P(None, "variant"))
