@@ -5,7 +5,7 @@ scaled to [0, 1], a seeded holdout of 25 % for validation. Three widths, each wi
 without dropout, several seeds: all in one compiled program per width, trained with the
 study's RMSprop and the Keras-clipped softmax cross-entropy.
 
-    python examples/digits.py [--epochs 60] [--seeds 3]
+    python examples/digits.py [--epochs 30] [--seeds 3]
 
 Prints the summary (means over seeds, ± std), the path each program ran, and last
 `best validation accuracy: <value>` (the best variant's mean at its best epoch).
@@ -25,7 +25,7 @@ DROPOUT = 0.3
 
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
 

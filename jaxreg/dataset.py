@@ -171,6 +171,11 @@ class Dataset:
             _check_split(getattr(self, field), field, self.num_words, self.target, self.num_classes)
 
     @property
+    def sparse(self) -> bool:
+        """Whether the inputs are multi-hot rows (SparseMultiHot), not dense arrays."""
+        return isinstance(self.train.x, SparseMultiHot)
+
+    @property
     def num_features(self) -> int:
         """The number of input columns (the same as num_words)."""
         return self.num_words

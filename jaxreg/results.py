@@ -419,7 +419,8 @@ def summary_columns(metric: str = "accuracy") -> tuple[str, ...]:
         "best epoch",
         "best val data loss" if metric != "mae" else "best val MSE",
         METRIC_HEADERS.get(metric, f"val {metric} @ best"),
-        *SUMMARY_COLUMNS[5:],
+        "final val data loss" if metric != "mae" else "final val MSE",
+        *SUMMARY_COLUMNS[6:],
     )
 
 

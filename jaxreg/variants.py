@@ -379,18 +379,21 @@ def run_task(dataset, settings: RunSettings) -> tasks.Task:
         raise ValueError(f"RunSettings.loss={settings.loss!r} does not fit the data's {kind} task: {e}") from e
 
 
-def execution(bucket: Bucket, settings: RunSettings, devices, task: tasks.Task | None = None) -> Execution:
+def execution(
+    bucket: Bucket, settings: RunSettings, devices, task: tasks.Task | None = None, sparse_input: bool = True
+) -> Execution:
     """The bucket's Execution on these devices under these settings, for `task` (default: binary
-    classification with settings.loss, the study's).
+    classification with settings.loss, the study's) and sparse (multi-hot) or dense inputs.
 
     "auto" loops over variants only for XLA's sparse gathers (see sequential_on): a bucket
-    that "auto" gives the dense product is vmapped, so its configs share one matmul.
+    that "auto" gives the dense product, or that reads dense inputs, is vmapped, so its
+    configs share one matmul. Dense inputs are multiplied as they are (product "dense").
     """
     task = task if task is not None else run_task(None, settings)
     devices = list(devices)
-    kernels = cpu_kernels_on(devices)
+    kernels = cpu_kernels_on(devices) and sparse_input
     sequential = sequential_on(devices, settings.variant_loop)
-    product = choose_product(bucket, settings.product, sequential, kernels)
+    product = choose_product(bucket, settings.product, sequential, kernels) if sparse_input else "dense"
     return Execution(
         step=bucket.step_config(task, product, kernels),
         sequential=sequential and (settings.variant_loop == "map" or product == "sparse"),
@@ -472,7 +475,7 @@ class BucketProgram:
         self.n_configs = len(bucket.configs)
         self.configs = sharded_configs(bucket, self.mesh.devices.size)
         self.task = run_task(dataset, settings)
-        self.execution = execution(bucket, settings, self.mesh.devices.flat, self.task)
+        self.execution = execution(bucket, settings, self.mesh.devices.flat, self.task, getattr(dataset, "sparse", True))
         self.config, self.sequential = self.execution.step, self.execution.sequential
         train = dataset.train
         self.capacity = batching.run_capacity(train.x, bucket.seeds, settings.epochs, settings.batch_size)

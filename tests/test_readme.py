@@ -6,11 +6,24 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_reuse_train_step_example_runs(capsys):
-    text = README.read_text()
-    section = text.split("## Reuse the train step", 1)[1]
-    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+def section_code(title: str) -> list[str]:
+    section = README.read_text().split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_own_data_and_model_examples_run(capsys):
+    own_data, train_step = section_code("Your own data and model")
+    scope = {"__name__": "readme_example"}
+    exec(compile(own_data, "README.md", "exec"), scope)
+    printed = capsys.readouterr().out
+    assert "val acc @ best" in printed and "wide_dropout" in printed
+    result = scope["result"]
+    assert result.task.kind == "multiclass" and result.task.num_classes == 3
+    assert [b["variants"] for b in result.buckets] == [["mlp", "mlp_l2"], ["wide", "wide_dropout"]]
+    outputs = scope["Wide"]().apply(scope["params"], scope["x"][:5], 0.0, None)
+    assert outputs.shape == (5, 3)
+
+    exec(compile(train_step, "README.md", "exec"), {"__name__": "readme_example"})
     printed = capsys.readouterr().out
     match = re.search(r"loss ([\d.]+) = data ([\d.]+) \+ penalty ([\d.]+)", printed)
     assert match, printed
