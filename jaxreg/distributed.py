@@ -143,6 +143,18 @@ def broadcast_bytes(data: bytes | None) -> bytes:
     return np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8).tobytes()
 
 
+# Words in the errors of a cross-process exchange whose peer has gone: gloo (CPU) raises
+# "Gloo AllGather failed: ... Connection reset by peer" (as JaxRuntimeError or, from jit's
+# dispatch, ValueError); NCCL and the coordination service name themselves.
+_LOST_PEER_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "connection refused", "heartbeat", "coordination service")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether an exception raised during a distributed run looks like a lost process (vs. a bug here)."""
+    text = str(error).lower()
+    return any(word in text for word in _LOST_PEER_WORDS)
+
+
 def describe() -> str:
     """One line for the output: which process of how many, with which devices."""
     return (

@@ -598,13 +598,15 @@ def _run_locked(
         if writer and folder_state(folder) != "finished":
             write_status("interrupted", done)
         raise SweepInterrupted(folder, done, config.epochs) from None
-    except jax.errors.JaxRuntimeError as e:
+    except Exception as e:
         if not distributed.many():
             raise
         if bar is not None:
             bar.close()
         if writer and folder_state(folder) != "finished":
             write_status("interrupted", done)
+        if not distributed.lost_peer(e):
+            raise
         resumable = f"; {folder} holds a checkpoint after epoch {done} (--resume)" if done else ""
         raise ProcessLost(
             f"process {jax.process_index()}: exchanging arrays with the other processes failed, most likely another "
