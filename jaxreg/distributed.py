@@ -10,7 +10,8 @@ is jax.device_get. With more processes:
   NumPy array onto another process's devices fails);
 - `gather` brings a global array to every process as NumPy (process_allgather), so process 0
   has the metrics, the state for the checkpoint and the parameters;
-- `broadcast_bytes` sends process 0's bytes (its decision to start, the checkpoint) to all.
+- `exchange` gives every process each one's small host record (whether it can start);
+- `broadcast_bytes` sends process 0's bytes (the checkpoint to resume from) to all.
 
 Every process must make the same calls in the same order (they are collectives). Process 0 is
 the one that writes (`is_writer`).
@@ -125,9 +126,24 @@ def gather(tree):
     """Arrays (sharded over any processes' devices) -> NumPy trees with the whole value, on every process."""
     if not many():
         return jax.device_get(tree)
+    # What multihost_utils.process_allgather does leaf by leaf (one compiled identity per leaf
+    # shape), here for the whole tree in one program: replicate, then read the local copy.
+    replicated = jax.tree.map(lambda x: jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec()), tree)
+    whole = jax.jit(_identity, out_shardings=replicated)(tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), whole)
+
+
+def _identity(tree):
+    return tree
+
+
+def exchange(record: np.ndarray) -> np.ndarray:
+    """Every process's `record` (same shape on all), stacked [processes, ...], on every process."""
+    if not many():
+        return np.asarray(record)[None]
     from jax.experimental import multihost_utils
 
-    return multihost_utils.process_allgather(tree, tiled=True)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(record)))
 
 
 def broadcast_bytes(data: bytes | None) -> bytes:

@@ -417,9 +417,7 @@ class _Agreement:
         record[0], record[1] = ready, finished
         if data_checksum is not None:
             record[2:] = np.frombuffer(hashlib.sha256(data_checksum.encode()).digest(), np.uint8)
-        if not distributed.many():
-            return record[None]
-        return np.asarray(distributed.gather(record)).reshape(-1, record.size)
+        return distributed.exchange(record)
 
     def refuse(self) -> None:
         if not self.done and distributed.many():

@@ -1,0 +1,141 @@
+"""One sweep across two local CPU processes (jax.distributed with gloo) equals a one-process run.
+
+Two processes of experiments/sweep.py (one CPU device each, so the variant axis is sharded
+over a 2-device mesh across the processes) train the same synthetic sweep as one process
+with two devices. Each process has its own working folder and a relative --out, as if on
+two hosts without a shared file system: process 0 must write the whole run folder, process 1
+nothing at all. A third pair loses process 1 (SIGKILL) mid-run: process 0 must stop with exit
+status 4 and a line naming the cause, its folder left interrupted and resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import numpy as np
+import pytest
+
+from jaxreg import results
+from jaxreg.variants import METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = str(ROOT / "experiments" / "sweep.py")
+# Histories of the same variants on the same 2-device mesh: equal to float32 rounding, the
+# tolerance tests/test_sharding.py documents for devices (measured here: bit for bit on
+# XLA:CPU, jax 0.10.2, AMD EPYC Zen 3, AVX2).
+RTOL, ATOL = 1e-6, 1e-7
+RUN = ["--synthetic", "--variants", "original,l2", "--epochs", "2", "--batch-size", "256", "--no-progress", "--no-figures"]
+LOST_WITHIN = 30  # seconds from killing process 1 to process 0's exit (heartbeat timeout 5 s; gloo reports at once)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def environment() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXREG_DATA",)}
+    env.update(PYTHONPATH=str(ROOT), JAXREG_COMPILE_CACHE="0", JAX_PLATFORMS="cpu")
+    return env
+
+
+def start(cwd: Path, *args: str, log: str) -> subprocess.Popen:
+    """experiments/sweep.py in `cwd`, its stdout and stderr into cwd/../<log>.out, .err."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    out = open(cwd.parent / f"{log}.out", "w")
+    err = open(cwd.parent / f"{log}.err", "w")
+    with out, err:
+        return subprocess.Popen([sys.executable, SWEEP, *args], cwd=cwd, env=environment(), stdout=out, stderr=err)
+
+
+def pair(tmp: Path, name: str, *args: str) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of one run, each in its own folder tmp/name/p<i>, with --out run."""
+    cluster = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
+    return [
+        start(tmp / name / f"p{i}", *RUN, "--devices", "1", "--out", "run", *cluster, "--process-id", str(i), *args, log=f"{name}{i}")
+        for i in range(2)
+    ]
+
+
+def finish(process: subprocess.Popen, timeout: float) -> int:
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+
+
+def text(tmp: Path, log: str) -> str:
+    return (tmp / f"{log}.out").read_text() + (tmp / f"{log}.err").read_text()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two processes and, at the same time, one process with two devices, of the same sweep."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    processes = pair(tmp, "two")
+    single = start(tmp / "one" / "p0", *RUN, "--devices", "2", "--out", "run", log="one0")
+    codes = [finish(p, 240) for p in (*processes, single)]
+    for code, log in zip(codes, ("two/two0", "two/two1", "one/one0")):
+        assert code == 0, text(tmp / log.split("/")[0], log.split("/")[1])[-3000:]
+    return tmp
+
+
+def test_two_processes_equal_one(runs):
+    two = results.load_run(runs / "two" / "p0" / "run")
+    one = results.load_run(runs / "one" / "p0" / "run")
+    assert two.config["devices"] == {**one.config["devices"], "processes": 2} and one.config["devices"]["processes"] == 1
+    assert two.config["devices"]["count"] == 2
+    assert set(two.histories) == set(one.histories) == {"original", "l2"}
+    for name in one.histories:
+        for metric in METRICS:
+            got, want = np.asarray(two.histories[name][metric]), np.asarray(one.histories[name][metric])
+            assert got.shape == want.shape == (1, 2), (name, metric)
+            chex.assert_tree_all_finite(want)
+            chex.assert_trees_all_close(got, want, rtol=RTOL, atol=ATOL, custom_message=f"{name} {metric}")
+    assert two.status["state"] == "finished"
+    summary = (runs / "two" / "p0" / "run" / "summary.md").read_text()
+    assert "original" in summary and "l2" in summary
+
+
+test_two_processes_equal_one = pytest.mark.numerics(test_two_processes_equal_one)
+
+
+def test_process_one_writes_nothing(runs):
+    assert list((runs / "two" / "p1").iterdir()) == [], "process 1 wrote files"
+    written = sorted(p.relative_to(runs / "two" / "p0") for p in (runs / "two" / "p0").rglob("*") if p.is_file())
+    single = sorted(p.relative_to(runs / "one" / "p0") for p in (runs / "one" / "p0").rglob("*") if p.is_file())
+    assert written == single, "process 0 writes what a one-process run writes"
+    out = text(runs / "two", "two1")
+    assert "process 1 of 2" in out and "Wrote" not in out and len(out.splitlines()) <= 5, out
+
+
+def test_lost_process_stops_the_other(tmp_path):
+    processes = pair(tmp_path, "lost", "--epochs", "200", "--heartbeat-timeout", "5")
+    history = tmp_path / "lost" / "p0" / "run" / results.HISTORY_JSONL
+    deadline = time.monotonic() + 180
+    while not (history.is_file() and history.read_text().count("\n") >= 4):  # 2 variants x 2 epochs: compiled, checkpointed
+        assert processes[0].poll() is None and processes[1].poll() is None, text(tmp_path / "lost", "lost0")[-3000:]
+        assert time.monotonic() < deadline, "no epoch within 180 s"
+        time.sleep(0.1)
+    processes[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    code = finish(processes[0], LOST_WITHIN)
+    seconds = time.monotonic() - killed
+    processes[1].wait()
+    log = text(tmp_path / "lost", "lost0")
+    assert code == 4, log[-3000:]
+    assert seconds < LOST_WITHIN
+    assert "another process stopped" in log and "--resume" in log, log[-3000:]
+    status = json.loads((tmp_path / "lost" / "p0" / "run" / results.STATUS_FILE).read_text())
+    assert status["state"] == "interrupted" and status["epochs_done"] >= 1, status
