@@ -10,6 +10,7 @@ status 4 and a line naming the cause, its folder left interrupted and resumable.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -28,6 +29,8 @@ from jaxreg.variants import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = str(ROOT / "experiments" / "sweep.py")
+cli = importlib.util.module_from_spec(importlib.util.spec_from_file_location("sweep_cli", SWEEP))
+cli.__spec__.loader.exec_module(cli)
 # Histories of the same variants on the same 2-device mesh: equal to float32 rounding, the
 # tolerance tests/test_sharding.py documents for devices (measured here: bit for bit on
 # XLA:CPU, jax 0.10.2, AMD EPYC Zen 3, AVX2).
@@ -139,3 +142,47 @@ def test_lost_process_stops_the_other(tmp_path):
     assert "another process stopped" in log and "--resume" in log, log[-3000:]
     status = json.loads((tmp_path / "lost" / "p0" / "run" / results.STATUS_FILE).read_text())
     assert status["state"] == "interrupted" and status["epochs_done"] >= 1, status
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--coordinator", "localhost:1", "--out", "x"], "--coordinator needs --num-processes, --process-id too"),
+        (["--num-processes", "2", "--process-id", "0", "--out", "x"], "--num-processes, --process-id needs --coordinator"),
+        (["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "0", "--out", "x"], "leave out"),
+        (["--distributed"], "pass --out"),
+        (["--heartbeat-timeout", "5", "--out", "x"], "--heartbeat-timeout is for many processes"),
+    ],
+    ids=["coordinator alone", "no coordinator", "both ways", "no out", "heartbeat alone"],
+)
+def test_cluster_flags_are_checked(capsys, args, message):
+    with pytest.raises(SystemExit) as exit:
+        cli.parse_args(["--synthetic", *args])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(coordinator="localhost", num_processes=2, process_id=0), "must be HOST:PORT"),
+        (dict(coordinator="localhost:1", num_processes=0, process_id=0), "num_processes=0"),
+        (dict(coordinator="localhost:1", num_processes=2, process_id=2), "process_id=2 must be an integer from 0 to"),
+        (dict(auto=True, heartbeat_timeout=0), "heartbeat_timeout=0"),
+    ],
+)
+def test_cluster_values_are_checked(values, message):
+    from jaxreg.distributed import Cluster, DistributedError
+
+    with pytest.raises(DistributedError, match=message):
+        Cluster(**values)
+
+
+def test_distributed_outside_a_cluster_says_so(tmp_path):
+    """--distributed where JAX detects no cluster: exit 2 naming the cause, at once, nothing written."""
+    result = subprocess.run(
+        [sys.executable, SWEEP, "--synthetic", "--distributed", "--out", "run"],
+        cwd=tmp_path, env={k: v for k, v in environment().items() if not k.startswith(("SLURM_", "OMPI_"))},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "cannot start the distributed runtime" in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
