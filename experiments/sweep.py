@@ -44,8 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "into a run folder: config.json, history.jsonl/.csv and tensorboard/ (after every epoch), summary.md/.csv, "
         "figures/*.png, params/ (each variant's final and best-epoch parameters), checkpoint.msgpack (while it runs).",
         epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf, or a loss above "
-        "--divergence-threshold), 4 another process of a distributed run stopped, 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; an interrupted run "
-        "continues with --resume.",
+        "--divergence-threshold), 4 another process of a distributed run stopped, 130 interrupted by Ctrl-C "
+        "(SIGINT), 143 stopped by SIGTERM; an interrupted run continues with --resume.",
     )
     p.add_argument(
         "--preset",

@@ -23,6 +23,9 @@ any moment can continue with `resume=True` and ends with exactly the history of 
 uninterrupted run. A finished folder is never overwritten without `overwrite=True`, which
 deletes only the files the manifest lists. One run at a time writes a folder: run_sweep
 holds the folder's lock (`runfolder.exclusive`) from checking the folder to its last write.
+
+Across processes and hosts (`jaxreg.distributed`): every process calls run_sweep alike;
+process 0 alone checks, locks and writes the folder, the others only train their share.
 """
 
 from __future__ import annotations
