@@ -8,8 +8,8 @@ is jax.device_get. With more processes:
 - `put` builds a global array from a host value that every process holds identically
   (jax.make_array_from_callback: each process fills its own devices' shards; device_put of a
   NumPy array onto another process's devices fails);
-- `gather` brings a global array to every process as NumPy (process_allgather), so process 0
-  has the metrics, the state for the checkpoint and the parameters;
+- `gather` brings global arrays to every process as NumPy (replicated by one compiled
+  identity), so process 0 has the metrics, the state for the checkpoint and the parameters;
 - `exchange` gives every process each one's small host record (whether it can start);
 - `broadcast_bytes` sends process 0's bytes (the checkpoint to resume from) to all.
 
@@ -31,7 +31,7 @@ DEFAULT_HEARTBEAT_TIMEOUT = 60
 
 
 class DistributedError(RuntimeError):
-    """Bad distributed settings, or a failure of another process; the message names which."""
+    """Bad distributed settings, or the runtime cannot start with them; the message names the field or cause."""
 
 
 @dataclasses.dataclass(frozen=True)

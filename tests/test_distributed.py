@@ -24,6 +24,7 @@ import chex
 import numpy as np
 import pytest
 
+from conftest import write_fake_imdb
 from jaxreg import results
 from jaxreg.variants import METRICS
 
@@ -186,3 +187,18 @@ def test_distributed_outside_a_cluster_says_so(tmp_path):
     )
     assert result.returncode == 2 and "cannot start the distributed runtime" in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_other_data_on_one_process_stops_both(tmp_path):
+    """Process 1 reads other data than process 0: both refuse before training, naming process 1."""
+    data = write_fake_imdb(tmp_path)
+    cluster = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2", "--out", "run", "--no-progress"]
+    processes = [
+        start(tmp_path / "p0", "--synthetic", *cluster, "--process-id", "0", log="data0"),
+        start(tmp_path / "p1", "--data", str(data), *cluster, "--process-id", "1", log="data1"),
+    ]
+    codes = [finish(p, 120) for p in processes]
+    for i, code in enumerate(codes):
+        log = text(tmp_path, f"data{i}")
+        assert code == 2 and "process(es) [1] read other data than process 0" in log, log[-3000:]
+    assert not (tmp_path / "p0" / "run").exists() and list((tmp_path / "p1").iterdir()) == []
