@@ -403,19 +403,24 @@ def run_sweep(
 
 
 class _Agreement:
-    """The one exchange, before training, in which every process says whether it can start (a collective).
+    """The exchanges, before training, in which every process says whether it can go on (collectives).
 
-    Each process sends (can start, process 0 only: the folder is finished and to be reloaded,
-    sha256 of its data's checksum); every process gets all of them. A process that fails
-    before the exchange still takes part (`refuse`), so that the others stop instead of waiting.
+    Two stages: "folder" right away (process 0 has checked and locked the folder; a finished
+    run to reload with --resume ends every process there, before any data is read), then
+    "start" (every process has its data, devices and memory checked). Each process sends
+    (ready, process 0: finished, sha256 of its data's checksum); every process gets all of
+    them. A process that fails before a stage still takes part in it (`refuse`), so that the
+    others stop there instead of waiting.
     """
 
+    STAGES = 2
+
     def __init__(self):
-        self.done = False
+        self.stages_done = 0
 
     def __call__(self, ready: bool, finished: bool = False, data_checksum: str | None = None) -> np.ndarray:
         """[processes, 34] uint8 records: ready, finished, the 32-byte digest (zeros when None)."""
-        self.done = True
+        self.stages_done += 1
         record = np.zeros(34, np.uint8)
         record[0], record[1] = ready, finished
         if data_checksum is not None:
@@ -423,20 +428,21 @@ class _Agreement:
         return distributed.exchange(record)
 
     def refuse(self) -> None:
-        if not self.done and distributed.many():
+        """Take part, not ready, in the next stage (the last one any process reaches then)."""
+        if self.stages_done < self.STAGES and distributed.many():
             try:
                 self(False)
             except Exception:  # the others may be gone already
                 pass
 
     @staticmethod
-    def check(records: np.ndarray) -> None:
-        """SweepError naming the processes that cannot start, or that read other data than process 0."""
+    def check(records: np.ndarray, data: bool = True) -> None:
+        """SweepError naming the processes that cannot go on, or (`data`) that read other data than process 0."""
         failed = [i for i, r in enumerate(records) if not r[0]]
         if failed:
             raise SweepError(f"process(es) {failed} of this run cannot start (see their error); no process trains")
         differ = [i for i, r in enumerate(records) if (r[2:] != records[0][2:]).any()]
-        if differ:
+        if data and differ:
             raise SweepError(
                 f"process(es) {differ} read other data than process 0 (another checksum); every process must read "
                 "the same data (the same --data file, or --synthetic)"
@@ -472,9 +478,13 @@ def _run_locked(
     agreement = agreement or _Agreement()
     writer = distributed.is_writer()
     state = runfolder.check_folder(folder, config, resume, overwrite) if writer else None
-    if writer and state == "finished" and resume:
-        agreement(True, finished=True)  # the others stop at once (a process that failed says so itself)
+    reload = writer and state == "finished" and resume
+    records = agreement(True, finished=reload)  # stage "folder": before anything heavy
+    if reload:
         return _reload_finished(folder, stream)
+    if records[0][1]:  # process 0 reloads a finished run: nothing to train
+        return SweepResult(folder, {}, [], [], [], 0)
+    _Agreement.check(records, data=False)
     variants = config.variant_specs()
     plan = V.plan(variants)
     check_device_count(config, plan)
@@ -506,10 +516,7 @@ def _run_locked(
                 "the resumed epochs differ from an uninterrupted run by float32 round-off (amplified by training), not bit for bit",
                 file=stream,
             )
-    records = agreement(True, data_checksum=dataset.checksum)
-    if records[0][1]:  # process 0 found a finished run to reload: nothing to train
-        return SweepResult(folder, {}, [], [], [], 0)
-    _Agreement.check(records)
+    _Agreement.check(agreement(True, data_checksum=dataset.checksum))  # stage "start"
     if distributed.many():
         checkpoint = distributed.broadcast_bytes(b"" if checkpoint is None else checkpoint) or None
         if not writer:
