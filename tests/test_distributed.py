@@ -4,8 +4,9 @@ Two processes of experiments/sweep.py (one CPU device each, so the variant axis 
 over a 2-device mesh across the processes) train the same synthetic sweep as one process
 with two devices. Each process has its own working folder and a relative --out, as if on
 two hosts without a shared file system: process 0 must write the whole run folder, process 1
-nothing at all. A third pair loses process 1 (SIGKILL) mid-run: process 0 must stop with exit
-status 4 and a line naming the cause, its folder left interrupted and resumable.
+nothing at all. Another pair loses process 1 (SIGKILL) mid-run: process 0 must stop with exit
+status 4 and a line naming the cause, its folder left interrupted and resumable. The cluster
+flags are checked, and processes that cannot start, or read other data, stop together.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 
 from conftest import write_fake_imdb
 from jaxreg import results
+from jaxreg.params import load_params
 from jaxreg.variants import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +97,7 @@ def runs(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.numerics
 def test_two_processes_equal_one(runs):
     two = results.load_run(runs / "two" / "p0" / "run")
     one = results.load_run(runs / "one" / "p0" / "run")
@@ -107,12 +110,13 @@ def test_two_processes_equal_one(runs):
             assert got.shape == want.shape == (1, 2), (name, metric)
             chex.assert_tree_all_finite(want)
             chex.assert_trees_all_close(got, want, rtol=RTOL, atol=ATOL, custom_message=f"{name} {metric}")
+    for name in one.histories:  # gathered from both processes' devices at the end
+        for which in ("final", "best"):
+            got, want = (load_params(runs / d / "p0" / "run", name, 0, which) for d in ("two", "one"))
+            chex.assert_trees_all_close(got, want, rtol=RTOL, atol=ATOL, custom_message=f"{name} {which} params")
     assert two.status["state"] == "finished"
     summary = (runs / "two" / "p0" / "run" / "summary.md").read_text()
     assert "original" in summary and "l2" in summary
-
-
-test_two_processes_equal_one = pytest.mark.numerics(test_two_processes_equal_one)
 
 
 def test_process_one_writes_nothing(runs):
