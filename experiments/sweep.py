@@ -26,6 +26,7 @@ import re
 import shlex
 import signal
 import sys
+import traceback
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PROCESS_LOST = 2, 3, 4
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: as a shell reports them
@@ -376,6 +377,11 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print(f"\n{_signal_prefix()}interrupted before anything was written", file=sys.stderr)
         status = INTERRUPTS.exit_status()
+    except Exception:
+        if not _many_processes():
+            raise
+        traceback.print_exc()  # then out without the shutdown barrier, like any failure of many processes
+        status = 1
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # e.g. a closed pipe
             stream.flush()
