@@ -3,8 +3,13 @@
 Parses flags, builds the preset's SweepConfig with the overrides and calls
 jaxreg.sweep.run_sweep. Exit status: 0 done, 2 bad input (one line on stderr, nothing
 written), 3 some variant diverged (a NaN or infinite metric, or a loss above
---divergence-threshold), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM
-(both at any moment: a run folder this run has written is left "interrupted", for --resume).
+--divergence-threshold), 4 another process of a distributed run stopped, 130 interrupted by
+Ctrl-C (SIGINT), 143 stopped by SIGTERM (at any moment: a run folder this run has written is
+left "interrupted", for --resume).
+One of many processes (`--coordinator/--num-processes/--process-id`, or `--distributed` where
+JAX detects the cluster): jax.distributed is initialized right after the imports; process 0
+writes the run folder. A failed process of such a run ends with os._exit, so that it does not
+wait in JAX's shutdown barrier for processes that wait for it.
 jax is imported only after parsing, so that --devices can set XLA_FLAGS first; the signal
 handlers are installed before that, and a signal during the imports waits until they are
 done (jaxlib segfaults when interrupted while its extension module initializes).
@@ -21,8 +26,9 @@ import re
 import shlex
 import signal
 import sys
+import traceback
 
-EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PROCESS_LOST = 2, 3, 4
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: as a shell reports them
 PRESET_NAMES = ("book", "capacity", "l2-grid", "dropout-grid")
 
@@ -39,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "into a run folder: config.json, history.jsonl/.csv and tensorboard/ (after every epoch), summary.md/.csv, "
         "figures/*.png, params/ (each variant's final and best-epoch parameters), checkpoint.msgpack (while it runs).",
         epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf, or a loss above "
-        "--divergence-threshold), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; an interrupted run "
-        "continues with --resume.",
+        "--divergence-threshold), 4 another process of a distributed run stopped, 130 interrupted by Ctrl-C "
+        "(SIGINT), 143 stopped by SIGTERM; an interrupted run continues with --resume.",
     )
     p.add_argument(
         "--preset",
@@ -129,7 +135,37 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="write the resume checkpoint every N epochs and at the end (default 1; raise it when an epoch "
         "is faster than writing every model's weights, e.g. many seeds of `bigger` on a GPU)",
     )
-    return p.parse_args(argv)
+    many = p.add_argument_group(
+        "many processes and hosts",
+        "every process runs the same command and reads the data itself; the variants are sharded over all "
+        "processes' devices; process 0 writes --out (give the same --out to all)",
+    )
+    many.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a free port (with the next two)")
+    many.add_argument("--num-processes", type=int, metavar="N", help="how many processes take part")
+    many.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..N-1 (0 writes)")
+    many.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() without arguments: JAX detects the processes (SLURM, Open MPI, TPU VMs)",
+    )
+    many.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="a process silent this long is declared dead and the others stop (default 60)",
+    )
+    args = p.parse_args(argv)
+    trio = {"--coordinator": args.coordinator, "--num-processes": args.num_processes, "--process-id": args.process_id}
+    given = [k for k, v in trio.items() if v is not None]
+    if given and len(given) < 3:
+        p.error(f"{', '.join(given)} needs {', '.join(k for k in trio if k not in given)} too (all three or none)")
+    if (given or args.distributed) and not args.out:
+        p.error("with many processes pass --out, the same folder for all (process 0 writes it)")
+    if given and args.distributed:
+        p.error("--distributed detects the processes itself: leave out --coordinator, --num-processes and --process-id")
+    if args.heartbeat_timeout is not None and not (given or args.distributed):
+        p.error("--heartbeat-timeout is for many processes: add --distributed or --coordinator ...")
+    return args
 
 
 class Interrupts:
@@ -238,12 +274,24 @@ def _main(argv: list) -> int:
     # SIGINT and SIGTERM wait, blocked, until the imports are done (a second or two).
     unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        from jaxreg import outfolders
+        from jaxreg import distributed, outfolders
         from jaxreg.cache import enable_compilation_cache
-        from jaxreg.sweep import SweepError, SweepInterrupted, run_sweep
+        from jaxreg.sweep import ProcessLost, SweepError, SweepInterrupted, run_sweep
         from jaxreg.variants import VariantError
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+    try:
+        cluster = distributed.Cluster(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            auto=args.distributed,
+            **({} if args.heartbeat_timeout is None else {"heartbeat_timeout": args.heartbeat_timeout}),
+        )
+        distributed.initialize(cluster)  # before anything asks jax for its devices
+    except distributed.DistributedError as e:
+        print(f"sweep.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if not args.no_compile_cache:
         enable_compilation_cache()
 
@@ -267,6 +315,9 @@ def _main(argv: list) -> int:
         print(f"\n{_signal_prefix()}{e}", file=sys.stderr)
         print(f"resume with: {_resume_hint(argv, fresh and fresh[2])}", file=sys.stderr)
         return INTERRUPTS.exit_status()
+    except ProcessLost as e:
+        print(f"sweep.py: error: {e}", file=sys.stderr)
+        return EXIT_PROCESS_LOST
     except (SweepError, VariantError) as e:
         if fresh is not None:
             _drop_if_empty(*fresh, outfolders)
@@ -307,6 +358,15 @@ def _drop_if_empty(base, previous, folder, outfolders) -> None:
         outfolders.restore_latest(base, previous)
 
 
+def _many_processes() -> bool:
+    """Whether this process is one of a distributed run (jax already imported and initialized for it)."""
+    if "jax" not in sys.modules:
+        return False
+    import jax
+
+    return jax.distributed.is_initialized()
+
+
 def _signal_prefix() -> str:
     return "SIGTERM: " if INTERRUPTS.received == signal.SIGTERM else ""
 
@@ -318,11 +378,18 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print(f"\n{_signal_prefix()}interrupted before anything was written", file=sys.stderr)
         status = INTERRUPTS.exit_status()
+    except Exception:
+        if not _many_processes():
+            raise
+        traceback.print_exc()  # then out without the shutdown barrier, like any failure of many processes
+        status = 1
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # e.g. a closed pipe
             stream.flush()
     if status in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         os._exit(status)  # skip the teardown: it can segfault in XLA compiler threads still running
+    if status not in (0, EXIT_DIVERGED) and _many_processes():
+        os._exit(status)  # skip jax.distributed's shutdown barrier: the other processes may never reach it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late signal must not interrupt the exit
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(status)

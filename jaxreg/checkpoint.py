@@ -59,11 +59,23 @@ def _restored(target, saved, lead: tuple, bucket: int):
     return tree
 
 
-def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, devices) -> V.RunSnapshot:
-    """Read a checkpoint back into a RunSnapshot, checking its checksum and its structure against a fresh run's."""
+def read_checkpoint(folder: Path) -> bytes:
+    """The checkpoint file's bytes as written (checked by `load_checkpoint`); SweepError if unreadable."""
     path = folder / CHECKPOINT_FILE
     try:
-        payload = runfolder.verified(path.read_bytes())
+        return path.read_bytes()
+    except OSError as e:
+        raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
+
+
+def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, devices, data: bytes | None = None) -> V.RunSnapshot:
+    """Read a checkpoint back into a RunSnapshot, checking its checksum and its structure against a fresh run's.
+
+    data: the file's bytes when already read (`read_checkpoint`; in a run of many processes,
+    process 0 reads them and sends them to the others, whose hosts may not see the folder)."""
+    path = folder / CHECKPOINT_FILE
+    try:
+        payload = runfolder.verified(path.read_bytes() if data is None else data)
     except runfolder.ChecksumMismatch as e:
         raise SweepError(f"checkpoint {path} is corrupt (checksum mismatch); use --overwrite to start again") from e
     except runfolder.NoChecksum as e:

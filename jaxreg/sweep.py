@@ -23,11 +23,17 @@ any moment can continue with `resume=True` and ends with exactly the history of 
 uninterrupted run. A finished folder is never overwritten without `overwrite=True`, which
 deletes only the files the manifest lists. One run at a time writes a folder: run_sweep
 holds the folder's lock (`runfolder.exclusive`) from checking the folder to its last write.
+
+Across processes and hosts (`jaxreg.distributed`): every process calls run_sweep alike;
+process 0 alone checks, locks and writes the folder, the others only train their share.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import json
 import math
 import os
 import platform
@@ -43,10 +49,10 @@ from tqdm.auto import tqdm
 
 import jaxreg
 from jaxreg import batches as batching
-from jaxreg import compiletime, machine, memory, results, runfolder
+from jaxreg import compiletime, distributed, machine, memory, results, runfolder
 from jaxreg import params as saved_params
 from jaxreg import variants as V
-from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_checkpoint, save_checkpoint
 from jaxreg.checks import is_int
 from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.live import LiveLog
@@ -66,6 +72,10 @@ class SweepInterrupted(SweepError):
         else:
             message = f"interrupted during the first epoch; no checkpoint yet in {folder} (resuming starts at epoch 1)"
         super().__init__(message)
+
+
+class ProcessLost(SweepError):
+    """A run of many processes lost one: a collective failed (see jaxreg.distributed); the folder is resumable."""
 
 
 @dataclasses.dataclass
@@ -119,8 +129,17 @@ def check_device_count(config: SweepConfig, plan: list) -> None:
 
 
 def select_devices(count: int | None, most: int | None = None) -> list:
-    """`count` devices (None: all, but at most `most`, the configs of the largest bucket)."""
+    """`count` devices (None: all, but at most `most`, the configs of the largest bucket).
+
+    With many processes: all processes' devices (each must take part), `count` being each process's."""
     devices = jax.devices()
+    if distributed.many():
+        if count is not None and count != jax.local_device_count():
+            raise SweepError(
+                f"devices={count}: with many processes every device of every process trains, and --devices is the "
+                f"count per process; this process has {jax.local_device_count()} (on CPU, --devices creates them)"
+            )
+        return devices
     if count is None and most is not None:
         count = min(len(devices), most)
     if count is not None and count > len(devices):
@@ -260,7 +279,12 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
             "train_size": len(dataset.train),
             "validation_size": len(dataset.validation),
         },
-        "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices)},
+        "devices": {
+            "platform": devices[0].platform,
+            "kind": devices[0].device_kind,
+            "count": len(devices),
+            "processes": jax.process_count(),
+        },
         # float32 results depend on it: histories are bit for bit only on the same instruction set
         "machine": {"cpu": machine.describe(), "instruction_set": machine.instruction_set()},
         "versions": {
@@ -350,22 +374,86 @@ def run_sweep(
     goes to stderr. SweepError at once if another process is writing the folder.
     history.jsonl/.csv and (unless `tensorboard=False`) TensorBoard events grow every epoch. The
     resume checkpoint is deleted once the run has finished, unless `keep_checkpoint`.
+
+    In a run of many processes (`jaxreg.distributed`) every process calls run_sweep with the
+    same arguments: process 0 alone checks and locks the folder, writes into it and prints;
+    the others train their share, write nothing and return the same histories. Before any
+    training all processes agree that each could start and read the same data (else each
+    raises SweepError); a process lost later raises ProcessLost in the others.
     """
     if not is_int(checkpoint_every) or checkpoint_every < 1:
         raise SweepError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
     folder = Path(out)
-    runfolder.check_writable(folder)
+    agreement = _Agreement()
     try:
-        with runfolder.exclusive(folder):
+        if not distributed.is_writer():
             return _run_locked(
-                config, folder, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard, keep_checkpoint
+                config, folder, resume, overwrite, False, False, checkpoint_every, io.StringIO(), False, keep_checkpoint,
+                agreement,
             )
-    except runfolder.LockError as e:
-        if e.in_use:
+        runfolder.check_writable(folder)
+        try:
+            with runfolder.exclusive(folder):
+                return _run_locked(
+                    config, folder, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard,
+                    keep_checkpoint, agreement,
+                )
+        except runfolder.LockError as e:
+            if e.in_use:
+                raise SweepError(
+                    f"{folder} is in use by another jaxreg run (lock {e.path}); wait for it to end or choose another --out"
+                ) from None
+            raise SweepError(f"cannot create the lock file {e.path}: {e.reason}; choose another --out") from e
+    except BaseException:
+        agreement.refuse()  # the other processes must not wait for this one
+        raise
+
+
+class _Agreement:
+    """The exchanges, before training, in which every process says whether it can go on (collectives).
+
+    Two stages: "folder" right away (process 0 has checked and locked the folder; a finished
+    run to reload with --resume ends every process there, before any data is read), then
+    "start" (every process has its data, devices and memory checked). Each process sends
+    (ready, process 0: finished, sha256 of its data's checksum); every process gets all of
+    them. A process that fails before a stage still takes part in it (`refuse`), so that the
+    others stop there instead of waiting.
+    """
+
+    STAGES = 2
+
+    def __init__(self):
+        self.stages_done = 0
+
+    def __call__(self, ready: bool, finished: bool = False, data_checksum: str | None = None) -> np.ndarray:
+        """[processes, 34] uint8 records: ready, finished, the 32-byte digest (zeros when None)."""
+        self.stages_done += 1
+        record = np.zeros(34, np.uint8)
+        record[0], record[1] = ready, finished
+        if data_checksum is not None:
+            record[2:] = np.frombuffer(hashlib.sha256(data_checksum.encode()).digest(), np.uint8)
+        return distributed.exchange(record)
+
+    def refuse(self) -> None:
+        """Take part, not ready, in the next stage (the last one any process reaches then)."""
+        if self.stages_done < self.STAGES and distributed.many():
+            try:
+                self(False)
+            except Exception:  # the others may be gone already
+                pass
+
+    @staticmethod
+    def check(records: np.ndarray, data: bool = True) -> None:
+        """SweepError naming the processes that cannot go on, or (`data`) that read other data than process 0."""
+        failed = [i for i, r in enumerate(records) if not r[0]]
+        if failed:
+            raise SweepError(f"process(es) {failed} of this run cannot start (see their error); no process trains")
+        differ = [i for i, r in enumerate(records) if (r[2:] != records[0][2:]).any()]
+        if data and differ:
             raise SweepError(
-                f"{folder} is in use by another jaxreg run (lock {e.path}); wait for it to end or choose another --out"
-            ) from None
-        raise SweepError(f"cannot create the lock file {e.path}: {e.reason}; choose another --out") from e
+                f"process(es) {differ} read other data than process 0 (another checksum); every process must read "
+                "the same data (the same --data file, or --synthetic)"
+            )
 
 
 def _remove_checkpoint(folder: Path, stream) -> None:
@@ -381,24 +469,41 @@ def _remove_checkpoint(folder: Path, stream) -> None:
 
 
 def _run_locked(
-    config, folder: Path, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard=True, keep_checkpoint=False
+    config,
+    folder: Path,
+    resume,
+    overwrite,
+    figures,
+    progress,
+    checkpoint_every,
+    stream,
+    tensorboard=True,
+    keep_checkpoint=False,
+    agreement: _Agreement | None = None,
 ) -> SweepResult:
-    """run_sweep's work, while it holds the folder's lock."""
-    state = runfolder.check_folder(folder, config, resume, overwrite)
-    if state == "finished" and resume:
+    """run_sweep's work, while process 0 holds the folder's lock (the other processes write nothing)."""
+    agreement = agreement or _Agreement()
+    writer = distributed.is_writer()
+    state = runfolder.check_folder(folder, config, resume, overwrite) if writer else None
+    reload = writer and state == "finished" and resume
+    records = agreement(True, finished=reload)  # stage "folder": before anything heavy
+    if reload:
         return _reload_finished(folder, stream)
+    if records[0][1]:  # process 0 reloads a finished run: nothing to train
+        return SweepResult(folder, {}, [], [], [], 0)
+    _Agreement.check(records, data=False)
     variants = config.variant_specs()
     plan = V.plan(variants)
     check_device_count(config, plan)
     dataset = load_dataset(config, progress)
     devices = select_devices(config.devices, max(len(b.configs) for b in plan))
     estimate = memory_estimate(config, dataset, devices, plan)
-    available, where = memory.available_bytes(devices)
+    available, where = _available_memory(devices)
     check_memory(config, plan, estimate, available, where)
     environment = _environment(config, dataset, devices, plan)
 
-    snapshot = None
-    if state == "unfinished" and resume:
+    checkpoint = None  # its bytes, read by process 0 and sent to all
+    if writer and state == "unfinished" and resume:
         saved = results.read_json(folder / results.CONFIG_FILE)
         checksum = saved.get("data", {}).get("checksum")
         if checksum != dataset.checksum:
@@ -410,7 +515,7 @@ def _run_locked(
         if count != len(devices):
             raise SweepError(f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}")
         if (folder / CHECKPOINT_FILE).is_file():
-            snapshot = load_checkpoint(folder, config, dataset.num_words, devices)
+            checkpoint = read_checkpoint(folder)
         started_on = saved.get("machine", {}).get("instruction_set")
         if devices[0].platform == "cpu" and started_on != machine.instruction_set():
             print(
@@ -418,17 +523,24 @@ def _run_locked(
                 "the resumed epochs differ from an uninterrupted run by float32 round-off (amplified by training), not bit for bit",
                 file=stream,
             )
+    _Agreement.check(agreement(True, data_checksum=dataset.checksum))  # stage "start"
+    if distributed.many():
+        checkpoint = distributed.broadcast_bytes(b"" if checkpoint is None else checkpoint) or None
+        if not writer:
+            print(f"{distributed.describe()}: training with process 0, which writes {folder}", file=sys.stderr, flush=True)
+    snapshot = None if checkpoint is None else load_checkpoint(folder, config, dataset.num_words, devices, checkpoint)
 
     try:
-        if state in ("unfinished", "finished") and overwrite:
-            (folder / results.STATUS_FILE).unlink(missing_ok=True)  # interrupted now: an unfinished run folder
-            runfolder.remove_recorded(folder)  # only jaxreg's files (the manifest last); the user's stay
-        elif state == "unfinished":
-            runfolder.remove_temporaries(folder)  # left by a process killed while writing
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (resume and state == "unfinished"):
-            runfolder.record(folder, results.CONFIG_FILE, results.STATUS_FILE, CHECKPOINT_FILE)
-            results.write_json(folder / results.CONFIG_FILE, environment)
+        if writer:
+            if state in ("unfinished", "finished") and overwrite:
+                (folder / results.STATUS_FILE).unlink(missing_ok=True)  # interrupted now: an unfinished run folder
+                runfolder.remove_recorded(folder)  # only jaxreg's files (the manifest last); the user's stay
+            elif state == "unfinished":
+                runfolder.remove_temporaries(folder)  # left by a process killed while writing
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (resume and state == "unfinished"):
+                runfolder.record(folder, results.CONFIG_FILE, results.STATUS_FILE, CHECKPOINT_FILE)
+                results.write_json(folder / results.CONFIG_FILE, environment)
     except OSError as e:
         raise SweepError(f"cannot write the output folder {folder}: {e.strerror or e}") from e
 
@@ -436,13 +548,17 @@ def _run_locked(
     done, bar, live = start, None, None
 
     def write_status(name: str, epochs_done: int) -> None:
-        results.write_json(folder / results.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": config.epochs})
+        if writer:
+            results.write_json(folder / results.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": config.epochs})
 
     def on_epoch(epoch, row, take_snapshot):
         nonlocal done
-        live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
+        if writer:
+            live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
-            save_checkpoint(folder, take_snapshot())
+            taken = take_snapshot()  # gathers the state: every process takes it
+            if writer:
+                save_checkpoint(folder, taken)
             done = epoch + 1
             write_status("running", done)
         bar.epoch_done(epoch, row)
@@ -454,14 +570,16 @@ def _run_locked(
         print(
             f"{config.name}: {len(config.variants)} variant(s) x {config.seeds} seed(s) = {len(variants)} models, "
             f"{config.epochs} epochs, batch {config.batch_size}, in {len(plan)} program(s) on "
-            f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}), "
-            f"est. {memory.gigabytes(estimate.total)} of {memory.gigabytes(available)} {where}; output: {folder}"
+            f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind})"
+            + (f" of {jax.process_count()} processes" if distributed.many() else "")
+            + f", est. {memory.gigabytes(estimate.total)} of {memory.gigabytes(available)} {where}; output: {folder}"
             + (f"; resuming after epoch {start}" if snapshot else ""),
             file=stream,
             flush=True,
         )
         write_status("running", start)
-        live = LiveLog(folder, config, snapshot.history if snapshot else {}, start, tensorboard)
+        if writer:
+            live = LiveLog(folder, config, snapshot.history if snapshot else {}, start, tensorboard)
         bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
         t0 = time.perf_counter()
         with compiletime.measure() as compiled:
@@ -478,6 +596,11 @@ def _run_locked(
         seconds = time.perf_counter() - t0
         bar.close()
         print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
+        if not writer:
+            histories = results.stack(history, [v.name for v in config.variants], config.divergence_threshold)
+            summaries = results.summarize(histories)
+            diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
+            return SweepResult(folder, histories, summaries, diverged, [], start)
         live.finish(config.epochs)
         saved_params.save_params(folder, trained)
         result = _finish(folder, config, history, figures, seconds, start, stream, compiled.seconds)
@@ -487,6 +610,30 @@ def _run_locked(
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        if folder_state(folder) != "finished":
+        if writer and folder_state(folder) != "finished":
             write_status("interrupted", done)
         raise SweepInterrupted(folder, done, config.epochs) from None
+    except Exception as e:
+        if not distributed.many():
+            raise
+        if bar is not None:
+            bar.close()
+        if writer and folder_state(folder) != "finished":
+            write_status("interrupted", done)
+        if not distributed.lost_peer(e):
+            raise
+        resumable = f"; {folder} holds a checkpoint after epoch {done} (--resume)" if done else ""
+        raise ProcessLost(
+            f"process {jax.process_index()}: exchanging arrays with the other processes failed, most likely another "
+            f"process stopped (see its output): {str(e).splitlines()[0] if str(e) else type(e).__name__}{resumable}"
+        ) from None
+
+
+def _available_memory(devices) -> tuple[int, str]:
+    """memory.available_bytes for the run's devices; with many processes, this process's times their count.
+
+    A process cannot ask another's devices, so the others are assumed to be alike."""
+    if not distributed.many():
+        return memory.available_bytes(devices)
+    available, where = memory.available_bytes(jax.local_devices())
+    return available * jax.process_count(), f"{where} (this process's x {jax.process_count()} processes)"

@@ -37,6 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxreg import batches as batching
+from jaxreg import distributed
 from jaxreg import optim, results, tasks
 from jaxreg.checks import FLOAT32_MAX, float32_finite, is_int, is_number
 from jaxreg.cpu_kernels import cpu_kernels_available
@@ -485,13 +486,14 @@ class BucketProgram:
         self._replicated = NamedSharding(self.mesh, P())
         self._by_config = NamedSharding(self.mesh, P("variant"))
         self._by_seed_config = NamedSharding(self.mesh, P(None, "variant"))
-        self.val_batches = jax.device_put(
+        # distributed.put: device_put, or with many processes a global array built on each from its own copy
+        self.val_batches = distributed.put(
             batching.make_batches(val.x, val.y, val_order, settings.eval_batch_size, val_cap), self._replicated
         )
-        self.keys = jax.device_put(jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated)
+        self.keys = distributed.put(jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated)
         hps = jax.tree.map(lambda *xs: jnp.stack(xs), *[c.hyperparameters() for c in self.configs])
         check_stages(self.config, hps)
-        self.hp = jax.device_put(hps, self._by_config)
+        self.hp = distributed.put(hps, self._by_config)
 
     def init(self):
         """(states [seeds, configs], unit masks [configs] or None), each variant initialized at its true widths."""
@@ -504,8 +506,8 @@ class BucketProgram:
         else:
             ones = jax.tree.map(lambda x: jnp.ones(x.shape[2:], x.dtype), state.params)
             full = [ones if m is None else m for m in masks]
-            unit_mask = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *full), self._by_config)
-        return jax.device_put(state, self._by_seed_config), unit_mask
+            unit_mask = distributed.put(jax.tree.map(lambda *xs: jnp.stack(xs), *full), self._by_config)
+        return distributed.put(state, self._by_seed_config), unit_mask
 
     def train_batches(self, epoch: int):
         """This epoch's batches for every seed, stacked [seeds, batches, ...], replicated."""
@@ -516,7 +518,7 @@ class BucketProgram:
             )
             for s in self.bucket.seeds
         ]
-        return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *per_seed), self._replicated)
+        return distributed.put(jax.tree.map(lambda *xs: np.stack(xs), *per_seed), self._replicated)
 
     def epoch(self, states, unit_mask, train_batches):
         """Dispatch one epoch (asynchronously); returns (states, metrics [seeds, padded configs])."""
@@ -526,8 +528,12 @@ class BucketProgram:
         )
 
     def metrics_to_numpy(self, metrics) -> dict[str, np.ndarray]:
-        """Device metrics -> {name: float64 [seeds, configs]} without the inert padding configs."""
-        return {k: np.asarray(v, np.float64)[:, : self.n_configs] for k, v in metrics.items()}
+        """Device metrics -> {name: float64 [seeds, configs]} without the inert padding configs (on every process)."""
+        return {k: np.asarray(v, np.float64)[:, : self.n_configs] for k, v in distributed.gather(metrics).items()}
+
+    def improved_mask(self, improved: np.ndarray):
+        """A host [seeds, padded configs] mask for `_keep_best`, replicated over the mesh."""
+        return distributed.put(improved, self._replicated)
 
 
 def _as_tuples(x):
@@ -652,10 +658,10 @@ def run(
                 "resume with exactly the variants of the interrupted run"
             )
         states = [
-            (jax.device_put(saved, jax.tree.map(lambda x: x.sharding, state)), mask)
+            (distributed.put(saved, jax.tree.map(lambda x: x.sharding, state)), mask)
             for saved, (state, mask) in zip(resume.states, states)
         ]
-        bests = [jax.device_put(saved, jax.tree.map(lambda x: x.sharding, best)) for saved, best in zip(resume.best, bests)]
+        bests = [distributed.put(saved, jax.tree.map(lambda x: x.sharding, best)) for saved, best in zip(resume.best, bests)]
         history = {key: {m: list(resume.history[key][m]) for m in columns} for key in history}
         first_epoch = resume.epochs_done
         for key, h in history.items():  # replay the best-epoch bookkeeping over the restored history
@@ -665,7 +671,8 @@ def run(
 
     def snapshot(epochs_done):
         copied = {key: {m: list(v) for m, v in h.items()} for key, h in history.items()}
-        return RunSnapshot(epochs_done, [jax.device_get(s) for s, _ in states], copied, layout, [jax.device_get(b) for b in bests])
+        # distributed.gather: a collective with many processes, so every process takes the snapshot
+        return RunSnapshot(epochs_done, [distributed.gather(s) for s, _ in states], copied, layout, [distributed.gather(b) for b in bests])
 
     next_batches = [p.train_batches(first_epoch) for p in programs] if first_epoch < settings.epochs else []
     for epoch in range(first_epoch, settings.epochs):
@@ -693,13 +700,13 @@ def run(
                     if trackers[(config.name, seed)](row[(config.name, seed)]):
                         improved[si, ci], best_epochs[(config.name, seed)] = True, epoch + 1
             if improved.any():
-                bests[i] = _keep_best(bests[i], states[i][0].params, improved)
+                bests[i] = _keep_best(bests[i], states[i][0].params, program.improved_mask(improved))
         if on_epoch is not None:
             on_epoch(epoch, row, lambda e=epoch: snapshot(e + 1))
     arrays = {key: {k: np.asarray(v) for k, v in h.items()} for key, h in history.items()}
     trained = {}
     for program, (state, _), best in zip(programs, states, bests):
-        final, best = jax.device_get(state.params), jax.device_get(best)
+        final, best = distributed.gather(state.params), distributed.gather(best)
         for si, seed in enumerate(program.bucket.seeds):
             for ci, config in enumerate(program.bucket.configs):
                 def one(tree, si=si, ci=ci, widths=config.widths):

@@ -1,0 +1,179 @@
+"""One sweep across processes and hosts: starting JAX's distributed runtime, placing and gathering arrays.
+
+Every process runs the same program on the same (deterministically loaded) data; the variant
+axis is sharded over all processes' devices (`variants.variant_mesh` over `jax.devices()`).
+In one process every function here is what jaxreg did before: `put` is jax.device_put, `gather`
+is jax.device_get. With more processes:
+
+- `put` builds a global array from a host value that every process holds identically
+  (jax.make_array_from_callback: each process fills its own devices' shards; device_put of a
+  NumPy array onto another process's devices fails);
+- `gather` brings global arrays to every process as NumPy (replicated by one compiled
+  identity), so process 0 has the metrics, the state for the checkpoint and the parameters;
+- `exchange` gives every process each one's small host record (whether it can start);
+- `broadcast_bytes` sends process 0's bytes (the checkpoint to resume from) to all.
+
+Every process must make the same calls in the same order (they are collectives). Process 0 is
+the one that writes (`is_writer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+# Seconds without a heartbeat after which the coordination service declares a process dead and
+# stops the others. JAX's own default is 100 s; 60 s reacts sooner and still lets a busy host
+# (a long XLA compilation, a slow checkpoint write) keep its heartbeat thread alive.
+DEFAULT_HEARTBEAT_TIMEOUT = 60
+
+
+class DistributedError(RuntimeError):
+    """Bad distributed settings, or the runtime cannot start with them; the message names the field or cause."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """How to start: `coordinator`/`num_processes`/`process_id` all given, or `auto` (detected by JAX)."""
+
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    auto: bool = False
+    heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
+
+    def __post_init__(self):
+        given = [self.coordinator is not None, self.num_processes is not None, self.process_id is not None]
+        if any(given) and not all(given):
+            raise DistributedError(
+                "--coordinator, --num-processes and --process-id go together (all three or none); got "
+                f"coordinator={self.coordinator!r}, num_processes={self.num_processes!r}, process_id={self.process_id!r}"
+            )
+        if self.auto and any(given):
+            raise DistributedError("--distributed detects the cluster itself; do not combine it with --coordinator")
+        if self.coordinator is not None:
+            host, _, port = self.coordinator.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise DistributedError(f"coordinator={self.coordinator!r} must be HOST:PORT, e.g. localhost:12355")
+            if not isinstance(self.num_processes, int) or self.num_processes < 1:
+                raise DistributedError(f"num_processes={self.num_processes!r} must be an integer >= 1")
+            if not isinstance(self.process_id, int) or not 0 <= self.process_id < self.num_processes:
+                raise DistributedError(
+                    f"process_id={self.process_id!r} must be an integer from 0 to num_processes-1={self.num_processes - 1}"
+                )
+        if not isinstance(self.heartbeat_timeout, int) or self.heartbeat_timeout < 1:
+            raise DistributedError(f"heartbeat_timeout={self.heartbeat_timeout!r} must be an integer >= 1 (seconds)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.auto or self.coordinator is not None
+
+
+def initialize(cluster: Cluster) -> None:
+    """Start JAX's distributed runtime (before anything else touches jax's devices); nothing when not enabled.
+
+    On CPU the cross-process collectives need gloo, so that is chosen first (other platforms
+    ignore the setting). A process that stops sending heartbeats for `heartbeat_timeout`
+    seconds is declared dead and the others are stopped.
+    """
+    if not cluster.enabled:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            cluster.coordinator,
+            cluster.num_processes,
+            cluster.process_id,
+            heartbeat_timeout_seconds=cluster.heartbeat_timeout,
+        )
+    except (RuntimeError, ValueError) as e:
+        where = "the cluster JAX detects (SLURM, Open MPI, TPU)" if cluster.auto else f"coordinator {cluster.coordinator}"
+        raise DistributedError(f"cannot start the distributed runtime with {where}: {e}") from e
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run folder (process 0; the only one without distribution)."""
+    return jax.process_index() == 0
+
+
+def many() -> bool:
+    return jax.process_count() > 1
+
+
+def put(tree, sharding):
+    """Host (or single-device) values, identical on every process -> arrays laid out by `sharding`.
+
+    `sharding` is one sharding for all leaves or a tree of them like `tree`. One process:
+    jax.device_put. More: each process builds its addressable shards from its own copy.
+    """
+    if not many():
+        return jax.device_put(tree, sharding)
+    if isinstance(sharding, jax.sharding.Sharding):
+        sharding = jax.tree.map(lambda _: sharding, tree)
+
+    def one(x, s):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x), s), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+    return jax.tree.map(one, tree, sharding)
+
+
+def gather(tree):
+    """Arrays (sharded over any processes' devices) -> NumPy trees with the whole value, on every process."""
+    if not many():
+        return jax.device_get(tree)
+    # What multihost_utils.process_allgather does leaf by leaf (one compiled identity per leaf
+    # shape), here for the whole tree in one program: replicate, then read the local copy.
+    replicated = jax.tree.map(lambda x: jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec()), tree)
+    whole = jax.jit(_identity, out_shardings=replicated)(tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), whole)
+
+
+def _identity(tree):
+    return tree
+
+
+def exchange(record: np.ndarray) -> np.ndarray:
+    """Every process's `record` (same shape on all), stacked [processes, ...], on every process."""
+    if not many():
+        return np.asarray(record)[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(record)))
+
+
+def broadcast_bytes(data: bytes | None) -> bytes:
+    """Process 0's `data` on every process (the others pass None). One process: `data` itself."""
+    if not many():
+        return data
+    from jax.experimental import multihost_utils
+
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data) if is_writer() else 0)))
+    if size == 0:
+        return b""
+    buffer = np.frombuffer(data, np.uint8) if is_writer() else np.zeros(size, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8).tobytes()
+
+
+# Words in the errors of a cross-process exchange whose peer has gone: gloo (CPU) raises
+# "Gloo AllGather failed: ... Connection reset by peer" (as JaxRuntimeError or, from jit's
+# dispatch, ValueError); NCCL and the coordination service name themselves.
+_LOST_PEER_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "connection refused", "heartbeat", "coordination service")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether an exception raised during a distributed run looks like a lost process (vs. a bug here)."""
+    text = str(error).lower()
+    return any(word in text for word in _LOST_PEER_WORDS)
+
+
+def describe() -> str:
+    """One line for the output: which process of how many, with which devices."""
+    return (
+        f"process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} of "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s) here"
+    )

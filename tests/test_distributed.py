@@ -1,0 +1,208 @@
+"""One sweep across two local CPU processes (jax.distributed with gloo) equals a one-process run.
+
+Two processes of experiments/sweep.py (one CPU device each, so the variant axis is sharded
+over a 2-device mesh across the processes) train the same synthetic sweep as one process
+with two devices. Each process has its own working folder and a relative --out, as if on
+two hosts without a shared file system: process 0 must write the whole run folder, process 1
+nothing at all. Another pair loses process 1 (SIGKILL) mid-run: process 0 must stop with exit
+status 4 and a line naming the cause, its folder left interrupted and resumable. The cluster
+flags are checked, and processes that cannot start, or read other data, stop together.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import numpy as np
+import pytest
+
+from conftest import write_fake_imdb
+from jaxreg import results
+from jaxreg.params import load_params
+from jaxreg.variants import METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = str(ROOT / "experiments" / "sweep.py")
+cli = importlib.util.module_from_spec(importlib.util.spec_from_file_location("sweep_cli", SWEEP))
+cli.__spec__.loader.exec_module(cli)
+# Histories of the same variants on the same 2-device mesh: equal to float32 rounding, the
+# tolerance tests/test_sharding.py documents for devices (measured here: bit for bit on
+# XLA:CPU, jax 0.10.2, AMD EPYC Zen 3, AVX2).
+RTOL, ATOL = 1e-6, 1e-7
+RUN = ["--synthetic", "--variants", "original,l2", "--epochs", "2", "--batch-size", "256", "--no-progress", "--no-figures"]
+LOST_WITHIN = 30  # seconds from killing process 1 to process 0's exit (heartbeat timeout 5 s; gloo reports at once)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def environment() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXREG_DATA",)}
+    env.update(PYTHONPATH=str(ROOT), JAXREG_COMPILE_CACHE="0", JAX_PLATFORMS="cpu")
+    return env
+
+
+def start(cwd: Path, *args: str, log: str) -> subprocess.Popen:
+    """experiments/sweep.py in `cwd`, its stdout and stderr into cwd/../<log>.out, .err."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    out = open(cwd.parent / f"{log}.out", "w")
+    err = open(cwd.parent / f"{log}.err", "w")
+    with out, err:
+        return subprocess.Popen([sys.executable, SWEEP, *args], cwd=cwd, env=environment(), stdout=out, stderr=err)
+
+
+def pair(tmp: Path, name: str, *args: str) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of one run, each in its own folder tmp/name/p<i>, with --out run."""
+    cluster = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
+    return [
+        start(tmp / name / f"p{i}", *RUN, "--devices", "1", "--out", "run", *cluster, "--process-id", str(i), *args, log=f"{name}{i}")
+        for i in range(2)
+    ]
+
+
+def finish(process: subprocess.Popen, timeout: float) -> int:
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+
+
+def text(tmp: Path, log: str) -> str:
+    return (tmp / f"{log}.out").read_text() + (tmp / f"{log}.err").read_text()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two processes and, at the same time, one process with two devices, of the same sweep."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    processes = pair(tmp, "two")
+    single = start(tmp / "one" / "p0", *RUN, "--devices", "2", "--out", "run", log="one0")
+    codes = [finish(p, 240) for p in (*processes, single)]
+    for code, log in zip(codes, ("two/two0", "two/two1", "one/one0")):
+        assert code == 0, text(tmp / log.split("/")[0], log.split("/")[1])[-3000:]
+    return tmp
+
+
+@pytest.mark.numerics
+def test_two_processes_equal_one(runs):
+    two = results.load_run(runs / "two" / "p0" / "run")
+    one = results.load_run(runs / "one" / "p0" / "run")
+    assert two.config["devices"] == {**one.config["devices"], "processes": 2} and one.config["devices"]["processes"] == 1
+    assert two.config["devices"]["count"] == 2
+    assert set(two.histories) == set(one.histories) == {"original", "l2"}
+    for name in one.histories:
+        for metric in METRICS:
+            got, want = np.asarray(two.histories[name][metric]), np.asarray(one.histories[name][metric])
+            assert got.shape == want.shape == (1, 2), (name, metric)
+            chex.assert_tree_all_finite(want)
+            chex.assert_trees_all_close(got, want, rtol=RTOL, atol=ATOL, custom_message=f"{name} {metric}")
+    for name in one.histories:  # gathered from both processes' devices at the end
+        for which in ("final", "best"):
+            got, want = (load_params(runs / d / "p0" / "run", name, 0, which) for d in ("two", "one"))
+            chex.assert_trees_all_close(got, want, rtol=RTOL, atol=ATOL, custom_message=f"{name} {which} params")
+    assert two.status["state"] == "finished"
+    summary = (runs / "two" / "p0" / "run" / "summary.md").read_text()
+    assert "original" in summary and "l2" in summary
+
+
+def test_process_one_writes_nothing(runs):
+    assert list((runs / "two" / "p1").iterdir()) == [], "process 1 wrote files"
+    written = sorted(p.relative_to(runs / "two" / "p0") for p in (runs / "two" / "p0").rglob("*") if p.is_file())
+    single = sorted(p.relative_to(runs / "one" / "p0") for p in (runs / "one" / "p0").rglob("*") if p.is_file())
+    assert written == single, "process 0 writes what a one-process run writes"
+    out = text(runs / "two", "two1")
+    assert "process 1 of 2" in out and "Wrote" not in out and len(out.splitlines()) <= 5, out
+
+
+def test_lost_process_stops_the_other(tmp_path):
+    processes = pair(tmp_path, "lost", "--epochs", "200", "--heartbeat-timeout", "5")
+    history = tmp_path / "lost" / "p0" / "run" / results.HISTORY_JSONL
+    deadline = time.monotonic() + 180
+    while not (history.is_file() and history.read_text().count("\n") >= 4):  # 2 variants x 2 epochs: compiled, checkpointed
+        assert processes[0].poll() is None and processes[1].poll() is None, text(tmp_path / "lost", "lost0")[-3000:]
+        assert time.monotonic() < deadline, "no epoch within 180 s"
+        time.sleep(0.1)
+    processes[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    code = finish(processes[0], LOST_WITHIN)
+    seconds = time.monotonic() - killed
+    processes[1].wait()
+    log = text(tmp_path / "lost", "lost0")
+    assert code == 4, log[-3000:]
+    assert seconds < LOST_WITHIN
+    assert "another process stopped" in log and "--resume" in log, log[-3000:]
+    status = json.loads((tmp_path / "lost" / "p0" / "run" / results.STATUS_FILE).read_text())
+    assert status["state"] == "interrupted" and status["epochs_done"] >= 1, status
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--coordinator", "localhost:1", "--out", "x"], "--coordinator needs --num-processes, --process-id too"),
+        (["--num-processes", "2", "--process-id", "0", "--out", "x"], "--num-processes, --process-id needs --coordinator"),
+        (["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "0", "--out", "x"], "leave out"),
+        (["--distributed"], "pass --out"),
+        (["--heartbeat-timeout", "5", "--out", "x"], "--heartbeat-timeout is for many processes"),
+    ],
+    ids=["coordinator alone", "no coordinator", "both ways", "no out", "heartbeat alone"],
+)
+def test_cluster_flags_are_checked(capsys, args, message):
+    with pytest.raises(SystemExit) as exit:
+        cli.parse_args(["--synthetic", *args])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(coordinator="localhost", num_processes=2, process_id=0), "must be HOST:PORT"),
+        (dict(coordinator="localhost:1", num_processes=0, process_id=0), "num_processes=0"),
+        (dict(coordinator="localhost:1", num_processes=2, process_id=2), "process_id=2 must be an integer from 0 to"),
+        (dict(auto=True, heartbeat_timeout=0), "heartbeat_timeout=0"),
+    ],
+)
+def test_cluster_values_are_checked(values, message):
+    from jaxreg.distributed import Cluster, DistributedError
+
+    with pytest.raises(DistributedError, match=message):
+        Cluster(**values)
+
+
+def test_distributed_outside_a_cluster_says_so(tmp_path):
+    """--distributed where JAX detects no cluster: exit 2 naming the cause, at once, nothing written."""
+    result = subprocess.run(
+        [sys.executable, SWEEP, "--synthetic", "--distributed", "--out", "run"],
+        cwd=tmp_path, env={k: v for k, v in environment().items() if not k.startswith(("SLURM_", "OMPI_"))},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "cannot start the distributed runtime" in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_data_on_one_process_stops_both(tmp_path):
+    """Process 1 reads other data than process 0: both refuse before training, naming process 1."""
+    data = write_fake_imdb(tmp_path)
+    cluster = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2", "--out", "run", "--no-progress"]
+    processes = [
+        start(tmp_path / "p0", "--synthetic", *cluster, "--process-id", "0", log="data0"),
+        start(tmp_path / "p1", "--data", str(data), *cluster, "--process-id", "1", log="data1"),
+    ]
+    codes = [finish(p, 120) for p in processes]
+    for i, code in enumerate(codes):
+        log = text(tmp_path, f"data{i}")
+        assert code == 2 and "process(es) [1] read other data than process 0" in log, log[-3000:]
+    assert not (tmp_path / "p0" / "run").exists() and list((tmp_path / "p1").iterdir()) == []
