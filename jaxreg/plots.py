@@ -93,7 +93,8 @@ def plot_against_reference(histories: Mapping, path, reference: str = "original"
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(others) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Validation loss of each variant against {reference} ({_seed_note(histories)})")
+    gap = "\n" if cols == 1 else " "  # one panel is too narrow for the title on one line
+    fig.suptitle(f"Validation loss of each variant against {reference}{gap}({_seed_note(histories)})")
     return _save(fig, path)
 
 
