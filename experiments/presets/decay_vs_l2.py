@@ -13,11 +13,12 @@ small next to the data gradient (then sqrt(a) is the data gradient's RMS, G). Pe
   coupled L1:  |dw| = lr * c / G             proximal:   |dw| = lr * c'         ->  c' = c / G
 G: sqrt(a) of the first hidden kernel (160,000 of the 160,256 penalized entries) in the
 unregularized model on IMDB (seed 0, 20 epochs; AMD EPYC Zen 3 CPU), as the root mean square
-over its entries, sqrt(mean a): 0.95e-3 to 1.65e-3 after every epoch 1-20, 1.35e-3 after
-epochs 3-5 (where the best validation loss lies). The RMS weights entries by their gradient,
+over its entries, sqrt(mean a): 0.95e-3 to 1.65e-3 after every epoch 1-20, 0.95e-3 to
+1.35e-3 after epochs 3-5 (where the best validation loss lies). The RMS weights entries by their gradient,
 so the frequent words that carry the fit set it; the median entry (a rarely-seen word) has
 sqrt(a) = 2.6e-4 (1.3e-4 at epoch 20), and a first grid matched on it (G = 2.5e-4, 5x the
-decay below) made every decoupled variant the stronger of its pair (docs/findings.md).
+decay below) made every decoupled variant the stronger of its pair: a lower loss at epoch 20,
+or underfitting (docs/findings.md).
 With G = 1.25e-3:
   wd = 1,600 * c: l2 1e-4, 1e-3, 1e-2  <->  weight_decay 0.16, 1.6, 16
   c' =   800 * c: l1 1e-5, 1e-4        <->  l1_proximal 0.008, 0.08
