@@ -1,11 +1,12 @@
 """Summarize a run folder again: python experiments/report.py FOLDER [--out DIR] [--no-figures]
 
 Rewrites summary.md/.csv and figures/*.png of a run folder from its history so far and prints
-the summary table; works on running, interrupted and finished runs (an unfinished one is
-summarized from the epochs done, and says so). Where the files go (jaxreg.report): into --out
-DIR if given; else into the run folder when no run is writing it; else (a run is training
-into it) nowhere: the table is printed only. Exit status: 0 done, 2 not a run folder (one
-line on stderr).
+the summary table (for a finished run with a proximal L1 variant, also each variant's fraction
+of exact zeros in its hidden kernels: jaxreg.params.exact_zero_fractions); works on running,
+interrupted and finished runs (an unfinished one is summarized from the epochs done, and says
+so). Where the files go (jaxreg.report): into --out DIR if given; else into the run folder when
+no run is writing it; else (a run is training into it) nowhere: the table is printed only.
+Exit status: 0 done, 2 not a run folder (one line on stderr).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from jaxreg import report, results
+    from jaxreg.config import SweepError
+    from jaxreg.params import exact_zero_fractions, exact_zeros_table, has_proximal_l1
 
     try:
         made = report.report(args.folder, args.out, figures=not args.no_figures)
@@ -50,6 +53,11 @@ def main(argv=None) -> int:
     if made.summaries:
         print("\n" + results.summary_table(made.summaries))
         print(results.summary_notes(divergence_threshold=run.divergence_threshold))
+    if run.finished and has_proximal_l1(run.folder):
+        try:
+            print("\n" + exact_zeros_table(exact_zero_fractions(run.folder)))
+        except SweepError as e:
+            print(f"\nno exact-zero count: {e}")
     if made.written:
         print(f"Wrote {made.destination}: {', '.join(str(p.relative_to(made.destination)) for p in made.written)}")
     if made.note:

@@ -30,7 +30,7 @@ import traceback
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PROCESS_LOST = 2, 3, 4
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: as a shell reports them
-PRESET_NAMES = ("book", "capacity", "l2-grid", "dropout-grid")
+PRESET_NAMES = ("book", "capacity", "l2-grid", "dropout-grid", "decay-vs-l2")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -323,12 +323,26 @@ def _main(argv: list) -> int:
             _drop_if_empty(*fresh, outfolders)
         print(f"sweep.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not _many_processes():  # one process: it wrote the folder
+        _print_exact_zeros(result.folder)
     if result.diverged:
         which = ", ".join(f"{name} (seed {seed}, epoch {epoch})" for name, seed, epoch in result.diverged)
         why = f"NaN, infinite or a loss above {config.divergence_threshold:g}"
         print(f"sweep.py: diverged ({why}): {which}", file=sys.stderr)
         return EXIT_DIVERGED
     return 0
+
+
+def _print_exact_zeros(folder) -> None:
+    """With a proximal L1 variant, each variant's fraction of exact zeros in its hidden kernels (final parameters)."""
+    from jaxreg.config import SweepError
+    from jaxreg.params import exact_zero_fractions, exact_zeros_table, has_proximal_l1
+
+    if has_proximal_l1(folder):
+        try:
+            print("\n" + exact_zeros_table(exact_zero_fractions(folder)))
+        except SweepError as e:  # a finished folder of an older jaxreg, which saved no parameters
+            print(f"\nno exact-zero count: {e}")
 
 
 def _output_folder(args, config, outfolders):

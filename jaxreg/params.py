@@ -15,6 +15,9 @@ letter, digit or one of -_.~=+ (as urllib.parse.quote). Read one back with `load
     from jaxreg.params import load_params
     params = load_params("runs/book/latest", "smaller", seed=0, which="best")
     logits = MLP((6, 6)).apply(params, multi_hot_batch)
+
+`exact_zero_fractions(folder)` counts the entries that are exactly 0 in the hidden kernels of
+every variant (what proximal L1 makes; a penalty added to the loss never does).
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from pathlib import Path
 import flax.serialization
 import numpy as np
 
+from flax import traverse_util
+
 from jaxreg import results, runfolder
 from jaxreg.config import SweepError
+from jaxreg.networks import default_penalized
 
 PARAMS_DIR = "params"
 WHICH = ("final", "best")
@@ -78,3 +84,46 @@ def load_params(folder, variant: str, seed: int = 0, which: str = "final") -> di
 
 def _as_numpy(tree):
     return {k: _as_numpy(v) for k, v in tree.items()} if isinstance(tree, dict) else np.asarray(tree)
+
+
+def exact_zero_fractions(folder, which: str = "final") -> dict[str, float]:
+    """{variant: fraction of exactly-zero entries in its hidden kernels, mean over seeds} of a finished run folder.
+
+    Hidden kernels: the leaves `networks.default_penalized` selects, pooled (the study's MLP:
+    every hidden layer's kernel, not the output layer, not biases), the ones penalties, decay
+    and proximal L1 act on. A model with its own `penalize` rule is still counted by the
+    default rule (the folder does not record the rule). SweepError when a file is missing.
+    """
+    folder = Path(folder)
+    config_file = folder / results.CONFIG_FILE
+    if not config_file.is_file():
+        raise SweepError(f"{folder} is not a run folder: {config_file} does not exist")
+    config = results.read_json(config_file)["config"]
+    out = {}
+    for variant in (v["name"] for v in config["variants"]):
+        fractions = []
+        for seed in range(int(config["seeds"])):
+            flat = traverse_util.flatten_dict(load_params(folder, variant, seed, which))
+            kernels = [leaf for path, leaf in flat.items() if default_penalized(path)]
+            if not kernels:
+                raise SweepError(f"variant {variant!r}, seed {seed}: its parameters have no hidden kernel")
+            fractions.append(sum(np.count_nonzero(k == 0) for k in kernels) / sum(k.size for k in kernels))
+        out[variant] = float(np.mean(fractions))
+    return out
+
+
+def has_proximal_l1(folder) -> bool:
+    """Whether a run folder's config has a variant with l1_proximal > 0 (the only stage that makes exact zeros)."""
+    config_file = Path(folder) / results.CONFIG_FILE
+    if not config_file.is_file():
+        return False
+    return any(v.get("l1_proximal", 0) > 0 for v in results.read_json(config_file)["config"]["variants"])
+
+
+def exact_zeros_table(fractions: dict[str, float], which: str = "final") -> str:
+    """`exact_zero_fractions` as a Markdown table (readable as plain text), one row per variant."""
+    rows = [(name, f"{f:.4f}") for name, f in fractions.items()]
+    width = max(len("variant"), *(len(n) for n, _ in rows))
+    head = f"exact zeros in hidden kernels ({which}, mean over seeds)"
+    lines = [f"| {'variant'.ljust(width)} | {head} |", f"|{'-' * (width + 2)}|{'-' * (len(head) + 2)}|"]
+    return "\n".join(lines + [f"| {n.ljust(width)} | {f.ljust(len(head))} |" for n, f in rows])

@@ -127,8 +127,8 @@ def plot_curves(histories: Mapping, path, values: Mapping[str, float] | None = N
         colors = [colormaps["viridis"](r / max(1, len(names) - 1)) for r in ranks]
     else:
         colors = [f"C{i % 10}" for i in range(len(names))]
-    for name, color in zip(names, colors):
-        _line(ax, histories[name], "val_data_loss", name, color, marker=None)
+    for i, (name, color) in enumerate(zip(names, colors)):  # past 10 colors, dashed: no two lines look alike
+        _line(ax, histories[name], "val_data_loss", name, color, "-" if values or i < 10 else "--", marker=None)
     ax.set_ylabel(f"validation data loss ({loss_name(histories)}, no penalty)")
     _epoch_axis(ax, len(_epochs(histories[names[0]])))
     ax.legend(fontsize="small", ncols=2 if len(names) > 8 else 1, title=AXIS_LABELS.get(axis) if axis else None)

@@ -77,3 +77,19 @@ def test_diverged_variants_are_drawn_without_crashing(tmp_path):
     paths = plots.make_figures(results.stack(history), tmp_path)
     for p in paths:
         assert_real_png(p)
+
+
+def test_more_than_ten_variants_without_an_axis_get_distinct_lines(tmp_path, monkeypatch):
+    """Colors repeat after ten (matplotlib's cycle), so the next ten are dashed."""
+    drawn = []
+    real_line = plots._line
+
+    def recording_line(ax, h, metric, label, color, style="-", marker="o"):
+        drawn.append((color, style))
+        real_line(ax, h, metric, label, color, style, marker)
+
+    monkeypatch.setattr(plots, "_line", recording_line)
+    histories = results.stack(make_history({f"v{i}": ORIGINAL for i in range(12)}))
+    assert_real_png(plots.plot_curves(histories, tmp_path / "curves.png"))
+    assert len(drawn) == 12 and len(set(drawn)) == 12
+    assert [style for _, style in drawn[:10]] == ["-"] * 10

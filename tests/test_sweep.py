@@ -123,6 +123,25 @@ def test_grid_presets():
         assert set(config.axis_values()) == {v.name for v in config.variants}
 
 
+def test_decay_vs_l2_preset_pairs_matched_strengths():
+    """Each coupled penalty has a decoupled partner at the documented match (wd = 2c/G, l1_proximal = c/G)."""
+    config = presets.load("decay-vs-l2")
+    spec = importlib.util.spec_from_file_location("decay_vs_l2", PRESETS_DIR / "decay_vs_l2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    variants = config.variants
+    assert len(variants) <= 11 and all(v.widths == (16, 16) and v.learning_rate == 1e-3 for v in variants)
+    assert config.epochs == 20 and config.batch_size == 512 and config.axis is None
+    fields = ("l1", "l2", "weight_decay", "l1_proximal")
+    kinds = {f: [getattr(v, f) for v in variants if getattr(v, f) > 0] for f in fields}
+    assert all(sum(getattr(v, f) > 0 for f in fields) <= 1 for v in variants)  # one regularizer per variant
+    assert [v.name for v in variants if all(getattr(v, f) == 0 for f in fields)] == ["original"]
+    assert len(kinds["l2"]) >= 2 and len(kinds["l1"]) >= 2
+    np.testing.assert_allclose(kinds["weight_decay"], [2 * c / module.G for c in kinds["l2"]], rtol=1e-6)
+    np.testing.assert_allclose(kinds["l1_proximal"], [c / module.G for c in kinds["l1"]], rtol=1e-6)
+    assert "decay-vs-l2" in _load_cli().PRESET_NAMES
+
+
 @pytest.mark.parametrize("name", list(presets.PRESETS))
 def test_preset_docstring_starts_with_its_command(name):
     doc = ast.get_docstring(ast.parse((PRESETS_DIR / presets.PRESETS[name]).read_text()))
