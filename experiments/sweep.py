@@ -5,7 +5,8 @@ jaxreg.sweep.run_sweep. Exit status: 0 done, 2 bad input (one line on stderr, no
 written), 3 some variant diverged (a NaN or infinite metric, or a loss above
 --divergence-threshold), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM
 (both at any moment: a run folder this run has written is left "interrupted", for --resume).
-jax is imported only after parsing, so that --devices can set XLA_FLAGS first; the signal
+jax is imported only after parsing, so that --devices can set XLA_FLAGS first (without it, on
+CPU, one host device per program up to the usable cores, set before jax's backends start); the signal
 handlers are installed before that, and a signal during the imports waits until they are
 done (jaxlib segfaults when interrupted while its extension module initializes).
 An interrupted process ends with os._exit once its messages are flushed: XLA's compiler
@@ -73,9 +74,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--devices",
         type=int,
-        help="shard the variants over N devices (default: all, but at most the number of variants in the largest "
-        "program; more is refused, as the extra devices would only train padding copies; on CPU N host devices "
-        "are created)",
+        help="run on N devices (on CPU N host devices are created; default: all, but at most what --placement can "
+        "use; more is refused). On CPU without --devices: one host device per program, up to the usable cores",
+    )
+    p.add_argument(
+        "--placement",
+        choices=("auto", "spread", "shard"),
+        help="spread: each program (bucket of variants) whole on one device, programs on different devices train at "
+        "the same time (histories bit-identical to one device); shard: every program's variants sharded over all "
+        "devices; auto (default): spread on CPU unless --devices is given, else shard",
     )
     p.add_argument("--variants", help="comma-separated subset of the preset's variants, e.g. original,l2")
     p.add_argument(
@@ -173,6 +180,20 @@ class Interrupts:
 INTERRUPTS = Interrupts()
 
 
+def _default_host_devices(config) -> None:
+    """Without --devices, when programs are spread (the default on CPU): one host device per program, up to
+    the usable cores, so that the programs train at the same time. Only the CPU platform is affected; an
+    XLA_FLAGS that already sets a count wins. Must run before jax initializes its backends."""
+    if config.devices is not None or config.placement == "shard" or "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    from jaxreg.variants import plan
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = min(len(plan(config.variant_specs())), cores)
+    if n > 1:
+        _force_host_devices(n)
+
+
 def _force_host_devices(n: int) -> None:
     """Ask XLA for n CPU devices; must happen before jax initializes its backends."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
@@ -195,6 +216,7 @@ def build_config(args):
         "validation": args.validation,
         "holdout_size": args.holdout_size,
         "devices": args.devices,
+        "placement": args.placement,
         "product": args.product,
         "variant_loop": args.variant_loop,
         "loss": args.loss,
@@ -249,6 +271,7 @@ def _main(argv: list) -> int:
     fresh = None  # (base, previous latest, folder) when this run made a new default folder
     try:
         config = build_config(args)
+        _default_host_devices(config)
         out, fresh = _output_folder(args, config, outfolders)
         result = run_sweep(
             config,

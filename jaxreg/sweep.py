@@ -6,7 +6,8 @@ folder (the config: `jaxreg.config`; the folder's bookkeeping and checks: `jaxre
 the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
 
   manifest.json        every file jaxreg wrote into the folder (see `jaxreg.runfolder`)
-  config.json          the resolved config, variant list, plan, versions, devices, data
+  config.json          the resolved config, variant list, plan (with each program's devices), versions,
+                       devices (count, placement), data
   status.json          running / interrupted / finished (+ diverged variants, seconds, compile_seconds)
   checkpoint.msgpack   after every epoch: each bucket's TrainState, best-epoch parameters and
                        the history so far, behind a sha256 header line (`runfolder.with_checksum`);
@@ -18,8 +19,8 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
                        at the variant's true widths (`jaxreg.params`, `load_params`)
   summary.md/.csv, figures/*.png   at the end
 
-Checkpoints are written atomically (temporary file, then os.replace), so a run killed at
-any moment can continue with `resume=True` and ends with exactly the history of an
+Checkpoints are written atomically (temporary file, then os.replace) on a background thread
+while the next epoch trains (`checkpoint.CheckpointWriter`), so a run killed at any moment can continue with `resume=True` and ends with exactly the history of an
 uninterrupted run. A finished folder is never overwritten without `overwrite=True`, which
 deletes only the files the manifest lists. One run at a time writes a folder: run_sweep
 holds the folder's lock (`runfolder.exclusive`) from checking the folder to its last write.
@@ -46,7 +47,7 @@ from jaxreg import batches as batching
 from jaxreg import compiletime, machine, memory, results, runfolder
 from jaxreg import params as saved_params
 from jaxreg import variants as V
-from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint
 from jaxreg.checks import is_int
 from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.live import LiveLog
@@ -101,18 +102,32 @@ def load_dataset(config: SweepConfig, progress: bool = False) -> Dataset:
         raise SweepError(str(e)) from e
 
 
+def placement(config: SweepConfig, platform: str | None = None) -> str:
+    """The config's placement with "auto" resolved: spread on CPU when no device count is given, else shard."""
+    if config.placement != "auto":
+        return config.placement
+    platform = platform or jax.devices()[0].platform
+    return "spread" if config.devices is None and platform == "cpu" else "shard"
+
+
+def most_devices(config: SweepConfig, plan: list) -> int:
+    """The most devices the run can use: one per program when spread, else the configs of the largest bucket."""
+    return len(plan) if placement(config) == "spread" else max(len(b.configs) for b in plan)
+
+
 def check_device_count(config: SweepConfig, plan: list) -> None:
-    """Refuse more devices than the largest bucket has configs: the extra ones would train padding copies."""
-    largest = max(len(b.configs) for b in plan)
-    if config.devices is not None and config.devices > largest:
-        raise SweepError(
-            f"devices={config.devices} is more than the {largest} variant(s) of the largest program "
-            f"(seeds share a device); pass --devices {largest} or fewer"
-        )
+    """Refuse more devices than the run can use: sharded, the extra ones would train padding copies; spread, they would idle."""
+    most = most_devices(config, plan)
+    if config.devices is not None and config.devices > most:
+        if placement(config) == "spread":
+            why = f"the {most} program(s) of this run (placement spread: one program per device)"
+        else:
+            why = f"the {most} variant(s) of the largest program (seeds share a device)"
+        raise SweepError(f"devices={config.devices} is more than {why}; pass --devices {most} or fewer")
 
 
 def select_devices(count: int | None, most: int | None = None) -> list:
-    """`count` devices (None: all, but at most `most`, the configs of the largest bucket)."""
+    """`count` devices (None: all, but at most `most`, see `most_devices`)."""
     devices = jax.devices()
     if count is None and most is not None:
         count = min(len(devices), most)
@@ -122,8 +137,13 @@ def select_devices(count: int | None, most: int | None = None) -> list:
     return devices[: count or len(devices)]
 
 
-def memory_estimate(config: SweepConfig, dataset: Dataset, devices: list, plan: list) -> memory.Estimate:
-    """jaxreg.memory's estimate for this run's buckets, data and batch capacities."""
+def bucket_devices(config: SweepConfig, plan: list, devices: list, num_words: int) -> list[tuple]:
+    """The devices each bucket of the plan runs on (`variants.place_buckets` with the resolved placement)."""
+    return V.place_buckets(plan, devices, placement(config, devices[0].platform), num_words)
+
+
+def memory_estimate(config: SweepConfig, dataset: Dataset, placed: list, plan: list) -> memory.Estimate:
+    """jaxreg.memory's estimate for this run's buckets (each on its devices, `bucket_devices`), data and batch capacities."""
     settings = config.run_settings()
     train, val = dataset.train, dataset.validation
     capacity = max(
@@ -141,7 +161,7 @@ def memory_estimate(config: SweepConfig, dataset: Dataset, devices: list, plan: 
         index_bytes=2 if max(dataset.num_words, config.batch_size + 1) <= np.iinfo(np.int16).max else 4,
     )
     shapes = []
-    for b in plan:
+    for b, devices in zip(plan, placed):
         run = V.execution(b, settings, devices)
         shapes.append(memory.BucketShape(b.widths, len(b.seeds), run.n_configs, run.product, run.sequential, run.cpu_kernels))
     return memory.estimate(shapes, data, config.epochs)
@@ -228,7 +248,7 @@ class _Progress:
         self.bar.close()
 
 
-def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: list) -> dict:
+def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: list, placed: list) -> dict:
     return {
         "config": config.to_dict(),
         "variants": [dataclasses.asdict(v) for v in config.variants],
@@ -240,9 +260,10 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
                 "optimizer": b.optimizer,
                 "variants": [c.name for c in b.configs],
                 "seeds": list(b.seeds),
-                **V.execution(b, config.run_settings(), devices).describe(),
+                **V.execution(b, config.run_settings(), on).describe(),
+                "devices": [str(d) for d in on],
             }
-            for b in plan
+            for b, on in zip(plan, placed)
         ],
         "validation_protocol": dataset.protocol,
         "data": {
@@ -253,7 +274,12 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
             "train_size": len(dataset.train),
             "validation_size": len(dataset.validation),
         },
-        "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices)},
+        "devices": {
+            "platform": devices[0].platform,
+            "kind": devices[0].device_kind,
+            "count": len(devices),
+            "placement": placement(config, devices[0].platform),
+        },
         # float32 results depend on it: histories are bit for bit only on the same instruction set
         "machine": {"cpu": machine.describe(), "instruction_set": machine.instruction_set()},
         "versions": {
@@ -266,6 +292,14 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _where(plan: list, placed: list, devices: list) -> str:
+    """For the plan line: which device runs which program, when not every program runs on all devices."""
+    if len(devices) == 1 or all(len(on) == len(devices) for on in placed):
+        return ""
+    names = lambda b: "x".join(map(str, b.widths)) + f" [{len(b.configs)}]"  # noqa: E731
+    return "; " + ", ".join(f"{names(b)} on {'+'.join(str(d) for d in on)}" for b, on in zip(plan, placed))
 
 
 def _finish(
@@ -361,6 +395,14 @@ def run_sweep(
         raise SweepError(f"cannot create the lock file {e.path}: {e.reason}; choose another --out") from e
 
 
+def _wait_quietly(writer: CheckpointWriter) -> None:
+    """Let a checkpoint being written finish; a failed write only leaves the previous checkpoint."""
+    try:
+        writer.wait()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def _remove_checkpoint(folder: Path, stream) -> None:
     """Delete a finished run's checkpoint, then drop it from the manifest (a finished run needs none to be read or resumed).
 
@@ -384,11 +426,12 @@ def _run_locked(
     plan = V.plan(variants)
     check_device_count(config, plan)
     dataset = load_dataset(config, progress)
-    devices = select_devices(config.devices, max(len(b.configs) for b in plan))
-    estimate = memory_estimate(config, dataset, devices, plan)
+    devices = select_devices(config.devices, most_devices(config, plan))
+    placed = bucket_devices(config, plan, devices, dataset.num_words)
+    estimate = memory_estimate(config, dataset, placed, plan)
     available, where = memory.available_bytes(devices)
     check_memory(config, plan, estimate, available, where)
-    environment = _environment(config, dataset, devices, plan)
+    environment = _environment(config, dataset, devices, plan, placed)
 
     snapshot = None
     if state == "unfinished" and resume:
@@ -402,8 +445,11 @@ def _run_locked(
         count = saved.get("devices", {}).get("count")
         if count != len(devices):
             raise SweepError(f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}")
+        was = saved.get("devices", {}).get("placement", "shard")  # before placements, runs were sharded
+        if len(devices) > 1 and was != environment["devices"]["placement"]:  # on one device both are the same
+            raise SweepError(f"cannot resume {folder}: its programs were placed {was!r}, now {environment['devices']['placement']!r}; pass --placement {was}")
         if (folder / CHECKPOINT_FILE).is_file():
-            snapshot = load_checkpoint(folder, config, dataset.num_words, devices)
+            snapshot = load_checkpoint(folder, config, dataset.num_words, placed)
         started_on = saved.get("machine", {}).get("instruction_set")
         if devices[0].platform == "cpu" and started_on != machine.instruction_set():
             print(
@@ -431,13 +477,14 @@ def _run_locked(
     def write_status(name: str, epochs_done: int) -> None:
         results.write_json(folder / results.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": config.epochs})
 
+    # Checkpoints are written while the next epoch trains; `done` (what the folder's checkpoint
+    # holds) is only read after writer.wait().
+    writer = CheckpointWriter(folder, then=lambda epochs_done: write_status("running", epochs_done))
+
     def on_epoch(epoch, row, take_snapshot):
-        nonlocal done
         live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
-            save_checkpoint(folder, take_snapshot())
-            done = epoch + 1
-            write_status("running", done)
+            writer.submit(take_snapshot())
         bar.epoch_done(epoch, row)
 
     # From here on the folder is this run's: an interrupt at any moment, compiling, training or
@@ -447,7 +494,7 @@ def _run_locked(
         print(
             f"{config.name}: {len(config.variants)} variant(s) x {config.seeds} seed(s) = {len(variants)} models, "
             f"{config.epochs} epochs, batch {config.batch_size}, in {len(plan)} program(s) on "
-            f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}), "
+            f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}{_where(plan, placed, devices)}), "
             f"est. {memory.gigabytes(estimate.total)} of {memory.gigabytes(available)} {where}; output: {folder}"
             + (f"; resuming after epoch {start}" if snapshot else ""),
             file=stream,
@@ -462,12 +509,13 @@ def _run_locked(
                 variants,
                 dataset,
                 config.run_settings(),
-                mesh=V.variant_mesh(devices),
+                meshes=[V.variant_mesh(on) for on in placed],
                 on_epoch=on_epoch,
                 resume=snapshot,
                 return_params=True,
                 divergence_threshold=config.divergence_threshold,
             )
+        writer.wait()
         seconds = time.perf_counter() - t0
         bar.close()
         print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
@@ -480,6 +528,11 @@ def _run_locked(
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
+        _wait_quietly(writer)  # the checkpoint being written completes; `done` then names it
+        done = writer.written if writer.written is not None else done
         if folder_state(folder) != "finished":
             write_status("interrupted", done)
         raise SweepInterrupted(folder, done, config.epochs) from None
+    except BaseException:
+        _wait_quietly(writer)  # no checkpoint is left half-handled by a thread that outlives the run
+        raise
