@@ -31,6 +31,15 @@ CHECKPOINT_FORMAT = 3  # 3: with the best-epoch parameters; 2 (without them) and
 
 def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
     """Atomically write the snapshot: states via flax msgpack, history as JSON text, behind a checksum."""
+    return results.atomic_write(folder / CHECKPOINT_FILE, checkpoint_bytes(snapshot))
+
+
+def checkpoint_bytes(snapshot: V.RunSnapshot) -> bytes:
+    """The checkpoint file's bytes (see the module docstring)."""
+    return runfolder.with_checksum(flax.serialization.msgpack_serialize(_payload(snapshot)))
+
+
+def _payload(snapshot: V.RunSnapshot) -> dict:
     history = [{"name": n, "seed": s, "metrics": m} for (n, s), m in snapshot.history.items()]
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -40,8 +49,7 @@ def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
         "states": {str(i): flax.serialization.to_state_dict(s) for i, s in enumerate(snapshot.states)},
         "best": {str(i): flax.serialization.to_state_dict(b) for i, b in enumerate(snapshot.best)},
     }
-    sealed = runfolder.with_checksum(flax.serialization.msgpack_serialize(payload))
-    return results.atomic_write(folder / CHECKPOINT_FILE, sealed)
+    return payload
 
 
 class CheckpointWriter:
@@ -78,9 +86,12 @@ class CheckpointWriter:
 
     def _write(self, job: list) -> None:
         try:
-            snapshot = job.pop()  # the thread holds the only reference: the arrays go once serialized
-            epochs_done = snapshot.epochs_done
-            save_checkpoint(self.folder, snapshot)
+            epochs_done = job[0].epochs_done
+            payload = _payload(job.pop())  # then the only reference to the copied arrays
+            packed = flax.serialization.msgpack_serialize(payload)
+            del payload  # the arrays go before the checksummed copy is made: at most two copies at a time
+            results.atomic_write(self.folder / CHECKPOINT_FILE, runfolder.with_checksum(packed))
+            del packed
             if self.then is not None:
                 self.then(epochs_done)
             self.written = epochs_done
