@@ -30,8 +30,12 @@ CHECKPOINT_FORMAT = 3  # 3: with the best-epoch parameters; 2 (without them) and
 
 
 def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
-    """Atomically write the snapshot: states via flax msgpack, history as JSON text, behind a checksum."""
-    return results.atomic_write(folder / CHECKPOINT_FILE, checkpoint_bytes(snapshot))
+    """Atomically write the snapshot: states via flax msgpack, history as JSON text, behind a checksum.
+
+    The checksum line and the payload are written one after the other, not joined: joining
+    would copy the whole payload (~150 MB for the book preset) once more."""
+    packed = flax.serialization.msgpack_serialize(_payload(snapshot))
+    return results.atomic_write(folder / CHECKPOINT_FILE, runfolder.checksum_header(packed), packed)
 
 
 def checkpoint_bytes(snapshot: V.RunSnapshot) -> bytes:
@@ -57,20 +61,23 @@ class CheckpointWriter:
 
     Serializing, checksumming and writing a run's states (~150 MB for the book preset, with `bigger`)
     took ~0.5-2 s per epoch on a 2-core CPU, during which the devices sat idle. `submit` copies the
-    snapshot's arrays to host memory at once (so later epochs, which donate buffers, cannot
-    change what is written), waits for the previous write, and hands the new one to a thread;
-    `then(epochs_done)` runs on that thread after the file is in place. `wait` blocks until the
-    last write is done and raises its error, if any; call it before reading, deleting or
-    replacing the checkpoint, and before reporting which epoch it holds.
+    snapshot's arrays to host memory at once (on CPU `jax.device_get` returns views of the
+    device buffers, which later epochs may donate), after waiting for the previous write, and
+    hands the new one to a thread; at most the copy and its serialized bytes exist at a time;
+    `then(epochs_done)` runs on that thread after the file is in place (written by `save`,
+    default `save_checkpoint`). `wait` blocks until the last write is done and raises its
+    error, if any, in the caller's thread (a KeyboardInterrupt too); `submit` raises the
+    previous write's. Call `wait` before reading, deleting or replacing the checkpoint.
     """
 
-    def __init__(self, folder: Path, then: Callable[[int], None] | None = None):
-        self.folder, self.then = Path(folder), then
+    def __init__(self, folder: Path, then: Callable[[int], None] | None = None, save: Callable = save_checkpoint):
+        self.folder, self.then, self.save = Path(folder), then, save
         self.written = None  # epochs_done of the last completed write
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def submit(self, snapshot: V.RunSnapshot) -> None:
+        self.wait()  # first: the previous write's buffers are gone before this copy is made
         copied = V.RunSnapshot(
             snapshot.epochs_done,
             jax.tree.map(np.array, snapshot.states),
@@ -79,19 +86,16 @@ class CheckpointWriter:
             jax.tree.map(np.array, snapshot.best),
         )
         del snapshot
-        self.wait()
         self._thread = threading.Thread(target=self._write, args=([copied],), name="jaxreg-checkpoint", daemon=True)
         del copied
         self._thread.start()
 
     def _write(self, job: list) -> None:
         try:
-            epochs_done = job[0].epochs_done
-            payload = _payload(job.pop())  # then the only reference to the copied arrays
-            packed = flax.serialization.msgpack_serialize(payload)
-            del payload  # the arrays go before the checksummed copy is made: at most two copies at a time
-            results.atomic_write(self.folder / CHECKPOINT_FILE, runfolder.with_checksum(packed))
-            del packed
+            snapshot = job.pop()
+            self.save(self.folder, snapshot)
+            epochs_done = snapshot.epochs_done
+            del snapshot
             if self.then is not None:
                 self.then(epochs_done)
             self.written = epochs_done

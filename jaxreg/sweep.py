@@ -47,7 +47,7 @@ from jaxreg import batches as batching
 from jaxreg import compiletime, machine, memory, results, runfolder
 from jaxreg import params as saved_params
 from jaxreg import variants as V
-from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint
+from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint, save_checkpoint
 from jaxreg.checks import is_int
 from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.live import LiveLog
@@ -479,7 +479,11 @@ def _run_locked(
 
     # Checkpoints are written while the next epoch trains; `done` (what the folder's checkpoint
     # holds) is only read after writer.wait().
-    writer = CheckpointWriter(folder, then=lambda epochs_done: write_status("running", epochs_done))
+    writer = CheckpointWriter(
+        folder,
+        then=lambda epochs_done: write_status("running", epochs_done),
+        save=lambda *args: save_checkpoint(*args),  # looked up when called: tests replace it
+    )
 
     def on_epoch(epoch, row, take_snapshot):
         live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
