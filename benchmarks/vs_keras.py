@@ -364,6 +364,11 @@ def report(args, runs: dict[str, list[dict]]) -> str:
         f"loss 'keras' (clipped), first-layer product {args.jaxreg_product!r}. Same batch size and count; each "
         "framework shuffles with its own RNG, so losses agree within seed noise only."
     )
+    if b:
+        lines.append(
+            "The book command trains the preset as it is: its RMSprop is Keras 2.3's (eps outside the root; the same "
+            "work as Keras 3's), loss 'keras', product 'auto', batches and validation as above."
+        )
     for fw, rs in runs.items():
         for r in rs:
             if "error" in r:

@@ -489,6 +489,8 @@ def _run_locked(
         live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
             writer.submit(take_snapshot())
+            if epoch + 1 == config.epochs:  # nothing left to overlap with: its bytes go before the results are made
+                writer.wait()
         bar.epoch_done(epoch, row)
 
     # From here on the folder is this run's: an interrupt at any moment, compiling, training or
