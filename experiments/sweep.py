@@ -180,11 +180,15 @@ class Interrupts:
 INTERRUPTS = Interrupts()
 
 
+COMMAND_LINE = False  # set when run as a program: only then may it choose the host device count
+
+
 def _default_host_devices(config) -> None:
     """Without --devices, when programs are spread (the default on CPU): one host device per program, up to
     the usable cores, so that the programs train at the same time. Only the CPU platform is affected; an
-    XLA_FLAGS that already sets a count wins. Must run before jax initializes its backends."""
-    if config.devices is not None or config.placement == "shard" or "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    XLA_FLAGS that already sets a count wins. Only for the command-line program (main() called in a process
+    that may start jax later, a test's, keeps its devices). Must run before jax initializes its backends."""
+    if not COMMAND_LINE or config.devices is not None or config.placement == "shard" or "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return
     from jaxreg.variants import plan
 
@@ -334,6 +338,7 @@ def _signal_prefix() -> str:
 
 
 if __name__ == "__main__":
+    COMMAND_LINE = True
     try:  # install() inside: a signal right after it, before main's own try, is caught here
         INTERRUPTS.install()
         status = main()
