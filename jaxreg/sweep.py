@@ -20,8 +20,8 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
   summary.md/.csv, figures/*.png   at the end
 
 Checkpoints are written atomically (temporary file, then os.replace) on a background thread
-while the next epoch trains (`checkpoint.CheckpointWriter`), so a run killed at any moment can continue with `resume=True` and ends with exactly the history of an
-uninterrupted run. A finished folder is never overwritten without `overwrite=True`, which
+while the next epoch trains (`checkpoint.CheckpointWriter`), so a run killed at any moment
+can continue with `resume=True` and ends with exactly the history of an uninterrupted run. A finished folder is never overwritten without `overwrite=True`, which
 deletes only the files the manifest lists. One run at a time writes a folder: run_sweep
 holds the folder's lock (`runfolder.exclusive`) from checking the folder to its last write.
 """
@@ -447,7 +447,8 @@ def _run_locked(
             raise SweepError(f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}")
         was = saved.get("devices", {}).get("placement", "shard")  # before placements, runs were sharded
         if len(devices) > 1 and was != environment["devices"]["placement"]:  # on one device both are the same
-            raise SweepError(f"cannot resume {folder}: its programs were placed {was!r}, now {environment['devices']['placement']!r}; pass --placement {was}")
+            now = environment["devices"]["placement"]
+            raise SweepError(f"cannot resume {folder}: its programs were placed {was!r}, now {now!r}; pass --placement {was}")
         if (folder / CHECKPOINT_FILE).is_file():
             snapshot = load_checkpoint(folder, config, dataset.num_words, placed)
         started_on = saved.get("machine", {}).get("instruction_set")
