@@ -279,16 +279,19 @@ def time_bucket(bucket, ds, settings, epochs: int) -> dict:
         state, mask = program.init()
         jax.block_until_ready(state)
         init_s = t.lap()
-        prep, times = [], []
+        prep, times, cpu = [], [], []
         for e in range(epochs):
             t.lap()
             batches = program.train_batches(e)
             jax.block_until_ready(batches)
             prep.append(t.lap())
+            cpu_start = time.process_time()
             state, metrics = program.epoch(state, mask, batches)
             jax.block_until_ready(metrics)
             times.append(t.lap())
+            cpu.append(time.process_time() - cpu_start)
     med = median(times[1:] if len(times) > 1 else times)
+    steady = slice(1, None) if len(times) > 1 else slice(None)
     del program, state, mask, batches, metrics
     gc.collect()
     return {
@@ -298,6 +301,8 @@ def time_bucket(bucket, ds, settings, epochs: int) -> dict:
         "batch_prep_s": median(prep),
         "epoch_seconds": times,
         "median_epoch_s": med,
+        "epoch_cpu_seconds": cpu,
+        "cores_used": sum(cpu[steady]) / sum(times[steady]),  # process CPU-s / wall over the steady epochs
         "compile_overhead_s": times[0] - med if len(times) > 1 else None,
         "peak_rss_bytes": mem.peak,
     }

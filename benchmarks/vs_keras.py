@@ -47,8 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-FRAMEWORKS = ("jaxreg", "keras")
+FRAMEWORKS = ("book", "jaxreg", "keras")
 BATCH_SIZE = 512
+REPO = Path(__file__).resolve().parent.parent
 
 
 def epoch_summary(epoch_seconds: list[float], wall: float) -> dict:
@@ -217,6 +218,7 @@ def jaxreg_child(args) -> dict:
             "median_epoch_s": timing["median_epoch_s"],
             "first_epoch_s": epochs[0],
             "compile_overhead_s": timing["compile_overhead_s"],
+            "cores_used": timing["cores_used"],
             "peak_rss_bytes": timing["peak_rss_bytes"],
         })
         C.log(f"[jaxreg] bucket {bucket_name(b)}: epochs {[round(s, 2) for s in epochs]}, batch prep {timing['batch_prep_s']:.2f} s")
@@ -270,13 +272,63 @@ def launch(framework: str, args) -> dict:
         if args.cache_dir is not None:
             cmd += ["--cache-dir", str(args.cache_dir)]
         env = dict(os.environ, KERAS_BACKEND="jax")
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, env=env)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0 or not out.exists():
-            return {"framework": framework, "error": f"child exited with status {proc.returncode}", "process_wall_s": wall}
+        usage = measured_process(cmd, env)
+        if usage["returncode"] != 0 or not out.exists():
+            return {"framework": framework, "error": f"child exited with status {usage['returncode']}", **usage}
         result = json.loads(out.read_text())
-    result["process_wall_s"] = wall
+    result.update(usage)
+    return result
+
+
+def measured_process(cmd: list, env: dict | None = None, **popen) -> dict:
+    """Run a command to its end: wall s, CPU s (user + system, all its threads), cores used (CPU s / wall),
+    peak RSS (the kernel's ru_maxrss of that process) and the load average just before, from os.wait4."""
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, **popen)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait for it again
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "returncode": proc.returncode,
+        "process_wall_s": wall,
+        "process_user_s": usage.ru_utime,
+        "process_system_s": usage.ru_stime,
+        "process_cpu_s": cpu,
+        "cores_used": cpu / wall if wall > 0 else None,
+        "process_max_rss_bytes": usage.ru_maxrss * 1024,  # Linux: kilobytes
+        "loadavg_before": load,
+    }
+
+
+def launch_book(args) -> dict:
+    """The whole study command, experiments/sweep.py --preset book, as a user runs it (its own process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [
+            sys.executable, str(REPO / "experiments" / "sweep.py"), "--preset", "book", "--data", str(args.data),
+            "--out", str(out), "--no-progress", "--epochs", str(args.epochs), *args.book_args.split(),
+        ]
+        if args.models != list(C.STUDY_MODELS):
+            cmd += ["--variants", ",".join(args.models)]
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} if not args.keep_xla_flags else dict(os.environ)
+        if args.cache_dir is not None:
+            env["JAXREG_CACHE"] = str(args.cache_dir)
+        usage = measured_process(cmd, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        result = {"framework": "book", "command": " ".join(cmd[1:]), **usage}
+        if usage["returncode"] != 0:
+            result["error"] = f"experiments/sweep.py exited with status {usage['returncode']}"
+            return result
+        status = json.loads((out / "status.json").read_text())
+        config = json.loads((out / "config.json").read_text())
+        result.update(
+            train_wall_s=status["seconds"],
+            compile_s=status.get("compile_seconds"),
+            devices=config["devices"],
+            plan=[{k: b.get(k) for k in ("widths", "variants", "devices", "product", "variant_loop")} for b in config["plan"]],
+            machine=C.machine_info(),
+        )
     return result
 
 
@@ -293,9 +345,9 @@ def aggregate(results: list[dict], path) -> float | None:
 
 def report(args, runs: dict[str, list[dict]]) -> str:
     ok = {fw: [r for r in rs if "error" not in r] for fw, rs in runs.items()}
-    k, j = ok.get("keras", []), ok.get("jaxreg", [])
+    k, j, b = ok.get("keras", []), ok.get("jaxreg", []), ok.get("book", [])
     lines = []
-    first = (j or k or [{}])[0]
+    first = (b or j or k or [{}])[0]
     if first.get("machine"):
         lines.append(C.describe_machine(first["machine"]))
     if j:
@@ -312,10 +364,16 @@ def report(args, runs: dict[str, list[dict]]) -> str:
         f"loss 'keras' (clipped), first-layer product {args.jaxreg_product!r}. Same batch size and count; each "
         "framework shuffles with its own RNG, so losses agree within seed noise only."
     )
+    if b:
+        lines.append(
+            "The book command trains the preset as it is: its RMSprop is Keras 2.3's (eps outside the root; the same "
+            "work as Keras 3's), loss 'keras', product 'auto', batches and validation as above."
+        )
     for fw, rs in runs.items():
         for r in rs:
             if "error" in r:
                 lines.append(f"**{fw} failed**: {r['error']}")
+    lines += whole_processes(args, ok)
 
     rows = []
     for name in args.models:
@@ -410,12 +468,12 @@ def report(args, runs: dict[str, list[dict]]) -> str:
             brows.append([
                 b["bucket"], b["product"], C.fmt(med("construct_s"), ".2f"), C.fmt(med("init_s"), ".2f"),
                 C.fmt(med("batch_prep_s"), ".3f"), C.fmt(med("first_epoch_s"), ".2f"), C.fmt(med("median_epoch_s"), ".2f"),
-                C.fmt(med("compile_overhead_s"), ".2f"), C.fmt_bytes(med("peak_rss_bytes")),
+                C.fmt(med("compile_overhead_s"), ".2f"), C.fmt(med("cores_used"), ".2f"), C.fmt_bytes(med("peak_rss_bytes")),
             ])
         lines.append(f"\n### jaxreg buckets, each alone ({min(args.bucket_epochs, args.epochs)} epochs)\n")
         lines.append(C.markdown_table(
             ["bucket", "first-layer product", "BucketProgram() s", "init s", "train_batches s/epoch (host)",
-             "first epoch s", "median epoch s", "compile overhead s", "peak RSS"],
+             "first epoch s", "median epoch s", "compile overhead s", "cores used (epochs 2..)", "peak RSS"],
             brows,
         ))
         lines.append(
@@ -426,13 +484,72 @@ def report(args, runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+PROCESS_NAMES = {
+    "book": "jaxreg, the whole command `experiments/sweep.py --preset book`",
+    "jaxreg": "jaxreg child (`variants.run`, then each bucket alone)",
+    "keras": "Keras 3 child (JAX backend), the models one after the other",
+}
+
+
+def whole_processes(args, ok: dict) -> list[str]:
+    """The side-by-side table of whole processes: wall, CPU s, cores used, peak RSS (medians over repeats), and the ratios."""
+    rows = []
+    for fw, rs in ok.items():
+        if not rs:
+            continue
+        med = lambda key: C.median(r[key] for r in rs)  # noqa: E731
+        rows.append([
+            PROCESS_NAMES[fw],
+            C.fmt(med("process_wall_s"), ".1f") + f" ({', '.join(format(r['process_wall_s'], '.1f') for r in rs)})",
+            C.fmt(med("process_cpu_s"), ".1f"),
+            C.fmt(med("cores_used"), ".2f") + f" ({', '.join(format(r['cores_used'], '.2f') for r in rs)})",
+            C.fmt_bytes(med("process_max_rss_bytes")),
+            ", ".join("/".join(f"{x:.1f}" for x in r["loadavg_before"]) for r in rs if r.get("loadavg_before")),
+        ])
+    if not rows:
+        return []
+    lines = [f"\n### Whole processes, side by side ({args.repeats} repeat(s), interleaved; medians, each repeat in brackets)\n"]
+    lines.append(C.markdown_table(
+        ["process", "wall s", "CPU s (user + system)", "cores used (CPU s / wall)", "peak RSS", "load avg before (1/5/15 min)"],
+        rows,
+    ))
+    b, k = ok.get("book", []), ok.get("keras", [])
+    if b:
+        first = b[0]
+        where = "; ".join(f"{'x'.join(map(str, p['widths']))} [{', '.join(p['variants'])}] on {'+'.join(p['devices'] or ['?'])}"
+                          for p in first["plan"])
+        lines.append(
+            f"\nThe book command ran on {first['devices']['count']} {first['devices']['platform']} device(s), placement "
+            f"{first['devices'].get('placement', 'shard')!r}: {where}. Its own clock (status.json): compiling and training "
+            f"{C.median(r['train_wall_s'] for r in b):.1f} s, of which compiling {C.median(r['compile_s'] for r in b):.1f} s "
+            f"(medians). Arguments: {first['command']}"
+        )
+    if b and k:
+        speed = C.median(r["process_wall_s"] for r in k) / C.median(r["process_wall_s"] for r in b)
+        memory = C.median(r["process_max_rss_bytes"] for r in b) / C.median(r["process_max_rss_bytes"] for r in k)
+        pairs = ", ".join(f"{kr['process_wall_s'] / br['process_wall_s']:.2f}x" for br, kr in zip(b, k))
+        lines.append(
+            f"\nRatios (whole processes): jaxreg's book command is {speed:.2f}x faster than Keras (per repeat: {pairs}), "
+            f"with {memory:.2f} of its peak RSS ({1 / memory:.1f}x less), using {C.median(r['cores_used'] for r in b):.2f} "
+            f"cores on average against Keras' {C.median(r['cores_used'] for r in k):.2f}."
+        )
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_data_args(parser)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--models", default="all", help="comma-separated subset of " + ",".join(C.STUDY_MODELS))
     parser.add_argument("--repeats", type=int, default=1, help="run each framework this many times (fresh processes)")
-    parser.add_argument("--frameworks", default="jaxreg,keras", help="comma-separated subset of jaxreg,keras (run in that order)")
+    parser.add_argument("--frameworks", default="book,keras",
+                        help="comma-separated subset of book,jaxreg,keras, run in that order in every repeat: book is the "
+                        "whole command experiments/sweep.py --preset book; jaxreg a child calling variants.run (then each "
+                        "bucket alone); keras the Keras 3 child")
+    parser.add_argument("--book-args", default="",
+                        help="extra arguments for experiments/sweep.py, e.g. '--placement shard' or '--no-compile-cache'")
+    parser.add_argument("--keep-xla-flags", action="store_true",
+                        help="pass XLA_FLAGS on to experiments/sweep.py (default: removed, so it picks its devices itself)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write machine-readable results (every repeat, every epoch) here")
     parser.add_argument("--jaxreg-product", default="auto", choices=("auto", "sparse", "dense"),
@@ -459,10 +576,13 @@ def main(argv=None) -> int:
     if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
         parser.error(f"--frameworks must be a subset of {','.join(FRAMEWORKS)}")
     runs: dict[str, list[dict]] = {f: [] for f in frameworks}
-    for rep in range(args.repeats):
+    for rep in range(args.repeats):  # interleaved: every repeat runs each framework once, so all see the same machine
         for fw in frameworks:
             C.log(f"== repeat {rep + 1}/{args.repeats}: {fw} ==")
-            runs[fw].append(launch(fw, args))
+            runs[fw].append(launch_book(args) if fw == "book" else launch(fw, args))
+            r = runs[fw][-1]
+            C.log(f"[{fw}] whole process {r['process_wall_s']:.1f} s, {r['process_cpu_s']:.1f} CPU s "
+                  f"({r['cores_used']:.2f} cores), peak RSS {C.fmt_bytes(r['process_max_rss_bytes'])}")
     text = report(args, runs)
     print(text)
     C.write_json(args.json, {

@@ -10,7 +10,9 @@ One of many processes (`--coordinator/--num-processes/--process-id`, or `--distr
 JAX detects the cluster): jax.distributed is initialized right after the imports; process 0
 writes the run folder. A failed process of such a run ends with os._exit, so that it does not
 wait in JAX's shutdown barrier for processes that wait for it.
-jax is imported only after parsing, so that --devices can set XLA_FLAGS first; the signal
+jax is imported only after parsing, so that --devices can set XLA_FLAGS first (without it, on
+CPU and in one process, one host device per program up to the usable cores, set before jax's
+backends start); the signal
 handlers are installed before that, and a signal during the imports waits until they are
 done (jaxlib segfaults when interrupted while its extension module initializes).
 An interrupted process ends with os._exit once its messages are flushed: XLA's compiler
@@ -80,9 +82,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--devices",
         type=int,
-        help="shard the variants over N devices (default: all, but at most the number of variants in the largest "
-        "program; more is refused, as the extra devices would only train padding copies; on CPU N host devices "
-        "are created)",
+        help="run on N devices (on CPU N host devices are created; default: all, but at most what --placement can "
+        "use; more is refused). On CPU without --devices: one host device per program, up to the usable cores",
+    )
+    p.add_argument(
+        "--placement",
+        choices=("auto", "spread", "shard"),
+        help="spread: each program (bucket of variants) whole on one device, programs on different devices train at "
+        "the same time (histories bit-identical to one device); shard: every program's variants sharded over all "
+        "devices; auto (default): spread on CPU unless --devices is given, else shard",
     )
     p.add_argument("--variants", help="comma-separated subset of the preset's variants, e.g. original,l2")
     p.add_argument(
@@ -210,6 +218,24 @@ class Interrupts:
 INTERRUPTS = Interrupts()
 
 
+COMMAND_LINE = False  # set when run as a program: only then may it choose the host device count
+
+
+def _default_host_devices(config) -> None:
+    """Without --devices, when programs are spread (the default on CPU): one host device per program, up to
+    the usable cores, so that the programs train at the same time. Only the CPU platform is affected; an
+    XLA_FLAGS that already sets a count wins. Only for the command-line program (main() called in a process
+    that may start jax later, a test's, keeps its devices). Must run before jax initializes its backends."""
+    if not COMMAND_LINE or config.devices is not None or config.placement == "shard" or "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    from jaxreg.variants import plan
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = min(len(plan(config.variant_specs())), cores)
+    if n > 1:
+        _force_host_devices(n)
+
+
 def _force_host_devices(n: int) -> None:
     """Ask XLA for n CPU devices; must happen before jax initializes its backends."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
@@ -232,6 +258,7 @@ def build_config(args):
         "validation": args.validation,
         "holdout_size": args.holdout_size,
         "devices": args.devices,
+        "placement": args.placement,
         "product": args.product,
         "variant_loop": args.variant_loop,
         "loss": args.loss,
@@ -298,6 +325,8 @@ def _main(argv: list) -> int:
     fresh = None  # (base, previous latest, folder) when this run made a new default folder
     try:
         config = build_config(args)
+        if args.coordinator is None and not args.distributed:  # many processes shard over their own devices
+            _default_host_devices(config)
         out, fresh = _output_folder(args, config, outfolders)
         result = run_sweep(
             config,
@@ -386,6 +415,7 @@ def _signal_prefix() -> str:
 
 
 if __name__ == "__main__":
+    COMMAND_LINE = True
     try:  # install() inside: a signal right after it, before main's own try, is caught here
         INTERRUPTS.install()
         status = main()

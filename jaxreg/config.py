@@ -18,6 +18,7 @@ from jaxreg.train import HYPERPARAMETERS
 
 PRODUCTS = ("auto", "sparse", "dense")
 VALIDATIONS = ("test", "holdout")
+PLACEMENTS = ("auto", *V.PLACEMENTS)  # see variants.place_buckets
 AXES = ("width", *HYPERPARAMETERS)  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
 # Largest accepted values: a history keeps every epoch; seeds and devices multiply the models;
 # batch rows are int32 indices. Whether a run fits in memory is estimated later (jaxreg.memory).
@@ -38,7 +39,11 @@ class SweepConfig:
     axis: the VariantSpec field the sweep varies ("width" = first hidden width), for figures
     against it; None for a set of named models (the book). data: archive or folder path
     (None: env JAXREG_DATA); synthetic: offline demo data instead (validation "test").
-    devices: how many devices to shard the variants over (None: all).
+    devices: how many devices to run on (None: all, see `jaxreg.sweep.select_devices`).
+    placement: how buckets use the devices (`variants.place_buckets`): "spread" (each bucket
+    whole on one device, buckets on different devices train at the same time), "shard" (every
+    bucket's variants sharded over all devices) or "auto" (spread on CPU unless `devices` is
+    given, else shard).
     divergence_threshold: a variant has diverged from the first epoch where a loss exceeds
     this in size, or any metric is NaN or infinite (see `jaxreg.results`).
     """
@@ -57,6 +62,7 @@ class SweepConfig:
     data: str | None = None
     synthetic: bool = False
     devices: int | None = None
+    placement: str = "auto"
     axis: str | None = None
     divergence_threshold: float = results.DIVERGENCE_THRESHOLD
 
@@ -93,6 +99,8 @@ class SweepConfig:
             bad("product", f"must be one of {PRODUCTS}")
         if self.variant_loop not in V.VARIANT_LOOPS:
             bad("variant_loop", f"must be one of {V.VARIANT_LOOPS}")
+        if self.placement not in PLACEMENTS:
+            bad("placement", f"must be one of {PLACEMENTS}")
         if self.validation not in VALIDATIONS:
             bad("validation", f"must be one of {VALIDATIONS}")
         if self.axis is not None and self.axis not in AXES:

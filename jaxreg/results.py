@@ -73,8 +73,10 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path, data: bytes | str) -> Path:
-    """Write to a temporary file in the same folder, then os.replace it: readers never see half a file."""
+def atomic_write(path, data: bytes | str, *more: bytes) -> Path:
+    """Write to a temporary file in the same folder, then os.replace it: readers never see half a file.
+
+    `more`: further bytes written after `data`, as if joined to it (without the copy joining makes)."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -82,6 +84,8 @@ def atomic_write(path, data: bytes | str) -> Path:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
+            for chunk in more:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -196,7 +196,12 @@ def _digest(payload: bytes) -> bytes:
 
 def with_checksum(payload: bytes) -> bytes:
     """The payload behind a header line with its sha256."""
-    return CHECKSUM_HEADER + _digest(payload) + b"\n" + payload
+    return checksum_header(payload) + payload
+
+
+def checksum_header(payload: bytes) -> bytes:
+    """The header line `with_checksum` puts before the payload (to write the two apart, without joining them)."""
+    return CHECKSUM_HEADER + _digest(payload) + b"\n"
 
 
 def verified(data: bytes) -> bytes:

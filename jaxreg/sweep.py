@@ -6,7 +6,8 @@ folder (the config: `jaxreg.config`; the folder's bookkeeping and checks: `jaxre
 the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
 
   manifest.json        every file jaxreg wrote into the folder (see `jaxreg.runfolder`)
-  config.json          the resolved config, variant list, plan, versions, devices, data
+  config.json          the resolved config, variant list, plan (with each program's devices), versions,
+                       devices (count, placement), data
   status.json          running / interrupted / finished (+ diverged variants, seconds, compile_seconds)
   checkpoint.msgpack   after every epoch: each bucket's TrainState, best-epoch parameters and
                        the history so far, behind a sha256 header line (`runfolder.with_checksum`);
@@ -18,9 +19,9 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
                        at the variant's true widths (`jaxreg.params`, `load_params`)
   summary.md/.csv, figures/*.png   at the end
 
-Checkpoints are written atomically (temporary file, then os.replace), so a run killed at
-any moment can continue with `resume=True` and ends with exactly the history of an
-uninterrupted run. A finished folder is never overwritten without `overwrite=True`, which
+Checkpoints are written atomically (temporary file, then os.replace) on a background thread
+while the next epoch trains (`checkpoint.CheckpointWriter`), so a run killed at any moment
+can continue with `resume=True` and ends with exactly the history of an uninterrupted run. A finished folder is never overwritten without `overwrite=True`, which
 deletes only the files the manifest lists. One run at a time writes a folder: run_sweep
 holds the folder's lock (`runfolder.exclusive`) from checking the folder to its last write.
 
@@ -51,7 +52,7 @@ from jaxreg import batches as batching
 from jaxreg import compiletime, distributed, machine, memory, results, runfolder
 from jaxreg import params as saved_params
 from jaxreg import variants as V
-from jaxreg.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_checkpoint, save_checkpoint
+from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint, read_checkpoint, save_checkpoint
 from jaxreg.checks import is_int
 from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.live import LiveLog
@@ -117,18 +118,33 @@ def load_dataset(config: SweepConfig, progress: bool = False) -> Dataset:
         raise SweepError(str(e)) from e
 
 
+def placement(config: SweepConfig, platform: str | None = None) -> str:
+    """The config's placement with "auto" resolved: spread on CPU when no device count is given (in one
+    process), else shard (many processes shard the variants over all of their devices)."""
+    if config.placement != "auto":
+        return config.placement
+    platform = platform or jax.devices()[0].platform
+    return "spread" if config.devices is None and platform == "cpu" and not distributed.many() else "shard"
+
+
+def most_devices(config: SweepConfig, plan: list) -> int:
+    """The most devices the run can use: one per program when spread, else the configs of the largest bucket."""
+    return len(plan) if placement(config) == "spread" else max(len(b.configs) for b in plan)
+
+
 def check_device_count(config: SweepConfig, plan: list) -> None:
-    """Refuse more devices than the largest bucket has configs: the extra ones would train padding copies."""
-    largest = max(len(b.configs) for b in plan)
-    if config.devices is not None and config.devices > largest:
-        raise SweepError(
-            f"devices={config.devices} is more than the {largest} variant(s) of the largest program "
-            f"(seeds share a device); pass --devices {largest} or fewer"
-        )
+    """Refuse more devices than the run can use: sharded, the extra ones would train padding copies; spread, they would idle."""
+    most = most_devices(config, plan)
+    if config.devices is not None and config.devices > most:
+        if placement(config) == "spread":
+            why = f"the {most} program(s) of this run (placement spread: one program per device)"
+        else:
+            why = f"the {most} variant(s) of the largest program (seeds share a device)"
+        raise SweepError(f"devices={config.devices} is more than {why}; pass --devices {most} or fewer")
 
 
 def select_devices(count: int | None, most: int | None = None) -> list:
-    """`count` devices (None: all, but at most `most`, the configs of the largest bucket).
+    """`count` devices (None: all, but at most `most`, see `most_devices`).
 
     With many processes: all processes' devices (each must take part), `count` being each process's."""
     devices = jax.devices()
@@ -147,8 +163,13 @@ def select_devices(count: int | None, most: int | None = None) -> list:
     return devices[: count or len(devices)]
 
 
-def memory_estimate(config: SweepConfig, dataset: Dataset, devices: list, plan: list) -> memory.Estimate:
-    """jaxreg.memory's estimate for this run's buckets, data and batch capacities."""
+def bucket_devices(config: SweepConfig, plan: list, devices: list, num_words: int) -> list[tuple]:
+    """The devices each bucket of the plan runs on (`variants.place_buckets` with the resolved placement)."""
+    return V.place_buckets(plan, devices, placement(config, devices[0].platform), num_words)
+
+
+def memory_estimate(config: SweepConfig, dataset: Dataset, placed: list, plan: list) -> memory.Estimate:
+    """jaxreg.memory's estimate for this run's buckets (each on its devices, `bucket_devices`), data and batch capacities."""
     settings = config.run_settings()
     train, val = dataset.train, dataset.validation
     capacity = max(
@@ -166,7 +187,7 @@ def memory_estimate(config: SweepConfig, dataset: Dataset, devices: list, plan: 
         index_bytes=2 if max(dataset.num_words, config.batch_size + 1) <= np.iinfo(np.int16).max else 4,
     )
     shapes = []
-    for b in plan:
+    for b, devices in zip(plan, placed):
         run = V.execution(b, settings, devices)
         shapes.append(memory.BucketShape(b.widths, len(b.seeds), run.n_configs, run.product, run.sequential, run.cpu_kernels))
     return memory.estimate(shapes, data, config.epochs)
@@ -253,7 +274,7 @@ class _Progress:
         self.bar.close()
 
 
-def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: list) -> dict:
+def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: list, placed: list) -> dict:
     return {
         "config": config.to_dict(),
         "variants": [dataclasses.asdict(v) for v in config.variants],
@@ -265,9 +286,10 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
                 "optimizer": b.optimizer,
                 "variants": [c.name for c in b.configs],
                 "seeds": list(b.seeds),
-                **V.execution(b, config.run_settings(), devices).describe(),
+                **V.execution(b, config.run_settings(), on).describe(),
+                "devices": [str(d) for d in on],
             }
-            for b in plan
+            for b, on in zip(plan, placed)
         ],
         "validation_protocol": dataset.protocol,
         "data": {
@@ -283,6 +305,7 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
             "kind": devices[0].device_kind,
             "count": len(devices),
             "processes": jax.process_count(),
+            "placement": placement(config, devices[0].platform),
         },
         # float32 results depend on it: histories are bit for bit only on the same instruction set
         "machine": {"cpu": machine.describe(), "instruction_set": machine.instruction_set()},
@@ -296,6 +319,14 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _where(plan: list, placed: list, devices: list) -> str:
+    """For the plan line: which device runs which program, when not every program runs on all devices."""
+    if len(devices) == 1 or all(len(on) == len(devices) for on in placed):
+        return ""
+    names = lambda b: "x".join(map(str, b.widths)) + f" [{len(b.configs)}]"  # noqa: E731
+    return "; " + ", ".join(f"{names(b)} on {'+'.join(str(d) for d in on)}" for b, on in zip(plan, placed))
 
 
 def _finish(
@@ -455,6 +486,14 @@ class _Agreement:
             )
 
 
+def _wait_quietly(writer: CheckpointWriter) -> None:
+    """Let a checkpoint being written finish; a failed write only leaves the previous checkpoint."""
+    try:
+        writer.wait()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def _remove_checkpoint(folder: Path, stream) -> None:
     """Delete a finished run's checkpoint, then drop it from the manifest (a finished run needs none to be read or resumed).
 
@@ -482,9 +521,9 @@ def _run_locked(
 ) -> SweepResult:
     """run_sweep's work, while process 0 holds the folder's lock (the other processes write nothing)."""
     agreement = agreement or _Agreement()
-    writer = distributed.is_writer()
-    state = runfolder.check_folder(folder, config, resume, overwrite) if writer else None
-    reload = writer and state == "finished" and resume
+    writes = distributed.is_writer()
+    state = runfolder.check_folder(folder, config, resume, overwrite) if writes else None
+    reload = writes and state == "finished" and resume
     records = agreement(True, finished=reload)  # stage "folder": before anything heavy
     if reload:
         return _reload_finished(folder, stream)
@@ -495,14 +534,15 @@ def _run_locked(
     plan = V.plan(variants)
     check_device_count(config, plan)
     dataset = load_dataset(config, progress)
-    devices = select_devices(config.devices, max(len(b.configs) for b in plan))
-    estimate = memory_estimate(config, dataset, devices, plan)
+    devices = select_devices(config.devices, most_devices(config, plan))
+    placed = bucket_devices(config, plan, devices, dataset.num_words)
+    estimate = memory_estimate(config, dataset, placed, plan)
     available, where = _available_memory(devices)
     check_memory(config, plan, estimate, available, where)
-    environment = _environment(config, dataset, devices, plan)
+    environment = _environment(config, dataset, devices, plan, placed)
 
     checkpoint = None  # its bytes, read by process 0 and sent to all
-    if writer and state == "unfinished" and resume:
+    if writes and state == "unfinished" and resume:
         saved = results.read_json(folder / results.CONFIG_FILE)
         checksum = saved.get("data", {}).get("checksum")
         if checksum != dataset.checksum:
@@ -513,6 +553,10 @@ def _run_locked(
         count = saved.get("devices", {}).get("count")
         if count != len(devices):
             raise SweepError(f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}")
+        was = saved.get("devices", {}).get("placement", "shard")  # before placements, runs were sharded
+        if len(devices) > 1 and was != environment["devices"]["placement"]:  # on one device both are the same
+            now = environment["devices"]["placement"]
+            raise SweepError(f"cannot resume {folder}: its programs were placed {was!r}, now {now!r}; pass --placement {was}")
         if (folder / CHECKPOINT_FILE).is_file():
             checkpoint = read_checkpoint(folder)
         started_on = saved.get("machine", {}).get("instruction_set")
@@ -525,12 +569,12 @@ def _run_locked(
     _Agreement.check(agreement(True, data_checksum=dataset.checksum))  # stage "start"
     if distributed.many():
         checkpoint = distributed.broadcast_bytes(b"" if checkpoint is None else checkpoint) or None
-        if not writer:
+        if not writes:
             print(f"{distributed.describe()}: training with process 0, which writes {folder}", file=sys.stderr, flush=True)
-    snapshot = None if checkpoint is None else load_checkpoint(folder, config, dataset.num_words, devices, checkpoint)
+    snapshot = None if checkpoint is None else load_checkpoint(folder, config, dataset.num_words, placed, checkpoint)
 
     try:
-        if writer:
+        if writes:
             if state in ("unfinished", "finished") and overwrite:
                 (folder / results.STATUS_FILE).unlink(missing_ok=True)  # interrupted now: an unfinished run folder
                 runfolder.remove_recorded(folder)  # only jaxreg's files (the manifest last); the user's stay
@@ -547,20 +591,35 @@ def _run_locked(
     done, bar, live = start, None, None
 
     def write_status(name: str, epochs_done: int) -> None:
-        if writer:
+        if writes:
             results.write_json(folder / results.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": config.epochs})
+
+    # Process 0 writes checkpoints while the next epoch trains; `done` (what the folder's checkpoint
+    # holds) is only read after checkpoints.wait().
+    checkpoints = CheckpointWriter(
+        folder,
+        then=lambda epochs_done: write_status("running", epochs_done),
+        save=lambda *args: save_checkpoint(*args),  # looked up when called: tests replace it
+    )
 
     def on_epoch(epoch, row, take_snapshot):
         nonlocal done
-        if writer:
+        if writes:
             live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
             taken = take_snapshot()  # gathers the state: every process takes it
-            if writer:
-                save_checkpoint(folder, taken)
-            done = epoch + 1
-            write_status("running", done)
+            if writes:
+                checkpoints.submit(taken)
+                if epoch + 1 == config.epochs:  # nothing left to overlap with: its bytes go before the results are made
+                    checkpoints.wait()
+            else:
+                done = epoch + 1
         bar.epoch_done(epoch, row)
+
+    def checkpointed() -> int:
+        """Epochs the folder's checkpoint holds, once the writer has finished (process 0), else as far as known."""
+        _wait_quietly(checkpoints)
+        return checkpoints.written if checkpoints.written is not None else done
 
     # From here on the folder is this run's: an interrupt at any moment, compiling, training or
     # writing the results, leaves it "interrupted" (unless already "finished") and resumable.
@@ -569,7 +628,7 @@ def _run_locked(
         print(
             f"{config.name}: {len(config.variants)} variant(s) x {config.seeds} seed(s) = {len(variants)} models, "
             f"{config.epochs} epochs, batch {config.batch_size}, in {len(plan)} program(s) on "
-            f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind})"
+            f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}{_where(plan, placed, devices)})"
             + (f" of {jax.process_count()} processes" if distributed.many() else "")
             + f", est. {memory.gigabytes(estimate.total)} of {memory.gigabytes(available)} {where}; output: {folder}"
             + (f"; resuming after epoch {start}" if snapshot else ""),
@@ -577,7 +636,7 @@ def _run_locked(
             flush=True,
         )
         write_status("running", start)
-        if writer:
+        if writes:
             live = LiveLog(folder, config, snapshot.history if snapshot else {}, start, tensorboard)
         bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
         t0 = time.perf_counter()
@@ -586,16 +645,17 @@ def _run_locked(
                 variants,
                 dataset,
                 config.run_settings(),
-                mesh=V.variant_mesh(devices),
+                meshes=[V.variant_mesh(on) for on in placed],
                 on_epoch=on_epoch,
                 resume=snapshot,
                 divergence_threshold=config.divergence_threshold,
             )
             history, trained = outcome.history, outcome.params
+        checkpoints.wait()
         seconds = time.perf_counter() - t0
         bar.close()
         print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
-        if not writer:
+        if not writes:
             histories = results.stack(history, [v.name for v in config.variants], config.divergence_threshold)
             summaries = results.summarize(histories)
             diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
@@ -609,15 +669,17 @@ def _run_locked(
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        if writer and folder_state(folder) != "finished":
+        done = checkpointed()  # the checkpoint being written completes; `done` then names it
+        if writes and folder_state(folder) != "finished":
             write_status("interrupted", done)
         raise SweepInterrupted(folder, done, config.epochs) from None
     except Exception as e:
+        done = checkpointed()  # no checkpoint is left half-handled by a thread that outlives the run
         if not distributed.many():
             raise
         if bar is not None:
             bar.close()
-        if writer and folder_state(folder) != "finished":
+        if writes and folder_state(folder) != "finished":
             write_status("interrupted", done)
         if not distributed.lost_peer(e):
             raise
@@ -626,6 +688,9 @@ def _run_locked(
             f"process {jax.process_index()}: exchanging arrays with the other processes failed, most likely another "
             f"process stopped (see its output): {str(e).splitlines()[0] if str(e) else type(e).__name__}{resumable}"
         ) from None
+    except BaseException:
+        _wait_quietly(checkpoints)
+        raise
 
 
 def _available_memory(devices) -> tuple[int, str]:

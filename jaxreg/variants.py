@@ -409,6 +409,45 @@ def variant_mesh(devices=None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.array(devices), ("variant",))
 
 
+PLACEMENTS = ("spread", "shard")
+
+
+def bucket_cost(bucket: Bucket, num_words: int) -> int:
+    """A bucket's work per epoch, estimated as its models x the parameters of each (at the padded widths).
+
+    Every step reads and writes every parameter (the optimizer), and the first layer's
+    sums grow with its width as its parameters do; only used to balance buckets over devices.
+    """
+    sizes = (num_words, *bucket.widths, 1)
+    return len(bucket.seeds) * len(bucket.configs) * sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def place_buckets(buckets: Sequence[Bucket], devices, placement: str = "spread", num_words: int = 10_000) -> list[tuple]:
+    """The devices each bucket runs on, in the buckets' order.
+
+    "shard": every bucket on all devices, its configs sharded over them (padded to a multiple
+    of the device count). "spread": each bucket whole on one device, so that buckets on
+    different devices train at the same time (`run` dispatches them asynchronously): the
+    costliest bucket first (`bucket_cost`), each to the device with the least estimated work
+    so far, ties to the lowest device index. A bucket on one device runs the very program it
+    runs on a one-device run, so its histories are the same bit for bit (tests/test_placement.py).
+    """
+    devices = list(devices)
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if not devices:
+        raise ValueError("place_buckets: no devices given")
+    if placement == "shard":
+        return [tuple(devices) for _ in buckets]
+    load = [0] * len(devices)
+    placed: list = [None] * len(buckets)
+    for i in sorted(range(len(buckets)), key=lambda i: (-bucket_cost(buckets[i], num_words), i)):
+        d = min(range(len(devices)), key=lambda d: (load[d], d))
+        load[d] += bucket_cost(buckets[i], num_words)
+        placed[i] = (devices[d],)
+    return placed
+
+
 def _over_axis(fn, in_axes, size: int, sequential: bool):
     """Apply fn over a leading variant axis of the arguments whose in_axes entry is 0.
 
@@ -619,6 +658,7 @@ def run(
     settings: RunSettings = RunSettings(),
     *,
     mesh=None,
+    meshes: Sequence | None = None,
     policy: PaddingPolicy = PaddingPolicy(),
     on_epoch: Callable[[int, dict, Callable[[], RunSnapshot]], None] | None = None,
     resume: RunSnapshot | None = None,
@@ -636,8 +676,17 @@ def run(
     row = {(name, seed): {metric: value}} and a function that returns a RunSnapshot (for a
     checkpoint); `resume` continues from such a snapshot with the same history as an
     uninterrupted run.
+
+    `mesh` (default: all devices) holds every bucket; or `meshes` gives one per bucket, in
+    `plan`'s order (e.g. `variant_mesh` of each of `place_buckets`' device tuples): buckets on
+    different devices then train at the same time.
     """
-    programs = [BucketProgram(b, dataset, settings, mesh) for b in plan(variants, policy)]
+    buckets = plan(variants, policy)
+    if meshes is None:
+        meshes = [mesh] * len(buckets)
+    elif mesh is not None or len(meshes) != len(buckets):
+        raise VariantError(f"run: give mesh or one mesh per bucket ({len(buckets)} here), not both; got {len(meshes)} meshes")
+    programs = [BucketProgram(b, dataset, settings, m) for b, m in zip(buckets, meshes)]
     task = run_task(dataset, settings)
     columns = results.metric_names(task.metric)
     states = [p.init() for p in programs]
