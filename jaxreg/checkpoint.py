@@ -74,10 +74,14 @@ class CheckpointWriter:
         self.folder, self.then, self.save = Path(folder), then, save
         self.written = None  # epochs_done of the last completed write
         self._thread: threading.Thread | None = None
+        # Set when a write has ended. Waiting on it, not on join(): Python 3.11's join() interrupted by
+        # Ctrl-C can mark a thread that is still writing as stopped, and a second join() then returns at once.
+        self._ended = threading.Event()
         self._error: BaseException | None = None
 
     def submit(self, snapshot: V.RunSnapshot) -> None:
         self.wait()  # one write at a time: the previous one's bytes are gone before the next are made
+        self._ended = threading.Event()
         self._thread = threading.Thread(target=self._write, args=([snapshot],), name="jaxreg-checkpoint", daemon=True)
         del snapshot
         self._thread.start()
@@ -93,9 +97,12 @@ class CheckpointWriter:
             self.written = epochs_done
         except BaseException as e:  # noqa: BLE001  (raised in the caller's thread by wait)
             self._error = e
+        finally:
+            self._ended.set()
 
     def wait(self) -> None:
         if self._thread is not None:
+            self._ended.wait()
             self._thread.join()
             self._thread = None
         if self._error is not None:

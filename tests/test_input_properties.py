@@ -106,6 +106,9 @@ def test_variant_spec_widths(widths):
     except VariantError as e:
         assert "widths=" in str(e), str(e)
         return
+    if widths is None:  # the study's MLP at its default widths
+        assert spec.widths == V.DEFAULT_WIDTHS
+        return
     assert isinstance(widths, tuple) and spec.widths == widths and all(1 <= w <= V.MAX_WIDTH for w in widths)
 
 
