@@ -78,15 +78,17 @@ class CheckpointWriter:
         self.folder, self.then, self.save = Path(folder), then, save
         self.written = None  # epochs_done of the last completed write
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()  # set by the thread when it has finished with everything
         self._error: BaseException | None = None
 
     def submit(self, snapshot: V.RunSnapshot) -> None:
         self.wait()  # one write at a time: the previous one's bytes are gone before the next are made
-        self._thread = threading.Thread(target=self._write, args=([snapshot],), name="jaxreg-checkpoint", daemon=True)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._write, args=([snapshot], self._done), name="jaxreg-checkpoint", daemon=True)
         del snapshot
         self._thread.start()
 
-    def _write(self, job: list) -> None:
+    def _write(self, job: list, done: threading.Event) -> None:
         try:
             snapshot = job.pop()
             self.save(self.folder, snapshot)
@@ -97,10 +99,16 @@ class CheckpointWriter:
             self.written = epochs_done
         except BaseException as e:  # noqa: BLE001  (raised in the caller's thread by wait)
             self._error = e
+        finally:
+            done.set()
 
     def wait(self) -> None:
         if self._thread is not None:
-            self._thread.join()
+            # Not Thread.join: in Python 3.11 a KeyboardInterrupt (SIGINT) that interrupts join()
+            # marks a thread still running as ended, so the next join returned at once while the
+            # write went on (a run interrupted right after its last checkpoint said it held the
+            # epoch before). An interrupted Event.wait leaves the event as it was.
+            self._done.wait()
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None

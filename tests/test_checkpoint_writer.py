@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import threading
 
 import flax.serialization
@@ -75,3 +76,21 @@ def test_a_failed_write_is_raised_by_wait_and_not_reported_written(tmp_path):
         writer.wait()
     assert written == [] and writer.written is None
     writer.wait()  # raised once
+
+
+def test_wait_interrupted_by_sigint_still_waits_for_the_write_next_time(tmp_path):
+    """A KeyboardInterrupt during `wait` (SIGINT to the main thread) leaves the write pending, so the
+    next `wait` blocks until it is done (Thread.join, in Python 3.11, then returned at once)."""
+    gate = threading.Event()
+    written = []
+    writer = CheckpointWriter(
+        tmp_path, then=written.append, save=lambda folder, snap: (gate.wait(), save_checkpoint(folder, snap))
+    )
+    writer.submit(snapshot(1, 1.0))
+    main = threading.main_thread().ident
+    threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        writer.wait()
+    threading.Timer(0.3, gate.set).start()  # the write finishes only after the next wait has begun
+    writer.wait()
+    assert written == [1] and writer.written == 1 and (tmp_path / CHECKPOINT_FILE).is_file()
