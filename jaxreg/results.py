@@ -31,6 +31,7 @@ and the folder's lock are `jaxreg.runfolder`'s. `load_run` reads a folder in any
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -39,7 +40,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import BinaryIO, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -77,15 +78,26 @@ def atomic_write(path, data: bytes | str, *more: bytes) -> Path:
     """Write to a temporary file in the same folder, then os.replace it: readers never see half a file.
 
     `more`: further bytes written after `data`, as if joined to it (without the copy joining makes)."""
-    path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_file(path) as f:
+        f.write(payload)
+        for chunk in more:
+            f.write(chunk)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_file(path) -> Iterator[BinaryIO]:
+    """A binary file for the new content of `path`, written piece by piece; `path` is replaced when the block ends without error.
+
+    The content goes to a temporary file in the same folder, is flushed to disk, then
+    os.replace'd onto `path`; on an error the temporary file is removed and `path` is as before."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            for chunk in more:
-                f.write(chunk)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -93,7 +105,6 @@ def atomic_write(path, data: bytes | str, *more: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
 
 
 def write_json(path, value) -> Path:

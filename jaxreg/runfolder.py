@@ -11,7 +11,8 @@ manifest.json   {"format": 1, "files": [paths relative to the folder, "/"-separa
                 whole run; the OS releases it when the process ends, however it ends, so a file left
                 behind by a killed run never blocks the next one.
 checksummed     a header line "jaxreg-sha256 <hex digest of the rest>" and then the payload (the
-                checkpoint): `verified` refuses flipped bytes instead of loading them.
+                checkpoint): `verified` refuses flipped bytes instead of loading them;
+                `write_checksummed` writes one from pieces, never holding the payload whole.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import filelock
 
@@ -202,6 +203,25 @@ def with_checksum(payload: bytes) -> bytes:
 def checksum_header(payload: bytes) -> bytes:
     """The header line `with_checksum` puts before the payload (to write the two apart, without joining them)."""
     return CHECKSUM_HEADER + _digest(payload) + b"\n"
+
+
+def write_checksummed(f: BinaryIO, pieces: Iterable[bytes | memoryview]) -> None:
+    """Write `with_checksum(b"".join(pieces))` into the binary file `f` (seekable), without joining the pieces.
+
+    The header has a fixed width (a sha256 hex digest), so a blank one is written first, the
+    pieces are hashed as they are written, and the header is filled in at the end: the payload
+    (the checkpoint, ~135 MB for the book preset) never has to be in memory as one object."""
+    start = f.tell()
+    width = len(CHECKSUM_HEADER) + 2 * hashlib.sha256().digest_size + 1
+    f.write(b" " * width)
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+        f.write(piece)
+    end = f.tell()
+    f.seek(start)
+    f.write(CHECKSUM_HEADER + digest.hexdigest().encode("ascii") + b"\n")
+    f.seek(end)
 
 
 def verified(data: bytes) -> bytes:
