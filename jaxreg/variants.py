@@ -530,22 +530,25 @@ class BucketProgram:
             batching.make_batches(val.x, val.y, val_order, settings.eval_batch_size, val_cap), self._replicated
         )
         self.keys = distributed.put(jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated)
-        hps = jax.tree.map(lambda *xs: jnp.stack(xs), *[c.hyperparameters() for c in self.configs])
+        hps = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[c.hyperparameters() for c in self.configs])
         check_stages(self.config, hps)
         self.hp = distributed.put(hps, self._by_config)
 
     def init(self):
         """(states [seeds, configs], unit masks [configs] or None), each variant initialized at its true widths."""
         keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0) for s in self.bucket.seeds])
-        per_config = [_init_over_seeds(self.config, self.dataset.num_words, c.widths)(keys) for c in self.configs]
-        state = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *[st for st, _ in per_config])
+        # Stacked on the host with NumPy (exact copies): an eager jnp.stack compiles one program per leaf shape.
+        per_config = [
+            jax.device_get(_init_over_seeds(self.config, self.dataset.num_words, c.widths)(keys)) for c in self.configs
+        ]
+        state = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *[st for st, _ in per_config])
         masks = [None if m is None else jax.tree.map(lambda x: x[0], m) for _, m in per_config]  # same for every seed
         if all(m is None for m in masks):
             unit_mask = None
         else:
-            ones = jax.tree.map(lambda x: jnp.ones(x.shape[2:], x.dtype), state.params)
+            ones = jax.tree.map(lambda x: np.ones(x.shape[2:], x.dtype), state.params)
             full = [ones if m is None else m for m in masks]
-            unit_mask = distributed.put(jax.tree.map(lambda *xs: jnp.stack(xs), *full), self._by_config)
+            unit_mask = distributed.put(jax.tree.map(lambda *xs: np.stack(xs), *full), self._by_config)
         return distributed.put(state, self._by_seed_config), unit_mask
 
     def train_batches(self, epoch: int):
@@ -626,6 +629,12 @@ def best_epoch_tracker(threshold: float = results.DIVERGENCE_THRESHOLD):
     return improved
 
 
+@jax.jit
+def _copied(tree):
+    """A copy of a whole tree in one program (an eager jnp.copy compiles one per leaf shape)."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def _keep_best(best, params, improved):
     """Per leaf [seeds, configs, ...]: params where `improved` [seeds, configs], else best (whose buffers it reuses)."""
@@ -693,7 +702,7 @@ def run(
     history = {(v.name, v.seed): {m: [] for m in columns} for v in variants}
     first_epoch = 0
     layout = [(p.bucket.widths, p.bucket.optimizer, tuple(c.name for c in p.bucket.configs), p.bucket.seeds) for p in programs]
-    bests = [jax.tree.map(jnp.copy, state.params) for state, _ in states]  # best so far: none yet, any tree will do
+    bests = [_copied(state.params) for state, _ in states]  # best so far: none yet, any tree will do
     trackers = {key: best_epoch_tracker(divergence_threshold) for key in history}
     best_epochs: dict = {key: None for key in history}
     if resume is not None:

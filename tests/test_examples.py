@@ -36,7 +36,7 @@ def last_value(lines: list[str], label: str) -> float:
 
 def test_digits_multiclass_width_and_dropout_sweep():
     pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) provides the digits data")
-    lines = run_example("digits", "--epochs", "12", "--seeds", "2")
+    lines = run_example("digits", "--epochs", "10", "--seeds", "1")
     assert 0.85 < last_value(lines, "best validation accuracy") <= 1.0
     table = "\n".join(lines)
     assert "val acc @ best" in table and "w128_dropout" in table
@@ -44,7 +44,7 @@ def test_digits_multiclass_width_and_dropout_sweep():
 
 def test_diabetes_regression_l2_sweep():
     pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) provides the diabetes data")
-    lines = run_example("diabetes", "--epochs", "80", "--seeds", "2")
+    lines = run_example("diabetes", "--epochs", "80", "--seeds", "1")
     mse = last_value(lines, "best validation MSE")
     baseline = float(next(re.search(r"validation MSE (\d+\.\d+)", l).group(1) for l in lines if "training mean" in l))
     assert mse < 0.7 * baseline, (mse, baseline)  # a model that learned something, in the target's units
@@ -52,7 +52,7 @@ def test_diabetes_regression_l2_sweep():
 
 
 def test_own_model_trains_as_variants_next_to_the_study_mlp():
-    lines = run_example("own_model", "--epochs", "4", "--seeds", "2")
+    lines = run_example("own_model", "--epochs", "4", "--seeds", "1")
     assert 0.6 < last_value(lines, "best validation accuracy") <= 1.0
     programs = [l for l in lines if l.startswith("program ")]
     assert len(programs) == 4 and sum("BagMean" in p for p in programs) == 3
