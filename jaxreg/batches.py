@@ -99,6 +99,38 @@ def train_capacity(lengths: np.ndarray, seeds, epochs: int, batch_size: int, mul
     return capacity(lengths, orders, batch_size, multiple)
 
 
+def views_capacity(lengths_per_view, epochs: int, batch_size: int, multiple: int = CAPACITY_MULTIPLE) -> int:
+    """`train_capacity` over several (seed, lengths) training sets: the largest batch of any of their orders.
+
+    lengths_per_view: (seed, lengths of that view's rows) pairs, e.g. one per data view and seed.
+    """
+    lengths_per_view = list(lengths_per_view)
+    if len(lengths_per_view) * epochs > MAX_EXACT_CAPACITY_ORDERS:
+        return max(capacity_bound(lengths, batch_size, multiple) for _, lengths in lengths_per_view)
+    return max(train_capacity(lengths, [seed], epochs, batch_size, multiple) for seed, lengths in lengths_per_view)
+
+
+def pad_batches(batch: Batch, n_batches: int) -> Batch:
+    """`batch` (host arrays, leading batch axis) with batches of no real rows appended up to n_batches.
+
+    A padding batch has weight 0 everywhere, labels 0 and, for sparse inputs, only pairs that
+    point at the dummy row; `train.train_epoch` skips such steps when it runs data views.
+    """
+    extra = n_batches - batch.y.shape[0]
+    if extra < 0:
+        raise ValueError(f"pad_batches: the batch stack already has {batch.y.shape[0]} batches, more than {n_batches}")
+
+    def grown(a, fill):
+        return np.concatenate([a, np.full((extra,) + a.shape[1:], fill, a.dtype)])
+
+    x = batch.x
+    if isinstance(x, SparseBatch):
+        x = SparseBatch(grown(x.rows, x.num_rows), grown(x.cols, 0), x.num_rows, x.num_words)
+    else:
+        x = grown(x, 0)
+    return Batch(x, grown(batch.y, 0), grown(batch.weight, 0))
+
+
 def run_capacity(x, seeds, epochs: int, batch_size: int, multiple: int = CAPACITY_MULTIPLE) -> int | None:
     """The training batch capacity of a run (`train_capacity`) for multi-hot x; None for dense x (no pairs)."""
     if isinstance(x, np.ndarray):

@@ -48,6 +48,11 @@ class Task:
         return self.num_classes if self.kind == "multiclass" else 1
 
     @property
+    def classes(self) -> int | None:
+        """The number of label values: 2 for binary, num_classes for multiclass, None for regression."""
+        return {"binary": 2, "multiclass": self.num_classes}.get(self.kind)
+
+    @property
     def metric(self) -> str:
         """The metric reported beside the loss: "accuracy" (higher is better) or "mae" (lower is better)."""
         return "mae" if self.kind == "regression" else "accuracy"

@@ -324,15 +324,29 @@ def _epoch_means(metrics):
     return {k: jnp.sum(v * count) / jnp.sum(count) for k, v in metrics.items()}
 
 
-def train_epoch(state: TrainState, batches: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None):
-    """All batches of one epoch (leading axis of `batches`) as one lax.scan; returns (state, epoch means)."""
+def train_epoch(
+    state: TrainState, batches: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None, view=None
+):
+    """All batches of one epoch (leading axis of `batches`) as one lax.scan; returns (state, epoch means).
+
+    view: None, or this variant's index into `batches` stacked per data view [views, batches,
+    ...] (see jaxreg.views). Views hold different numbers of batches, padded with batches of no
+    real rows; a step on such a batch leaves the state as it was, step counter included, so the
+    variant takes exactly the steps of a run on its view alone.
+    """
     step = step_function(config)
 
     def body(state, i):
-        batch = jax.tree.map(lambda a: a[i], batches)  # indexed, not scanned: no transposed copy of all batches under vmap
-        return step(state, batch, key, hp, config=config, unit_mask=unit_mask)
+        if view is None:
+            batch = jax.tree.map(lambda a: a[i], batches)  # indexed, not scanned: no transposed copy of all batches under vmap
+            return step(state, batch, key, hp, config=config, unit_mask=unit_mask)
+        batch = jax.tree.map(lambda a: a[view, i], batches)
+        stepped, metrics = step(state, batch, key, hp, config=config, unit_mask=unit_mask)
+        active = jnp.sum(batch.weight) > 0
+        return jax.tree.map(lambda new, old: jnp.where(active, new, old), stepped, state), metrics
 
-    state, metrics = jax.lax.scan(body, state, jnp.arange(batches.y.shape[0]))
+    n_batches = batches.y.shape[0 if view is None else 1]
+    state, metrics = jax.lax.scan(body, state, jnp.arange(n_batches))
     return state, _epoch_means(metrics)
 
 

@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxreg import batches as batching
 from jaxreg import distributed
-from jaxreg import optim, results, tasks
+from jaxreg import optim, results, tasks, views
 from jaxreg.checks import FLOAT32_MAX, float32_finite, is_int, is_number
 from jaxreg.cpu_kernels import cpu_kernels_available
 from jaxreg.model import PRODUCTS as STEP_PRODUCTS
@@ -92,6 +92,10 @@ class VariantSpec:
     optimizer: str = "keras2"
     seed: int = 0
     model: Network | None = None
+    # the variant's view of the training split (see jaxreg.views): its first train_size examples
+    # in its seed's order (None: all), with a fraction label_noise of their labels randomized
+    train_size: int | None = None
+    label_noise: float = 0.0
 
     def __post_init__(self):
         def bad(field, why):
@@ -124,6 +128,12 @@ class VariantSpec:
         if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             bad("seed", f"must be an integer from 0 to 2**32-1={MAX_SEED}")
         object.__setattr__(self, "seed", int(self.seed))
+        try:
+            view = views.View(self.train_size, self.label_noise)
+        except ValueError as e:
+            raise VariantError(f"variant {self.name!r}: {e}") from None
+        object.__setattr__(self, "train_size", None if view.train_size is None else int(view.train_size))
+        object.__setattr__(self, "label_noise", float(view.label_noise))
         if self.model is not None and self.dropout_rate > 0 and not self.model.takes_dropout_rate:
             bad(
                 "dropout_rate",
@@ -164,6 +174,11 @@ class VariantSpec:
 
     def hyperparameters(self) -> Hyperparameters:
         return Hyperparameters.create(**{name: getattr(self, name) for name in HYPERPARAMETERS})
+
+    @property
+    def view(self) -> views.View:
+        """Which training examples and labels this variant sees."""
+        return views.View(self.train_size, self.label_noise)
 
 
 def with_seeds(variants: Iterable[VariantSpec], seeds: Sequence[int]) -> list[VariantSpec]:
@@ -485,18 +500,24 @@ def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int,
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _bucket_epoch(
-    config: StepConfig, n_configs: int, n_seeds: int, sequential: bool, states, unit_mask, hp, keys, train_batches, val_batches
+    config: StepConfig, n_configs: int, n_seeds: int, sequential: bool,
+    states, unit_mask, hp, keys, train_batches, val_batches, view_index=None,
 ):
-    """One epoch of a seeds x configs grid: train, then validate, every variant. Jitted once per shape."""
+    """One epoch of a seeds x configs grid: train, then validate, every variant. Jitted once per shape.
 
-    def one(state, mask, hp, key, batches):
-        state, metrics = train_epoch(state, batches, key, hp, config=config, unit_mask=mask)
+    view_index: None (every config trains on its seed's batches [seeds, batches, ...]), or
+    per config its data view's index into batches stacked [seeds, views, batches, ...].
+    """
+
+    def one(state, mask, hp, view, key, batches):
+        state, metrics = train_epoch(state, batches, key, hp, config=config, unit_mask=mask, view=view)
         val = evaluate(state.params, val_batches, hp, config=config)
         return state, {**metrics, **{f"val_{k}": v for k, v in val.items()}}
 
-    over_configs = _over_axis(one, (0, 0, 0, None, None), n_configs, sequential)
-    over_seeds = _over_axis(over_configs, (0, None, None, 0, 0), n_seeds, sequential)
-    return over_seeds(states, unit_mask, hp, keys, train_batches)
+    view_axis = None if view_index is None else 0
+    over_configs = _over_axis(one, (0, 0, 0, view_axis, None, None), n_configs, sequential)
+    over_seeds = _over_axis(over_configs, (0, None, None, None, 0, 0), n_seeds, sequential)
+    return over_seeds(states, unit_mask, hp, view_index, keys, train_batches)
 
 
 class BucketProgram:
@@ -518,7 +539,15 @@ class BucketProgram:
         self.execution = execution(bucket, settings, self.mesh.devices.flat, self.task, getattr(dataset, "sparse", True))
         self.config, self.sequential = self.execution.step, self.execution.sequential
         train = dataset.train
-        self.capacity = batching.run_capacity(train.x, bucket.seeds, settings.epochs, settings.batch_size)
+        self.views, self.view_index, self._view_splits = self._data_views(train)
+        if self.views is None:
+            self.capacity = batching.run_capacity(train.x, bucket.seeds, settings.epochs, settings.batch_size)
+        else:
+            splits = self._view_splits.items()
+            self.capacity = None if not dataset.sparse else batching.views_capacity(
+                ((seed, split.x.lengths) for (seed, _), split in splits), settings.epochs, settings.batch_size
+            )
+            self.n_batches = max(math.ceil(len(split) / settings.batch_size) for split in self._view_splits.values())
         val = dataset.validation
         val_order = np.arange(len(val))
         val_cap = batching.eval_capacity(val.x, settings.eval_batch_size)
@@ -533,6 +562,24 @@ class BucketProgram:
         hps = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[c.hyperparameters() for c in self.configs])
         check_stages(self.config, hps)
         self.hp = distributed.put(hps, self._by_config)
+
+    def _data_views(self, train):
+        """(views, per-config view index on the mesh, {(seed, view): training split}), or Nones when
+        every config trains on the whole training split (the usual program, unchanged)."""
+        if all(c.view.is_whole for c in self.configs):
+            return None, None, None
+        distinct = sorted({c.view for c in self.configs}, key=views.View.sort_key)
+        splits = {}
+        for c in self.bucket.configs:
+            for seed in self.bucket.seeds:
+                if (seed, c.view) in splits:
+                    continue
+                try:
+                    splits[(seed, c.view)] = views.view_split(train, seed, c.view, self.task.classes)
+                except ValueError as e:
+                    raise VariantError(f"variant {c.name!r}: {e}") from None
+        index = np.array([distinct.index(c.view) for c in self.configs], np.int32)
+        return distinct, distributed.put(index, NamedSharding(self.mesh, P("variant"))), splits
 
     def init(self):
         """(states [seeds, configs], unit masks [configs] or None), each variant initialized at its true widths."""
@@ -552,8 +599,18 @@ class BucketProgram:
         return distributed.put(state, self._by_seed_config), unit_mask
 
     def train_batches(self, epoch: int):
-        """This epoch's batches for every seed, stacked [seeds, batches, ...], replicated."""
+        """This epoch's batches for every seed, stacked [seeds, batches, ...] (with data views
+        [seeds, views, batches, ...], each view's padded to the longest), replicated."""
         train = self.dataset.train
+        if self.views is not None:
+            def of_view(seed, view):
+                split = self._view_splits[(seed, view)]
+                order = batching.epoch_order(seed, epoch, len(split))
+                made = batching.make_batches(split.x, split.y, order, self.settings.batch_size, self.capacity)
+                return batching.pad_batches(made, self.n_batches)
+
+            per_seed = [jax.tree.map(lambda *xs: np.stack(xs), *[of_view(s, v) for v in self.views]) for s in self.bucket.seeds]
+            return distributed.put(jax.tree.map(lambda *xs: np.stack(xs), *per_seed), self._replicated)
         per_seed = [
             batching.make_batches(
                 train.x, train.y, batching.epoch_order(s, epoch, len(train)), self.settings.batch_size, self.capacity
@@ -566,7 +623,7 @@ class BucketProgram:
         """Dispatch one epoch (asynchronously); returns (states, metrics [seeds, padded configs])."""
         return _bucket_epoch(
             self.config, len(self.configs), len(self.bucket.seeds), self.sequential,
-            states, unit_mask, self.hp, self.keys, train_batches, self.val_batches,
+            states, unit_mask, self.hp, self.keys, train_batches, self.val_batches, self.view_index,
         )
 
     def metrics_to_numpy(self, metrics) -> dict[str, np.ndarray]:
