@@ -332,7 +332,8 @@ def train_epoch(
     view: None, or this variant's index into `batches` stacked per data view [views, batches,
     ...] (see jaxreg.views). Views hold different numbers of batches, padded with batches of no
     real rows; a step on such a batch leaves the state as it was, step counter included, so the
-    variant takes exactly the steps of a run on its view alone.
+    variant takes exactly the steps of a run on its view alone (and, with variants one after the
+    other, costs nothing).
     """
     step = step_function(config)
 
@@ -341,9 +342,15 @@ def train_epoch(
             batch = jax.tree.map(lambda a: a[i], batches)  # indexed, not scanned: no transposed copy of all batches under vmap
             return step(state, batch, key, hp, config=config, unit_mask=unit_mask)
         batch = jax.tree.map(lambda a: a[view, i], batches)
-        stepped, metrics = step(state, batch, key, hp, config=config, unit_mask=unit_mask)
-        active = jnp.sum(batch.weight) > 0
-        return jax.tree.map(lambda new, old: jnp.where(active, new, old), stepped, state), metrics
+
+        def skip(state):  # no real rows: the state as it was, and a count of 0 (no weight in the epoch means)
+            _, metrics = jax.eval_shape(lambda s: step(s, batch, key, hp, config=config, unit_mask=unit_mask), state)
+            return state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+
+        # a real branch when variants run one after the other (lax.map), a select under vmap
+        return jax.lax.cond(
+            jnp.sum(batch.weight) > 0, lambda s: step(s, batch, key, hp, config=config, unit_mask=unit_mask), skip, state
+        )
 
     n_batches = batches.y.shape[0 if view is None else 1]
     state, metrics = jax.lax.scan(body, state, jnp.arange(n_batches))

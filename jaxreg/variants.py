@@ -299,18 +299,23 @@ def cpu_kernels_on(devices) -> bool:
 VARIANT_LOOPS = ("auto", "vmap", "map")
 
 
-def sequential_on(devices, variant_loop: str = "auto") -> bool:
+def sequential_on(devices, variant_loop: str = "auto", uneven_views: bool = False) -> bool:
     """Whether a bucket on these devices runs its variants one after the other (lax.map).
 
-    "map" always, "vmap" never. "auto": only on one CPU device without the CPU kernels,
-    where XLA's batched gathers and scatters under vmap cost more than the same work
-    variant by variant; the kernels take all variants of a vmapped call at once and share
-    the index work between them. "map" on one device makes a variant's history bit-identical
-    alone and in any bucket (vmap's batched matmuls round differently, ~1e-7).
+    "map" always, "vmap" never. "auto": on one CPU device without the CPU kernels, where XLA's
+    batched gathers and scatters under vmap cost more than the same work variant by variant
+    (the kernels take all variants of a vmapped call at once and share the index work between
+    them); and on CPU when the variants train on different numbers of examples
+    (`uneven_views`, see jaxreg.views), where one after the other each takes only its own
+    steps, while under vmap every variant pays for the longest one's. "map" on one device
+    makes a variant's history bit-identical alone and in any bucket (vmap's batched matmuls
+    round differently, ~1e-7).
     """
     if variant_loop != "auto":
         return variant_loop == "map"
     devices = list(devices)
+    if uneven_views and all(d.platform == "cpu" for d in devices):
+        return True
     return len(devices) == 1 and devices[0].platform == "cpu" and not cpu_kernels_on(devices)
 
 
@@ -408,11 +413,12 @@ def execution(
     task = task if task is not None else run_task(None, settings)
     devices = list(devices)
     kernels = cpu_kernels_on(devices) and sparse_input
-    sequential = sequential_on(devices, settings.variant_loop)
+    uneven = len({c.train_size for c in bucket.configs}) > 1
+    sequential = sequential_on(devices, settings.variant_loop, uneven)
     product = choose_product(bucket, settings.product, sequential, kernels) if sparse_input else "dense"
     return Execution(
         step=bucket.step_config(task, product, kernels),
-        sequential=sequential and (settings.variant_loop == "map" or product == "sparse"),
+        sequential=sequential and (settings.variant_loop == "map" or product == "sparse" or uneven),
         cpu_kernels=kernels,
         n_configs=len(sharded_configs(bucket, len(devices))),
     )
