@@ -32,7 +32,7 @@ import traceback
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PROCESS_LOST = 2, 3, 4
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: as a shell reports them
-PRESET_NAMES = ("book", "capacity", "l2-grid", "dropout-grid", "decay-vs-l2")
+PRESET_NAMES = ("book", "capacity", "l2-grid", "dropout-grid", "decay-vs-l2", "learning-curve", "label-noise", "double-descent")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,7 +19,7 @@ from jaxreg.train import HYPERPARAMETERS
 PRODUCTS = ("auto", "sparse", "dense")
 VALIDATIONS = ("test", "holdout")
 PLACEMENTS = ("auto", *V.PLACEMENTS)  # see variants.place_buckets
-AXES = ("width", *HYPERPARAMETERS)  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
+AXES = ("width", *HYPERPARAMETERS, "train_size", "label_noise")  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
 # Largest accepted values: a history keeps every epoch; seeds and devices multiply the models;
 # batch rows are int32 indices. Whether a run fits in memory is estimated later (jaxreg.memory).
 MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, holdout_size=2**31 - 1, devices=4096)
@@ -105,6 +105,8 @@ class SweepConfig:
             bad("validation", f"must be one of {VALIDATIONS}")
         if self.axis is not None and self.axis not in AXES:
             bad("axis", f"must be None or one of {AXES}")
+        if self.axis == "train_size" and any(v.train_size is None for v in self.variants):
+            bad("axis", "needs every variant's train_size set (a number of examples to plot against)")
         if not isinstance(self.synthetic, bool):
             bad("synthetic", "must be True or False")
         if self.synthetic and self.data is not None:

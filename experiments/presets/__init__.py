@@ -13,7 +13,10 @@ from pathlib import Path
 from jaxreg.config import SweepConfig, SweepError
 from jaxreg.variants import VariantError
 
-PRESETS = {"book": "book.py", "capacity": "capacity.py", "l2-grid": "l2_grid.py", "dropout-grid": "dropout_grid.py", "decay-vs-l2": "decay_vs_l2.py"}
+PRESETS = {
+    "book": "book.py", "capacity": "capacity.py", "l2-grid": "l2_grid.py", "dropout-grid": "dropout_grid.py", "decay-vs-l2": "decay_vs_l2.py",
+    "learning-curve": "learning_curve.py", "label-noise": "label_noise.py", "double-descent": "double_descent.py",
+}
 
 
 def load(name_or_path: str) -> SweepConfig:
