@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from typing import Sequence
 
 from jaxreg import losses, results
@@ -151,6 +152,24 @@ class SweepConfig:
         if self.axis == "width":
             return {v.name: float(v.widths[0]) for v in self.variants}
         return {v.name: float(getattr(v, self.axis)) for v in self.variants}
+
+    def axis_series(self) -> dict[str, str]:
+        """{variant name: its series}: variants equal but for their name and `axis` form one
+        series (e.g. one model at several training-set sizes), labelled by their names' common
+        part before its last "_" ("bigger_n500", "bigger_n1100" -> "bigger"); empty without an axis."""
+        if self.axis is None:
+            return {}
+        field = "widths" if self.axis == "width" else self.axis
+        groups: dict = {}
+        for v in self.variants:
+            key = tuple((f.name, getattr(v, f.name)) for f in dataclasses.fields(v) if f.name not in ("name", field))
+            groups.setdefault(key, []).append(v.name)
+        labels = {}
+        for names in groups.values():
+            prefix = os.path.commonprefix(names)
+            label = prefix[: prefix.rfind("_")] if "_" in prefix else (prefix or names[0])
+            labels.update({n: label if len(names) > 1 else n for n in names})
+        return labels
 
     def to_dict(self) -> dict:
         """JSON-ready: every field, variants as dicts."""

@@ -28,8 +28,10 @@ AXIS_LABELS = {
     "learning_rate": "learning rate",
     "weight_decay": "decoupled weight decay",
     "l1_proximal": "proximal L1 strength",
+    "train_size": "training examples n",
+    "label_noise": "fraction of training labels randomized",
 }  # one per sweep axis (jaxreg.config.AXES)
-LOG_AXES = tuple(axis for axis in AXIS_LABELS if axis != "dropout_rate")
+LOG_AXES = tuple(axis for axis in AXIS_LABELS if axis not in ("dropout_rate", "label_noise"))
 
 
 def loss_name(histories: Mapping) -> str:
@@ -199,10 +201,83 @@ def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str
     return _save(fig, path)
 
 
+def _series(values: Mapping[str, float], series: Mapping[str, str]) -> dict[str, list[str]]:
+    """{series label: its variant names sorted by their axis value}, in first-seen order."""
+    out: dict[str, list[str]] = {}
+    for name in values:
+        out.setdefault(series.get(name, name), []).append(name)
+    return {label: sorted(names, key=lambda n: values[n]) for label, names in out.items()}
+
+
+def _set_axis_scale(ax, axis: str, x: np.ndarray) -> None:
+    if axis in LOG_AXES:
+        ax.set_xscale("log", base=2 if axis == "width" else 10)
+        if axis in ("width", "train_size"):
+            ax.xaxis.set_major_locator(FixedLocator(x[x > 0]))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{v:,.0f}" for v in x[x > 0]])
+    ax.set_xlabel(AXIS_LABELS.get(axis, axis) + (" (log scale)" if axis in LOG_AXES else ""))
+    ax.grid(alpha=0.3)
+
+
+def _series_line(ax, histories, names, values, metric: str, which: str, label: str, color, style="-", marker="o"):
+    """One series' mean over seeds at the best or final epoch against the axis, with a min-max band over seeds."""
+    x = np.array([values[n] for n in names], dtype=np.float64)
+    mean, lo, hi = _at_epoch(histories, names, metric, which)
+    ax.plot(x, mean, style, color=color, marker=marker, markersize=4, linewidth=1.6, label=label)
+    if max(histories[n]["loss"].shape[0] for n in names) > 1:
+        ax.fill_between(x, lo, hi, color=color, alpha=0.18, linewidth=0)
+    return x
+
+
+def plot_series_against_axis(histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], axis: str, path) -> Path:
+    """Best (left) and final (right) validation data loss against the swept value, one line per
+    series (e.g. per model in a learning curve); bands: min-max over seeds."""
+    groups = _series(values, series)
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, which, title in zip(axes, ("best", "final"), ("at the best epoch (lowest mean val data loss)", "at the final epoch")):
+        every_x = []
+        for i, (label, names) in enumerate(groups.items()):
+            every_x.append(_series_line(ax, histories, names, values, "val_data_loss", which, label, f"C{i % 10}"))
+        _set_axis_scale(ax, axis, np.unique(np.concatenate(every_x)))
+        ax.set_title(f"Validation data loss {title}")
+        ax.set_ylabel(f"validation data loss ({loss_name(histories)})")
+        ax.legend(fontsize="small")
+    note = _seed_note(histories)
+    fig.suptitle(f"Validation loss against {AXIS_LABELS.get(axis, axis)} ({note})")
+    return _save(fig, path)
+
+
+def plot_fit_against_axis(histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], axis: str, path) -> Path:
+    """Training (solid) and validation (dashed) loss and metric at the final epoch against the
+    swept value, one color per series: how far each model fits its (noisy) training labels and
+    what that does on the untouched validation labels. Bands: min-max over seeds."""
+    groups = _series(values, series)
+    metric = task_metric(next(iter(histories.values())))
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (train_metric, what) in zip(axes, (("loss", "loss"), (metric, metric))):
+        every_x = []
+        for i, (label, names) in enumerate(groups.items()):
+            color = f"C{i % 10}"
+            every_x.append(_series_line(ax, histories, names, values, train_metric, "final", f"{label}: training", color, "-", "o"))
+            _series_line(ax, histories, names, values, f"val_{train_metric}", "final", f"{label}: validation", color, "--", "s")
+        _set_axis_scale(ax, axis, np.unique(np.concatenate(every_x)))
+        ax.set_title(f"{what} at the final epoch" + (" (training: on its own noisy labels)" if axis == "label_noise" else ""))
+        ax.set_ylabel(what if what != "loss" else f"loss ({loss_name(histories)})")
+        ax.legend(fontsize="small")
+    epochs = next(iter(histories.values()))["loss"].shape[1]
+    fig.suptitle(f"Training and validation fit after {epochs} epochs against {AXIS_LABELS.get(axis, axis)} ({_seed_note(histories)})")
+    return _save(fig, path)
+
+
 def figure_files(names: Sequence[str], axis_name: str | None = None) -> list[str]:
     """The file names `make_figures` writes for these variants, in order (so a run folder can record them first)."""
     if axis_name is not None:
-        return ["val_loss_curves.png", *([f"val_loss_vs_{axis_name}.png"] if len(names) > 1 else [])]
+        against = [f"val_loss_vs_{axis_name}.png"] if len(names) > 1 else []
+        fit = [f"fit_vs_{axis_name}.png"] if axis_name == "label_noise" and len(names) > 1 else []
+        return ["val_loss_curves.png", *against, *fit]
     reference = "original" if "original" in names else names[0]
     return [
         "val_loss_curves.png",
@@ -211,20 +286,29 @@ def figure_files(names: Sequence[str], axis_name: str | None = None) -> list[str
     ]
 
 
-def make_figures(histories: Mapping, folder, axis: tuple[str, Mapping[str, float]] | None = None) -> list[Path]:
+def make_figures(histories: Mapping, folder, axis: tuple | None = None) -> list[Path]:
     """The figures that fit these variants (`figure_files`); returns their paths.
 
-    Always val_loss_curves.png. With `axis` (name, {variant: value}): val_loss_vs_<axis>.png.
-    Without: vs_original.png (each variant against "original", else the first variant) and,
-    with both "original" and "bigger", original_vs_bigger.png.
+    Always val_loss_curves.png. With `axis` (name, {variant: value}[, {variant: series}]):
+    val_loss_vs_<axis>.png, one line per series when there are several (and for label noise
+    fit_vs_label_noise.png). Without: vs_original.png (each variant against "original", else
+    the first variant) and, with both "original" and "bigger", original_vs_bigger.png.
     """
     folder = Path(folder)
     names = list(histories)
-    axis_name, values = axis if axis is not None else (None, None)
+    axis_name, values, series = (tuple(axis) + (None,))[:3] if axis is not None else (None, None, None)
+    series = series or {}
+    several = len(set(series.get(n, n) for n in names)) > 1 if series else False
     reference = "original" if "original" in histories else names[0]
+    against = (
+        (lambda path: plot_series_against_axis(histories, values, series, axis_name, path))
+        if several
+        else (lambda path: plot_against_axis(histories, values, axis_name, path))
+    )
     draw = {
-        "val_loss_curves.png": lambda path: plot_curves(histories, path, values, axis_name),
-        f"val_loss_vs_{axis_name}.png": lambda path: plot_against_axis(histories, values, axis_name, path),
+        "val_loss_curves.png": lambda path: plot_curves(histories, path, None if several else values, axis_name),
+        f"val_loss_vs_{axis_name}.png": against,
+        f"fit_vs_{axis_name}.png": lambda path: plot_fit_against_axis(histories, values, series, axis_name, path),
         f"vs_{reference}.png": lambda path: plot_against_reference(histories, path, reference),
         "original_vs_bigger.png": lambda path: plot_train_val(histories, path),
     }

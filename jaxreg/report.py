@@ -50,7 +50,7 @@ def title(run: results.Run, epochs: int) -> str:
 
 def _axis(run: results.Run):
     axis = run.config.get("axis")
-    return (axis["name"], axis["values"]) if axis else None
+    return (axis["name"], axis["values"], axis.get("series")) if axis else None  # older runs recorded no series
 
 
 def _write(run, histories, summaries, epochs: int, dest: Path, figures: bool, manifest: bool) -> list[Path]:

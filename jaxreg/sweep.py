@@ -279,7 +279,7 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
         "config": config.to_dict(),
         "variants": [dataclasses.asdict(v) for v in config.variants],
         "seeds": list(range(config.seeds)),
-        "axis": {"name": config.axis, "values": config.axis_values()} if config.axis else None,
+        "axis": {"name": config.axis, "values": config.axis_values(), "series": config.axis_series()} if config.axis else None,
         "plan": [
             {
                 "widths": list(b.widths),
@@ -342,7 +342,7 @@ def _finish(
     if figures:
         from jaxreg import plots  # matplotlib is only needed here
 
-        axis = (config.axis, config.axis_values()) if config.axis else None
+        axis = (config.axis, config.axis_values(), config.axis_series()) if config.axis else None
         names = plots.figure_files(list(histories), axis[0] if axis else None)
         runfolder.record(folder, *(f"{results.FIGURES_DIR}/{name}" for name in names))
         paths = plots.make_figures(histories, folder / results.FIGURES_DIR, axis=axis)
