@@ -114,6 +114,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(default 1e6; Keras' clipped data loss is at most ~16.1 per review)",
     )
     p.add_argument(
+        "--patience",
+        type=int,
+        metavar="N",
+        help="early stopping: end the run once every variant has gone N epochs without a new best validation loss; "
+        "each variant's best-epoch parameters are kept (params/, 'best'), as Keras' EarlyStopping with "
+        "restore_best_weights (default: train all --epochs)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted run in --out (same options); without --out, the run runs/<preset>/latest "
@@ -263,6 +271,7 @@ def build_config(args):
         "variant_loop": args.variant_loop,
         "loss": args.loss,
         "divergence_threshold": args.divergence_threshold,
+        "patience": args.patience,
     }
     changes = {k: v for k, v in flags.items() if v is not None}
     if args.synthetic:

@@ -66,6 +66,7 @@ class SweepConfig:
     placement: str = "auto"
     axis: str | None = None
     divergence_threshold: float = results.DIVERGENCE_THRESHOLD
+    patience: int | None = None  # early stopping (variants.RunSettings.patience); None: all epochs
 
     def __post_init__(self):
         def bad(field, why):
@@ -94,6 +95,8 @@ class SweepConfig:
             positive_int(field)
             if getattr(self, field) > MAXIMA[field]:
                 bad(field, f"is above the maximum {MAXIMA[field]:,}")
+        if self.patience is not None:
+            positive_int("patience")
         if self.loss not in losses.LOSS_MODES:
             bad("loss", f"must be one of {losses.LOSS_MODES}")
         if self.product not in PRODUCTS:
@@ -142,7 +145,8 @@ class SweepConfig:
 
     def run_settings(self) -> V.RunSettings:
         return V.RunSettings(
-            epochs=self.epochs, batch_size=self.batch_size, loss=self.loss, product=self.product, variant_loop=self.variant_loop
+            epochs=self.epochs, batch_size=self.batch_size, loss=self.loss, product=self.product, variant_loop=self.variant_loop,
+            patience=self.patience,
         )
 
     def axis_values(self) -> dict[str, float]:

@@ -330,13 +330,17 @@ def _where(plan: list, placed: list, devices: list) -> str:
 
 
 def _finish(
-    folder: Path, config: SweepConfig, history, figures: bool, seconds: float, resumed_from: int, stream, compile_seconds=None
+    folder: Path, config: SweepConfig, history, figures: bool, seconds: float, resumed_from: int, stream, compile_seconds=None,
+    epochs_run: int | None = None,
 ) -> SweepResult:
+    """Write the results of a finished run; epochs_run: epochs trained (fewer than config.epochs after early stopping)."""
+    epochs_run = config.epochs if epochs_run is None else epochs_run
     histories = results.stack(history, [v.name for v in config.variants], config.divergence_threshold)
     summaries = results.summarize(histories)
     runfolder.record(folder, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV)
     results.write_history(folder, histories)
-    title = f"{config.name}: {config.epochs} epochs x {config.seeds} seed(s)"
+    stopped_early = f" (early stopping: {epochs_run} of {config.epochs})" if epochs_run < config.epochs else ""
+    title = f"{config.name}: {epochs_run} epochs{stopped_early} x {config.seeds} seed(s)"
     results.write_summary(folder, summaries, title=title, divergence_threshold=config.divergence_threshold)
     paths = []
     if figures:
@@ -351,7 +355,7 @@ def _finish(
         folder / results.STATUS_FILE,
         {
             "state": "finished",
-            "epochs_done": config.epochs,
+            "epochs_done": epochs_run,
             "epochs": config.epochs,
             "seconds": round(seconds, 3),
             "compile_seconds": None if compile_seconds is None else round(compile_seconds, 3),
@@ -660,9 +664,13 @@ def _run_locked(
             summaries = results.summarize(histories)
             diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
             return SweepResult(folder, histories, summaries, diverged, [], start)
-        live.finish(config.epochs)
+        epochs_run = len(next(iter(next(iter(history.values())).values())))
+        if epochs_run < config.epochs:
+            print(f"early stopping (patience {config.patience}): every variant stopped; the run ended after epoch "
+                  f"{epochs_run} of {config.epochs}; params/ keeps each variant's best epoch", file=stream)
+        live.finish(epochs_run)
         saved_params.save_params(folder, trained)
-        result = _finish(folder, config, history, figures, seconds, start, stream, compiled.seconds)
+        result = _finish(folder, config, history, figures, seconds, start, stream, compiled.seconds, epochs_run)
         if not keep_checkpoint:
             _remove_checkpoint(folder, stream)
         return result

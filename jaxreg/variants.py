@@ -345,8 +345,13 @@ class RunSettings:
     loss: str = "auto"  # tasks.task_for: "keras" for classification, "mse" for regression
     product: str = "auto"
     variant_loop: str = "auto"  # see sequential_on
+    # early stopping: end the run once every variant has gone `patience` epochs without a new
+    # best validation loss (see `stopped`); None trains all epochs
+    patience: int | None = None
 
     def __post_init__(self):
+        if self.patience is not None and (not is_int(self.patience) or not 1 <= self.patience <= MAX_EPOCHS):
+            raise ValueError(f"RunSettings.patience must be None or an integer from 1 to {MAX_EPOCHS:,}, got {self.patience!r}")
         limits = {"epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE, "eval_batch_size": MAX_BATCH_SIZE}
         for field, most in limits.items():
             value = getattr(self, field)
@@ -692,6 +697,16 @@ def best_epoch_tracker(threshold: float = results.DIVERGENCE_THRESHOLD):
     return improved
 
 
+def stopped(best_epoch: int | None, epochs_done: int, patience: int | None) -> bool:
+    """Whether early stopping with `patience` has stopped a variant after epochs_done epochs: it
+    has gone `patience` epochs without a new best (Keras' EarlyStopping; none yet counts from 0).
+
+    Its parameters are those of its best epoch (`TrainedParams.best`), the same as a run of it
+    alone that stopped there and restored them: training after that point changes neither.
+    """
+    return patience is not None and epochs_done - (best_epoch or 0) >= patience
+
+
 @jax.jit
 def _copied(tree):
     """A copy of a whole tree in one program (an eager jnp.copy compiles one per leaf shape)."""
@@ -749,7 +764,8 @@ def run(
     checkpoint); `resume` continues from such a snapshot with the same history as an
     uninterrupted run.
 
-    `mesh` (default: all devices) holds every bucket; or `meshes` gives one per bucket, in
+    With settings.patience the run ends early once every variant has stopped (`stopped`); the
+    histories then hold the epochs trained. `mesh` (default: all devices) holds every bucket; or `meshes` gives one per bucket, in
     `plan`'s order (e.g. `variant_mesh` of each of `place_buckets`' device tuples): buckets on
     different devices then train at the same time.
     """
@@ -824,6 +840,8 @@ def run(
                 bests[i] = _keep_best(bests[i], states[i][0].params, program.improved_mask(improved))
         if on_epoch is not None:
             on_epoch(epoch, row, lambda e=epoch: snapshot(e + 1))
+        if settings.patience is not None and all(stopped(best_epochs[k], epoch + 1, settings.patience) for k in history):
+            break
     arrays = {key: {k: np.asarray(v) for k, v in h.items()} for key, h in history.items()}
     trained = {}
     for program, (state, _), best in zip(programs, states, bests):
