@@ -1,7 +1,9 @@
 """Summarize a run folder again: python experiments/report.py FOLDER [--out DIR] [--no-figures]
 
 Rewrites summary.md/.csv and figures/*.png of a run folder from its history so far and prints
-the summary table (for a finished run with a proximal L1 variant, also each variant's fraction
+the summary table (for a sweep of several series along an axis, e.g. a learning curve per model,
+also tables of the best and final validation loss against it: jaxreg.axis_tables; for a
+finished run with a proximal L1 variant, also each variant's fraction
 of exact zeros in its hidden kernels: jaxreg.params.exact_zero_fractions); works on running,
 interrupted and finished runs (an unfinished one is summarized from the epochs done, and says
 so). Where the files go (jaxreg.report): into --out DIR if given; else into the run folder when
@@ -53,6 +55,14 @@ def main(argv=None) -> int:
     if made.summaries:
         print("\n" + results.summary_table(made.summaries))
         print(results.summary_notes(divergence_threshold=run.divergence_threshold))
+    axis = run.config.get("axis")
+    if made.summaries and axis and len(set((axis.get("series") or {}).values())) > 1:
+        from jaxreg.axis_tables import axis_table
+
+        histories, _ = report.common_epochs(run.histories)
+        for quantity, what in (("best", "best validation data loss"), ("final", "final validation data loss")):
+            print(f"\n{what} against {axis['name']} (rows: series; mean ± std over seeds)\n")
+            print(axis_table(histories, axis["values"], axis["series"], quantity, axis["name"]))
     if run.finished and has_proximal_l1(run.folder):
         try:
             print("\n" + exact_zeros_table(exact_zero_fractions(run.folder)))

@@ -1,0 +1,67 @@
+"""Tables of a swept axis: one row per series (e.g. per model), one column per axis value.
+
+What a learning curve or a label-noise sweep reads as numbers beside its figure: the best and
+final validation loss, and how far each model fits its training labels (final training
+accuracy, and the first epoch at which it reaches a level, e.g. 0.99 for memorized labels).
+Means ± sample std over seeds; "best" is the epoch of the lowest mean validation data loss, as
+in `results.summarize`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from jaxreg.results import masked, task_metric
+
+
+def _series(values: Mapping[str, float], series: Mapping[str, str]) -> dict[str, dict[float, str]]:
+    out: dict[str, dict[float, str]] = {}
+    for name, value in values.items():
+        out.setdefault(series.get(name, name), {})[float(value)] = name
+    return out
+
+
+def _pm(values: np.ndarray, digits: int) -> str:
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return "-"
+    std = f" ± {np.std(values, ddof=1):.{digits}f}" if values.size > 1 else ""
+    return f"{np.mean(values):.{digits}f}{std}"
+
+
+def cell(h: Mapping[str, np.ndarray], quantity: str, level: float = 0.99) -> str:
+    """One variant's entry: quantity is "best" or "final" (validation data loss), "best_epoch",
+    "final_train_metric", "final_val_metric" or "epochs_to_level" (first epoch at which the
+    mean training metric reaches `level`; ">E" if it never does within the E epochs)."""
+    metric = task_metric(h)
+    curve = masked(h, "val_data_loss").mean(axis=0)
+    best = int(np.nanargmin(curve)) if np.isfinite(curve).any() else None
+    if quantity == "best":
+        return "-" if best is None else _pm(masked(h, "val_data_loss")[:, best], 4)
+    if quantity == "best_epoch":
+        return "-" if best is None else str(best + 1)
+    if quantity == "final":
+        return _pm(masked(h, "val_data_loss")[:, -1], 4)
+    if quantity == "final_train_metric":
+        return _pm(masked(h, metric)[:, -1], 4)
+    if quantity == "final_val_metric":
+        return _pm(masked(h, f"val_{metric}")[:, -1], 4)
+    if quantity == "epochs_to_level":
+        reached = np.flatnonzero(masked(h, metric).mean(axis=0) >= level)
+        return str(reached[0] + 1) if reached.size else f">{curve.size}"
+    raise ValueError(f"unknown quantity {quantity!r}")
+
+
+def axis_table(histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], quantity: str, axis: str, **kw) -> str:
+    """A markdown table of `cell(quantity)`: rows are series, columns the axis values (sorted)."""
+    groups = _series(values, series)
+    columns = sorted({v for g in groups.values() for v in g})
+    head = f"| {axis} | " + " | ".join(f"{v:g}" if not math.isclose(v, round(v)) else f"{int(round(v)):,}" for v in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    for label, by_value in groups.items():
+        cells = [cell(histories[by_value[v]], quantity, **kw) if v in by_value else "" for v in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
