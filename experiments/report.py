@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     if made.summaries:
         print("\n" + results.summary_table(made.summaries))
         print(results.summary_notes(divergence_threshold=run.divergence_threshold))
+        tested = results.early_stopping_table(made.summaries)
+        if tested:
+            print("\n" + tested + "\n" + results.early_stopping_notes())
     if run.finished and has_proximal_l1(run.folder):
         try:
             print("\n" + exact_zeros_table(exact_zero_fractions(run.folder)))

@@ -485,14 +485,20 @@ def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int,
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _bucket_epoch(
-    config: StepConfig, n_configs: int, n_seeds: int, sequential: bool, states, unit_mask, hp, keys, train_batches, val_batches
+    config: StepConfig, n_configs: int, n_seeds: int, sequential: bool, states, unit_mask, hp, keys, train_batches, val_batches,
+    test_batches=None,
 ):
-    """One epoch of a seeds x configs grid: train, then validate, every variant. Jitted once per shape."""
+    """One epoch of a seeds x configs grid: train, then validate (and test, given test_batches), every variant.
+    Jitted once per shape. The test metrics only leave the program: nothing in it reads them."""
 
     def one(state, mask, hp, key, batches):
         state, metrics = train_epoch(state, batches, key, hp, config=config, unit_mask=mask)
         val = evaluate(state.params, val_batches, hp, config=config)
-        return state, {**metrics, **{f"val_{k}": v for k, v in val.items()}}
+        out = {**metrics, **{f"val_{k}": v for k, v in val.items()}}
+        if test_batches is not None:
+            test = evaluate(state.params, test_batches, hp, config=config)
+            out.update({name: test[name[len("test_"):]] for name in results.test_names(config.task.metric)})
+        return state, out
 
     over_configs = _over_axis(one, (0, 0, 0, None, None), n_configs, sequential)
     over_seeds = _over_axis(over_configs, (0, None, None, 0, 0), n_seeds, sequential)
@@ -528,6 +534,14 @@ class BucketProgram:
         # distributed.put: device_put, or with many processes a global array built on each from its own copy
         self.val_batches = distributed.put(
             batching.make_batches(val.x, val.y, val_order, settings.eval_batch_size, val_cap), self._replicated
+        )
+        test = getattr(dataset, "test", None)  # evaluated beside validation, reported apart, never used to choose
+        self.test_batches = None if test is None else distributed.put(
+            batching.make_batches(
+                test.x, test.y, np.arange(len(test)), settings.eval_batch_size,
+                batching.eval_capacity(test.x, settings.eval_batch_size),
+            ),
+            self._replicated,
         )
         self.keys = distributed.put(jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated)
         hps = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[c.hyperparameters() for c in self.configs])
@@ -566,7 +580,7 @@ class BucketProgram:
         """Dispatch one epoch (asynchronously); returns (states, metrics [seeds, padded configs])."""
         return _bucket_epoch(
             self.config, len(self.configs), len(self.bucket.seeds), self.sequential,
-            states, unit_mask, self.hp, self.keys, train_batches, self.val_batches,
+            states, unit_mask, self.hp, self.keys, train_batches, self.val_batches, self.test_batches,
         )
 
     def metrics_to_numpy(self, metrics) -> dict[str, np.ndarray]:
@@ -648,7 +662,8 @@ def _keep_best(best, params, improved):
 class RunResult:
     """What `run` returns.
 
-    history: {(name, seed): {metric: [epochs]}}, columns `results.metric_names(task.metric)`;
+    history: {(name, seed): {metric: [epochs]}}, columns `results.metric_names(task.metric, test)`
+    (test: the data has a test split, `Dataset.test`, evaluated every epoch and never used to choose);
     params: {(name, seed): TrainedParams}; task: what was trained (`tasks.Task`); buckets:
     per compiled program, its variants and seeds and which path ran (`Execution.describe`:
     model, product, vmap or map, CPU kernels, fused update), which changes with the machine.
@@ -697,7 +712,7 @@ def run(
         raise VariantError(f"run: give mesh or one mesh per bucket ({len(buckets)} here), not both; got {len(meshes)} meshes")
     programs = [BucketProgram(b, dataset, settings, m) for b, m in zip(buckets, meshes)]
     task = run_task(dataset, settings)
-    columns = results.metric_names(task.metric)
+    columns = results.metric_names(task.metric, test=getattr(dataset, "test", None) is not None)
     states = [p.init() for p in programs]
     history = {(v.name, v.seed): {m: [] for m in columns} for v in variants}
     first_epoch = 0
@@ -720,6 +735,12 @@ def run(
             for saved, (state, mask) in zip(resume.states, states)
         ]
         bests = [distributed.put(saved, jax.tree.map(lambda x: x.sharding, best)) for saved, best in zip(resume.best, bests)]
+        saved = next(iter(resume.history.values()), {})
+        if set(saved) != set(columns):
+            raise VariantError(
+                f"the snapshot's history has the columns {sorted(saved)}, this run's data gives {sorted(columns)} "
+                "(a test split adds test_*); resume with the data of the interrupted run"
+            )
         history = {key: {m: list(resume.history[key][m]) for m in columns} for key in history}
         first_epoch = resume.epochs_done
         for key, h in history.items():  # replay the best-epoch bookkeeping over the restored history
