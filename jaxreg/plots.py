@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from jaxreg.results import early_stopping, has_test, is_penalized, masked, task_metric
 
@@ -218,7 +218,7 @@ def plot_early_stopping(histories: Mapping, path) -> Path:
     names = [n for n in histories if has_test(histories[n])]
     per_variant = [early_stopping(histories[n]) for n in names]
     x = np.arange(len(names), dtype=np.float64)
-    fig = Figure(figsize=(max(8.0, 1.5 * len(names) + 5), 4.6), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 0.9 * len(names) + 5), 4.6), layout="constrained")
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": (3, 2)})
     series = [
         ("book: epoch chosen on the test set", "oracle", "C3", "s", -0.1),
@@ -236,13 +236,20 @@ def plot_early_stopping(histories: Mapping, path) -> Path:
             mean, std = stats([v[column] for v in per_variant])
             yerr = None if np.isnan(std).all() else np.nan_to_num(std)
             ax.errorbar(x + shift, mean, yerr=yerr, fmt=marker, color=color, label=label, capsize=4, markersize=6)
+    optimism, _ = stats([v["optimism"] for v in per_variant])
+    for xi, gap in zip(x, optimism):  # the paired difference, which the overlapping error bars hide
+        if np.isfinite(gap):
+            left.annotate(f"+{gap:.4f}" if gap >= 0 else f"{gap:.4f}", (xi, 1.0), xycoords=("data", "axes fraction"),
+                          xytext=(0, -4), textcoords="offset points", ha="center", va="top", fontsize="small", color="0.3")
+    left.margins(y=0.15)
     for ax in (left, right):
         ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
         ax.set_xlim(-0.6, len(names) - 0.4)
         ax.grid(alpha=0.3, axis="y")
     left.set_ylabel(f"test data loss ({loss_name(histories)}) at the chosen epoch")
-    left.set_title("Test loss reported")
+    left.set_title("Test loss reported (grey: honest - book, the book's optimism)")
     right.set_ylabel("epoch chosen (from 1)")
+    right.yaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_title("Epoch chosen")
     n = max(h["loss"].shape[0] for h in histories.values())
     note = f"mean of {n} seeds, error bars: sample std over seeds" if n > 1 else "1 seed"

@@ -22,6 +22,11 @@ parameters of its best epoch so far (the lowest validation data loss, before the
 diverged; see `best_epoch_tracker`), on the device, outside the compiled epoch, so the
 training numbers are untouched. They cost one more copy of the parameters and are part of a
 RunSnapshot, so a resumed run keeps the best so far.
+
+Test split: for data with one (`Dataset.test`, e.g. IMDB with validation="holdout"), every
+epoch also evaluates it inside the same compiled epoch (history columns test_*). Those
+numbers only leave the program: the best epoch, divergence and everything else are decided
+on the other columns, so a run's training and choices are the same with or without it.
 """
 
 from __future__ import annotations
