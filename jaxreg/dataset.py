@@ -141,7 +141,8 @@ class Dataset:
 
     test: a split evaluated every epoch and reported apart (history columns test_*), never used
     to choose anything (best epoch, divergence); None when the data has none, or when the test
-    set is the validation set (the book's protocol). num_words: the number of input columns (words for IMDB, features for dense data; also
+    set is the validation set (the book's protocol).
+    num_words: the number of input columns (words for IMDB, features for dense data; also
     `num_features`). target: one of TARGETS; num_classes: the number of classes for
     "multiclass", else None. checksum identifies the data (a resumed run compares it).
     """
@@ -171,7 +172,9 @@ class Dataset:
         if len(kinds) > 1:
             raise DataError("train.x and validation.x must both be SparseMultiHot or both dense arrays, not one of each")
         if self.test is not None and isinstance(self.test, Split) and type(self.test.x) not in kinds:
-            raise DataError(f"test.x is a {type(self.test.x).__name__}, train.x a {type(self.train.x).__name__}: use the same kind")
+            raise DataError(
+                f"test.x is a {type(self.test.x).__name__}, train.x a {type(self.train.x).__name__}: use the same kind"
+            )
         for field in ("train", "validation") + (() if self.test is None else ("test",)):
             _check_split(getattr(self, field), field, self.num_words, self.target, self.num_classes)
 
@@ -206,8 +209,9 @@ class Dataset:
                 "Validation protocol: held-out reviews of the train split; the test set is not used "
                 "(vocabulary ranked on the full train split)."
                 if self.test is None
-                else "Validation protocol: held-out reviews of the train split choose the epoch; the test set is "
-                "evaluated every epoch and reported apart, never used to choose (vocabulary ranked on the full train split)."
+                else "Validation protocol: held-out reviews of the train split choose the epoch; the test set "
+                "is evaluated every epoch and reported apart, never used to choose (vocabulary ranked on the "
+                "full train split)."
             )
         elif self.protocol == "given":
             tail = "Validation protocol: the validation arrays as given."

@@ -109,7 +109,8 @@ class EventLog:
         runfolder.record(self.folder, *(event_file(n, s) for n, s in self.keys))
         for key in self.keys:
             kept = b"".join(
-                scalar_records(e + 1, {m: history[key][m][e] for m in results.columns(history[key])}) for e in range(epochs_done)
+                scalar_records(e + 1, {m: history[key][m][e] for m in results.columns(history[key])})
+                for e in range(epochs_done)
             ) if key in history else b""
             path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)

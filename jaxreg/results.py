@@ -418,7 +418,8 @@ def early_stopping(h: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     float arrays [seeds]; NaN for a seed without a finite value (diverged from epoch 1).
     """
     if not has_test(h):
-        raise KeyError(f"the history has no test columns (test_loss, ...); it has {sorted(k for k in h if k not in ('diverged', 'seeds'))}")
+        have = sorted(k for k in h if k not in ("diverged", "seeds"))
+        raise KeyError(f"the history has no test columns (test_loss, ...); it has {have}")
     metric = task_metric(h)
     val, test, test_metric = masked(h, "val_data_loss"), masked(h, "test_data_loss"), masked(h, f"test_{metric}")
     out = {name: np.full(val.shape[0], np.nan) for name in TESTED_FIELDS}

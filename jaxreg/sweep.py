@@ -184,7 +184,9 @@ def memory_estimate(config: SweepConfig, dataset: Dataset, placed: list, plan: l
         eval_batch_size=settings.eval_batch_size,
         train_capacity=capacity,
         validation_capacity=max(
-            batching.capacity(s.x.lengths, [np.arange(len(s))], settings.eval_batch_size) for s in (val, test) if s is not None
+            batching.capacity(s.x.lengths, [np.arange(len(s))], settings.eval_batch_size)
+            for s in (val, test)
+            if s is not None
         ),
         index_bytes=2 if max(dataset.num_words, config.batch_size + 1) <= np.iinfo(np.int16).max else 4,
     )
@@ -578,7 +580,8 @@ def _run_locked(
         if not writes:
             print(f"{distributed.describe()}: training with process 0, which writes {folder}", file=sys.stderr, flush=True)
     snapshot = None if checkpoint is None else load_checkpoint(folder, config, dataset.num_words, placed, checkpoint)
-    if snapshot is not None and dataset.test is not None and not results.has_test(next(iter(snapshot.history.values()), {})):
+    saved_columns = next(iter(snapshot.history.values()), {}) if snapshot is not None else {}
+    if snapshot is not None and dataset.test is not None and not results.has_test(saved_columns):
         # a run started before test splits were evaluated: it goes on as it began, without test columns
         dataset = dataclasses.replace(dataset, test=None)
         print(f"note: {folder} was started without test columns; it is resumed without them", file=stream)
