@@ -55,6 +55,9 @@ def main(argv=None) -> int:
     if made.summaries:
         print("\n" + results.summary_table(made.summaries))
         print(results.summary_notes(divergence_threshold=run.divergence_threshold))
+        tested = results.early_stopping_table(made.summaries)
+        if tested:
+            print("\n" + tested + "\n" + results.early_stopping_notes())
     axis = run.config.get("axis")
     if made.summaries and axis and len(set((axis.get("series") or {}).values())) > 1:
         from jaxreg.axis_tables import axis_table

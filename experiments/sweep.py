@@ -76,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--validation",
         choices=("test", "holdout"),
         help="test: the test set is the validation set, as the book does (default); "
-        "holdout: hold out --holdout-size reviews of the train split",
+        "holdout: hold out --holdout-size reviews of the train split to choose the epoch; the test set is then "
+        "evaluated every epoch and reported apart (test_* columns, summary.md's second table), never used to choose",
     )
     p.add_argument("--holdout-size", type=int, help="reviews held out with --validation holdout (default 10000)")
     p.add_argument(

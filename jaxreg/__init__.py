@@ -9,7 +9,8 @@ The public API (imported lazily, so that `import jaxreg` stays cheap and does no
   tasks        Task: binary, multiclass or regression, and the loss
   train step   StepConfig, Hyperparameters, TrainState, init_state, train_step (the reference),
                fused_train_step, train_epoch, evaluate
-  results      load_run (a run folder, in any state), stack, summarize, summary_table, load_params
+  results      load_run (a run folder, in any state), stack, summarize, summary_table,
+               early_stopping_table (with a test split), load_params
 
 Modules, one idea each:
   dataset    Dataset and Split (multi-hot or dense inputs; binary, multiclass or regression targets), from_arrays
@@ -66,6 +67,7 @@ _EXPORTS = {
     "summarize": "results",
     "stack": "results",
     "summary_table": "results",
+    "early_stopping_table": "results",
     "load_params": "params",
 }
 

@@ -12,7 +12,7 @@ import math
 import os
 from typing import Sequence
 
-from jaxreg import losses, results
+from jaxreg import losses, results, views
 from jaxreg import variants as V
 from jaxreg.checks import is_int, is_number
 from jaxreg.train import HYPERPARAMETERS
@@ -20,7 +20,7 @@ from jaxreg.train import HYPERPARAMETERS
 PRODUCTS = ("auto", "sparse", "dense")
 VALIDATIONS = ("test", "holdout")
 PLACEMENTS = ("auto", *V.PLACEMENTS)  # see variants.place_buckets
-AXES = ("width", *HYPERPARAMETERS, "train_size", "label_noise")  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
+AXES = ("width", *HYPERPARAMETERS, *views.FIELDS)  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
 # Largest accepted values: a history keeps every epoch; seeds and devices multiply the models;
 # batch rows are int32 indices. Whether a run fits in memory is estimated later (jaxreg.memory).
 MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, holdout_size=2**31 - 1, devices=4096)

@@ -35,7 +35,8 @@ Validation protocols: ``"test"`` (the book's: the TEST set is the validation set
 ``"holdout"`` (seeded ``holdout_size`` reviews of train become validation). With
 ``"holdout"`` the vocabulary is still ranked on the full train split, held-out reviews
 included: the ranking uses word counts only, never labels, and it lets both protocols
-share one cached encoding.
+share one cached encoding. With ``"holdout"`` the test split is kept as ``Dataset.test``:
+evaluated every epoch and reported apart (history columns ``test_*``), never used to choose.
 
 Cache: one ``.npz`` per (source checksum, num_words, tokenizer version, cache format)
 under ``cache_dir`` (default: env ``JAXREG_CACHE``, else ``jaxreg.cache.cache_dir()``:
@@ -159,10 +160,11 @@ def load_imdb(
     train = _split(arrays, "train", num_words)
     test = _split(arrays, "test", num_words)
     if validation == "test":
-        train_split, validation_split = train, test
+        train_split, validation_split, test_split = train, test, None
     else:
         train_rows, holdout_rows = holdout_indices(len(train), holdout_size, seed)
         train_split, validation_split = train.take(train_rows, "train"), train.take(holdout_rows, "holdout")
+        test_split = test  # evaluated every epoch, reported apart, never used to choose
         description += f", holdout_size={holdout_size}, seed={seed}"
     return Dataset(
         train=train_split,
@@ -172,6 +174,7 @@ def load_imdb(
         source=description,
         checksum=checksum,
         vocabulary=vocabulary,
+        test=test_split,
     )
 
 
@@ -184,6 +187,7 @@ def synthetic_dataset(
     n_signal_words: int = 50,
     label_noise: float = 0.05,
     seed: int = 0,
+    n_test: int = 0,
 ) -> Dataset:
     """IMDB-shaped data with a planted sparse signal, for fast tests and smoke runs.
 
@@ -192,6 +196,8 @@ def synthetic_dataset(
     present. n_signal_words frequent words carry weights of random sign; the label is 1 when
     the summed weight of a review's distinct words exceeds its expectation (so labels are
     about balanced), flipped with probability label_noise. Deterministic from the arguments.
+    n_test > 0 adds a test split of that many reviews (`Dataset.test`), drawn after the other
+    two, which stay as they are without it.
     """
     _check_num_words(num_words)
     lo, hi = words_per_review
@@ -200,6 +206,7 @@ def synthetic_dataset(
         msg
         for bad, msg in [
             (n_train < 1 or n_validation < 1, "n_train and n_validation must be >= 1"),
+            (not isinstance(n_test, int) or n_test < 0, f"n_test={n_test!r} must be an integer >= 0"),
             (not 0 <= lo <= hi, f"words_per_review={words_per_review} must be (lo, hi) with 0 <= lo <= hi"),
             (not 0 < n_signal_words <= n_vocab, f"n_signal_words={n_signal_words} must be in 1..num_words-3={n_vocab}"),
             (not 0.0 <= label_noise <= 0.5, f"label_noise={label_noise} must be in [0, 0.5]"),
@@ -231,7 +238,9 @@ def synthetic_dataset(
         return Split(x, np.where(flip, 1 - y, y).astype(np.float32), name)
 
     train, validation = make(n_train, "train"), make(n_validation, "validation")
+    test = make(n_test, "test") if n_test else None
     params = (n_train, n_validation, num_words, tuple(words_per_review), n_signal_words, label_noise, seed)
+    params += (n_test,) if n_test else ()  # without a test split, the checksum is as before
     return Dataset(
         train=train,
         validation=validation,
@@ -240,6 +249,7 @@ def synthetic_dataset(
         source="synthetic_dataset" + repr(params),
         checksum="synthetic:" + hashlib.sha256(repr(params).encode()).hexdigest(),
         vocabulary=tuple(f"w{i}" for i in range(FIRST_WORD, num_words)),
+        test=test,
     )
 
 

@@ -137,8 +137,11 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation splits with what a run needs to know about them.
+    """Train and validation splits (and, optionally, a test split) with what a run needs to know about them.
 
+    test: a split evaluated every epoch and reported apart (history columns test_*), never used
+    to choose anything (best epoch, divergence); None when the data has none, or when the test
+    set is the validation set (the book's protocol).
     num_words: the number of input columns (words for IMDB, features for dense data; also
     `num_features`). target: one of TARGETS; num_classes: the number of classes for
     "multiclass", else None. checksum identifies the data (a resumed run compares it).
@@ -153,6 +156,7 @@ class Dataset:
     vocabulary: tuple[str, ...] = ()
     target: str = "binary"
     num_classes: int | None = None
+    test: Split | None = None
 
     def __post_init__(self):
         if not isinstance(self.target, str) or self.target not in TARGETS:
@@ -167,7 +171,11 @@ class Dataset:
         kinds = {type(s.x) for s in (self.train, self.validation)}
         if len(kinds) > 1:
             raise DataError("train.x and validation.x must both be SparseMultiHot or both dense arrays, not one of each")
-        for field in ("train", "validation"):
+        if self.test is not None and isinstance(self.test, Split) and type(self.test.x) not in kinds:
+            raise DataError(
+                f"test.x is a {type(self.test.x).__name__}, train.x a {type(self.train.x).__name__}: use the same kind"
+            )
+        for field in ("train", "validation") + (() if self.test is None else ("test",)):
             _check_split(getattr(self, field), field, self.num_words, self.target, self.num_classes)
 
     @property
@@ -185,7 +193,8 @@ class Dataset:
         head = (
             f"Data: {self.source} [{self.checksum[:24]}], num_words={self.num_words:,}: "
             f"train {len(self.train):,} {rows} ({self.train.name}), "
-            f"validation {len(self.validation):,} {rows} ({self.validation.name})."
+            f"validation {len(self.validation):,} {rows} ({self.validation.name})"
+            + (f", test {len(self.test):,} {rows} ({self.test.name})." if self.test is not None else ".")
         )
         if self.target != "binary":
             classes = f" with {self.num_classes} classes" if self.target == "multiclass" else ""
@@ -199,6 +208,10 @@ class Dataset:
             tail = (
                 "Validation protocol: held-out reviews of the train split; the test set is not used "
                 "(vocabulary ranked on the full train split)."
+                if self.test is None
+                else "Validation protocol: held-out reviews of the train split choose the epoch; the test set "
+                "is evaluated every epoch and reported apart, never used to choose (vocabulary ranked on the "
+                "full train split)."
             )
         elif self.protocol == "given":
             tail = "Validation protocol: the validation arrays as given."
@@ -206,6 +219,8 @@ class Dataset:
             tail = "Validation protocol: a seeded random holdout of the given rows."
         else:
             tail = f"Validation protocol: {self.protocol}."
+        if self.test is not None and self.protocol != "holdout":
+            tail += " The test split is evaluated every epoch and reported apart, never used to choose."
         return f"{head}\n{tail}"
 
 
@@ -268,6 +283,7 @@ def from_arrays(
     y,
     *,
     validation=None,
+    test=None,
     holdout=0.2,
     seed: int = 0,
     target: str = "auto",
@@ -287,14 +303,16 @@ def from_arrays(
     rows) or a row count, `seed` chooses the rows (`holdout` and `seed` are not used when
     validation is given).
     target: "binary", "multiclass", "regression", or "auto", which looks at y of train and
-    validation together: values all 0 or 1 (any dtype, bool included) are binary; other
+    validation (and test) together: values all 0 or 1 (any dtype, bool included) are binary; other
     float values are regression (integer-valued floats too, such as scikit-learn's diabetes
     targets: pass target="multiclass" for float class ids); other integer (dtype) values
     >= 0 are multiclass with num_classes = max + 1 unless num_classes is given (a given
     num_classes with "auto" means multiclass). Negative integer labels are refused (pass
     target="regression" for integer targets).
+    test: an (x_test, y_test) pair of the same kinds, or None: evaluated every epoch and
+    reported apart (history columns test_*), never used to choose an epoch or anything else.
     num_words: the number of columns for index lists (None: the largest index + 1 over
-    train and validation); for dense and scipy.sparse x it must equal their width if given.
+    train, validation and test); for dense and scipy.sparse x it must equal their width if given.
     name: the data's name in describe() and run records. The checksum is a sha256 over the
     final arrays (dtype, shape, bytes), the target and num_classes: equal data, equal checksum.
     """
@@ -314,6 +332,10 @@ def from_arrays(
         if not isinstance(validation, (tuple, list)) or len(validation) != 2:
             raise DataError(f"validation must be an (x_val, y_val) pair or None, not {_short(validation)}")
         pairs.append(("validation[0]", validation[0], "validation[1]", validation[1]))
+    if test is not None:
+        if not isinstance(test, (tuple, list)) or len(test) != 2:
+            raise DataError(f"test must be an (x_test, y_test) pair or None, not {_short(test)}")
+        pairs.append(("test[0]", test[0], "test[1]", test[1]))
     inputs = [_inputs(xv, xname) for xname, xv, _, _ in pairs]
     for (kind, value), (xname, *_) in zip(inputs, pairs):
         n = value[2] if kind == "lists" else (len(value) if kind == "sparse" else value.shape[0])
@@ -323,12 +345,14 @@ def from_arrays(
     xs = [_finish_inputs(kind, value, width, p[0]) for (kind, value), p in zip(inputs, pairs)]
     kinds = {type(v) for v in xs}
     if len(kinds) > 1:
-        raise DataError("x and validation[0] must both be multi-hot (index lists, scipy.sparse) or both dense arrays")
+        others = " and ".join(p[0] for p in pairs[1:])
+        raise DataError(f"x and {others} must all be multi-hot (index lists, scipy.sparse) or all dense arrays")
     ys = [_labels(yv, yname, len(xv)) for (_, _, yname, yv), xv in zip(pairs, xs)]
     target, num_classes = _resolve_target(ys, [p[2] for p in pairs], target, num_classes)
     ys = [yv.astype(_Y_DTYPES[target]) for yv in ys]
 
     train = Split(xs[0], ys[0], "train")
+    test_split = Split(xs[-1], ys[-1], "test") if test is not None else None
     if validation is not None:
         val, protocol, source = Split(xs[1], ys[1], "validation"), "given", name
     else:
@@ -342,16 +366,20 @@ def from_arrays(
         protocol=protocol,
         num_words=width,
         source=source,
-        checksum="arrays:" + arrays_checksum(train, val, target, num_classes, width),
+        checksum="arrays:" + arrays_checksum(train, val, target, num_classes, width, test=test_split),
         target=target,
         num_classes=num_classes,
+        test=test_split,
     )
 
 
-def arrays_checksum(train: Split, validation: Split, target: str, num_classes, num_words: int) -> str:
-    """sha256 over the splits' arrays (dtype, shape, bytes), the target, num_classes and num_words."""
+def arrays_checksum(
+    train: Split, validation: Split, target: str, num_classes, num_words: int, test: Split | None = None
+) -> str:
+    """sha256 over the splits' arrays (dtype, shape, bytes), the target, num_classes and num_words
+    (and the test split's arrays when there is one; without one, the checksum is as before)."""
     h = hashlib.sha256(f"{target}|{num_classes}|{num_words}".encode())
-    for split in (train, validation):
+    for split in (train, validation) + (() if test is None else (test,)):
         x = split.x
         arrays = (x.indptr, x.indices) if isinstance(x, SparseMultiHot) else (x,)
         h.update(f"|{type(x).__name__}".encode())
@@ -442,7 +470,7 @@ def _width(inputs, args, num_words) -> int:
             if w != num_words:
                 raise DataError(f"num_words={num_words} but {arg} has {w} columns")
     if len(set(widths.values())) > 1:
-        raise DataError(f"x and validation[0] have different numbers of columns: {widths}")
+        raise DataError(f"{' and '.join(widths)} have different numbers of columns: {widths}")
     if widths:
         width = next(iter(widths.values()))
     elif num_words is not None:

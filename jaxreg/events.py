@@ -1,9 +1,10 @@
 """TensorBoard event files of a run: one TensorBoard run per variant and seed, every metric per epoch.
 
 <run folder>/tensorboard/<variant>/seed_<s>/events.out.tfevents.jaxreg holds, as scalars with
-step = epoch (from 1), every metric of the history (`results.metric_names`), appended and flushed after every
-epoch, and the variant's hyperparameters for TensorBoard's HParams plugin (with, at the end,
-the final and best validation metrics). `tensorboard --logdir <run folder or its parent>`.
+step = epoch (from 1), every metric of the history (`results.metric_names`; with a test split,
+its test_* columns too), appended and flushed after every epoch, and the variant's
+hyperparameters for TensorBoard's HParams plugin (with, at the end, the final and best
+validation metrics). `tensorboard --logdir <run folder or its parent>`.
 
 Written with tensorboardX's protobufs and summary builders (pure Python and protobuf, unlike
 tensorboard, which brings a web server) but not its SummaryWriter: that names files by time
@@ -104,12 +105,12 @@ class EventLog:
         self, folder, hparams: Mapping[tuple[str, int], Mapping], history: Mapping, epochs_done: int, metric: str = "accuracy"
     ):
         self.folder = Path(folder)
-        metrics = results.metric_names(metric)
         self.keys = list(hparams)
         runfolder.record(self.folder, *(event_file(n, s) for n, s in self.keys))
         for key in self.keys:
             kept = b"".join(
-                scalar_records(e + 1, {m: history[key][m][e] for m in metrics}) for e in range(epochs_done)
+                scalar_records(e + 1, {m: history[key][m][e] for m in results.columns(history[key])})
+                for e in range(epochs_done)
             ) if key in history else b""
             path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,19 +21,24 @@ from jaxreg import results, runfolder
 class LiveLog:
     """The per-epoch files of one run: history.jsonl/.csv and, unless `tensorboard=False`, `jaxreg.events`."""
 
-    def __init__(self, folder, config, history: Mapping, epochs_done: int, tensorboard: bool = True):
-        """`history`: {(name, seed): {metric: [epochs]}} of the epochs kept (a checkpoint's), `epochs_done` of them."""
+    def __init__(
+        self, folder, config, history: Mapping, epochs_done: int, tensorboard: bool = True, columns=results.METRICS
+    ):
+        """`history`: {(name, seed): {metric: [epochs]}} of the epochs kept (a checkpoint's), `epochs_done` of them.
+        `columns`: the run's history columns (`results.metric_names`; with test columns for data with a test split)."""
+        self.columns = tuple(columns)
         self.folder = Path(folder)
         self.names = [v.name for v in config.variants]
         self.threshold = config.divergence_threshold
         self.diverged: dict = {}
-        self.history = {(v.name, v.seed): {m: [] for m in results.METRICS} for v in config.variant_specs()}
+        self.history = {(v.name, v.seed): {m: [] for m in self.columns} for v in config.variant_specs()}
         runfolder.record(self.folder, results.HISTORY_JSONL, results.HISTORY_CSV)
         kept = []
         for epoch in range(epochs_done):
-            kept += self._add(epoch, {key: {m: h[m][epoch] for m in results.METRICS} for key, h in history.items()})
+            kept += self._add(epoch, {key: {m: h[m][epoch] for m in self.columns} for key, h in history.items()})
+        test = results.has_test(self.columns)
         results.atomic_write(self.folder / results.HISTORY_JSONL, results.jsonl_lines(kept))
-        results.atomic_write(self.folder / results.HISTORY_CSV, results.csv_lines(kept, header=True))
+        results.atomic_write(self.folder / results.HISTORY_CSV, results.csv_lines(kept, header=True, test=test))
         self.events = None
         if tensorboard:
             from jaxreg import events
@@ -47,7 +52,7 @@ class LiveLog:
         for r in records:
             key = (r["variant"], r["seed"])
             self.diverged[key] = r["diverged"]
-            for m in results.METRICS:
+            for m in self.columns:
                 self.history[key][m].append(r[m])
         return records
 

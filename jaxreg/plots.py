@@ -14,9 +14,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
-from jaxreg.results import is_penalized, masked, task_metric
+from jaxreg.results import early_stopping, has_test, is_penalized, masked, task_metric
 
 REFERENCE_COLOR = "0.45"
 DPI = 110
@@ -272,17 +272,80 @@ def plot_fit_against_axis(histories: Mapping, values: Mapping[str, float], serie
     return _save(fig, path)
 
 
-def figure_files(names: Sequence[str], axis_name: str | None = None) -> list[str]:
-    """The file names `make_figures` writes for these variants, in order (so a run folder can record them first)."""
+EARLY_STOPPING_FIGURE = "honest_early_stopping.png"
+
+
+def tested(histories: Mapping) -> bool:
+    """Whether the histories have test columns (data with a test split), so `make_figures` draws EARLY_STOPPING_FIGURE."""
+    return any(has_test(h) for h in histories.values())
+
+
+def plot_early_stopping(histories: Mapping, path) -> Path:
+    """The book's protocol against honest early stopping, per variant (histories with test columns).
+
+    Left: the test data loss at the epoch chosen on the test set (the book: its validation set
+    is the test set) and at the epoch chosen on the held-out validation set (honest); right:
+    the epochs chosen. Per seed (`results.early_stopping`), then the mean over seeds with the
+    sample std as error bars. The gap on the left is the book's protocol's optimism.
+    """
+    names = [n for n in histories if has_test(histories[n])]
+    per_variant = [early_stopping(histories[n]) for n in names]
+    x = np.arange(len(names), dtype=np.float64)
+    fig = Figure(figsize=(max(8.0, 0.9 * len(names) + 5), 4.6), layout="constrained")
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": (3, 2)})
+    series = [
+        ("book: epoch chosen on the test set", "oracle", "C3", "s", -0.1),
+        ("honest: epoch chosen on held-out validation", "chosen", "C0", "o", 0.1),
+    ]
+
+    def stats(values):
+        finite = [v[np.isfinite(v)] for v in values]
+        mean = np.array([f.mean() if f.size else np.nan for f in finite])
+        std = np.array([f.std(ddof=1) if f.size > 1 else np.nan for f in finite])
+        return mean, std
+
+    for label, which, color, marker, shift in series:
+        for ax, column in ((left, f"{which}_test_data_loss"), (right, f"{which}_epoch")):
+            mean, std = stats([v[column] for v in per_variant])
+            yerr = None if np.isnan(std).all() else np.nan_to_num(std)
+            ax.errorbar(x + shift, mean, yerr=yerr, fmt=marker, color=color, label=label, capsize=4, markersize=6)
+    optimism, _ = stats([v["optimism"] for v in per_variant])
+    for xi, gap in zip(x, optimism):  # the paired difference, which the overlapping error bars hide
+        if np.isfinite(gap):
+            left.annotate(f"+{gap:.4f}" if gap >= 0 else f"{gap:.4f}", (xi, 1.0), xycoords=("data", "axes fraction"),
+                          xytext=(0, -4), textcoords="offset points", ha="center", va="top", fontsize="small", color="0.3")
+    left.margins(y=0.15)
+    for ax in (left, right):
+        ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.grid(alpha=0.3, axis="y")
+    left.set_ylabel(f"test data loss ({loss_name(histories)}) at the chosen epoch")
+    left.set_title("Test loss reported (grey: honest - book, the book's optimism)")
+    right.set_ylabel("epoch chosen (from 1)")
+    right.yaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set_title("Epoch chosen")
+    n = max(h["loss"].shape[0] for h in histories.values())
+    note = f"mean of {n} seeds, error bars: sample std over seeds" if n > 1 else "1 seed"
+    fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
+    fig.suptitle(f"Early stopping on the test set (the book) against held-out validation (honest)\n({note})")
+    return _save(fig, path)
+
+
+def figure_files(names: Sequence[str], axis_name: str | None = None, tested: bool = False) -> list[str]:
+    """The file names `make_figures` writes for these variants, in order (so a run folder can record them first).
+
+    `tested`: the histories have test columns (`plots.tested`), which adds EARLY_STOPPING_FIGURE."""
+    extra = [EARLY_STOPPING_FIGURE] if tested else []
     if axis_name is not None:
         against = [f"val_loss_vs_{axis_name}.png"] if len(names) > 1 else []
         fit = [f"fit_vs_{axis_name}.png"] if axis_name == "label_noise" and len(names) > 1 else []
-        return ["val_loss_curves.png", *against, *fit]
+        return ["val_loss_curves.png", *against, *fit, *extra]
     reference = "original" if "original" in names else names[0]
     return [
         "val_loss_curves.png",
         *([f"vs_{reference}.png"] if len(names) > 1 else []),
         *(["original_vs_bigger.png"] if "original" in names and "bigger" in names else []),
+        *extra,
     ]
 
 
@@ -292,7 +355,8 @@ def make_figures(histories: Mapping, folder, axis: tuple | None = None) -> list[
     Always val_loss_curves.png. With `axis` (name, {variant: value}[, {variant: series}]):
     val_loss_vs_<axis>.png, one line per series when there are several (and for label noise
     fit_vs_label_noise.png). Without: vs_original.png (each variant against "original", else
-    the first variant) and, with both "original" and "bigger", original_vs_bigger.png.
+    the first variant) and, with both "original" and "bigger", original_vs_bigger.png. With
+    test columns (data with a test split): honest_early_stopping.png (`plot_early_stopping`).
     """
     folder = Path(folder)
     names = list(histories)
@@ -311,5 +375,6 @@ def make_figures(histories: Mapping, folder, axis: tuple | None = None) -> list[
         f"fit_vs_{axis_name}.png": lambda path: plot_fit_against_axis(histories, values, series, axis_name, path),
         f"vs_{reference}.png": lambda path: plot_against_reference(histories, path, reference),
         "original_vs_bigger.png": lambda path: plot_train_val(histories, path),
+        EARLY_STOPPING_FIGURE: lambda path: plot_early_stopping(histories, path),
     }
-    return [draw[name](folder / name) for name in figure_files(names, axis_name)]
+    return [draw[name](folder / name) for name in figure_files(names, axis_name, tested(histories))]

@@ -59,7 +59,8 @@ def _write(run, histories, summaries, epochs: int, dest: Path, figures: bool, ma
     if figures:
         from jaxreg import plots  # matplotlib only here
 
-        figure_names = [f"{results.FIGURES_DIR}/{n}" for n in plots.figure_files(list(histories), axis[0] if axis else None)]
+        files = plots.figure_files(list(histories), axis[0] if axis else None, plots.tested(histories))
+        figure_names = [f"{results.FIGURES_DIR}/{n}" for n in files]
     if manifest:
         runfolder.record(dest, *names, *(figure_names if figures else []))
     dest.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,10 @@
 
 A *history* is what `variants.run` returns: {(name, seed): {metric: [epochs]}}, with the
 columns `metric_names(metric)`: loss, data_loss, penalty, the task's metric (accuracy,
-or mae for regression) and their val_ twins; every function here reads the columns from the
-history it is given (`columns`). `stack`
+or mae for regression) and their val_ twins, and, for data with a test split, test_loss,
+test_data_loss and test_<metric> (`test_names`: reported apart, never used to choose the best
+epoch or to mark divergence); every function here reads the columns from the history it is
+given (`columns`). `stack`
 turns it into the form every function here and in `plots` takes, one entry per variant:
 {name: {metric: float array [seeds, epochs], "diverged": bool array [seeds, epochs]}}, with
 the seeds in increasing order. Epochs are numbered from 1 in every file and table.
@@ -18,6 +20,9 @@ Definitions used by the summary (all on the *mean over seeds* of a metric, per e
     exploding weights (through the penalty) or an exploding logit loss.
   * best epoch: the epoch of the lowest mean validation *data* loss (Keras' val_loss of a
     penalized model includes the penalty, which is not comparable across variants).
+  * honest early stopping (`early_stopping`, with test columns): per seed, the epoch chosen
+    on validation and the test loss there, against the epoch chosen on the test set (the
+    book's protocol) and the test loss there; summary.md's second table.
   * overfitting onset (`overfitting_onset`): the first epoch after the best one from which
     the mean validation data loss stays above (1 + tolerance) x its minimum until the last
     epoch; None when the last epoch is still within that band (no overfitting seen yet).
@@ -45,14 +50,30 @@ from typing import BinaryIO, Iterator, Mapping, Sequence
 import numpy as np
 
 
-def metric_names(metric: str = "accuracy") -> tuple[str, ...]:
+def metric_names(metric: str = "accuracy", test: bool = False) -> tuple[str, ...]:
     """A history's columns for a task whose metric is `metric` (tasks.Task.metric): the training
-    epoch's means, then the validation's."""
+    epoch's means, then the validation's, then (`test`: the data has a test split) `test_names`."""
     train = ("loss", "data_loss", "penalty", metric)
-    return train + tuple(f"val_{m}" for m in train)
+    return train + tuple(f"val_{m}" for m in train) + (test_names(metric) if test else ())
+
+
+def test_names(metric: str = "accuracy") -> tuple[str, ...]:
+    """The test split's columns: test_loss (data loss + penalty), test_data_loss and test_<metric>.
+
+    No test_penalty: it is val_penalty (the same parameters). These columns are reported
+    apart and never used to choose anything: not the best epoch, not divergence (`blown_up`
+    skips them), not early stopping.
+    """
+    return ("test_loss", "test_data_loss", f"test_{metric}")
+
+
+def has_test(names) -> bool:
+    """Whether a history's columns (or a mapping's keys) include the test split's."""
+    return "test_loss" in names
 
 
 METRICS = metric_names("accuracy")  # a classification history's columns (the study's)
+TEST_PREFIX = "test_"
 OVERFITTING_TOLERANCE = 0.01
 DIVERGENCE_THRESHOLD = 1e6
 
@@ -130,15 +151,17 @@ def task_metric(names) -> str:
 
 def columns(names) -> tuple[str, ...]:
     """A history's metric columns in their canonical order, from its column names (or a mapping's keys)."""
-    return metric_names(task_metric(names))
+    return metric_names(task_metric(names), test=has_test(names))
 
 
 
 def blown_up(values: Mapping[str, np.ndarray], threshold: float = DIVERGENCE_THRESHOLD) -> np.ndarray:
-    """bool, elementwise: any metric non-finite, or any loss (a metric but an accuracy) above `threshold` in size."""
+    """bool, elementwise: any metric non-finite, or any loss (a metric but an accuracy) above `threshold` in size.
+
+    The test split's columns (test_*) are left out: they never decide anything."""
     bad = np.zeros(np.shape(values[next(iter(values))]), dtype=bool)
     for name, v in values.items():
-        if name in ("diverged", "seeds"):
+        if name in ("diverged", "seeds") or name.startswith(TEST_PREFIX):
             continue
         v = np.asarray(v, dtype=np.float64)
         bad |= ~np.isfinite(v)
@@ -205,9 +228,9 @@ def history_records(histories: Mapping[str, Mapping[str, np.ndarray]]) -> list[d
     return records
 
 
-def history_fields(metric: str = "accuracy") -> tuple[str, ...]:
-    """The fields of a history record (and history.csv's header) for a task with this metric."""
-    return ("variant", "seed", "epoch", *metric_names(metric), "diverged")
+def history_fields(metric: str = "accuracy", test: bool = False) -> tuple[str, ...]:
+    """The fields of a history record (and history.csv's header) for a task with this metric (and a test split)."""
+    return ("variant", "seed", "epoch", *metric_names(metric, test), "diverged")
 
 
 HISTORY_FIELDS = history_fields("accuracy")
@@ -222,15 +245,17 @@ def jsonl_lines(records: Sequence[Mapping]) -> str:
     return "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in records)
 
 
-def csv_lines(records: Sequence[Mapping], header: bool = False, metric: str | None = None) -> str:
+def csv_lines(records: Sequence[Mapping], header: bool = False, metric: str | None = None, test: bool | None = None) -> str:
     """history.csv lines of `records` (floats as repr: exact), after the header line if asked.
 
-    The columns are the records' (`metric`, e.g. "accuracy", names them when there are none).
+    The columns are the records' (`metric`, e.g. "accuracy", and `test`, whether there are
+    test columns, name them when there are no records).
     """
     metric = metric or (task_metric(records[0]) if records else "accuracy")
-    metrics = metric_names(metric)
+    test = has_test(records[0]) if test is None and records else bool(test)
+    metrics = metric_names(metric, test)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history_fields(metric)), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(history_fields(metric, test)), lineterminator="\n")
     if header:
         writer.writeheader()
     writer.writerows({**r, **{m: repr(r[m]) for m in metrics}} for r in records)
@@ -354,12 +379,74 @@ class VariantSummary:
     diverged: tuple[tuple[int, int], ...]  # (seed, first diverged epoch from 1)
     penalized: bool  # val_loss (Keras) includes a non-zero penalty, so it differs from val_data_loss
     metric: str = "accuracy"  # the task's metric: accuracy (classification) or mae (regression)
+    # With a test split (history columns test_*; `early_stopping`), per seed, then mean/std over seeds:
+    tested: bool = False  # the history has test columns; the fields below are NaN without
+    chosen_epoch_mean: float = math.nan  # the epoch each seed's validation chooses (its lowest val data loss)
+    chosen_epoch_std: float = math.nan
+    chosen_test_data_loss_mean: float = math.nan  # the test data loss at that epoch: the honest estimate
+    chosen_test_data_loss_std: float = math.nan
+    chosen_test_metric_mean: float = math.nan  # the task's test metric at that epoch
+    chosen_test_metric_std: float = math.nan
+    oracle_epoch_mean: float = math.nan  # the epoch the test set chooses (its lowest test data loss): the book's protocol
+    oracle_epoch_std: float = math.nan
+    oracle_test_data_loss_mean: float = math.nan  # the test data loss there: what the book's protocol reports
+    oracle_test_data_loss_std: float = math.nan
+    optimism_mean: float = math.nan  # chosen minus oracle test data loss, >= 0 per seed: the book's protocol's optimism
+    optimism_std: float = math.nan
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
     mean = float(np.mean(values))
     std = float(np.std(values, ddof=1)) if values.size > 1 else math.nan
     return mean, std
+
+
+TESTED_FIELDS = (
+    "chosen_epoch", "chosen_test_data_loss", "chosen_test_metric", "oracle_epoch", "oracle_test_data_loss", "optimism",
+)
+
+
+def early_stopping(h: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Honest early stopping against the book's protocol, per seed, for a history with test columns.
+
+    chosen_epoch (from 1): each seed's first epoch of lowest validation data loss before it
+    diverged (what `variants.best_epoch_tracker` keeps as .best parameters); chosen_test_*:
+    the test data loss and the task's test metric there, the honest estimate. oracle_epoch:
+    the seed's first epoch of lowest *test* data loss before it diverged, as choosing the epoch
+    on the test curves does; oracle_test_data_loss: the test data loss there. optimism: chosen
+    minus oracle test data loss (>= 0), how much the book's protocol flatters the test loss.
+    float arrays [seeds]; NaN for a seed without a finite value (diverged from epoch 1).
+    """
+    if not has_test(h):
+        have = sorted(k for k in h if k not in ("diverged", "seeds"))
+        raise KeyError(f"the history has no test columns (test_loss, ...); it has {have}")
+    metric = task_metric(h)
+    val, test, test_metric = masked(h, "val_data_loss"), masked(h, "test_data_loss"), masked(h, f"test_{metric}")
+    out = {name: np.full(val.shape[0], np.nan) for name in TESTED_FIELDS}
+    for s in range(val.shape[0]):
+        if np.isfinite(val[s]).any():
+            chosen = int(np.nanargmin(val[s]))
+            out["chosen_epoch"][s] = chosen + 1
+            out["chosen_test_data_loss"][s] = test[s, chosen]
+            out["chosen_test_metric"][s] = test_metric[s, chosen]
+        if np.isfinite(test[s]).any():
+            oracle = int(np.nanargmin(test[s]))
+            out["oracle_epoch"][s] = oracle + 1
+            out["oracle_test_data_loss"][s] = test[s, oracle]
+    out["optimism"] = out["chosen_test_data_loss"] - out["oracle_test_data_loss"]
+    return out
+
+
+def _tested_summary(h: Mapping[str, np.ndarray]) -> dict:
+    """VariantSummary's test fields (mean and std over the seeds that have a value), {} without test columns."""
+    if not has_test(h):
+        return {}
+    fields: dict = {"tested": True}
+    for name, values in early_stopping(h).items():
+        finite = values[np.isfinite(values)]
+        mean, std = _mean_std(finite) if finite.size else (math.nan, math.nan)
+        fields[f"{name}_mean"], fields[f"{name}_std"] = mean, std
+    return fields
 
 
 def summarize(
@@ -404,6 +491,7 @@ def summarize(
                 ),
                 penalized=is_penalized(h),
                 metric=metric,
+                **_tested_summary(h),
             )
         )
     return out
@@ -470,7 +558,28 @@ def summary_table(summaries: Sequence[VariantSummary]) -> str:
         ]
         for s in summaries
     ]
-    header = summary_columns(summaries[0].metric if summaries else "accuracy")
+    return _markdown(summary_columns(summaries[0].metric if summaries else "accuracy"), rows)
+
+
+TEST_METRIC_HEADERS = {"accuracy": "test acc there", "mae": "test MAE there"}
+
+
+def early_stopping_columns(metric: str = "accuracy") -> tuple[str, ...]:
+    """The header of `early_stopping_table` for a task with this metric."""
+    loss = "test data loss" if metric != "mae" else "test MSE"
+    return (
+        "variant",
+        "seeds",
+        "epoch chosen on val",
+        f"{loss} there (honest)",
+        TEST_METRIC_HEADERS.get(metric, f"test {metric} there"),
+        "epoch chosen on test",
+        f"{loss} there (book)",
+        "optimism (honest - book)",
+    )
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(header)]
 
     def line(cells):
@@ -478,6 +587,38 @@ def summary_table(summaries: Sequence[VariantSummary]) -> str:
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def early_stopping_table(summaries: Sequence[VariantSummary]) -> str:
+    """A Markdown table of the variants with test columns (`VariantSummary.tested`): the epoch
+    the validation set chooses and the test loss there, against the epoch the test set chooses
+    (the book's protocol) and the test loss there. "" when no variant has test columns."""
+    tested = [s for s in summaries if s.tested]
+    if not tested:
+        return ""
+    rows = [
+        [
+            s.name,
+            str(s.seeds),
+            _pm(s.chosen_epoch_mean, s.chosen_epoch_std, 1),
+            _pm(s.chosen_test_data_loss_mean, s.chosen_test_data_loss_std),
+            _pm(s.chosen_test_metric_mean, s.chosen_test_metric_std),
+            _pm(s.oracle_epoch_mean, s.oracle_epoch_std, 1),
+            _pm(s.oracle_test_data_loss_mean, s.oracle_test_data_loss_std),
+            _pm(s.optimism_mean, s.optimism_std),
+        ]
+        for s in tested
+    ]
+    return _markdown(early_stopping_columns(tested[0].metric), rows)
+
+
+def early_stopping_notes() -> str:
+    return (
+        "Honest early stopping: per seed, the epoch of the lowest validation data loss (held-out data) and the "
+        "test data loss there, against the epoch of the lowest test data loss and the test loss there (the "
+        "book's protocol: its validation set is the test set); optimism: the difference, >= 0 per seed. Means "
+        "over seeds (± sample std). The test columns are never used to choose anything in a run."
+    )
 
 
 def summary_notes(tolerance: float = OVERFITTING_TOLERANCE, divergence_threshold: float = DIVERGENCE_THRESHOLD) -> str:
@@ -501,7 +642,13 @@ def write_summary(
     folder = Path(folder)
     notes = summary_notes(tolerance, divergence_threshold)
     md = (f"# {title}\n\n" if title else "") + summary_table(summaries) + "\n\n" + notes + "\n"
+    tested = early_stopping_table(summaries)
+    if tested:
+        md += "\n## Honest early stopping: the test loss at the epoch chosen on validation and on test\n\n"
+        md += tested + "\n\n" + early_stopping_notes() + "\n"
     fields = [f.name for f in dataclasses.fields(VariantSummary)]
+    if not any(s.tested for s in summaries):  # summary.csv as before a test split existed
+        fields = fields[: fields.index("tested")]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -511,7 +658,7 @@ def write_summary(
             if v is None or (isinstance(v, float) and not math.isfinite(v)):
                 row[k] = ""
         row["diverged"] = ";".join(f"{seed}@{epoch}" for seed, epoch in s.diverged)
-        writer.writerow(row)
+        writer.writerow({k: row[k] for k in fields})
     return atomic_write(folder / SUMMARY_MD, md), atomic_write(folder / SUMMARY_CSV, buf.getvalue())
 
 
@@ -524,7 +671,7 @@ def read_summary(path) -> list[dict]:
             for k, v in row.items():
                 if k in ("name", "diverged", "metric"):
                     parsed[k] = v
-                elif k == "penalized":
+                elif k in ("penalized", "tested"):
                     parsed[k] = v == "True"
                 elif v == "":
                     parsed[k] = None

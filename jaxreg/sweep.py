@@ -171,7 +171,7 @@ def bucket_devices(config: SweepConfig, plan: list, devices: list, num_words: in
 def memory_estimate(config: SweepConfig, dataset: Dataset, placed: list, plan: list) -> memory.Estimate:
     """jaxreg.memory's estimate for this run's buckets (each on its devices, `bucket_devices`), data and batch capacities."""
     settings = config.run_settings()
-    train, val = dataset.train, dataset.validation
+    train, val, test = dataset.train, dataset.validation, dataset.test
     capacity = max(
         batching.train_capacity(train.x.lengths, seeds, config.epochs, config.batch_size)
         for seeds in {b.seeds for b in plan}
@@ -179,11 +179,15 @@ def memory_estimate(config: SweepConfig, dataset: Dataset, placed: list, plan: l
     data = memory.DataShape(
         num_words=dataset.num_words,
         n_train=len(train),
-        n_validation=len(val),
+        n_validation=len(val) + (0 if test is None else len(test)),  # the test batches are evaluated alike
         batch_size=config.batch_size,
         eval_batch_size=settings.eval_batch_size,
         train_capacity=capacity,
-        validation_capacity=batching.capacity(val.x.lengths, [np.arange(len(val))], settings.eval_batch_size),
+        validation_capacity=max(
+            batching.capacity(s.x.lengths, [np.arange(len(s))], settings.eval_batch_size)
+            for s in (val, test)
+            if s is not None
+        ),
         index_bytes=2 if max(dataset.num_words, config.batch_size + 1) <= np.iinfo(np.int16).max else 4,
     )
     shapes = []
@@ -299,6 +303,7 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
             "num_words": dataset.num_words,
             "train_size": len(dataset.train),
             "validation_size": len(dataset.validation),
+            **({} if dataset.test is None else {"test_size": len(dataset.test)}),
         },
         "devices": {
             "platform": devices[0].platform,
@@ -347,7 +352,7 @@ def _finish(
         from jaxreg import plots  # matplotlib is only needed here
 
         axis = (config.axis, config.axis_values(), config.axis_series()) if config.axis else None
-        names = plots.figure_files(list(histories), axis[0] if axis else None)
+        names = plots.figure_files(list(histories), axis[0] if axis else None, tested=plots.tested(histories))
         runfolder.record(folder, *(f"{results.FIGURES_DIR}/{name}" for name in names))
         paths = plots.make_figures(histories, folder / results.FIGURES_DIR, axis=axis)
     diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
@@ -372,6 +377,9 @@ def print_summary(
 ) -> None:
     print("\n" + results.summary_table(summaries), file=stream)
     print(results.summary_notes(divergence_threshold=divergence_threshold), file=stream)
+    tested = results.early_stopping_table(summaries)
+    if tested:
+        print("\n" + tested + "\n" + results.early_stopping_notes(), file=stream)
     written = [results.CONFIG_FILE, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV]
     written += [str(p.relative_to(folder)) for p in figures]
     written += [f"{d}/" for d in ("params", "tensorboard") if (folder / d).is_dir()]  # per variant and seed
@@ -576,6 +584,11 @@ def _run_locked(
         if not writes:
             print(f"{distributed.describe()}: training with process 0, which writes {folder}", file=sys.stderr, flush=True)
     snapshot = None if checkpoint is None else load_checkpoint(folder, config, dataset.num_words, placed, checkpoint)
+    saved_columns = next(iter(snapshot.history.values()), {}) if snapshot is not None else {}
+    if snapshot is not None and dataset.test is not None and not results.has_test(saved_columns):
+        # a run started before test splits were evaluated: it goes on as it began, without test columns
+        dataset = dataclasses.replace(dataset, test=None)
+        print(f"note: {folder} was started without test columns; it is resumed without them", file=stream)
 
     try:
         if writes:
@@ -641,7 +654,10 @@ def _run_locked(
         )
         write_status("running", start)
         if writes:
-            live = LiveLog(folder, config, snapshot.history if snapshot else {}, start, tensorboard)
+            live = LiveLog(
+                folder, config, snapshot.history if snapshot else {}, start, tensorboard,
+                columns=results.metric_names("accuracy", test=dataset.test is not None),
+            )
         bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
         t0 = time.perf_counter()
         with compiletime.measure() as compiled:

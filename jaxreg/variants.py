@@ -22,6 +22,11 @@ parameters of its best epoch so far (the lowest validation data loss, before the
 diverged; see `best_epoch_tracker`), on the device, outside the compiled epoch, so the
 training numbers are untouched. They cost one more copy of the parameters and are part of a
 RunSnapshot, so a resumed run keeps the best so far.
+
+Test split: for data with one (`Dataset.test`, e.g. IMDB with validation="holdout"), every
+epoch also evaluates it inside the same compiled epoch (history columns test_*). Those
+numbers only leave the program: the best epoch, divergence and everything else are decided
+on the other columns, so a run's training and choices are the same with or without it.
 """
 
 from __future__ import annotations
@@ -512,9 +517,11 @@ def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int,
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _bucket_epoch(
     config: StepConfig, n_configs: int, n_seeds: int, sequential: bool,
-    states, unit_mask, hp, keys, train_batches, val_batches, view_index=None,
+    states, unit_mask, hp, keys, train_batches, val_batches, view_index=None, test_batches=None,
 ):
-    """One epoch of a seeds x configs grid: train, then validate, every variant. Jitted once per shape.
+    """One epoch of a seeds x configs grid: train, then validate (and test, given test_batches),
+    every variant. Jitted once per shape. The test metrics only leave the program: nothing in it
+    reads them.
 
     view_index: None (every config trains on its seed's batches [seeds, batches, ...]), or
     per config its data view's index into batches stacked [seeds, views, batches, ...].
@@ -523,7 +530,11 @@ def _bucket_epoch(
     def one(state, mask, hp, view, key, batches):
         state, metrics = train_epoch(state, batches, key, hp, config=config, unit_mask=mask, view=view)
         val = evaluate(state.params, val_batches, hp, config=config)
-        return state, {**metrics, **{f"val_{k}": v for k, v in val.items()}}
+        out = {**metrics, **{f"val_{k}": v for k, v in val.items()}}
+        if test_batches is not None:
+            test = evaluate(state.params, test_batches, hp, config=config)
+            out.update({name: test[name[len("test_"):]] for name in results.test_names(config.task.metric)})
+        return state, out
 
     view_axis = None if view_index is None else 0
     over_configs = _over_axis(one, (0, 0, 0, view_axis, None, None), n_configs, sequential)
@@ -568,6 +579,14 @@ class BucketProgram:
         # distributed.put: device_put, or with many processes a global array built on each from its own copy
         self.val_batches = distributed.put(
             batching.make_batches(val.x, val.y, val_order, settings.eval_batch_size, val_cap), self._replicated
+        )
+        test = getattr(dataset, "test", None)  # evaluated beside validation, reported apart, never used to choose
+        self.test_batches = None if test is None else distributed.put(
+            batching.make_batches(
+                test.x, test.y, np.arange(len(test)), settings.eval_batch_size,
+                batching.eval_capacity(test.x, settings.eval_batch_size),
+            ),
+            self._replicated,
         )
         self.keys = distributed.put(jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated)
         hps = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[c.hyperparameters() for c in self.configs])
@@ -634,7 +653,7 @@ class BucketProgram:
         """Dispatch one epoch (asynchronously); returns (states, metrics [seeds, padded configs])."""
         return _bucket_epoch(
             self.config, len(self.configs), len(self.bucket.seeds), self.sequential,
-            states, unit_mask, self.hp, self.keys, train_batches, self.val_batches, self.view_index,
+            states, unit_mask, self.hp, self.keys, train_batches, self.val_batches, self.view_index, self.test_batches,
         )
 
     def metrics_to_numpy(self, metrics) -> dict[str, np.ndarray]:
@@ -726,7 +745,8 @@ def _keep_best(best, params, improved):
 class RunResult:
     """What `run` returns.
 
-    history: {(name, seed): {metric: [epochs]}}, columns `results.metric_names(task.metric)`;
+    history: {(name, seed): {metric: [epochs]}}, columns `results.metric_names(task.metric, test)`
+    (test: the data has a test split, `Dataset.test`, evaluated every epoch and never used to choose);
     params: {(name, seed): TrainedParams}; task: what was trained (`tasks.Task`); buckets:
     per compiled program, its variants and seeds and which path ran (`Execution.describe`:
     model, product, vmap or map, CPU kernels, fused update), which changes with the machine.
@@ -776,7 +796,7 @@ def run(
         raise VariantError(f"run: give mesh or one mesh per bucket ({len(buckets)} here), not both; got {len(meshes)} meshes")
     programs = [BucketProgram(b, dataset, settings, m) for b, m in zip(buckets, meshes)]
     task = run_task(dataset, settings)
-    columns = results.metric_names(task.metric)
+    columns = results.metric_names(task.metric, test=getattr(dataset, "test", None) is not None)
     states = [p.init() for p in programs]
     history = {(v.name, v.seed): {m: [] for m in columns} for v in variants}
     first_epoch = 0
@@ -799,6 +819,12 @@ def run(
             for saved, (state, mask) in zip(resume.states, states)
         ]
         bests = [distributed.put(saved, jax.tree.map(lambda x: x.sharding, best)) for saved, best in zip(resume.best, bests)]
+        saved = next(iter(resume.history.values()), {})
+        if set(saved) != set(columns):
+            raise VariantError(
+                f"the snapshot's history has the columns {sorted(saved)}, this run's data gives {sorted(columns)} "
+                "(a test split adds test_*); resume with the data of the interrupted run"
+            )
         history = {key: {m: list(resume.history[key][m]) for m in columns} for key in history}
         first_epoch = resume.epochs_done
         for key, h in history.items():  # replay the best-epoch bookkeeping over the restored history

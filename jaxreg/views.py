@@ -51,6 +51,9 @@ class View:
         return (-1 if self.train_size is None else self.train_size, self.label_noise)
 
 
+FIELDS = tuple(f.name for f in dataclasses.fields(View))  # VariantSpec's data-view fields, also sweep axes
+
+
 def subset_rows(seed: int, n_train: int, train_size: int | None) -> np.ndarray:
     """The rows of a view's examples: the first train_size of the seed's permutation of range(n_train)."""
     if train_size is None:

@@ -141,6 +141,13 @@ def test_real_holdout_protocol(imdb, imdb_archive, imdb_cache_dir):
             (split.x.indptr, split.x.indices, split.y),
             (imdb.train.x.take(rows).indptr, imdb.train.x.take(rows).indices, imdb.train.y[rows]),
         )
+    # the test set stays, as the test split (the book's validation set), evaluated apart, never used to choose
+    assert held.test is not None and held.test.name == "test" and imdb.test is None
+    chex.assert_trees_all_equal(
+        (held.test.x.indptr, held.test.x.indices, held.test.y),
+        (imdb.validation.x.indptr, imdb.validation.x.indices, imdb.validation.y),
+    )
+    assert "test 25,000 reviews (test)" in held.describe() and "never used to choose" in held.describe()
     same = load_imdb(imdb_archive, cache_dir=imdb_cache_dir, validation="holdout", seed=3)
     other = load_imdb(imdb_archive, cache_dir=imdb_cache_dir, validation="holdout", seed=4)
     np.testing.assert_array_equal(same.validation.x.indices, held.validation.x.indices)

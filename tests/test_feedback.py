@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxreg import cache, compiletime, config, cpu_kernels, data, plots, train
+from jaxreg import cache, compiletime, config, cpu_kernels, data, plots, train, views
 from jaxreg.sweep import _Progress
 from jaxreg.variants import VariantSpec
 
@@ -177,9 +177,13 @@ def test_one_list_of_per_variant_numbers():
     """train.Hyperparameters is the list: VariantSpec's numbers, the sweep axes and the figure labels follow it."""
     names = train.HYPERPARAMETERS
     assert names == train.Hyperparameters._fields
-    numbers = {f.name: f.default for f in dataclasses.fields(VariantSpec) if f.name not in ("name", "widths", "optimizer", "seed", "model")}
+    other = ("name", "widths", "optimizer", "seed", "model", *views.FIELDS)
+    numbers = {f.name: f.default for f in dataclasses.fields(VariantSpec) if f.name not in other}
     assert numbers == train.Hyperparameters._field_defaults
-    assert config.AXES == ("width", *names)
+    assert config.AXES == ("width", *names, *views.FIELDS)
+    assert {f.name: f.default for f in dataclasses.fields(VariantSpec) if f.name in views.FIELDS} == {
+        f.name: f.default for f in dataclasses.fields(views.View)
+    }
     assert set(plots.AXIS_LABELS) == set(config.AXES)
     spec = VariantSpec("v", **{name: 0.01 * (i + 1) for i, name in enumerate(names)})
     assert {k: float(v) for k, v in spec.hyperparameters()._asdict().items()} == pytest.approx(
