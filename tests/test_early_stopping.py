@@ -69,12 +69,12 @@ def test_bad_patience_is_refused(bad):
 
 def test_a_sweep_with_patience_says_where_it_stopped(tmp_path):
     config = SweepConfig(
-        name="early", variants=(V.VariantSpec("wide", (128, 128), learning_rate=3e-3),), synthetic=True, epochs=30, patience=2
+        name="early", variants=(V.VariantSpec("wide", (32, 32), learning_rate=1e-2),), synthetic=True, epochs=15, patience=2
     )
     stream = io.StringIO()
     result = run_sweep(config, tmp_path / "run", progress=False, stream=stream, tensorboard=False)
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     ran = result.histories["wide"]["loss"].shape[1]
-    assert status["state"] == "finished" and status["epochs_done"] == ran < 30
-    assert f"the run ended after epoch {ran} of 30" in stream.getvalue()
-    assert f"early: {ran} epochs (early stopping: {ran} of 30)" in (tmp_path / "run" / "summary.md").read_text()
+    assert status["state"] == "finished" and status["epochs_done"] == ran < 15
+    assert f"the run ended after epoch {ran} of 15" in stream.getvalue()
+    assert f"early: {ran} epochs (early stopping: {ran} of 15)" in (tmp_path / "run" / "summary.md").read_text()
