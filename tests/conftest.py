@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,16 @@ def write_fake_imdb(root: Path, reviews=None, *, archive: bool = True, name: str
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def run_concurrently(*runs: dict) -> list[subprocess.CompletedProcess]:
+    """subprocess.run(**kwargs) for each dict in `runs`, all started at once; the results in order.
+
+    For tests that compare independent processes (a multi-device run with a one-device one):
+    on a machine with several cores they overlap instead of waiting on each other.
+    """
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return list(pool.map(lambda kwargs: subprocess.run(**kwargs), runs))
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,11 @@ def test_a_running_run_can_be_watched(tmp_path):
         _wait_for_epochs(run, out, 2)
         run.send_signal(signal.SIGSTOP)  # hold it mid-run (possibly mid-write) while we read
         try:
+            # report.py twice (to stdout, and --out elsewhere) while this process reads the folder too
+            reports = ThreadPoolExecutor(2)
+            shown_later = reports.submit(_report, out, env=env)
+            elsewhere_later = reports.submit(_report, out, "--out", tmp_path / "report", env=env)
+            reports.shutdown(wait=False)
             done = results.read_json(out / results.STATUS_FILE)["epochs_done"]
             watched = results.load_run(out)
             assert watched.state == "running" and not watched.finished
@@ -126,12 +132,11 @@ def test_a_running_run_can_be_watched(tmp_path):
             assert l2["optimizer"] == "keras2" and l2["variant"] == "l2"
             assert set(events.HPARAM_FIELDS) <= set(l2.index)
 
-            shown = _report(out, env=env)
+            shown, elsewhere = shown_later.result(), elsewhere_later.result()
             assert shown.returncode == 0, shown.stderr
             assert f"{out}: running, " in shown.stdout and "(summary of the epochs so far)" in shown.stdout
             assert "| original" in shown.stdout and "a run is writing it" in shown.stdout
             assert not (out / results.SUMMARY_MD).exists()  # nothing written into a folder in use
-            elsewhere = _report(out, "--out", tmp_path / "report", env=env)
             assert elsewhere.returncode == 0, elsewhere.stderr
             md = (tmp_path / "report" / results.SUMMARY_MD).read_text()
             assert "epochs so far" in md and "(running)" in md

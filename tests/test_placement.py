@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_concurrently
 from jaxreg import results
 from jaxreg import variants as V
 
@@ -121,20 +122,25 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(tmp_path, label: str, n_devices: int, placement: str):
-    out = tmp_path / f"{label}.npz"
+def _runs(tmp_path, *runs: tuple[str, int, str]):
+    """(layout, histories) of SCRIPT for each (label, n_devices, placement), the processes run at the same time."""
     flags = os.environ.get("XLA_FLAGS", "")  # keeps an instruction-set limit, if any
-    env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(out), placement], env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    with np.load(out) as saved:
-        return json.loads(str(saved["layout"])), {k: saved[k] for k in saved.files if k != "layout"}
+    calls = [
+        dict(args=[sys.executable, "-c", SCRIPT, str(tmp_path / f"{label}.npz"), placement], capture_output=True, text=True,
+             timeout=600, env={**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}",
+                               "JAX_PLATFORMS": "cpu"})
+        for label, n_devices, placement in runs
+    ]
+    out = []
+    for (label, _, _), result in zip(runs, run_concurrently(*calls)):
+        assert result.returncode == 0, result.stderr[-4000:]
+        with np.load(tmp_path / f"{label}.npz") as saved:
+            out.append((json.loads(str(saved["layout"])), {k: saved[k] for k in saved.files if k != "layout"}))
+    return out
 
 
 def test_spread_over_two_devices_equals_one_device_bit_for_bit(tmp_path):
-    layout, spread = _run(tmp_path, "spread", 2, "spread")
-    single_layout, single = _run(tmp_path, "single", 1, "spread")
+    (layout, spread), (single_layout, single) = _runs(tmp_path, ("spread", 2, "spread"), ("single", 1, "spread"))
     assert len(layout["devices"]) == 2
     assert sorted(map(tuple, layout["ran_on"])) == sorted(map(tuple, [[d] for d in layout["devices"]])), (
         "the two buckets, each on its own device"
@@ -157,17 +163,21 @@ def sweep_env(tmp_path_factory):
     return env
 
 
-def _sweep(out, env, *extra):
-    args = ["--synthetic", "--epochs", "3", "--no-progress", "--no-figures", "--no-tensorboard", "--out", str(out), *extra]
-    result = subprocess.run([sys.executable, str(SWEEP), *args], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result, results.load_run(out)
+def _sweeps(env, *runs: tuple[Path, list[str]]):
+    """experiments/sweep.py --synthetic into each (out, extra flags), the processes run at the same time."""
+    common = ["--synthetic", "--epochs", "3", "--no-progress", "--no-figures", "--no-tensorboard"]
+    calls = [dict(args=[sys.executable, str(SWEEP), *common, "--out", str(out), *extra], env=env, capture_output=True,
+                  text=True, timeout=600) for out, extra in runs]
+    done = []
+    for (out, _), result in zip(runs, run_concurrently(*calls)):
+        assert result.returncode == 0, result.stderr[-4000:]
+        done.append((result, results.load_run(out)))
+    return done
 
 
 def test_book_command_spreads_its_programs_and_trains_as_on_one_device(tmp_path, sweep_env):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    default, run = _sweep(tmp_path / "default", sweep_env)
-    one, single = _sweep(tmp_path / "one", sweep_env, "--devices", "1")
+    (default, run), (one, single) = _sweeps(sweep_env, (tmp_path / "default", []), (tmp_path / "one", ["--devices", "1"]))
     assert run.config["devices"]["placement"] == "spread"
     assert run.config["devices"]["count"] == min(2, cores), "one host device per program, up to the usable cores"
     on = [tuple(p["devices"]) for p in run.config["plan"]]

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -59,25 +60,34 @@ def _in_subprocess(tmp_path, xla_flags: str, label: str) -> dict[str, np.ndarray
         return {k: saved[k] for k in saved.files}
 
 
+def _other_instruction_set_flags() -> str:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if machine.xla_max_instruction_set(flags):  # already held to a lower set: compare with the CPU's own
+        return re.sub(r"--xla_cpu_max_isa=\S+", "", flags).strip()  # XLA reads a blank value as a file name
+    return f"{flags} --xla_cpu_max_isa={machine.second_instruction_set()}"
+
+
 @pytest.fixture(scope="module")
-def here():
-    return histories()
+def studies(tmp_path_factory):
+    """The study here, and at the same time in two subprocesses: with this process' XLA flags, and with the other
+    instruction set ({"here", "rerun", "other_isa"})."""
+    tmp = tmp_path_factory.mktemp("reproducibility")
+    with ThreadPoolExecutor(2) as pool:
+        rerun = pool.submit(_in_subprocess, tmp, os.environ.get("XLA_FLAGS", ""), "rerun")
+        other = pool.submit(_in_subprocess, tmp, _other_instruction_set_flags(), "other_isa")
+        here = histories()
+        return {"here": here, "rerun": rerun.result(), "other_isa": other.result()}
 
 
-def test_a_rerun_in_a_new_process_is_bit_identical(here, tmp_path):
-    again = _in_subprocess(tmp_path, os.environ.get("XLA_FLAGS", ""), "rerun")
+def test_a_rerun_in_a_new_process_is_bit_identical(studies):
+    here, again = studies["here"], studies["rerun"]
     assert set(again) == set(here)
     for key, values in here.items():
         assert np.array_equal(again[key], values), key
 
 
-def test_another_instruction_set_agrees_to_the_stated_tolerance(here, tmp_path):
-    flags = os.environ.get("XLA_FLAGS", "")
-    if machine.xla_max_instruction_set(flags):  # already held to a lower set: compare with the CPU's own
-        other_flags = re.sub(r"--xla_cpu_max_isa=\S+", "", flags).strip()  # XLA reads a blank value as a file name
-    else:
-        other_flags = f"{flags} --xla_cpu_max_isa={machine.second_instruction_set()}"
-    other = _in_subprocess(tmp_path, other_flags, "other_isa")
+def test_another_instruction_set_agrees_to_the_stated_tolerance(studies):
+    here, other = studies["here"], studies["other_isa"]
     assert set(other) == set(here)
     for key, values in here.items():
         assert np.all(np.isfinite(values)), key

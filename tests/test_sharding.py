@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
 import chex
 import numpy as np
 import pytest
+
+from conftest import run_concurrently
 
 pytestmark = pytest.mark.numerics  # rerun by .ci/run with XLA held to a second instruction set
 
@@ -71,28 +72,34 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(tmp_path, label: str, n_devices: int):
-    out = tmp_path / f"{label}.npz"
+def _runs(tmp_path, *runs: tuple[str, int]):
+    """(layout, histories) of SCRIPT for each (label, n_devices), the processes run at the same time."""
     flags = os.environ.get("XLA_FLAGS", "")  # keeps an instruction-set limit, if any
-    env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(out), label], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    with np.load(out) as saved:
-        layout = json.loads(str(saved["layout"]))
-        arrays = {k: saved[k] for k in saved.files if k != "layout"}
-    histories = {}
-    for name, values in arrays.items():
-        _, variant, seed, metric = name.split("/")
-        histories.setdefault((variant, int(seed)), {})[metric] = values
-    return layout, histories
+    calls = [
+        dict(args=[sys.executable, "-c", SCRIPT, str(tmp_path / f"{label}.npz"), label], capture_output=True, text=True,
+             timeout=600, env={**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}",
+                               "JAX_PLATFORMS": "cpu"})
+        for label, n_devices in runs
+    ]
+    done = []
+    for (label, _), result in zip(runs, run_concurrently(*calls)):
+        assert result.returncode == 0, result.stderr[-4000:]
+        with np.load(tmp_path / f"{label}.npz") as saved:
+            layout = json.loads(str(saved["layout"]))
+            arrays = {k: saved[k] for k in saved.files if k != "layout"}
+        histories = {}
+        for name, values in arrays.items():
+            _, variant, seed, metric = name.split("/")
+            histories.setdefault((variant, int(seed)), {})[metric] = values
+        done.append((layout, histories))
+    return done
 
 
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
-    """(layout, histories) of the 4-device process; histories of a separate 1-device process."""
+    """(layout, histories) of the 4-device process; histories of a separate 1-device process (run at the same time)."""
     tmp = tmp_path_factory.mktemp("sharding")
-    layout, sharded = _run(tmp, "sharded", N_DEVICES)
-    single_layout, single = _run(tmp, "single", 1)
+    (layout, sharded), (single_layout, single) = _runs(tmp, ("sharded", N_DEVICES), ("single", 1))
     assert single_layout["device_count"] == 1
     return layout, {"sharded": sharded, "single": single}
 
