@@ -58,14 +58,14 @@ def main(argv=None) -> int:
         tested = results.early_stopping_table(made.summaries)
         if tested:
             print("\n" + tested + "\n" + results.early_stopping_notes())
-    axis = run.config.get("axis")
-    if made.summaries and axis and len(set((axis.get("series") or {}).values())) > 1:
+    axis = report.run_axis(run)
+    if made.summaries and axis and len(set((axis[2] or {}).values())) > 1:
         from jaxreg.axis_tables import axis_table
 
         histories, _ = report.common_epochs(run.histories)
         for quantity, what in (("best", "best validation data loss"), ("final", "final validation data loss")):
-            print(f"\n{what} against {axis['name']} (rows: series; mean ± std over seeds)\n")
-            print(axis_table(histories, axis["values"], axis["series"], quantity, axis["name"]))
+            print(f"\n{what} against {axis[0]} (rows: series; mean ± std over seeds)\n")
+            print(axis_table(histories, axis[1], axis[2], quantity, axis[0]))
     if run.finished and has_proximal_l1(run.folder):
         try:
             print("\n" + exact_zeros_table(exact_zero_fractions(run.folder)))

@@ -28,6 +28,23 @@ MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, hold
 LOCAL_FIELDS = ("data",)
 
 
+def axis_series(variants: Sequence[V.VariantSpec], axis: str) -> dict[str, str]:
+    """{variant name: its series}: variants equal but for their name and `axis` form one series
+    (e.g. one model at several training-set sizes), labelled by their names' common part before
+    its last "_" ("bigger_n500", "bigger_n1100" -> "bigger"); a variant alone keeps its name."""
+    field = "widths" if axis == "width" else axis
+    groups: dict = {}
+    for v in variants:
+        key = tuple((f.name, getattr(v, f.name)) for f in dataclasses.fields(v) if f.name not in ("name", field))
+        groups.setdefault(key, []).append(v.name)
+    labels = {}
+    for names in groups.values():
+        prefix = os.path.commonprefix(names)
+        label = prefix[: prefix.rfind("_")] if "_" in prefix else (prefix or names[0])
+        labels.update({n: label if len(names) > 1 else n for n in names})
+    return labels
+
+
 class SweepError(Exception):
     """A user-facing problem with a sweep's config, data, devices or output folder; one line."""
 
@@ -158,22 +175,8 @@ class SweepConfig:
         return {v.name: float(getattr(v, self.axis)) for v in self.variants}
 
     def axis_series(self) -> dict[str, str]:
-        """{variant name: its series}: variants equal but for their name and `axis` form one
-        series (e.g. one model at several training-set sizes), labelled by their names' common
-        part before its last "_" ("bigger_n500", "bigger_n1100" -> "bigger"); empty without an axis."""
-        if self.axis is None:
-            return {}
-        field = "widths" if self.axis == "width" else self.axis
-        groups: dict = {}
-        for v in self.variants:
-            key = tuple((f.name, getattr(v, f.name)) for f in dataclasses.fields(v) if f.name not in ("name", field))
-            groups.setdefault(key, []).append(v.name)
-        labels = {}
-        for names in groups.values():
-            prefix = os.path.commonprefix(names)
-            label = prefix[: prefix.rfind("_")] if "_" in prefix else (prefix or names[0])
-            labels.update({n: label if len(names) > 1 else n for n in names})
-        return labels
+        """{variant name: its series} along `axis` (see `axis_series`); empty without an axis."""
+        return {} if self.axis is None else axis_series(self.variants, self.axis)
 
     def to_dict(self) -> dict:
         """JSON-ready: every field, variants as dicts."""

@@ -48,14 +48,24 @@ def title(run: results.Run, epochs: int) -> str:
     return f"{name}: {epochs} of {total} epochs so far x {seeds} seed(s) ({run.state})"
 
 
-def _axis(run: results.Run):
+def run_axis(run: results.Run):
+    """(axis name, {variant: value}, {variant: series}) of a run swept along an axis, else None."""
     axis = run.config.get("axis")
-    return (axis["name"], axis["values"], axis.get("series")) if axis else None  # older runs recorded no series
+    if not axis:
+        return None
+    series = axis.get("series")
+    if series is None:  # recorded since series figures exist; else derived from the recorded variants
+        from jaxreg.config import axis_series
+        from jaxreg.variants import VariantSpec
+
+        recorded = run.config.get("config", {}).get("variants", [])
+        series = axis_series([VariantSpec.from_dict({**v, "model": None}) for v in recorded], axis["name"]) if recorded else None
+    return (axis["name"], axis["values"], series)
 
 
 def _write(run, histories, summaries, epochs: int, dest: Path, figures: bool, manifest: bool) -> list[Path]:
     names = [results.SUMMARY_MD, results.SUMMARY_CSV]
-    axis = _axis(run)
+    axis = run_axis(run)
     if figures:
         from jaxreg import plots  # matplotlib only here
 

@@ -95,3 +95,12 @@ def test_epochs_to_level_names_the_first_epoch_reaching_it():
 def test_series_figure_files():
     assert plots.figure_files(["a", "b"], "label_noise") == ["val_loss_curves.png", "val_loss_vs_label_noise.png", "fit_vs_label_noise.png"]
     assert plots.figure_files(["a", "b"], "train_size") == ["val_loss_curves.png", "val_loss_vs_train_size.png"]
+
+
+def test_a_run_recorded_without_series_gets_them_from_its_variants(noise_run):
+    from jaxreg.report import run_axis
+
+    recorded = run_axis(noise_run)
+    old = dict(noise_run.config, axis={k: v for k, v in noise_run.config["axis"].items() if k != "series"})
+    derived = run_axis(results.Run(noise_run.folder, old, noise_run.status, noise_run.histories, noise_run.summary))
+    assert derived == recorded and len(set(recorded[2].values())) == 2
