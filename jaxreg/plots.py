@@ -31,6 +31,7 @@ AXIS_LABELS = {
     "train_size": "training examples n",
     "label_noise": "fraction of training labels randomized",
 }  # one per sweep axis (jaxreg.config.AXES)
+FIT_AXES = ("width", "label_noise")  # axes along which how far a model fits its training labels is the point
 LOG_AXES = tuple(axis for axis in AXIS_LABELS if axis not in ("dropout_rate", "label_noise"))
 
 
@@ -264,7 +265,7 @@ def plot_fit_against_axis(histories: Mapping, values: Mapping[str, float], serie
             every_x.append(_series_line(ax, histories, names, values, train_metric, "final", f"{label}: training", color, "-", "o"))
             _series_line(ax, histories, names, values, f"val_{train_metric}", "final", f"{label}: validation", color, "--", "s")
         _set_axis_scale(ax, axis, np.unique(np.concatenate(every_x)))
-        ax.set_title(f"{what} at the final epoch" + (" (training: on its own noisy labels)" if axis == "label_noise" else ""))
+        ax.set_title(f"{what} at the final epoch" + (" (training: on the labels it trains on)" if axis in FIT_AXES else ""))
         ax.set_ylabel(what if what != "loss" else f"loss ({loss_name(histories)})")
         ax.legend(fontsize="small")
     epochs = next(iter(histories.values()))["loss"].shape[1]
@@ -338,7 +339,7 @@ def figure_files(names: Sequence[str], axis_name: str | None = None, tested: boo
     extra = [EARLY_STOPPING_FIGURE] if tested else []
     if axis_name is not None:
         against = [f"val_loss_vs_{axis_name}.png"] if len(names) > 1 else []
-        fit = [f"fit_vs_{axis_name}.png"] if axis_name == "label_noise" and len(names) > 1 else []
+        fit = [f"fit_vs_{axis_name}.png"] if axis_name in FIT_AXES and len(names) > 1 else []
         return ["val_loss_curves.png", *against, *fit, *extra]
     reference = "original" if "original" in names else names[0]
     return [
@@ -353,8 +354,8 @@ def make_figures(histories: Mapping, folder, axis: tuple | None = None) -> list[
     """The figures that fit these variants (`figure_files`); returns their paths.
 
     Always val_loss_curves.png. With `axis` (name, {variant: value}[, {variant: series}]):
-    val_loss_vs_<axis>.png, one line per series when there are several (and for label noise
-    fit_vs_label_noise.png). Without: vs_original.png (each variant against "original", else
+    val_loss_vs_<axis>.png, one line per series when there are several (and for width and
+    label noise fit_vs_<axis>.png: training against validation fit). Without: vs_original.png (each variant against "original", else
     the first variant) and, with both "original" and "bigger", original_vs_bigger.png. With
     test columns (data with a test split): honest_early_stopping.png (`plot_early_stopping`).
     """

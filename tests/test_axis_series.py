@@ -95,6 +95,7 @@ def test_epochs_to_level_names_the_first_epoch_reaching_it():
 def test_series_figure_files():
     assert plots.figure_files(["a", "b"], "label_noise") == ["val_loss_curves.png", "val_loss_vs_label_noise.png", "fit_vs_label_noise.png"]
     assert plots.figure_files(["a", "b"], "train_size") == ["val_loss_curves.png", "val_loss_vs_train_size.png"]
+    assert plots.figure_files(["a", "b"], "width")[-1] == "fit_vs_width.png"
 
 
 def test_a_run_recorded_without_series_gets_them_from_its_variants(noise_run):
