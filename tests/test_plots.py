@@ -65,7 +65,8 @@ def test_axis_figures(tmp_path, axis, values):
     penalty = {f"v{i}": v for i, v in enumerate(values)} if axis == "l2" else None
     histories = results.stack(make_history(curves, seeds=(0, 1), penalty=penalty))
     paths = plots.make_figures(histories, tmp_path, axis=(axis, {f"v{i}": v for i, v in enumerate(values)}))
-    assert [p.name for p in paths] == ["val_loss_curves.png", f"val_loss_vs_{axis}.png"]
+    fit = [f"fit_vs_{axis}.png"] if axis in plots.FIT_AXES else []  # training against validation fit
+    assert [p.name for p in paths] == ["val_loss_curves.png", f"val_loss_vs_{axis}.png", *fit]
     for p in paths:
         assert_real_png(p)
 
