@@ -10,11 +10,16 @@ One of many processes (`--coordinator/--num-processes/--process-id`, or `--distr
 JAX detects the cluster): jax.distributed is initialized right after the imports; process 0
 writes the run folder. A failed process of such a run ends with os._exit, so that it does not
 wait in JAX's shutdown barrier for processes that wait for it.
-jax is imported only after parsing, so that --devices can set XLA_FLAGS first (without it, on
-CPU and in one process, one host device per program up to the usable cores, set before jax's
-backends start); the signal
-handlers are installed before that, and a signal during the imports waits until they are
-done (jaxlib segfaults when interrupted while its extension module initializes).
+The flags of the study's options are derived from SweepConfig's fields (jaxreg.cli), the
+others are declared in RUN_OPTIONS and CLUSTER_OPTIONS below; a flag not given keeps the preset's value.
+jax and jaxreg are imported before parsing (the parser needs SweepConfig), with the signal
+handlers installed first and a signal during the imports waiting until they are done (jaxlib
+segfaults when interrupted while its extension module initializes); importing starts no backend,
+so --devices still sets XLA_FLAGS in time (without it, on CPU and in one process, one host device
+per program up to the usable cores, set before jax's backends start).
+`main(argv)` also runs in-process, as tests call it: it returns the exit status (a flag error
+too: 2 with its one line on stderr; --help: 0), installs no signal handlers and does not choose
+the host device count (both are only for the `__main__` program).
 An interrupted process ends with os._exit once its messages are flushed: XLA's compiler
 threads may still be running, and the interpreter's normal teardown can crash in them.
 """
@@ -32,7 +37,57 @@ import traceback
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PROCESS_LOST = 2, 3, 4
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: as a shell reports them
-PRESET_NAMES = ("book", "capacity", "l2-grid", "dropout-grid", "decay-vs-l2", "learning-curve", "label-noise", "double-descent")
+
+# The options that are not SweepConfig fields (those are derived from its declaration, see jaxreg.cli):
+# (flag, argparse settings); a help's {presets} and {heartbeat} are filled in by build_parser.
+RUN_OPTIONS = (
+    ("--preset", dict(
+        default="book", metavar="NAME|FILE",
+        help="study to run: {presets} (default: book, the seven models of the book), or the path of a config .py "
+        "file defining get_config()",
+    )),
+    ("--variants", dict(help="comma-separated subset of the preset's variants, e.g. original,l2")),
+    ("--out", dict(
+        help="run folder, used exactly as given (default: a new runs/<preset>/<YYYY-MM-DD_HH-MM-SS> folder, local "
+        "time, -2, -3, ... appended when taken; runs/<preset>/latest then points at it)",
+    )),
+    ("--resume", dict(
+        action="store_true",
+        help="continue an interrupted run in --out (same options); without --out, the run runs/<preset>/latest "
+        "points at",
+    )),
+    ("--overwrite", dict(action="store_true", help="replace a finished or unfinished run in --out")),
+    ("--keep-checkpoint", dict(
+        action="store_true",
+        help="keep the resume checkpoint (every model's weights and optimizer state) once the run has finished "
+        "(default: deleted then)",
+    )),
+    ("--checkpoint-every", dict(
+        type=int, default=1, metavar="N",
+        help="write the resume checkpoint every N epochs and at the end (default 1; raise it when an epoch "
+        "is faster than writing every model's weights, e.g. many seeds of `bigger` on a GPU)",
+    )),
+    ("--no-figures", dict(action="store_true", help="skip the PNG figures")),
+    ("--no-progress", dict(action="store_true", help="no progress bar")),
+    ("--no-tensorboard", dict(action="store_true", help="skip the TensorBoard event files (tensorboard/)")),
+    ("--no-compile-cache", dict(
+        action="store_true",
+        help="do not keep compiled XLA programs in ~/.cache/jaxreg/xla (or $XDG_CACHE_HOME/jaxreg/xla) for the next "
+        "run; env JAXREG_COMPILE_CACHE=0 does the same",
+    )),
+)
+CLUSTER_OPTIONS = (
+    ("--coordinator", dict(metavar="HOST:PORT", help="process 0's address and a free port (with the next two)")),
+    ("--num-processes", dict(type=int, metavar="N", help="how many processes take part")),
+    ("--process-id", dict(type=int, metavar="I", help="this process's number, 0..N-1 (0 writes)")),
+    ("--distributed", dict(
+        action="store_true",
+        help="call jax.distributed.initialize() without arguments: JAX detects the processes (SLURM, Open MPI, TPU VMs)",
+    )),
+    ("--heartbeat-timeout", dict(
+        type=int, metavar="SECONDS", help="a process silent this long is declared dead and the others stop (default {heartbeat})"
+    )),
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +95,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"sweep.py: error: {message} (see --help)\n")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def _presets():
+    """experiments/presets, the one home of the preset names and files (imports jaxreg.config, hence jax)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import presets
+
+    return presets
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: RUN_OPTIONS, SweepConfig's option fields (jaxreg.cli), CLUSTER_OPTIONS."""
+    from jaxreg import cli, distributed
+
     p = _Parser(
         prog="sweep.py",
         description="Train a whole overfitting/underfitting study (every variant x seed in one vmapped program) "
@@ -50,127 +118,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--divergence-threshold), 4 another process of a distributed run stopped, 130 interrupted by Ctrl-C "
         "(SIGINT), 143 stopped by SIGTERM; an interrupted run continues with --resume.",
     )
-    p.add_argument(
-        "--preset",
-        default="book",
-        help=f"study to run: {', '.join(PRESET_NAMES)} (default: book, the seven models of the book), "
-        "or the path of a config .py file defining get_config()",
-    )
-    p.add_argument("--epochs", type=int, help="epochs to train (book: 20)")
-    p.add_argument(
-        "--seeds", type=int, help="train every variant N times, seeds 0..N-1, in the same program (default 1)"
-    )
-    p.add_argument("--batch-size", type=int, help="training batch size (book: 512)")
-    p.add_argument(
-        "--data",
-        help="IMDB data: the aclImdb .tar.gz archive or extracted folder, or the word tfds for tensorflow-datasets' "
-        "imdb_reviews (pip install \"jaxreg[tfds]\"; downloads and checks it the first time) (default: env JAXREG_DATA)",
-    )
-    p.add_argument("--synthetic", action="store_true", help="use small offline synthetic IMDB-like data (a demo)")
-    p.add_argument(
-        "--out",
-        help="run folder, used exactly as given (default: a new runs/<preset>/<YYYY-MM-DD_HH-MM-SS> folder, local "
-        "time, -2, -3, ... appended when taken; runs/<preset>/latest then points at it)",
-    )
-    p.add_argument(
-        "--validation",
-        choices=("test", "holdout"),
-        help="test: the test set is the validation set, as the book does (default); "
-        "holdout: hold out --holdout-size reviews of the train split to choose the epoch; the test set is then "
-        "evaluated every epoch and reported apart (test_* columns, summary.md's second table), never used to choose",
-    )
-    p.add_argument("--holdout-size", type=int, help="reviews held out with --validation holdout (default 10000)")
-    p.add_argument(
-        "--devices",
-        type=int,
-        help="run on N devices (on CPU N host devices are created; default: all, but at most what --placement can "
-        "use; more is refused). On CPU without --devices: one host device per program, up to the usable cores",
-    )
-    p.add_argument(
-        "--placement",
-        choices=("auto", "spread", "shard"),
-        help="spread: each program (bucket of variants) whole on one device, programs on different devices train at "
-        "the same time (histories bit-identical to one device); shard: every program's variants sharded over all "
-        "devices; auto (default): spread on CPU unless --devices is given, else shard",
-    )
-    p.add_argument("--variants", help="comma-separated subset of the preset's variants, e.g. original,l2")
-    p.add_argument(
-        "--product",
-        choices=("auto", "sparse", "dense"),
-        help="first-layer product: sparse embedding bag, dense matmul, or auto (default: sparse with jaxreg's CPU "
-        "kernels or when few first-layer columns, else dense)",
-    )
-    p.add_argument(
-        "--variant-loop",
-        choices=("auto", "vmap", "map"),
-        help="a bucket's variants: vmapped, one after the other (map: bit-identical to running alone on one "
-        "device), or auto (default)",
-    )
-    p.add_argument("--loss", choices=("keras", "logits"), help="keras: clipped BCE as the book (default); logits: stable BCE")
-    p.add_argument(
-        "--divergence-threshold",
-        type=float,
-        metavar="X",
-        help="a variant has diverged from the first epoch where a loss exceeds X, or a metric is NaN or infinite "
-        "(default 1e6; Keras' clipped data loss is at most ~16.1 per review)",
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        metavar="N",
-        help="early stopping: end the run once every variant has gone N epochs without a new best validation loss; "
-        "each variant's best-epoch parameters are kept (params/, 'best'), as Keras' EarlyStopping with "
-        "restore_best_weights (default: train all --epochs)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run in --out (same options); without --out, the run runs/<preset>/latest "
-        "points at",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
-    p.add_argument(
-        "--keep-checkpoint",
-        action="store_true",
-        help="keep the resume checkpoint (every model's weights and optimizer state) once the run has finished "
-        "(default: deleted then)",
-    )
-    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-tensorboard", action="store_true", help="skip the TensorBoard event files (tensorboard/)")
-    p.add_argument(
-        "--no-compile-cache",
-        action="store_true",
-        help="do not keep compiled XLA programs in ~/.cache/jaxreg/xla (or $XDG_CACHE_HOME/jaxreg/xla) for the next "
-        "run; env JAXREG_COMPILE_CACHE=0 does the same",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=1,
-        metavar="N",
-        help="write the resume checkpoint every N epochs and at the end (default 1; raise it when an epoch "
-        "is faster than writing every model's weights, e.g. many seeds of `bigger` on a GPU)",
-    )
+    filled = {"presets": ", ".join(_presets().PRESETS), "heartbeat": distributed.DEFAULT_HEARTBEAT_TIMEOUT}
+    for flag, settings in RUN_OPTIONS:
+        p.add_argument(flag, **{**settings, "help": settings["help"].format(**filled)})
+    cli.add_config_options(p.add_argument_group(
+        "study options", "the fields of the preset's SweepConfig; a flag not given keeps the preset's value "
+        "(the default shown is SweepConfig's, which a preset may change)",
+    ))
     many = p.add_argument_group(
         "many processes and hosts",
         "every process runs the same command and reads the data itself; the variants are sharded over all "
         "processes' devices; process 0 writes --out (give the same --out to all)",
     )
-    many.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a free port (with the next two)")
-    many.add_argument("--num-processes", type=int, metavar="N", help="how many processes take part")
-    many.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..N-1 (0 writes)")
-    many.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() without arguments: JAX detects the processes (SLURM, Open MPI, TPU VMs)",
-    )
-    many.add_argument(
-        "--heartbeat-timeout",
-        type=int,
-        metavar="SECONDS",
-        help="a process silent this long is declared dead and the others stop (default 60)",
-    )
+    for flag, settings in CLUSTER_OPTIONS:
+        many.add_argument(flag, **{**settings, "help": settings["help"].format(**filled)})
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed flags; a bad flag or combination exits 2 with one line (SystemExit)."""
+    p = build_parser()
     args = p.parse_args(argv)
     trio = {"--coordinator": args.coordinator, "--num-processes": args.num_processes, "--process-id": args.process_id}
     given = [k for k, v in trio.items() if v is not None]
@@ -252,36 +219,13 @@ def _force_host_devices(n: int) -> None:
 
 
 def build_config(args):
-    """The preset's SweepConfig with the command-line overrides applied."""
-    if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import presets
+    """The preset's SweepConfig with the command-line overrides applied (a flag not given keeps the preset's value)."""
+    from jaxreg import cli
 
-    config = presets.load(args.preset)
+    config = _presets().load(args.preset)
     if args.variants is not None:
         config = config.select([n.strip() for n in args.variants.split(",") if n.strip()])
-    flags = {
-        "epochs": args.epochs,
-        "seeds": args.seeds,
-        "batch_size": args.batch_size,
-        "validation": args.validation,
-        "holdout_size": args.holdout_size,
-        "devices": args.devices,
-        "placement": args.placement,
-        "product": args.product,
-        "variant_loop": args.variant_loop,
-        "loss": args.loss,
-        "divergence_threshold": args.divergence_threshold,
-        "patience": args.patience,
-    }
-    changes = {k: v for k, v in flags.items() if v is not None}
-    if args.synthetic:
-        changes.update(synthetic=True, data=None)
-    else:
-        data = args.data or os.environ.get("JAXREG_DATA")
-        if data:
-            changes["data"] = data if data == "tfds" else os.path.abspath(os.path.expanduser(data))
-    return config.replace(**changes)
+    return config.replace(**cli.config_changes(args))
 
 
 def _resume_hint(argv, out=None) -> str:
@@ -291,6 +235,7 @@ def _resume_hint(argv, out=None) -> str:
 
 
 def main(argv=None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]) in this process; the exit status (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return _main(argv)
@@ -302,32 +247,50 @@ def main(argv=None) -> int:
         return INTERRUPTS.exit_status()
 
 
-def _main(argv: list) -> int:
-    args = parse_args(argv)
-    if args.devices is not None and args.devices >= 1:
-        _force_host_devices(args.devices)
-
-    # A signal handled while jaxlib's extension module initializes crashes it (segfault), so
-    # SIGINT and SIGTERM wait, blocked, until the imports are done (a second or two).
+def _import_jaxreg() -> None:
+    """Import jax and jaxreg (the parser needs SweepConfig), with SIGINT and SIGTERM held until done: a
+    signal handled while jaxlib's extension module initializes crashes it (segfault). Importing
+    starts no backend: XLA_FLAGS set afterwards (--devices) still count."""
     unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        from jaxreg import distributed, outfolders
-        from jaxreg.cache import enable_compilation_cache
-        from jaxreg.sweep import ProcessLost, SweepError, SweepInterrupted, run_sweep
-        from jaxreg.variants import VariantError
+        import jaxreg.sweep  # noqa: F401  (all that a run needs)
+        from jaxreg import cli, outfolders  # noqa: F401
+
+        _presets()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+
+
+def _start_cluster(args) -> str | None:
+    """Start jax.distributed when the flags ask for many processes (before anything asks jax for its devices);
+    the error message when it cannot start."""
+    from jaxreg import distributed
+
     try:
-        cluster = distributed.Cluster(
-            args.coordinator,
-            args.num_processes,
-            args.process_id,
-            auto=args.distributed,
-            **({} if args.heartbeat_timeout is None else {"heartbeat_timeout": args.heartbeat_timeout}),
-        )
-        distributed.initialize(cluster)  # before anything asks jax for its devices
+        timeout = {} if args.heartbeat_timeout is None else {"heartbeat_timeout": args.heartbeat_timeout}
+        cluster = distributed.Cluster(args.coordinator, args.num_processes, args.process_id, auto=args.distributed, **timeout)
+        distributed.initialize(cluster)
     except distributed.DistributedError as e:
-        print(f"sweep.py: error: {e}", file=sys.stderr)
+        return str(e)
+    return None
+
+
+def _main(argv: list) -> int:
+    _import_jaxreg()
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # a flag error (2) or --help (0): argparse has printed it
+        return e.code
+    if args.devices is not None and args.devices >= 1:
+        _force_host_devices(args.devices)
+    from jaxreg import outfolders
+    from jaxreg.cache import enable_compilation_cache
+    from jaxreg.sweep import ProcessLost, SweepError, SweepInterrupted, run_sweep
+    from jaxreg.variants import VariantError
+
+    problem = _start_cluster(args)
+    if problem is not None:
+        print(f"sweep.py: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if not args.no_compile_cache:
         enable_compilation_cache()

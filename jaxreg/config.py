@@ -26,6 +26,7 @@ AXES = ("width", *HYPERPARAMETERS, *views.FIELDS)  # the VariantSpec fields a sw
 MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, holdout_size=2**31 - 1, devices=4096)
 # Fields that select the data file rather than the experiment; on resume the data checksum is compared instead.
 LOCAL_FIELDS = ("data",)
+OPTION = "option"  # the field metadata key of a command-line option (see _option)
 
 
 def axis_series(variants: Sequence[V.VariantSpec], axis: str) -> dict[str, str]:
@@ -43,6 +44,12 @@ def axis_series(variants: Sequence[V.VariantSpec], axis: str) -> dict[str, str]:
         label = prefix[: prefix.rfind("_")] if "_" in prefix else (prefix or names[0])
         labels.update({n: label if len(names) > 1 else n for n in names})
     return labels
+
+
+def _option(help: str, **argparse_settings) -> dict:
+    """A field's metadata that makes it a command-line option: its help and argparse settings such as choices and
+    metavar (`jaxreg.cli` derives the flag, --field-name, its type and its default from the field itself)."""
+    return {OPTION: {"help": help, **argparse_settings}}
 
 
 class SweepError(Exception):
@@ -69,21 +76,89 @@ class SweepConfig:
     name: str
     variants: tuple[V.VariantSpec, ...]
     description: str = ""
-    epochs: int = 20
-    seeds: int = 1
-    batch_size: int = 512
-    loss: str = "keras"
-    product: str = "auto"
-    variant_loop: str = "auto"
-    validation: str = "test"
-    holdout_size: int = 10_000
-    data: str | None = None
-    synthetic: bool = False
-    devices: int | None = None
-    placement: str = "auto"
+    epochs: int = dataclasses.field(default=20, metadata=_option("epochs to train", metavar="N"))
+    seeds: int = dataclasses.field(
+        default=1, metadata=_option("train every variant N times, seeds 0..N-1, in the same program", metavar="N")
+    )
+    batch_size: int = dataclasses.field(default=512, metadata=_option("training batch size", metavar="N"))
+    loss: str = dataclasses.field(
+        default="keras", metadata=_option("keras: clipped BCE as the book; logits: stable BCE", choices=losses.LOSS_MODES)
+    )
+    product: str = dataclasses.field(
+        default="auto",
+        metadata=_option(
+            "first-layer product: sparse embedding bag, dense matmul, or auto (sparse with jaxreg's CPU kernels or "
+            "when few first-layer columns, else dense)",
+            choices=PRODUCTS,
+        ),
+    )
+    variant_loop: str = dataclasses.field(
+        default="auto",
+        metadata=_option(
+            "a bucket's variants: vmapped, one after the other (map: bit-identical to running alone on one device), "
+            "or auto",
+            choices=V.VARIANT_LOOPS,
+        ),
+    )
+    validation: str = dataclasses.field(
+        default="test",
+        metadata=_option(
+            "test: the test set is the validation set, as the book does; holdout: hold out --holdout-size reviews "
+            "of the train split to choose the epoch; the test set is then evaluated every epoch and reported apart "
+            "(test_* columns, summary.md's second table), never used to choose",
+            choices=VALIDATIONS,
+        ),
+    )
+    holdout_size: int = dataclasses.field(
+        default=10_000, metadata=_option("reviews held out with --validation holdout", metavar="N")
+    )
+    data: str | None = dataclasses.field(
+        default=None,
+        metadata=_option(
+            "IMDB data: the aclImdb .tar.gz archive or extracted folder, or the word tfds for tensorflow-datasets' "
+            "imdb_reviews (pip install \"jaxreg[tfds]\"; downloads and checks it the first time) "
+            "(default: env JAXREG_DATA)",
+            metavar="PATH",
+        ),
+    )
+    synthetic: bool = dataclasses.field(
+        default=False, metadata=_option("use small offline synthetic IMDB-like data (a demo) instead of --data")
+    )
+    devices: int | None = dataclasses.field(
+        default=None,
+        metadata=_option(
+            "run on N devices (on CPU N host devices are created; default: all, but at most what --placement can "
+            "use; more is refused). On CPU without --devices: one host device per program, up to the usable cores",
+            metavar="N",
+        ),
+    )
+    placement: str = dataclasses.field(
+        default="auto",
+        metadata=_option(
+            "spread: each program (bucket of variants) whole on one device, programs on different devices train at "
+            "the same time (histories bit-identical to one device); shard: every program's variants sharded over "
+            "all devices; auto: spread on CPU unless --devices is given, else shard",
+            choices=PLACEMENTS,
+        ),
+    )
     axis: str | None = None
-    divergence_threshold: float = results.DIVERGENCE_THRESHOLD
-    patience: int | None = None  # early stopping (variants.RunSettings.patience); None: all epochs
+    divergence_threshold: float = dataclasses.field(
+        default=results.DIVERGENCE_THRESHOLD,
+        metadata=_option(
+            "a variant has diverged from the first epoch where a loss exceeds X, or a metric is NaN or infinite "
+            "(Keras' clipped data loss is at most ~16.1 per review)",
+            metavar="X",
+        ),
+    )
+    patience: int | None = dataclasses.field(  # early stopping (variants.RunSettings.patience); None: all epochs
+        default=None,
+        metadata=_option(
+            "early stopping: end the run once every variant has gone N epochs without a new best validation loss; "
+            "each variant's best-epoch parameters are kept (params/, 'best'), as Keras' EarlyStopping with "
+            "restore_best_weights (default: train all --epochs)",
+            metavar="N",
+        ),
+    )
 
     def __post_init__(self):
         def bad(field, why):

@@ -32,7 +32,6 @@ process 0 alone checks, locks and writes the folder, the others only train their
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import math
 import os
@@ -52,6 +51,7 @@ from jaxreg import batches as batching
 from jaxreg import compiletime, distributed, machine, memory, results, runfolder
 from jaxreg import params as saved_params
 from jaxreg import variants as V
+from jaxreg.agreement import Agreement
 from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint, read_checkpoint, save_checkpoint
 from jaxreg.checks import is_int
 from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
@@ -426,7 +426,7 @@ def run_sweep(
     if not is_int(checkpoint_every) or checkpoint_every < 1:
         raise SweepError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
     folder = Path(out)
-    agreement = _Agreement()
+    agreement = Agreement(config, checkpoint_every)
     try:
         if not distributed.is_writer():
             return _run_locked(
@@ -449,53 +449,6 @@ def run_sweep(
     except BaseException:
         agreement.refuse()  # the other processes must not wait for this one
         raise
-
-
-class _Agreement:
-    """The exchanges, before training, in which every process says whether it can go on (collectives).
-
-    Two stages: "folder" right away (process 0 has checked and locked the folder; a finished
-    run to reload with --resume ends every process there, before any data is read), then
-    "start" (every process has its data, devices and memory checked). Each process sends
-    (ready, process 0: finished, sha256 of its data's checksum); every process gets all of
-    them. A process that fails before a stage still takes part in it (`refuse`), so that the
-    others stop there instead of waiting.
-    """
-
-    STAGES = 2
-
-    def __init__(self):
-        self.stages_done = 0
-
-    def __call__(self, ready: bool, finished: bool = False, data_checksum: str | None = None) -> np.ndarray:
-        """[processes, 34] uint8 records: ready, finished, the 32-byte digest (zeros when None)."""
-        self.stages_done += 1
-        record = np.zeros(34, np.uint8)
-        record[0], record[1] = ready, finished
-        if data_checksum is not None:
-            record[2:] = np.frombuffer(hashlib.sha256(data_checksum.encode()).digest(), np.uint8)
-        return distributed.exchange(record)
-
-    def refuse(self) -> None:
-        """Take part, not ready, in the next stage (the last one any process reaches then)."""
-        if self.stages_done < self.STAGES and distributed.many():
-            try:
-                self(False)
-            except Exception:  # the others may be gone already
-                pass
-
-    @staticmethod
-    def check(records: np.ndarray, data: bool = True) -> None:
-        """SweepError naming the processes that cannot go on, or (`data`) that read other data than process 0."""
-        failed = [i for i, r in enumerate(records) if not r[0]]
-        if failed:
-            raise SweepError(f"process(es) {failed} of this run cannot start (see their error); no process trains")
-        differ = [i for i, r in enumerate(records) if (r[2:] != records[0][2:]).any()]
-        if data and differ:
-            raise SweepError(
-                f"process(es) {differ} read other data than process 0 (another checksum); every process must read "
-                "the same data (the same --data file, or --synthetic)"
-            )
 
 
 def _wait_quietly(writer: CheckpointWriter) -> None:
@@ -529,10 +482,10 @@ def _run_locked(
     stream,
     tensorboard=True,
     keep_checkpoint=False,
-    agreement: _Agreement | None = None,
+    agreement: Agreement | None = None,
 ) -> SweepResult:
     """run_sweep's work, while process 0 holds the folder's lock (the other processes write nothing)."""
-    agreement = agreement or _Agreement()
+    agreement = agreement or Agreement()
     writes = distributed.is_writer()
     state = runfolder.check_folder(folder, config, resume, overwrite) if writes else None
     reload = writes and state == "finished" and resume
@@ -541,7 +494,7 @@ def _run_locked(
         return _reload_finished(folder, stream)
     if records[0][1]:  # process 0 reloads a finished run: nothing to train
         return SweepResult(folder, {}, [], [], [], 0)
-    _Agreement.check(records, data=False)
+    Agreement.check(records, data=False)
     variants = config.variant_specs()
     plan = V.plan(variants)
     check_device_count(config, plan)
@@ -578,7 +531,7 @@ def _run_locked(
                 "the resumed epochs differ from an uninterrupted run by float32 round-off (amplified by training), not bit for bit",
                 file=stream,
             )
-    _Agreement.check(agreement(True, data_checksum=dataset.checksum))  # stage "start"
+    Agreement.check(agreement(True, data_checksum=dataset.checksum))  # stage "start"
     if distributed.many():
         checkpoint = distributed.broadcast_bytes(b"" if checkpoint is None else checkpoint) or None
         if not writes:

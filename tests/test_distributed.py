@@ -206,3 +206,50 @@ def test_other_data_on_one_process_stops_both(tmp_path):
         log = text(tmp_path, f"data{i}")
         assert code == 2 and "process(es) [1] read other data than process 0" in log, log[-3000:]
     assert not (tmp_path / "p0" / "run").exists() and list((tmp_path / "p1").iterdir()) == []
+
+
+def test_agreement_checks_readiness_then_options_then_data():
+    """Agreement.check on hand-made records [ready, finished, data digest (32), options digest (32)]."""
+    from jaxreg.agreement import Agreement
+    from jaxreg.config import SweepError
+
+    records = np.zeros((3, 66), np.uint8)
+    records[:, 0] = 1
+    Agreement.check(records)
+    other_data, other_options = records.copy(), records.copy()
+    other_data[2, 2] = 7
+    other_options[1, 40] = 7
+    Agreement.check(other_data, data=False)  # stage "folder": no data read yet
+    with pytest.raises(SweepError, match=r"process\(es\) \[2\] read other data than process 0"):
+        Agreement.check(other_data)
+    with pytest.raises(SweepError, match=r"process\(es\) \[1\] run other options than process 0"):
+        Agreement.check(other_options, data=False)
+    other_options[2, 0] = 0
+    with pytest.raises(SweepError, match=r"process\(es\) \[2\] of this run cannot start"):
+        Agreement.check(other_options)
+
+
+def test_options_digest_leaves_out_where_the_data_comes_from():
+    from jaxreg.agreement import options_digest
+    from jaxreg.config import SweepConfig
+    from jaxreg.variants import VariantSpec
+
+    config = SweepConfig("c", (VariantSpec("a"),), synthetic=True)
+    digest = options_digest(config, 1)
+    assert options_digest(config.replace(synthetic=False, data="/elsewhere/imdb.tar.gz"), 1) == digest
+    assert options_digest(config.replace(epochs=3), 1) != digest
+    assert options_digest(config, 2) != digest  # checkpoints are collectives too
+
+
+def test_other_options_on_one_process_stop_both(tmp_path):
+    """Process 1 started with another --epochs: both refuse before reading data, naming process 1, nothing written."""
+    cluster = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2", "--out", "run", "--no-progress"]
+    processes = [
+        start(tmp_path / "p0", "--synthetic", *cluster, "--process-id", "0", log="options0"),
+        start(tmp_path / "p1", "--synthetic", "--epochs", "3", *cluster, "--process-id", "1", log="options1"),
+    ]
+    codes = [finish(p, 120) for p in processes]
+    for i, code in enumerate(codes):
+        log = text(tmp_path, f"options{i}")
+        assert code == 2 and "process(es) [1] run other options than process 0" in log, log[-3000:]
+    assert not (tmp_path / "p0" / "run").exists() and list((tmp_path / "p1").iterdir()) == []
