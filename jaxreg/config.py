@@ -29,6 +29,12 @@ LOCAL_FIELDS = ("data",)
 OPTION = "option"  # the field metadata key of a command-line option (see _option)
 
 
+def _option(help: str, **argparse_settings) -> dict:
+    """A field's metadata that makes it a command-line option: its help and argparse settings such as choices and
+    metavar (`jaxreg.cli` derives the flag, --field-name, its type and its default from the field itself)."""
+    return {OPTION: {"help": help, **argparse_settings}}
+
+
 def axis_series(variants: Sequence[V.VariantSpec], axis: str) -> dict[str, str]:
     """{variant name: its series}: variants equal but for their name and `axis` form one series
     (e.g. one model at several training-set sizes), labelled by their names' common part before
@@ -44,12 +50,6 @@ def axis_series(variants: Sequence[V.VariantSpec], axis: str) -> dict[str, str]:
         label = prefix[: prefix.rfind("_")] if "_" in prefix else (prefix or names[0])
         labels.update({n: label if len(names) > 1 else n for n in names})
     return labels
-
-
-def _option(help: str, **argparse_settings) -> dict:
-    """A field's metadata that makes it a command-line option: its help and argparse settings such as choices and
-    metavar (`jaxreg.cli` derives the flag, --field-name, its type and its default from the field itself)."""
-    return {OPTION: {"help": help, **argparse_settings}}
 
 
 class SweepError(Exception):

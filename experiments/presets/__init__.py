@@ -2,6 +2,7 @@
 
 A preset file defines `get_config() -> jaxreg.sweep.SweepConfig`; the first line of its
 docstring is the command that runs it. `--preset` also accepts the path of such a file.
+PRESETS is the one list of preset names (experiments/sweep.py's --help shows it).
 """
 
 from __future__ import annotations
