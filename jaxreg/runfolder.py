@@ -8,8 +8,9 @@ manifest.json   {"format": 1, "files": [paths relative to the folder, "/"-separa
                 folder, or one written by an older jaxreg.
 .<name>.lock    beside the run folder, in its parent (`lock_path`), so that two runs creating the same
                 new folder exclude each other too. `exclusive` holds an OS lock (flock) on it for a
-                whole run; the OS releases it when the process ends, however it ends, so a file left
-                behind by a killed run never blocks the next one.
+                whole run and deletes the file when the run ends; the OS releases the lock when the
+                process ends, however it ends, so a file left behind by a killed run never blocks
+                the next one.
 checksummed     a header line "jaxreg-sha256 <hex digest of the rest>" and then the payload (the
                 checkpoint): `verified` refuses flipped bytes instead of loading them;
                 `write_checksummed` writes one from pieces, never holding the payload whole.
@@ -144,15 +145,25 @@ def lock_path(folder) -> Path:
 
 @contextlib.contextmanager
 def exclusive(folder) -> Iterator[Path]:
-    """Hold the folder's lock for the block; LockError at once if another process holds it.
+    """Hold the folder's lock for the block, then delete its file; LockError at once if another process holds it.
 
-    Creates the folder's parent if needed (the lock file lives there). Yields the lock path.
+    Creates the folder's parent if needed (the lock file lives there). Yields the lock path. The
+    file is deleted only while this process holds the lock; a process that opened it meanwhile
+    finds, once it gets the lock, that its file is no longer the one at the path, and locks the
+    new one instead (`_lock_current_file`), so two processes never both hold "the" lock.
     """
     path = lock_path(folder)
-    lock = filelock.FileLock(path, timeout=0)
+    try:
+        import fcntl
+    except ImportError:  # Windows: filelock's own lock, which deletes its file on release there
+        fcntl = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        if fcntl is None:
+            held = filelock.FileLock(path, timeout=0)
+            held.acquire()
+        else:
+            held = _lock_current_file(path, fcntl)
     except filelock.Timeout:
         raise LockError(path, in_use=True) from None
     except OSError as e:
@@ -160,7 +171,32 @@ def exclusive(folder) -> Iterator[Path]:
     try:
         yield path
     finally:
-        lock.release()
+        if fcntl is None:
+            held.release()
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()  # still holding the lock: see above
+            os.close(held)
+
+
+def _lock_current_file(path: Path, fcntl) -> int:
+    """An open descriptor holding flock on the file now at `path` (created if absent); filelock.Timeout if taken."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise filelock.Timeout(str(path)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder deleted it after we opened it: lock the file now at the path
 
 
 def lock_held(folder) -> bool:

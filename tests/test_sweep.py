@@ -277,6 +277,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeyp
     assert len(lines) == 1 and lines[0].startswith("sweep.py: error: "), stderr
     assert fragment in lines[0]
     assert _tree_digest(folder) == before
+    assert not list(tmp_path.rglob(".*.lock"))  # a refused run leaves no lock file
     if case in NO_OVERWRITE_HINT:
         assert "--overwrite" not in lines[0]
 
@@ -423,7 +424,7 @@ def test_manifest_lists_every_file_jaxreg_wrote(small_run):
     written = sorted(str(p.relative_to(small_run)) for p in small_run.rglob("*") if p.is_file())
     assert runfolder.recorded(small_run) == written
     assert {"manifest.json", "config.json", "checkpoint.msgpack", "figures/vs_original.png"} <= set(written)
-    assert (small_run.parent / ".run.lock").is_file() and not list(small_run.glob(".*"))  # the lock lives beside
+    assert not list(small_run.parent.glob(".*lock")) and not list(small_run.glob(".*"))  # the lock file went with the run
 
 
 def test_overwrite_removes_only_jaxregs_files(small_run, tmp_path):
@@ -496,6 +497,30 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path, capsys):
     assert runfolder.lock_path(out).is_file()  # the file stays; the OS lock died with the process
     with runfolder.exclusive(out):
         pass
+
+
+def test_a_lock_file_deleted_by_its_holder_is_not_taken(tmp_path, monkeypatch):
+    """The classic race of deleting a lock file: a process opened the file, then its holder deleted it and let go.
+    Locking that orphan would let a third process, which creates a new file, hold the lock too; so the
+    late process must lock the file now at the path instead."""
+    out = tmp_path / "run"
+    with runfolder.exclusive(out) as path:
+        stale = os.open(path, os.O_RDWR)  # opened while held
+    assert not path.exists()
+    opened, real_open = [], os.open
+
+    def open_stale_first(name, flags, mode=0o777):
+        opened.append(name)
+        return stale if len(opened) == 1 else real_open(name, flags, mode)
+
+    monkeypatch.setattr(runfolder.os, "open", open_stale_first)
+    with runfolder.exclusive(out) as again:
+        monkeypatch.undo()
+        assert len(opened) == 2 and again.is_file() and runfolder.lock_held(out)
+        with pytest.raises(runfolder.LockError):  # the new file is the lock
+            with runfolder.exclusive(out):
+                pass
+    assert not again.exists()
 
 
 def test_two_runs_into_one_folder(tiny_preset, sweep_env, tmp_path, capsys):
