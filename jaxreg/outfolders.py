@@ -1,14 +1,14 @@
-"""Default run folders: a new `<base>/<YYYY-MM-DD_HH-MM-SS>` per run, and `<base>/latest` naming the newest.
+"""Default run folders: a new `<base>/<YYYY-MM-DD_HH-MM-SS>` per run, and `<base>/LATEST` naming the newest.
 
 Without an explicit output folder, every run gets a folder of its own under `base` (the
 command line's `runs/<preset>`), named by its local start time; a run that starts in the
 same second as another gets `-2`, `-3`, ... appended. The folder is created with os.mkdir,
 which fails when the name exists, so two processes never get the same folder.
 
-`<base>/latest` is a relative symbolic link to the newest such folder, replaced atomically
-(a temporary link, then os.replace), so it always names a whole folder. Where symbolic
-links cannot be made (some Windows set-ups), `latest` is instead a one-line text file
-holding the folder's name; `latest_folder` reads either.
+`<base>/LATEST` is a one-line text file holding the newest such folder's name, replaced
+atomically (a temporary file, then os.replace), so it always names a whole folder. It is not a
+symbolic link on purpose: `tensorboard --logdir runs/` follows links and listed the newest run
+twice. `latest_folder` reads it (or the `latest` link of an older jaxreg).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from jaxreg.config import SweepError
 
-LATEST = "latest"
+LATEST = "LATEST"
+OLD_LINK = "latest"  # what older versions wrote: a symbolic link
 STAMP = "%Y-%m-%d_%H-%M-%S"
 
 
@@ -42,39 +43,39 @@ def new_folder(base, now: float | None = None) -> Path:
 
 
 def point_latest(base, folder) -> Path:
-    """Make `<base>/latest` name `folder` (a folder inside `base`): a symbolic link, else a text file."""
+    """Make `<base>/LATEST` name `folder` (a folder inside `base`): a one-line text file, replaced atomically."""
     base, name = Path(base), Path(folder).name
-    link, tmp = base / LATEST, base / f".{LATEST}.{os.getpid()}.tmp"
+    latest, tmp = base / LATEST, base / f".{LATEST}.{os.getpid()}.tmp"
     try:
-        tmp.unlink(missing_ok=True)
-        try:
-            os.symlink(name, tmp, target_is_directory=True)
-        except (OSError, NotImplementedError):  # no symbolic links here: a text file naming the folder
-            tmp.write_text(name + "\n", encoding="utf-8")
-        os.replace(tmp, link)
+        tmp.write_text(name + "\n", encoding="utf-8")
+        os.replace(tmp, latest)
+        if (base / OLD_LINK).is_symlink():  # an older jaxreg's link, which TensorBoard followed
+            (base / OLD_LINK).unlink()
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise SweepError(f"cannot update {link}: {e.strerror or e}; pass the run folder with --out") from e
-    return link
+        raise SweepError(f"cannot update {latest}: {e.strerror or e}; pass the run folder with --out") from e
+    return latest
 
 
 def latest_folder(base) -> Path:
-    """The folder `<base>/latest` names; SweepError when there is none."""
+    """The folder `<base>/LATEST` names (or an older jaxreg's `<base>/latest` link); SweepError when there is none."""
     base = Path(base)
-    link = base / LATEST
-    if link.is_symlink():
-        folder = base / os.readlink(link)
-    elif link.is_file():
-        folder = base / link.read_text(encoding="utf-8").strip()
+    latest, old = base / LATEST, base / OLD_LINK
+    if latest.is_file():
+        folder = base / latest.read_text(encoding="utf-8").strip()
+    elif old.is_symlink():
+        folder = base / os.readlink(old)
     else:
-        raise SweepError(f"nothing to resume: {link} does not exist (no run was started without --out); pass the run folder with --out")
+        raise SweepError(
+            f"nothing to resume: {latest} does not exist (no run was started without --out); pass the run folder with --out"
+        )
     if not folder.is_dir():
-        raise SweepError(f"nothing to resume: {link} names {folder}, which is not a folder; pass the run folder with --out")
+        raise SweepError(f"nothing to resume: {latest} names {folder}, which is not a folder; pass the run folder with --out")
     return folder
 
 
 def restore_latest(base, previous: Path | None) -> None:
-    """Point `<base>/latest` back at `previous` (None: remove it): for a run that stopped before writing anything."""
+    """Point `<base>/LATEST` back at `previous` (None: remove it): for a run that stopped before writing anything."""
     if previous is not None:
         point_latest(base, previous)
     else:

@@ -1,7 +1,7 @@
 """Saved parameters, default run folders and the checkpoint's removal once a run has finished.
 
 The parameters a finished run saved must reproduce the losses it reported; default folders
-(without --out) must never collide or overwrite; `latest` must name the newest and be what
+(without --out) must never collide or overwrite; `LATEST` must name the newest and be what
 --resume without --out continues. Synthetic data, in-process runs (compiled once per session).
 """
 
@@ -224,10 +224,11 @@ def test_two_runs_without_out_get_their_own_folders(tmp_path, monkeypatch, capfd
     second = next(r for r in runs if r != first[0])
     out = capfd.readouterr().out
     assert f"output: {base / first[0]}" in out and f"output: {base / second}" in out  # the plan line says where
-    assert os.readlink(base / "latest") == second and outfolders.latest_folder(base) == base / second
+    assert (base / "LATEST").read_text() == second + "\n" and outfolders.latest_folder(base) == base / second
+    assert not any(p.is_symlink() for p in base.iterdir())  # nothing that `tensorboard --logdir runs/` follows twice
     for name in runs:
         assert results.load_run(base / name).status["state"] == "finished"
-    assert results.load_run(base / "latest").histories["smaller"]["val_data_loss"].shape == (1, 2)
+    assert results.load_run(outfolders.latest_folder(base)).histories["smaller"]["val_data_loss"].shape == (1, 2)
 
     # --resume without --out: the run latest names (finished: just reported)
     assert cli.main([*CLI, "--resume"]) == 0
@@ -262,10 +263,10 @@ def test_a_refused_run_without_out_leaves_no_folder(tmp_path, monkeypatch, capfd
     cli = _load_cli()
     base = Path("runs") / "book"
     assert cli.main(CLI) == 0
-    before = os.readlink(base / "latest")
+    before = outfolders.latest_folder(base).name
     assert cli.main([*CLI, "--devices", "3"]) == 2  # refused once its folder exists, before writing into it
     assert "sweep.py: error:" in capfd.readouterr().err
-    assert _runs(base) == [before] and os.readlink(base / "latest") == before
+    assert _runs(base) == [before] and outfolders.latest_folder(base).name == before
 
 
 def test_new_folders_never_collide(tmp_path):
@@ -288,22 +289,24 @@ def test_new_folders_never_collide(tmp_path):
     assert len(set(made)) == 8 and all(f.is_dir() for f in made)
 
 
-def test_latest_is_replaced_atomically_and_falls_back_to_a_file(tmp_path, monkeypatch):
+def test_latest_is_a_text_file_replaced_atomically(tmp_path):
     a, b = outfolders.new_folder(tmp_path, 0.0), outfolders.new_folder(tmp_path, 1.0)
     outfolders.point_latest(tmp_path, a)
     outfolders.point_latest(tmp_path, b)
-    assert os.readlink(tmp_path / "latest") == b.name and outfolders.latest_folder(tmp_path) == b
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name, "latest"])  # no temporary left
-
-    def no_symlinks(*args, **kwargs):
-        raise OSError("symbolic links are not supported")
-
-    monkeypatch.setattr(os, "symlink", no_symlinks)
-    outfolders.point_latest(tmp_path, a)
-    assert not (tmp_path / "latest").is_symlink() and (tmp_path / "latest").read_text() == a.name + "\n"
-    assert outfolders.latest_folder(tmp_path) == a
-    with pytest.raises(SweepError, match=r"nothing to resume: .*latest does not exist"):
+    latest = tmp_path / "LATEST"
+    assert not latest.is_symlink() and latest.read_text() == b.name + "\n" and outfolders.latest_folder(tmp_path) == b
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name, "LATEST"])  # no temporary left
+    with pytest.raises(SweepError, match=r"nothing to resume: .*LATEST does not exist"):
         outfolders.latest_folder(tmp_path / "none")
+
+
+def test_an_older_latest_link_is_read_then_replaced(tmp_path):
+    """A run folder base of an older jaxreg has a `latest` symbolic link: read it, and drop it once LATEST is written."""
+    a, b = outfolders.new_folder(tmp_path, 0.0), outfolders.new_folder(tmp_path, 1.0)
+    os.symlink(a.name, tmp_path / "latest", target_is_directory=True)
+    assert outfolders.latest_folder(tmp_path) == a
+    outfolders.point_latest(tmp_path, b)
+    assert not (tmp_path / "latest").is_symlink() and outfolders.latest_folder(tmp_path) == b
 
 
 def test_unpadded_undoes_the_padding_of_init_params():
