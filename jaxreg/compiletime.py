@@ -27,7 +27,7 @@ class CompileTime:
 
     def describe(self) -> str:
         loaded = f" ({self.cache_hits} loaded from the compilation cache)" if self.cache_hits else ""
-        return f"compiled {self.programs} program(s) in {self.seconds:.1f} s{loaded}"
+        return f"compiled {self.programs} XLA computation(s) in {self.seconds:.1f} s{loaded}"
 
 
 @contextlib.contextmanager

@@ -106,8 +106,8 @@ def _sweep(out: Path, env: dict, *extra: str) -> str:
 
 
 def _compiled(stdout: str) -> tuple[int, int]:
-    """(programs, loaded from the cache) of the run's "compiled N program(s) in X s" line."""
-    match = re.search(r"^compiled (\d+) program\(s\) in [\d.]+ s(?: \((\d+) loaded from the compilation cache\))?", stdout, re.M)
+    """(programs, loaded from the cache) of the run's "compiled N XLA computation(s) in X s" line."""
+    match = re.search(r"^compiled (\d+) XLA computation\(s\) in [\d.]+ s(?: \((\d+) loaded from the compilation cache\))?", stdout, re.M)
     assert match, stdout
     return int(match[1]), int(match[2] or 0)
 
