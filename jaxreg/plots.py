@@ -19,6 +19,9 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 from jaxreg.results import early_stopping, has_test, is_penalized, masked, task_metric
 
 REFERENCE_COLOR = "0.45"
+# Matplotlib's tab10, reordered so that neighbours differ in hue and lightness (tab10's purple and
+# brown, next to each other, looked alike as l1 and l1_l2); more lines than colours get dashes.
+QUALITATIVE = ("C0", "C1", "C2", "C3", "C9", "C4", "C8", "C6", "C5", "C7")
 DPI = 110
 AXIS_LABELS = {
     "width": "hidden width w of the (w, w) model",
@@ -39,6 +42,21 @@ def loss_name(histories: Mapping) -> str:
     """What the data loss is: the squared error for regression (metric mae), else the cross-entropy."""
     first = next(iter(histories.values()), {})
     return "mean squared error" if first and task_metric(first) == "mae" else "cross-entropy"
+
+
+def _color(i: int) -> str:
+    """The i-th line's colour: no two of the first ten alike."""
+    return QUALITATIVE[i % len(QUALITATIVE)]
+
+
+def _log_scale_if_decades(ax, decades: float = 2.0) -> None:
+    """A log y-axis where the plotted lines span more than `decades` powers of ten: a training loss
+    that falls to 1e-4 (`bigger`) is a flat line at 0 on a linear axis."""
+    ys = np.concatenate([np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.get_lines()] or [np.zeros(0)])
+    ys = ys[np.isfinite(ys) & (ys > 0)]
+    if ys.size and ys.max() > ys.min() * 10**decades:
+        ax.set_yscale("log")
+        ax.set_ylabel(ax.get_ylabel() + ", log scale")
 
 
 def _epochs(h) -> np.ndarray:
@@ -106,13 +124,14 @@ def plot_train_val(histories: Mapping, path, names: Sequence[str] = ("original",
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2, sharex=True)
     for i, name in enumerate(names):
-        _line(left, histories[name], "val_data_loss", name, f"C{i}")
-        _line(right, histories[name], "loss", name, f"C{i}")
+        _line(left, histories[name], "val_data_loss", name, _color(i))
+        _line(right, histories[name], "loss", name, _color(i))
     left.set_title("Validation loss")
     right.set_title("Training loss (Keras: running mean over the epoch)")
     for ax in (left, right):
         ax.set_ylabel(f"loss ({loss_name(histories)})")
         _epoch_axis(ax, len(_epochs(histories[names[0]])))
+        _log_scale_if_decades(ax)
         ax.legend()
     fig.suptitle(f"{' vs '.join(names)}: training and validation loss ({_seed_note(histories)})")
     return _save(fig, path)
@@ -129,12 +148,16 @@ def plot_curves(histories: Mapping, path, values: Mapping[str, float] | None = N
         ranks = np.argsort(np.argsort([values[n] for n in names]))
         colors = [colormaps["viridis"](r / max(1, len(names) - 1)) for r in ranks]
     else:
-        colors = [f"C{i % 10}" for i in range(len(names))]
+        colors = [_color(i) for i in range(len(names))]
     for i, (name, color) in enumerate(zip(names, colors)):  # past 10 colors, dashed: no two lines look alike
         _line(ax, histories[name], "val_data_loss", name, color, "-" if values or i < 10 else "--", marker=None)
     ax.set_ylabel(f"validation data loss ({loss_name(histories)}, no penalty)")
     _epoch_axis(ax, len(_epochs(histories[names[0]])))
-    ax.legend(fontsize="small", ncols=2 if len(names) > 8 else 1, title=AXIS_LABELS.get(axis) if axis else None)
+    _log_scale_if_decades(ax)
+    fig.legend(  # beside the panel: inside, it covered a curve
+        *ax.get_legend_handles_labels(), loc="outside right upper", fontsize="small",
+        ncols=2 if len(names) > 16 else 1, title=AXIS_LABELS.get(axis) if axis else None,
+    )
     fig.suptitle(f"Validation data loss per epoch ({_seed_note(histories)})")
     return _save(fig, path)
 
@@ -195,7 +218,8 @@ def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str
         ax.set_xlabel(AXIS_LABELS.get(axis, axis) + (" (log scale)" if log else ""))
         ax.set_ylabel(f"validation loss ({loss_name(histories)})")
         ax.grid(alpha=0.3, which="both" if log and axis != "width" else "major")
-        ax.legend(fontsize="small")
+    # one legend below the panels (their series are the same): inside a panel it covered a curve
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
     note = _seed_note(histories).replace("band", "error bars")
     separator = " " if len(panels) > 1 else "\n"  # one panel is too narrow for the title on one line
     fig.suptitle(f"Best and final validation loss against {AXIS_LABELS.get(axis, axis).split(' w ')[0]}{separator}({note})")
@@ -240,7 +264,7 @@ def plot_series_against_axis(histories: Mapping, values: Mapping[str, float], se
     for ax, which, title in zip(axes, ("best", "final"), ("at the best epoch (lowest mean val data loss)", "at the final epoch")):
         every_x = []
         for i, (label, names) in enumerate(groups.items()):
-            every_x.append(_series_line(ax, histories, names, values, "val_data_loss", which, label, f"C{i % 10}"))
+            every_x.append(_series_line(ax, histories, names, values, "val_data_loss", which, label, _color(i)))
         _set_axis_scale(ax, axis, np.unique(np.concatenate(every_x)))
         ax.set_title(f"Validation data loss {title}")
         ax.set_ylabel(f"validation data loss ({loss_name(histories)})")
@@ -261,7 +285,7 @@ def plot_fit_against_axis(histories: Mapping, values: Mapping[str, float], serie
     for ax, (train_metric, what) in zip(axes, (("loss", "loss"), (metric, metric))):
         every_x = []
         for i, (label, names) in enumerate(groups.items()):
-            color = f"C{i % 10}"
+            color = _color(i)
             every_x.append(_series_line(ax, histories, names, values, train_metric, "final", f"{label}: training", color, "-", "o"))
             _series_line(ax, histories, names, values, f"val_{train_metric}", "final", f"{label}: validation", color, "--", "s")
         _set_axis_scale(ax, axis, np.unique(np.concatenate(every_x)))

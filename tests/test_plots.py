@@ -94,3 +94,59 @@ def test_more_than_ten_variants_without_an_axis_get_distinct_lines(tmp_path, mon
     assert_real_png(plots.plot_curves(histories, tmp_path / "curves.png"))
     assert len(drawn) == 12 and len(set(drawn)) == 12
     assert [style for _, style in drawn[:10]] == ["-"] * 10
+
+
+def _capture_figure(monkeypatch):
+    """Keep the Figure each plot function saves (plots._save), to look at its axes."""
+    saved = []
+    real_save = plots._save
+
+    def keep(fig, path):
+        saved.append(fig)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return saved
+
+
+def test_the_books_lines_get_distinct_colours(tmp_path, monkeypatch):
+    """tab10's purple and brown, given to l1 and l1_l2 side by side, looked alike: neither pair is used now."""
+    drawn = {}
+    real_line = plots._line
+
+    def recording_line(ax, h, metric, label, color, *args, **kwargs):
+        drawn[label] = color
+        real_line(ax, h, metric, label, color, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_line", recording_line)
+    book = ("original", "smaller", "bigger", "l2", "l1", "l1_l2", "dropout")
+    plots.plot_curves(results.stack(make_history({name: ORIGINAL for name in book})), tmp_path / "curves.png")
+    colours = [drawn[name] for name in book]
+    assert len(set(colours)) == 7 and not {"C4", "C5"} <= set(colours)
+    assert len(set(plots.QUALITATIVE)) == 10
+
+
+def test_a_training_loss_spanning_decades_gets_a_log_axis(tmp_path, monkeypatch):
+    """`bigger`'s training loss falls to 1e-4: on a linear axis a flat line at 0."""
+    saved = _capture_figure(monkeypatch)
+    history = make_history(BOOK)
+    for seed in (0, 1):
+        history[("bigger", seed)]["loss"] = [0.5, 0.1, 1e-2, 1e-3, 3e-4, 1e-4]
+    plots.plot_train_val(results.stack(history), tmp_path / "train_val.png")
+    validation, training = saved[-1].axes
+    assert training.get_yscale() == "log" and "log scale" in training.get_ylabel()
+    assert validation.get_yscale() == "linear"  # 0.35-1.1: no decades
+
+
+@pytest.mark.parametrize("draw", ["against_axis", "curves"])
+def test_legends_sit_outside_the_panels(tmp_path, monkeypatch, draw):
+    """Inside a panel the legend covered a curve (l2-grid): figure legends beside or below the panels."""
+    saved = _capture_figure(monkeypatch)
+    values = {"original": 0.0, "l2": 1e-3, "dropout": 1e-2, "bigger": 1e-1}
+    histories = results.stack(make_history(BOOK, penalty={"l2": 0.3}))
+    if draw == "against_axis":
+        plots.plot_against_axis(histories, values, "l2", tmp_path / "a.png")
+    else:
+        plots.plot_curves(histories, tmp_path / "c.png", values, "l2")
+    fig = saved[-1]
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
