@@ -11,7 +11,9 @@ is jax.device_get. With more processes:
 - `gather` brings global arrays to every process as NumPy (replicated by one compiled
   identity), so process 0 has the metrics, the state for the checkpoint and the parameters;
 - `exchange` gives every process each one's small host record (whether it can start);
-- `broadcast_bytes` sends process 0's bytes (the checkpoint to resume from) to all.
+- `broadcast_bytes` sends process 0's bytes (the checkpoint to resume from) to all;
+- `hosts` counts the machines the processes run on (learned once, at `initialize`), so that a
+  machine's RAM is counted once however many processes share it.
 
 Every process must make the same calls in the same order (they are collectives). Process 0 is
 the one that writes (`is_writer`).
@@ -19,7 +21,15 @@ the one that writes (`is_writer`).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import hashlib
+import os
+import re
+import socket
+import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -91,6 +101,56 @@ def initialize(cluster: Cluster) -> None:
     except (RuntimeError, ValueError) as e:
         where = "the cluster JAX detects (SLURM, Open MPI, TPU)" if cluster.auto else f"coordinator {cluster.coordinator}"
         raise DistributedError(f"cannot start the distributed runtime with {where}: {e}") from e
+    _connect()
+
+
+# gloo's C++ code prints this to stdout when a process has connected to the others; nothing else is hidden.
+_GLOO_CONNECTED = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. .*\n?$")
+_host_count = 1
+
+
+def _connect() -> None:
+    """A first exchange right after start-up: connects the processes (gloo's connection line dropped)
+    and learns how many machines they run on (`hosts`)."""
+    global _host_count
+    with _without_gloo_connected_line():
+        records = exchange(np.frombuffer(_host_identity(), np.uint8))
+    _host_count = len({bytes(r) for r in records})
+
+
+def _host_identity() -> bytes:
+    """32 bytes naming this machine: its host name and, where Linux has one, its boot id."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+    except OSError:
+        boot = ""
+    return hashlib.sha256(f"{socket.gethostname()}\n{boot}".encode()).digest()
+
+
+@contextlib.contextmanager
+def _without_gloo_connected_line():
+    """Run the block with file descriptor 1 in a temporary file, then print what it got there except
+    gloo's connection line (anything else, an error included, still reaches stdout)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None).fflush(None)  # C's stdout buffer, into the temporary file
+            os.dup2(saved, 1)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stdout.write("".join(line for line in lines if not _GLOO_CONNECTED.match(line)))
+            sys.stdout.flush()
+
+
+def hosts() -> int:
+    """How many machines this run's processes are on (1 without distribution)."""
+    return _host_count if many() else 1
 
 
 def is_writer() -> bool:

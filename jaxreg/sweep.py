@@ -671,10 +671,14 @@ def _run_locked(
 
 
 def _available_memory(devices) -> tuple[int, str]:
-    """memory.available_bytes for the run's devices; with many processes, this process's times their count.
+    """memory.available_bytes for the run's devices; with many processes, this process's times the devices'
+    processes, or, for host RAM, times the machines (processes on one machine share its RAM).
 
     A process cannot ask another's devices, so the others are assumed to be alike."""
     if not distributed.many():
         return memory.available_bytes(devices)
     available, where = memory.available_bytes(jax.local_devices())
+    if where == "host RAM":
+        hosts = distributed.hosts()
+        return available * hosts, where if hosts == 1 else f"{where} (this machine's x {hosts} machines)"
     return available * jax.process_count(), f"{where} (this process's x {jax.process_count()} processes)"

@@ -128,6 +128,13 @@ def test_process_one_writes_nothing(runs):
     assert "process 1 of 2" in out and "Wrote" not in out and len(out.splitlines()) <= 5, out
 
 
+def test_two_processes_on_one_machine_print_no_gloo_line_and_count_its_ram_once(runs):
+    both = text(runs / "two", "two0") + text(runs / "two", "two1")
+    assert "[Gloo]" not in both, both
+    plan = next(line for line in text(runs / "two", "two0").splitlines() if " of 2 processes, est. " in line)
+    assert plan.endswith(f"host RAM; output: run") and "x 2" not in plan, plan
+
+
 def test_lost_process_stops_the_other(tmp_path):
     processes = pair(tmp_path, "lost", "--epochs", "200", "--heartbeat-timeout", "5")
     history = tmp_path / "lost" / "p0" / "run" / results.HISTORY_JSONL
