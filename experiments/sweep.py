@@ -49,12 +49,12 @@ RUN_OPTIONS = (
     ("--variants", dict(help="comma-separated subset of the preset's variants, e.g. original,l2")),
     ("--out", dict(
         help="run folder, used exactly as given (default: a new runs/<preset>/<YYYY-MM-DD_HH-MM-SS> folder, local "
-        "time, -2, -3, ... appended when taken; runs/<preset>/latest then points at it)",
+        "time, -2, -3, ... appended when taken; runs/<preset>/LATEST then names it)",
     )),
     ("--resume", dict(
         action="store_true",
-        help="continue an interrupted run in --out (same options); without --out, the run runs/<preset>/latest "
-        "points at",
+        help="continue an interrupted run in --out (same options); without --out, the run runs/<preset>/LATEST "
+        "names",
     )),
     ("--overwrite", dict(action="store_true", help="replace a finished or unfinished run in --out")),
     ("--keep-checkpoint", dict(
@@ -72,7 +72,7 @@ RUN_OPTIONS = (
     ("--no-tensorboard", dict(action="store_true", help="skip the TensorBoard event files (tensorboard/)")),
     ("--no-compile-cache", dict(
         action="store_true",
-        help="do not keep compiled XLA programs in ~/.cache/jaxreg/xla (or $XDG_CACHE_HOME/jaxreg/xla) for the next "
+        help="do not keep compiled XLA computations in ~/.cache/jaxreg/xla (or $XDG_CACHE_HOME/jaxreg/xla) for the next "
         "run; env JAXREG_COMPILE_CACHE=0 does the same",
     )),
 )
@@ -348,8 +348,8 @@ def _print_exact_zeros(folder) -> None:
 
 
 def _output_folder(args, config, outfolders):
-    """(run folder, (base, previous latest, folder) or None): --out as given; else runs/<preset>/latest with
-    --resume, or a new timestamped folder under runs/<preset> that latest then names."""
+    """(run folder, (base, previous latest, folder) or None): --out as given; else the run runs/<preset>/LATEST
+    names with --resume, or a new timestamped folder under runs/<preset> that LATEST then names."""
     if args.out:
         return args.out, None
     base = os.path.join("runs", config.name)

@@ -12,8 +12,9 @@ true widths (the padding it trained with cut off): {"params": {"hidden_0": {"ker
 takes as is. `<variant>` is the variant's name, percent-encoded where a character is not a
 letter, digit or one of -_.~=+ (as urllib.parse.quote). Read one back with `load_params`:
 
+    from jaxreg.outfolders import latest_folder
     from jaxreg.params import load_params
-    params = load_params("runs/book/latest", "smaller", seed=0, which="best")
+    params = load_params(latest_folder("runs/book"), "smaller", seed=0, which="best")
     logits = MLP((6, 6)).apply(params, multi_hot_batch)
 
 `exact_zero_fractions(folder)` counts the entries that are exactly 0 in the hidden kernels of
