@@ -81,7 +81,7 @@ def test_compile_time_counts_programs_and_seconds():
     with compiletime.measure() as compiled:
         jax.jit(lambda x: x * 3.0 - 0.123456)(jax.numpy.ones(7)).block_until_ready()  # a program new to this process
     assert compiled.programs >= 1 and compiled.seconds > 0 and compiled.cache_hits <= compiled.programs
-    assert re.match(r"compiled \d+ program\(s\) in \d+\.\d s", compiled.describe())
+    assert re.match(r"compiled \d+ XLA computation\(s\) in \d+\.\d s", compiled.describe())
 
 
 def _env(xdg: Path, **extra: str) -> dict:
