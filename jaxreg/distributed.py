@@ -30,6 +30,7 @@ import re
 import socket
 import sys
 import tempfile
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -121,7 +122,7 @@ def _connect() -> None:
 def _host_identity() -> bytes:
     """32 bytes naming this machine: its host name and, where Linux has one, its boot id."""
     try:
-        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot = ""
     return hashlib.sha256(f"{socket.gethostname()}\n{boot}".encode()).digest()

@@ -132,7 +132,7 @@ def test_two_processes_on_one_machine_print_no_gloo_line_and_count_its_ram_once(
     both = text(runs / "two", "two0") + text(runs / "two", "two1")
     assert "[Gloo]" not in both, both
     plan = next(line for line in text(runs / "two", "two0").splitlines() if " of 2 processes, est. " in line)
-    assert plan.endswith(f"host RAM; output: run") and "x 2" not in plan, plan
+    assert plan.endswith("host RAM; output: run") and "x 2" not in plan, plan
 
 
 def test_lost_process_stops_the_other(tmp_path):

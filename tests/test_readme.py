@@ -17,7 +17,7 @@ def section(title: str) -> str:
 
 
 def code_blocks(title: str, language: str = "python") -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", section(title), flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", section(title), flags=re.DOTALL)
 
 
 def run_block(code: str) -> dict:
@@ -28,7 +28,7 @@ def run_block(code: str) -> dict:
 
 def test_every_python_block_is_run_here():
     """A new example in a new section must get a test: the sections with Python blocks are these."""
-    titles = re.findall(r"^## (.+)$", README.read_text(), flags=re.M)
+    titles = re.findall(r"^## (.+)$", README.read_text(), flags=re.MULTILINE)
     with_python = [t for t in titles if code_blocks(t)]
     assert with_python == ["The run folder", "Your own data and model", "Reusing the training step"]
 

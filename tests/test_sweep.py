@@ -517,9 +517,8 @@ def test_a_lock_file_deleted_by_its_holder_is_not_taken(tmp_path, monkeypatch):
     with runfolder.exclusive(out) as again:
         monkeypatch.undo()
         assert len(opened) == 2 and again.is_file() and runfolder.lock_held(out)
-        with pytest.raises(runfolder.LockError):  # the new file is the lock
-            with runfolder.exclusive(out):
-                pass
+        with pytest.raises(runfolder.LockError), runfolder.exclusive(out):  # the new file is the lock
+            pass
     assert not again.exists()
 
 
