@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from jaxreg import report, results
+    from jaxreg import report, summaries
     from jaxreg.config import SweepError
     from jaxreg.params import exact_zero_fractions, exact_zeros_table, has_proximal_l1
 
@@ -53,11 +53,11 @@ def main(argv=None) -> int:
     so_far = " (summary of the epochs so far)" if made.summaries and not run.finished else ""
     print(f"{run.folder}: {run.state}, {made.epochs}/{total} epochs{so_far}")
     if made.summaries:
-        print("\n" + results.summary_table(made.summaries))
-        print(results.summary_notes(divergence_threshold=run.divergence_threshold))
-        tested = results.early_stopping_table(made.summaries)
+        print("\n" + summaries.summary_table(made.summaries))
+        print(summaries.summary_notes(divergence_threshold=run.divergence_threshold))
+        tested = summaries.early_stopping_table(made.summaries)
         if tested:
-            print("\n" + tested + "\n" + results.early_stopping_notes())
+            print("\n" + tested + "\n" + summaries.early_stopping_notes())
     axis = report.run_axis(run)
     if made.summaries and axis and len(set((axis[2] or {}).values())) > 1:
         from jaxreg.axis_tables import axis_table

@@ -9,10 +9,10 @@ The public API (imported lazily, so that `import jaxreg` stays cheap and does no
   tasks        Task: binary, multiclass or regression, and the loss
   train step   StepConfig, Hyperparameters, TrainState, init_state, train_step (the reference),
                fused_train_step, train_epoch, evaluate
-  results      load_run (a run folder, in any state), stack, summarize, summary_table,
-               early_stopping_table (with a test split), load_params
+  results      load_run (a run folder, in any state: runs), stack (history), summarize, summary_table,
+               early_stopping_table (with a test split; summaries), load_params (params)
 
-Modules, one idea each:
+Modules, one idea each (their layers: docs/architecture.md):
   dataset    Dataset and Split (multi-hot or dense inputs; binary, multiclass or regression targets), from_arrays
   data       IMDB (archive, folder, tfds) and synthetic bag-of-words data
   batches    host-side epoch order and fixed-shape batches (sparse pairs or dense rows) for the device
@@ -26,8 +26,12 @@ Modules, one idea each:
   train      pure init / train_step / evaluate / train_epoch functions
   variants   variant specs, bucket planning, vmapped + sharded multi-variant training
   config     SweepConfig, the study a sweep runs; sweep: the resumable sweep behind experiments/sweep.py
-  results    histories, summaries, run folders (load_run for notebooks)
+  selection  which epochs count (divergence) and which one is chosen: best epoch, overfitting onset, early stopping
+  fileio     atomic file writes, JSON, the names of a run folder's files; errors: SweepError
+  history    a history's columns, the stacked form, history.jsonl/.csv
+  summaries  per-variant summaries, their tables and summary.md/.csv
   runfolder  a run folder's manifest, writer lock and checksummed checkpoint
+  runs       a run folder read back (load_run for notebooks)
   params     the trained parameters a run saves (final and best epoch), load_params
   plots      the study's figures with seed bands; events: TensorBoard event files
   cache      the cache folders and JAX's persistent compilation cache; compiletime: compile time apart
@@ -63,11 +67,11 @@ _EXPORTS = {
     "fused_train_step": "train",
     "train_epoch": "train",
     "evaluate": "train",
-    "load_run": "results",
-    "summarize": "results",
-    "stack": "results",
-    "summary_table": "results",
-    "early_stopping_table": "results",
+    "load_run": "runs",
+    "summarize": "summaries",
+    "stack": "history",
+    "summary_table": "summaries",
+    "early_stopping_table": "summaries",
     "load_params": "params",
 }
 

@@ -4,7 +4,7 @@ What a learning curve or a label-noise sweep reads as numbers beside its figure:
 final validation loss, and how far each model fits its training labels (final training
 accuracy, and the first epoch at which it reaches a level, e.g. 0.99 for memorized labels).
 Means ± sample std over seeds; "best" is the epoch of the lowest mean validation data loss, as
-in `results.summarize`.
+in `summaries.summarize`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Mapping
 
 import numpy as np
 
-from jaxreg.results import masked, task_metric
+from jaxreg.history import task_metric
+from jaxreg.selection import masked
 
 
 def _series(values: Mapping[str, float], series: Mapping[str, str]) -> dict[str, dict[float, str]]:

@@ -19,9 +19,9 @@ from typing import Callable
 import flax.serialization
 import jax
 
-from jaxreg import msgpack_stream, results, runfolder
+from jaxreg import fileio, msgpack_stream, runfolder
 from jaxreg import variants as V
-from jaxreg.config import SweepConfig, SweepError
+from jaxreg.errors import SweepError
 from jaxreg.runfolder import CHECKPOINT_FILE
 from jaxreg.train import init_state
 
@@ -36,7 +36,7 @@ def save_checkpoint(folder: Path, snapshot: V.RunSnapshot) -> Path:
     equal `checkpoint_bytes(snapshot)`. Building them whole (flax's msgpack_serialize) held
     250-350 MB more at the peak for the book preset's ~135 MB checkpoint."""
     path = folder / CHECKPOINT_FILE
-    with results.atomic_file(path) as f:
+    with fileio.atomic_file(path) as f:
         runfolder.write_checksummed(f, msgpack_stream.pieces(_payload(snapshot)))
     return path
 
@@ -115,7 +115,7 @@ class CheckpointWriter:
             raise error
 
 
-def _state_targets(config: SweepConfig, num_words: int, devices) -> list:
+def _state_targets(config, num_words: int, devices) -> list:
     """Per bucket: (abstract TrainState of one variant, leading axes [seeds, padded configs]) as variants.run builds it.
 
     `devices`: the devices of every bucket, or one tuple of devices per bucket (`sweep.bucket_devices`)."""
@@ -148,9 +148,10 @@ def read_checkpoint(folder: Path) -> bytes:
         raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
 
 
-def load_checkpoint(folder: Path, config: SweepConfig, num_words: int, devices, data: bytes | None = None) -> V.RunSnapshot:
+def load_checkpoint(folder: Path, config, num_words: int, devices, data: bytes | None = None) -> V.RunSnapshot:
     """Read a checkpoint back into a RunSnapshot, checking its checksum and its structure against a fresh run's.
 
+    config: the run's `jaxreg.config.SweepConfig` (read, not imported: this module sits below jaxreg.config).
     data: the file's bytes when already read (`read_checkpoint`; in a run of many processes,
     process 0 reads them and sends them to the others, whose hosts may not see the folder)."""
     path = folder / CHECKPOINT_FILE

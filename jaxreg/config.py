@@ -12,9 +12,11 @@ import math
 import os
 from typing import Sequence
 
-from jaxreg import losses, results, views
+from jaxreg import losses, views
 from jaxreg import variants as V
 from jaxreg.checks import is_int, is_number
+from jaxreg.errors import SweepError
+from jaxreg.selection import DIVERGENCE_THRESHOLD
 from jaxreg.train import HYPERPARAMETERS
 
 PRODUCTS = ("auto", "sparse", "dense")
@@ -52,10 +54,6 @@ def axis_series(variants: Sequence[V.VariantSpec], axis: str) -> dict[str, str]:
     return labels
 
 
-class SweepError(Exception):
-    """A user-facing problem with a sweep's config, data, devices or output folder; one line."""
-
-
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """One study: the variants and everything that decides their results. Validated on construction.
@@ -70,7 +68,7 @@ class SweepConfig:
     bucket's variants sharded over all devices) or "auto" (spread on CPU unless `devices` is
     given, else shard).
     divergence_threshold: a variant has diverged from the first epoch where a loss exceeds
-    this in size, or any metric is NaN or infinite (see `jaxreg.results`).
+    this in size, or any metric is NaN or infinite (see `jaxreg.selection`).
     """
 
     name: str
@@ -143,7 +141,7 @@ class SweepConfig:
     )
     axis: str | None = None
     divergence_threshold: float = dataclasses.field(
-        default=results.DIVERGENCE_THRESHOLD,
+        default=DIVERGENCE_THRESHOLD,
         metadata=_option(
             "a variant has diverged from the first epoch where a loss exceeds X, or a metric is NaN or infinite "
             "(Keras' clipped data loss is at most ~16.1 per review)",

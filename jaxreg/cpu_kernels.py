@@ -65,7 +65,7 @@ def build_cpu_kernels(cache_dir: Path | None = None) -> Path:
     if library.exists():
         return library
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Atomic like results.atomic_write, which writes bytes it is given: here the compiler writes the
+    # Atomic like fileio.atomic_write, which writes bytes it is given: here the compiler writes the
     # file, so it builds into a temporary folder and the finished library is renamed into place.
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         partial = Path(tmp) / library.name

@@ -85,7 +85,7 @@ from jaxreg.dataset import (  # noqa: F401 - re-exported: `from jaxreg.data impo
     index_dtype,
     multi_hot,
 )
-from jaxreg.results import atomic_write
+from jaxreg.fileio import atomic_write
 
 DEFAULT_NUM_WORDS = 10_000
 MAX_NUM_WORDS = int(np.iinfo(np.int32).max)  # word indices are int16 or int32 (see _index_dtype)

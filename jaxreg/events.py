@@ -1,7 +1,7 @@
 """TensorBoard event files of a run: one TensorBoard run per variant and seed, every metric per epoch.
 
 <run folder>/tensorboard/<variant>/seed_<s>/events.out.tfevents.jaxreg holds, as scalars with
-step = epoch (from 1), every metric of the history (`results.metric_names`; with a test split,
+step = epoch (from 1), every metric of the history (`history.metric_names`; with a test split,
 its test_* columns too), appended and flushed after every epoch, and the variant's
 hyperparameters for TensorBoard's HParams plugin (with, at the end, the final and best
 validation metrics). `tensorboard --logdir <run folder or its parent>`.
@@ -24,7 +24,8 @@ from tensorboardX import summary as tbx_summary
 from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto.event_pb2 import Event
 
-from jaxreg import results, runfolder
+from jaxreg import fileio, runfolder
+from jaxreg.history import columns, task_metric
 
 EVENTS_DIR = "tensorboard"
 EVENT_FILE = "events.out.tfevents.jaxreg"  # TensorBoard reads files with "tfevents" in their name
@@ -83,7 +84,7 @@ def best_metrics(history: Mapping[str, Sequence[float]]) -> dict:
     if not finite:
         return {}
     best = min(finite, key=lambda i: losses[i])
-    metric = f"val_{results.task_metric(history)}"
+    metric = f"val_{task_metric(history)}"
     return {"best/val_data_loss": losses[best], f"best/{metric}": float(history[metric][best]), "best/epoch": best + 1}
 
 
@@ -109,12 +110,12 @@ class EventLog:
         runfolder.record(self.folder, *(event_file(n, s) for n, s in self.keys))
         for key in self.keys:
             kept = b"".join(
-                scalar_records(e + 1, {m: history[key][m][e] for m in results.columns(history[key])})
+                scalar_records(e + 1, {m: history[key][m][e] for m in columns(history[key])})
                 for e in range(epochs_done)
             ) if key in history else b""
             path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            results.atomic_write(path, header_records(hparams[key], metric) + kept)
+            fileio.atomic_write(path, header_records(hparams[key], metric) + kept)
 
     def _path(self, key) -> Path:
         return self.folder / event_file(*key)
@@ -127,7 +128,7 @@ class EventLog:
     def epoch(self, epoch: int, row: Mapping[tuple[str, int], Mapping[str, float]]) -> None:
         """Append an epoch (from 0) of `variants.run`'s row: every metric at step epoch + 1."""
         for key in self.keys:
-            self._append(key, scalar_records(epoch + 1, {m: row[key][m] for m in results.columns(row[key])}))
+            self._append(key, scalar_records(epoch + 1, {m: row[key][m] for m in columns(row[key])}))
 
     def finish(self, history: Mapping, epochs: int) -> None:
         """Append each run's best metrics (for the HParams plugin) and the end of its session."""

@@ -2,9 +2,9 @@
 
 `LiveLog` starts the files afresh (atomically) with the epochs a resumed run keeps (its
 checkpoint's), then appends every epoch as one write per file, flushed: a reader sees whole
-epochs, or a last line still being written, which `results.read_history` skips. While the run
+epochs, or a last line still being written, which `history.read_history` skips. While the run
 trains the lines are in epoch order; at the end `jaxreg.sweep` rewrites history.jsonl/.csv in
-`results.write_history`'s order (variant, seed, epoch), so a finished run's files are the same
+`history.write_history`'s order (variant, seed, epoch), so a finished run's files are the same
 whether or not it was interrupted and resumed. Every file is in the manifest before it exists.
 A run resumed with `tensorboard=False` leaves the event files already written as they are.
 """
@@ -15,30 +15,31 @@ import dataclasses
 from pathlib import Path
 from typing import Mapping
 
-from jaxreg import results, runfolder
+from jaxreg import fileio, runfolder
+from jaxreg.history import METRICS, csv_lines, epoch_records, has_test, jsonl_lines
 
 
 class LiveLog:
     """The per-epoch files of one run: history.jsonl/.csv and, unless `tensorboard=False`, `jaxreg.events`."""
 
     def __init__(
-        self, folder, config, history: Mapping, epochs_done: int, tensorboard: bool = True, columns=results.METRICS
+        self, folder, config, history: Mapping, epochs_done: int, tensorboard: bool = True, columns=METRICS
     ):
         """`history`: {(name, seed): {metric: [epochs]}} of the epochs kept (a checkpoint's), `epochs_done` of them.
-        `columns`: the run's history columns (`results.metric_names`; with test columns for data with a test split)."""
+        `columns`: the run's history columns (`history.metric_names`; with test columns for data with a test split)."""
         self.columns = tuple(columns)
         self.folder = Path(folder)
         self.names = [v.name for v in config.variants]
         self.threshold = config.divergence_threshold
         self.diverged: dict = {}
         self.history = {(v.name, v.seed): {m: [] for m in self.columns} for v in config.variant_specs()}
-        runfolder.record(self.folder, results.HISTORY_JSONL, results.HISTORY_CSV)
+        runfolder.record(self.folder, fileio.HISTORY_JSONL, fileio.HISTORY_CSV)
         kept = []
         for epoch in range(epochs_done):
             kept += self._add(epoch, {key: {m: h[m][epoch] for m in self.columns} for key, h in history.items()})
-        test = results.has_test(self.columns)
-        results.atomic_write(self.folder / results.HISTORY_JSONL, results.jsonl_lines(kept))
-        results.atomic_write(self.folder / results.HISTORY_CSV, results.csv_lines(kept, header=True, test=test))
+        test = has_test(self.columns)
+        fileio.atomic_write(self.folder / fileio.HISTORY_JSONL, jsonl_lines(kept))
+        fileio.atomic_write(self.folder / fileio.HISTORY_CSV, csv_lines(kept, header=True, test=test))
         self.events = None
         if tensorboard:
             from jaxreg import events
@@ -48,7 +49,7 @@ class LiveLog:
 
     def _add(self, epoch: int, row: Mapping) -> list[dict]:
         """The history records of an epoch (from 0); remembers the row and which seeds have diverged."""
-        records = results.epoch_records(epoch, row, self.names, self.diverged, self.threshold)
+        records = epoch_records(epoch, row, self.names, self.diverged, self.threshold)
         for r in records:
             key = (r["variant"], r["seed"])
             self.diverged[key] = r["diverged"]
@@ -59,7 +60,7 @@ class LiveLog:
     def epoch(self, epoch: int, row: Mapping) -> None:
         """Append an epoch (from 0) of `variants.run`'s row to every file, flushed."""
         records = self._add(epoch, row)
-        lines = {results.HISTORY_JSONL: results.jsonl_lines(records), results.HISTORY_CSV: results.csv_lines(records)}
+        lines = {fileio.HISTORY_JSONL: jsonl_lines(records), fileio.HISTORY_CSV: csv_lines(records)}
         for name, text in lines.items():
             with open(self.folder / name, "a", encoding="utf-8") as f:
                 f.write(text)

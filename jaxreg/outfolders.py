@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from jaxreg.config import SweepError
+from jaxreg.errors import SweepError
 
 LATEST = "LATEST"
 OLD_LINK = "latest"  # what older versions wrote: a symbolic link

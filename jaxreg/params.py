@@ -31,8 +31,8 @@ import numpy as np
 
 from flax import traverse_util
 
-from jaxreg import results, runfolder
-from jaxreg.config import SweepError
+from jaxreg import fileio, runfolder
+from jaxreg.errors import SweepError
 from jaxreg.networks import default_penalized
 
 PARAMS_DIR = "params"
@@ -60,7 +60,7 @@ def save_params(folder, trained: dict) -> list[str]:
     runfolder.record(folder, *files)
     for name, tree in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        results.atomic_write(folder / name, flax.serialization.msgpack_serialize(tree))
+        fileio.atomic_write(folder / name, flax.serialization.msgpack_serialize(tree))
     return list(files)
 
 
@@ -96,10 +96,10 @@ def exact_zero_fractions(folder, which: str = "final") -> dict[str, float]:
     default rule (the folder does not record the rule). SweepError when a file is missing.
     """
     folder = Path(folder)
-    config_file = folder / results.CONFIG_FILE
+    config_file = folder / fileio.CONFIG_FILE
     if not config_file.is_file():
         raise SweepError(f"{folder} is not a run folder: {config_file} does not exist")
-    config = results.read_json(config_file)["config"]
+    config = fileio.read_json(config_file)["config"]
     out = {}
     for variant in (v["name"] for v in config["variants"]):
         fractions = []
@@ -115,10 +115,10 @@ def exact_zero_fractions(folder, which: str = "final") -> dict[str, float]:
 
 def has_proximal_l1(folder) -> bool:
     """Whether a run folder's config has a variant with l1_proximal > 0 (the only stage that makes exact zeros)."""
-    config_file = Path(folder) / results.CONFIG_FILE
+    config_file = Path(folder) / fileio.CONFIG_FILE
     if not config_file.is_file():
         return False
-    return any(v.get("l1_proximal", 0) > 0 for v in results.read_json(config_file)["config"]["variants"])
+    return any(v.get("l1_proximal", 0) > 0 for v in fileio.read_json(config_file)["config"]["variants"])
 
 
 def exact_zeros_table(fractions: dict[str, float], which: str = "final") -> str:

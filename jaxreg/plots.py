@@ -1,4 +1,4 @@
-"""The study's figures, from stacked histories ({name: {metric: [seeds, epochs]}}, see `jaxreg.results`).
+"""The study's figures, from stacked histories ({name: {metric: [seeds, epochs]}}, see `jaxreg.history`).
 
 Lines are means over seeds; with more than one seed a band shows the min-max range over
 seeds. The *validation data loss* (no penalty) is the solid line; where a variant carries a
@@ -16,7 +16,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
-from jaxreg.results import early_stopping, has_test, is_penalized, masked, task_metric
+from jaxreg.history import has_test, is_penalized, task_metric
+from jaxreg.selection import masked
+from jaxreg.summaries import early_stopping
 
 REFERENCE_COLOR = "0.45"
 # Matplotlib's tab10, reordered so that neighbours differ in hue and lightness (tab10's purple and
@@ -310,7 +312,7 @@ def plot_early_stopping(histories: Mapping, path) -> Path:
 
     Left: the test data loss at the epoch chosen on the test set (the book: its validation set
     is the test set) and at the epoch chosen on the held-out validation set (honest); right:
-    the epochs chosen. Per seed (`results.early_stopping`), then the mean over seeds with the
+    the epochs chosen. Per seed (`summaries.early_stopping`), then the mean over seeds with the
     sample std as error bars. The gap on the left is the book's protocol's optimism.
     """
     names = [n for n in histories if has_test(histories[n])]

@@ -1,6 +1,6 @@
 """A run folder's summary and figures made again, from its history so far: running, interrupted or finished.
 
-`report(folder, out)` reads the folder (`results.load_run`) and writes summary.md/.csv and the
+`report(folder, out)` reads the folder (`runs.load_run`) and writes summary.md/.csv and the
 figures, from the epochs every variant has (all of them for a finished run, which gives the
 files the run wrote). Where they go:
   * `out` given: into `out`, never into the run folder;
@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jaxreg import results, runfolder
+from jaxreg import fileio, runfolder, runs
+from jaxreg.summaries import summarize, write_summary
 
 
 class NotARunFolder(ValueError):
@@ -25,7 +26,7 @@ class NotARunFolder(ValueError):
 class Report:
     """What `report` did: the run read, its summaries, the epochs they cover and the files written (none: printed only)."""
 
-    run: results.Run
+    run: runs.Run
     summaries: list
     epochs: int
     written: list  # paths
@@ -39,7 +40,7 @@ def common_epochs(histories: dict) -> tuple[dict, int]:
     return {name: {k: (v if k == "seeds" else v[:, :n]) for k, v in h.items()} for name, h in histories.items()}, n
 
 
-def title(run: results.Run, epochs: int) -> str:
+def title(run: runs.Run, epochs: int) -> str:
     """The summary's title; for a finished run the one the run wrote."""
     config = run.config.get("config", {})
     name, total, seeds = config.get("name", run.folder.name), config.get("epochs", "?"), config.get("seeds", "?")
@@ -48,7 +49,7 @@ def title(run: results.Run, epochs: int) -> str:
     return f"{name}: {epochs} of {total} epochs so far x {seeds} seed(s) ({run.state})"
 
 
-def run_axis(run: results.Run):
+def run_axis(run: runs.Run):
     """(axis name, {variant: value}, {variant: series}) of a run swept along an axis, else None."""
     axis = run.config.get("axis")
     if not axis:
@@ -64,20 +65,20 @@ def run_axis(run: results.Run):
 
 
 def _write(run, histories, summaries, epochs: int, dest: Path, figures: bool, manifest: bool) -> list[Path]:
-    names = [results.SUMMARY_MD, results.SUMMARY_CSV]
+    names = [fileio.SUMMARY_MD, fileio.SUMMARY_CSV]
     axis = run_axis(run)
     if figures:
         from jaxreg import plots  # matplotlib only here
 
         files = plots.figure_files(list(histories), axis[0] if axis else None, plots.tested(histories))
-        figure_names = [f"{results.FIGURES_DIR}/{n}" for n in files]
+        figure_names = [f"{fileio.FIGURES_DIR}/{n}" for n in files]
     if manifest:
         runfolder.record(dest, *names, *(figure_names if figures else []))
     dest.mkdir(parents=True, exist_ok=True)
     threshold = run.divergence_threshold
-    written = list(results.write_summary(dest, summaries, title=title(run, epochs), divergence_threshold=threshold))
+    written = list(write_summary(dest, summaries, title=title(run, epochs), divergence_threshold=threshold))
     if figures:
-        written += plots.make_figures(histories, dest / results.FIGURES_DIR, axis=axis)
+        written += plots.make_figures(histories, dest / fileio.FIGURES_DIR, axis=axis)
     return written
 
 
@@ -85,16 +86,16 @@ def report(folder, out=None, figures: bool = True) -> Report:
     """Summarize `folder` again (see the module docstring); NotARunFolder for a folder without a run."""
     folder = Path(folder)
     state = runfolder.folder_state(folder)
-    if state in ("new", "foreign") or (state == "legacy" and not (folder / results.HISTORY_JSONL).is_file()):
-        raise NotARunFolder(f"{folder} is not a jaxreg run folder (no {runfolder.MANIFEST_FILE} or {results.HISTORY_JSONL})")
+    if state in ("new", "foreign") or (state == "legacy" and not (folder / fileio.HISTORY_JSONL).is_file()):
+        raise NotARunFolder(f"{folder} is not a jaxreg run folder (no {runfolder.MANIFEST_FILE} or {fileio.HISTORY_JSONL})")
     try:
-        run = results.load_run(folder)
+        run = runs.load_run(folder)
     except (OSError, ValueError, KeyError) as e:
         raise NotARunFolder(f"cannot read the run folder {folder}: {e}") from e
     histories, epochs = common_epochs(run.histories)
     if not epochs:
         return Report(run, [], 0, [], None, f"{run.state}, no epoch finished yet: nothing to summarize")
-    summaries = results.summarize(histories)
+    summaries = summarize(histories)
     if out is not None:
         dest = Path(out)
         return Report(run, summaries, epochs, _write(run, histories, summaries, epochs, dest, figures, False), dest, "")

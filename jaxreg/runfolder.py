@@ -22,13 +22,12 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import filelock
 
-from jaxreg import results
-from jaxreg.config import LOCAL_FIELDS, SweepConfig, SweepError
-from jaxreg.results import read_json, write_json
+from jaxreg.errors import SweepError
+from jaxreg.fileio import CONFIG_FILE, STATUS_FILE, read_json, write_json
 
 CHECKPOINT_FILE = "checkpoint.msgpack"  # its format: jaxreg.checkpoint
 MANIFEST_FILE = "manifest.json"
@@ -101,7 +100,7 @@ def unrecord(folder, *names) -> None:
 
 
 def _temporaries(path: Path) -> list[Path]:
-    """What results.atomic_write leaves of `path` when its process is killed while writing."""
+    """What fileio.atomic_write leaves of `path` when its process is killed while writing."""
     if not path.parent.is_dir():
         return []
     return [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.") and p.name.endswith(".tmp")]
@@ -281,10 +280,10 @@ def folder_state(folder: Path) -> str:
     if not folder.is_dir():
         return "foreign"
     if not (folder / MANIFEST_FILE).is_file():
-        if (folder / results.CONFIG_FILE).is_file():
+        if (folder / CONFIG_FILE).is_file():
             return "legacy"
         return "new" if not any(folder.iterdir()) else "foreign"
-    status = folder / results.STATUS_FILE
+    status = folder / STATUS_FILE
     try:
         finished = status.is_file() and read_json(status).get("state") == "finished"
     except (OSError, ValueError):
@@ -303,8 +302,11 @@ def check_writable(folder: Path) -> None:
         raise SweepError(f"cannot write the output folder {folder}: no write permission on {parent}")
 
 
-def check_folder(folder: Path, config: SweepConfig, resume: bool, overwrite: bool) -> str:
-    """The folder's state (see folder_state), or SweepError when the run may not use it as asked."""
+def check_folder(folder: Path, settings: Mapping, resume: bool, overwrite: bool, ignored: Sequence[str] = ()) -> str:
+    """The folder's state (see folder_state), or SweepError when the run may not use it as asked.
+
+    `settings`: the run's config as config.json records it (`SweepConfig.to_dict()`), compared on
+    resume but for the fields `ignored` (`config.LOCAL_FIELDS`: where the data is, not what it is)."""
     if resume and overwrite:
         raise SweepError("--resume and --overwrite contradict each other: pass one of them")
     state = folder_state(folder)
@@ -315,7 +317,7 @@ def check_folder(folder: Path, config: SweepConfig, resume: bool, overwrite: boo
     if state == "legacy":
         raise SweepError(
             f"{folder} holds a run of an older jaxreg (no {MANIFEST_FILE}), which this version neither resumes "
-            "nor overwrites; choose another --out (jaxreg.results.load_run still reads it)"
+            "nor overwrites; choose another --out (jaxreg.runs.load_run still reads it)"
         )
     if state == "finished" and not (resume or overwrite):
         raise SweepError(f"{folder} holds a finished run; pass --overwrite to replace it, or choose another --out")
@@ -324,12 +326,12 @@ def check_folder(folder: Path, config: SweepConfig, resume: bool, overwrite: boo
             f"{folder} holds an unfinished run ({done_text(folder)}); pass --resume to continue it or --overwrite to restart it"
         )
     if state in ("unfinished", "finished") and resume:
-        compare_configs(folder, config)
+        compare_configs(folder, settings, ignored)
     if state == "unfinished" and resume and not (folder / CHECKPOINT_FILE).is_file():
         done = epochs_done(folder)
         if done:
             raise SweepError(
-                f"cannot resume {folder}: {results.STATUS_FILE} says {done} epoch(s) done but "
+                f"cannot resume {folder}: {STATUS_FILE} says {done} epoch(s) done but "
                 f"{CHECKPOINT_FILE} is missing; use --overwrite to start again"
             )
     if state in ("unfinished", "finished"):
@@ -343,7 +345,7 @@ def check_folder(folder: Path, config: SweepConfig, resume: bool, overwrite: boo
 
 def epochs_done(folder: Path) -> int:
     """status.json's epochs_done; 0 without one (a run killed before its first status)."""
-    path = folder / results.STATUS_FILE
+    path = folder / STATUS_FILE
     if not path.is_file():
         return 0
     try:
@@ -355,23 +357,24 @@ def epochs_done(folder: Path) -> int:
 def done_text(folder: Path) -> str:
     """'N/M epochs done', from status.json."""
     try:
-        status = read_json(folder / results.STATUS_FILE)
+        status = read_json(folder / STATUS_FILE)
         return f"{status.get('epochs_done', 0)}/{status.get('epochs', '?')} epochs done"
     except (OSError, ValueError):
         return "no epoch done"
 
 
-def compare_configs(folder: Path, config: SweepConfig) -> None:
-    """SweepError listing the differences when `config` is not the one the folder's run was started with."""
+def compare_configs(folder: Path, settings: Mapping, ignored: Sequence[str] = ()) -> None:
+    """SweepError listing the differences when `settings` (`SweepConfig.to_dict()`) are not those the
+    folder's run was started with; the fields `ignored` are not compared."""
     try:
-        saved = read_json(folder / results.CONFIG_FILE)["config"]
+        saved = read_json(folder / CONFIG_FILE)["config"]
     except (OSError, ValueError, KeyError) as e:
-        raise SweepError(f"cannot resume {folder}: unreadable {results.CONFIG_FILE} ({e}); use --overwrite") from e
-    now = config.to_dict()
+        raise SweepError(f"cannot resume {folder}: unreadable {CONFIG_FILE} ({e}); use --overwrite") from e
+    now = dict(settings)
     differences = [
         f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
         for k in sorted(set(saved) | set(now))
-        if k not in LOCAL_FIELDS and saved.get(k) != now.get(k)
+        if k not in ignored and saved.get(k) != now.get(k)
     ]
     if differences:
         shown = "; ".join(d if len(d) < 160 else d[:157] + "..." for d in differences)

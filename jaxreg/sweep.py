@@ -3,7 +3,7 @@
 `run_sweep(config, out)` validates everything (config, output folder, data, devices) before
 it writes anything, then trains every variant x seed in one `variants.run` and fills the run
 folder (the config: `jaxreg.config`; the folder's bookkeeping and checks: `jaxreg.runfolder`;
-the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.results`):
+the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.history`, `jaxreg.summaries`):
 
   manifest.json        every file jaxreg wrote into the folder (see `jaxreg.runfolder`)
   config.json          the resolved config, variant list, plan (with each program's devices), versions,
@@ -48,15 +48,18 @@ from tqdm.auto import tqdm
 
 import jaxreg
 from jaxreg import batches as batching
-from jaxreg import compiletime, distributed, machine, memory, results, runfolder
+from jaxreg import compiletime, distributed, fileio, machine, memory, runfolder, selection
 from jaxreg import params as saved_params
 from jaxreg import variants as V
 from jaxreg.agreement import Agreement
 from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint, read_checkpoint, save_checkpoint
 from jaxreg.checks import is_int
-from jaxreg.config import SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
+from jaxreg.config import LOCAL_FIELDS, SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.live import LiveLog
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
+from jaxreg.history import has_test, metric_names, stack, write_history
+from jaxreg.runs import load_run
+from jaxreg.summaries import early_stopping_notes, early_stopping_table, summarize, summary_notes, summary_table, write_summary
 from jaxreg.runfolder import folder_state  # noqa: F401
 
 SYNTHETIC = dict(n_train=2000, n_validation=1000, num_words=1000)
@@ -80,7 +83,7 @@ class ProcessLost(SweepError):
 
 @dataclasses.dataclass
 class SweepResult:
-    """What run_sweep returns: the folder, stacked histories (see jaxreg.results), summaries, divergences."""
+    """What run_sweep returns: the folder, stacked histories (see jaxreg.history), summaries, divergences."""
 
     folder: Path
     histories: dict
@@ -256,7 +259,7 @@ class _Progress:
     def _record(self, epoch: int, row: dict) -> None:
         """Announce new divergences, track the best loss."""
         for key, metrics in row.items():
-            if key not in self.announced and results.blown_up(metrics, self.threshold):
+            if key not in self.announced and selection.blown_up(metrics, self.threshold):
                 self.announced.add(key)
                 message = f"epoch {epoch + 1}: {key[0]} (seed {key[1]}) diverged (loss {metrics['loss']})"
                 self.bar.write(message, file=sys.stderr)
@@ -340,24 +343,24 @@ def _finish(
 ) -> SweepResult:
     """Write the results of a finished run; epochs_run: epochs trained (fewer than config.epochs after early stopping)."""
     epochs_run = config.epochs if epochs_run is None else epochs_run
-    histories = results.stack(history, [v.name for v in config.variants], config.divergence_threshold)
-    summaries = results.summarize(histories)
-    runfolder.record(folder, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV)
-    results.write_history(folder, histories)
+    histories = stack(history, [v.name for v in config.variants], config.divergence_threshold)
+    summaries = summarize(histories)
+    runfolder.record(folder, fileio.HISTORY_JSONL, fileio.HISTORY_CSV, fileio.SUMMARY_MD, fileio.SUMMARY_CSV)
+    write_history(folder, histories)
     stopped_early = f" (early stopping: {epochs_run} of {config.epochs})" if epochs_run < config.epochs else ""
     title = f"{config.name}: {epochs_run} epochs{stopped_early} x {config.seeds} seed(s)"
-    results.write_summary(folder, summaries, title=title, divergence_threshold=config.divergence_threshold)
+    write_summary(folder, summaries, title=title, divergence_threshold=config.divergence_threshold)
     paths = []
     if figures:
         from jaxreg import plots  # matplotlib is only needed here
 
         axis = (config.axis, config.axis_values(), config.axis_series()) if config.axis else None
         names = plots.figure_files(list(histories), axis[0] if axis else None, tested=plots.tested(histories))
-        runfolder.record(folder, *(f"{results.FIGURES_DIR}/{name}" for name in names))
-        paths = plots.make_figures(histories, folder / results.FIGURES_DIR, axis=axis)
+        runfolder.record(folder, *(f"{fileio.FIGURES_DIR}/{name}" for name in names))
+        paths = plots.make_figures(histories, folder / fileio.FIGURES_DIR, axis=axis)
     diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
-    results.write_json(
-        folder / results.STATUS_FILE,
+    fileio.write_json(
+        folder / fileio.STATUS_FILE,
         {
             "state": "finished",
             "epochs_done": epochs_run,
@@ -373,24 +376,24 @@ def _finish(
 
 
 def print_summary(
-    summaries, folder: Path, figures: list, stream=sys.stdout, divergence_threshold: float = results.DIVERGENCE_THRESHOLD
+    summaries, folder: Path, figures: list, stream=sys.stdout, divergence_threshold: float = selection.DIVERGENCE_THRESHOLD
 ) -> None:
-    print("\n" + results.summary_table(summaries), file=stream)
-    print(results.summary_notes(divergence_threshold=divergence_threshold), file=stream)
-    tested = results.early_stopping_table(summaries)
+    print("\n" + summary_table(summaries), file=stream)
+    print(summary_notes(divergence_threshold=divergence_threshold), file=stream)
+    tested = early_stopping_table(summaries)
     if tested:
-        print("\n" + tested + "\n" + results.early_stopping_notes(), file=stream)
-    written = [results.CONFIG_FILE, results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_MD, results.SUMMARY_CSV]
+        print("\n" + tested + "\n" + early_stopping_notes(), file=stream)
+    written = [fileio.CONFIG_FILE, fileio.HISTORY_JSONL, fileio.HISTORY_CSV, fileio.SUMMARY_MD, fileio.SUMMARY_CSV]
     written += [str(p.relative_to(folder)) for p in figures]
     written += [f"{d}/" for d in ("params", "tensorboard") if (folder / d).is_dir()]  # per variant and seed
     print(f"Wrote {folder}: {', '.join(written)}", file=stream)
 
 
 def _reload_finished(folder: Path, stream) -> SweepResult:
-    run = results.load_run(folder)
-    summaries = results.summarize(run.histories)
+    run = load_run(folder)
+    summaries = summarize(run.histories)
     diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
-    figures = sorted((folder / results.FIGURES_DIR).glob("*.png"))
+    figures = sorted((folder / fileio.FIGURES_DIR).glob("*.png"))
     print(f"{folder} already holds a finished run (use --overwrite to run it again).", file=stream)
     print_summary(summaries, folder, figures, stream, run.divergence_threshold)
     return SweepResult(folder, run.histories, summaries, diverged, figures, run.status.get("resumed_from_epoch", 0))
@@ -487,7 +490,7 @@ def _run_locked(
     """run_sweep's work, while process 0 holds the folder's lock (the other processes write nothing)."""
     agreement = agreement or Agreement()
     writes = distributed.is_writer()
-    state = runfolder.check_folder(folder, config, resume, overwrite) if writes else None
+    state = runfolder.check_folder(folder, config.to_dict(), resume, overwrite, LOCAL_FIELDS) if writes else None
     reload = writes and state == "finished" and resume
     records = agreement(True, finished=reload)  # stage "folder": before anything heavy
     if reload:
@@ -508,7 +511,7 @@ def _run_locked(
 
     checkpoint = None  # its bytes, read by process 0 and sent to all
     if writes and state == "unfinished" and resume:
-        saved = results.read_json(folder / results.CONFIG_FILE)
+        saved = fileio.read_json(folder / fileio.CONFIG_FILE)
         checksum = saved.get("data", {}).get("checksum")
         if checksum != dataset.checksum:
             raise SweepError(
@@ -538,7 +541,7 @@ def _run_locked(
             print(f"{distributed.describe()}: training with process 0, which writes {folder}", file=sys.stderr, flush=True)
     snapshot = None if checkpoint is None else load_checkpoint(folder, config, dataset.num_words, placed, checkpoint)
     saved_columns = next(iter(snapshot.history.values()), {}) if snapshot is not None else {}
-    if snapshot is not None and dataset.test is not None and not results.has_test(saved_columns):
+    if snapshot is not None and dataset.test is not None and not has_test(saved_columns):
         # a run started before test splits were evaluated: it goes on as it began, without test columns
         dataset = dataclasses.replace(dataset, test=None)
         print(f"note: {folder} was started without test columns; it is resumed without them", file=stream)
@@ -546,14 +549,14 @@ def _run_locked(
     try:
         if writes:
             if state in ("unfinished", "finished") and overwrite:
-                (folder / results.STATUS_FILE).unlink(missing_ok=True)  # interrupted now: an unfinished run folder
+                (folder / fileio.STATUS_FILE).unlink(missing_ok=True)  # interrupted now: an unfinished run folder
                 runfolder.remove_recorded(folder)  # only jaxreg's files (the manifest last); the user's stay
             elif state == "unfinished":
                 runfolder.remove_temporaries(folder)  # left by a process killed while writing
             folder.mkdir(parents=True, exist_ok=True)
             if not (resume and state == "unfinished"):
-                runfolder.record(folder, results.CONFIG_FILE, results.STATUS_FILE, CHECKPOINT_FILE)
-                results.write_json(folder / results.CONFIG_FILE, environment)
+                runfolder.record(folder, fileio.CONFIG_FILE, fileio.STATUS_FILE, CHECKPOINT_FILE)
+                fileio.write_json(folder / fileio.CONFIG_FILE, environment)
     except OSError as e:
         raise SweepError(f"cannot write the output folder {folder}: {e.strerror or e}") from e
 
@@ -562,7 +565,7 @@ def _run_locked(
 
     def write_status(name: str, epochs_done: int) -> None:
         if writes:
-            results.write_json(folder / results.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": config.epochs})
+            fileio.write_json(folder / fileio.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": config.epochs})
 
     # Process 0 writes checkpoints while the next epoch trains; `done` (what the folder's checkpoint
     # holds) is only read after checkpoints.wait().
@@ -609,7 +612,7 @@ def _run_locked(
         if writes:
             live = LiveLog(
                 folder, config, snapshot.history if snapshot else {}, start, tensorboard,
-                columns=results.metric_names("accuracy", test=dataset.test is not None),
+                columns=metric_names("accuracy", test=dataset.test is not None),
             )
         bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
         t0 = time.perf_counter()
@@ -629,8 +632,8 @@ def _run_locked(
         bar.close()
         print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
         if not writes:
-            histories = results.stack(history, [v.name for v in config.variants], config.divergence_threshold)
-            summaries = results.summarize(histories)
+            histories = stack(history, [v.name for v in config.variants], config.divergence_threshold)
+            summaries = summarize(histories)
             diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
             return SweepResult(folder, histories, summaries, diverged, [], start)
         epochs_run = len(next(iter(next(iter(history.values())).values())))

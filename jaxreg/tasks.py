@@ -3,7 +3,7 @@
 A `Task` fixes the model's number of outputs, the per-example loss that training
 minimizes, and the one metric reported beside it (`metric`): accuracy for classification,
 the mean absolute error (MAE) for regression. Histories, summaries, figures and TensorBoard
-name their columns by `results.metric_names(task.metric)`. The task of a run comes from its data
+name their columns by `history.metric_names(task.metric)`. The task of a run comes from its data
 (`Dataset.target`) and the loss mode (`task_for`).
 """
 

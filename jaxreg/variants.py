@@ -19,7 +19,7 @@ So a variant's history does not depend on which bucket, neighbours or devices it
 
 Best-epoch parameters: after every epoch, `run` keeps, per variant and seed, a copy of the
 parameters of its best epoch so far (the lowest validation data loss, before the variant
-diverged; see `best_epoch_tracker`), on the device, outside the compiled epoch, so the
+diverged; see `selection.best_epoch_tracker`), on the device, outside the compiled epoch, so the
 training numbers are untouched. They cost one more copy of the parameters and are part of a
 RunSnapshot, so a resumed run keeps the best so far.
 
@@ -43,9 +43,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxreg import batches as batching
 from jaxreg import distributed
-from jaxreg import optim, results, tasks, views
+from jaxreg import optim, tasks, views
 from jaxreg.checks import FLOAT32_MAX, float32_finite, is_int, is_number
 from jaxreg.cpu_kernels import cpu_kernels_available
+from jaxreg.history import METRICS, metric_names, test_names  # noqa: F401  (METRICS: a classification run's columns, as before)
+from jaxreg.selection import DIVERGENCE_THRESHOLD, best_epoch_tracker
 from jaxreg.model import PRODUCTS as STEP_PRODUCTS
 from jaxreg.model import unpadded
 from jaxreg.networks import Network, as_network
@@ -60,7 +62,6 @@ from jaxreg.train import (
     train_epoch,
 )
 
-METRICS = results.METRICS  # a classification run's history columns; see results.metric_names
 DEFAULT_WIDTHS = (16, 16)
 
 
@@ -533,7 +534,7 @@ def _bucket_epoch(
         out = {**metrics, **{f"val_{k}": v for k, v in val.items()}}
         if test_batches is not None:
             test = evaluate(state.params, test_batches, hp, config=config)
-            out.update({name: test[name[len("test_"):]] for name in results.test_names(config.task.metric)})
+            out.update({name: test[name[len("test_"):]] for name in test_names(config.task.metric)})
         return state, out
 
     view_axis = None if view_index is None else 0
@@ -696,26 +697,6 @@ class TrainedParams:
     best_epoch: int | None
 
 
-def best_epoch_tracker(threshold: float = results.DIVERGENCE_THRESHOLD):
-    """A function metrics -> whether this epoch is the best so far, for one variant and seed, epoch by epoch.
-
-    The best epoch is the first epoch of the lowest validation data loss among the epochs
-    before the variant diverged (`results.blown_up` with `threshold`, from that epoch on):
-    per seed, the same definition as the summary's best epoch on the mean over seeds.
-    """
-    best, diverged = math.inf, False
-
-    def improved(metrics: dict) -> bool:
-        nonlocal best, diverged
-        diverged = diverged or bool(results.blown_up({k: np.asarray(v) for k, v in metrics.items()}, threshold))
-        if diverged or not metrics["val_data_loss"] < best:
-            return False
-        best = metrics["val_data_loss"]
-        return True
-
-    return improved
-
-
 def stopped(best_epoch: int | None, epochs_done: int, patience: int | None) -> bool:
     """Whether early stopping with `patience` has stopped a variant after epochs_done epochs: it
     has gone `patience` epochs without a new best (Keras' EarlyStopping; none yet counts from 0).
@@ -745,7 +726,7 @@ def _keep_best(best, params, improved):
 class RunResult:
     """What `run` returns.
 
-    history: {(name, seed): {metric: [epochs]}}, columns `results.metric_names(task.metric, test)`
+    history: {(name, seed): {metric: [epochs]}}, columns `metric_names(task.metric, test)`
     (test: the data has a test split, `Dataset.test`, evaluated every epoch and never used to choose);
     params: {(name, seed): TrainedParams}; task: what was trained (`tasks.Task`); buckets:
     per compiled program, its variants and seeds and which path ran (`Execution.describe`:
@@ -769,7 +750,7 @@ def run(
     policy: PaddingPolicy = PaddingPolicy(),
     on_epoch: Callable[[int, dict, Callable[[], RunSnapshot]], None] | None = None,
     resume: RunSnapshot | None = None,
-    divergence_threshold: float = results.DIVERGENCE_THRESHOLD,
+    divergence_threshold: float = DIVERGENCE_THRESHOLD,
 ) -> RunResult:
     """Train all variants for settings.epochs on `dataset`; returns a RunResult.
 
@@ -796,7 +777,7 @@ def run(
         raise VariantError(f"run: give mesh or one mesh per bucket ({len(buckets)} here), not both; got {len(meshes)} meshes")
     programs = [BucketProgram(b, dataset, settings, m) for b, m in zip(buckets, meshes)]
     task = run_task(dataset, settings)
-    columns = results.metric_names(task.metric, test=getattr(dataset, "test", None) is not None)
+    columns = metric_names(task.metric, test=getattr(dataset, "test", None) is not None)
     states = [p.init() for p in programs]
     history = {(v.name, v.seed): {m: [] for m in columns} for v in variants}
     first_epoch = 0

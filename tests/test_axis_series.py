@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxreg import axis_tables, plots, results
+from jaxreg import axis_tables, plots, runs
 from jaxreg.config import SweepConfig, SweepError
 from jaxreg.sweep import run_sweep
 from jaxreg.variants import VariantSpec
@@ -69,7 +69,7 @@ def noise_run(tmp_path_factory):
     )
     folder = tmp_path_factory.mktemp("runs") / "noise"
     run_sweep(config, folder, progress=False, stream=io.StringIO(), tensorboard=False)
-    return results.load_run(folder)
+    return runs.load_run(folder)
 
 
 def test_a_noise_sweep_draws_series_figures_and_tables(noise_run):
@@ -103,5 +103,5 @@ def test_a_run_recorded_without_series_gets_them_from_its_variants(noise_run):
 
     recorded = run_axis(noise_run)
     old = dict(noise_run.config, axis={k: v for k, v in noise_run.config["axis"].items() if k != "series"})
-    derived = run_axis(results.Run(noise_run.folder, old, noise_run.status, noise_run.histories, noise_run.summary))
+    derived = run_axis(runs.Run(noise_run.folder, old, noise_run.status, noise_run.histories, noise_run.summary))
     assert derived == recorded and len(set(recorded[2].values())) == 2

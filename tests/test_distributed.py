@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from conftest import write_fake_imdb
-from jaxreg import results
+from jaxreg import fileio
+from jaxreg.runs import load_run
 from jaxreg.params import load_params
 from jaxreg.variants import METRICS
 
@@ -99,8 +100,8 @@ def runs(tmp_path_factory):
 
 @pytest.mark.numerics
 def test_two_processes_equal_one(runs):
-    two = results.load_run(runs / "two" / "p0" / "run")
-    one = results.load_run(runs / "one" / "p0" / "run")
+    two = load_run(runs / "two" / "p0" / "run")
+    one = load_run(runs / "one" / "p0" / "run")
     assert two.config["devices"] == {**one.config["devices"], "processes": 2} and one.config["devices"]["processes"] == 1
     assert two.config["devices"]["count"] == 2
     assert set(two.histories) == set(one.histories) == {"original", "l2"}
@@ -137,7 +138,7 @@ def test_two_processes_on_one_machine_print_no_gloo_line_and_count_its_ram_once(
 
 def test_lost_process_stops_the_other(tmp_path):
     processes = pair(tmp_path, "lost", "--epochs", "200", "--heartbeat-timeout", "5")
-    history = tmp_path / "lost" / "p0" / "run" / results.HISTORY_JSONL
+    history = tmp_path / "lost" / "p0" / "run" / fileio.HISTORY_JSONL
     deadline = time.monotonic() + 180
     while not (history.is_file() and history.read_text().count("\n") >= 4):  # 2 variants x 2 epochs: compiled, checkpointed
         assert processes[0].poll() is None and processes[1].poll() is None, text(tmp_path / "lost", "lost0")[-3000:]
@@ -152,7 +153,7 @@ def test_lost_process_stops_the_other(tmp_path):
     assert code == 4, log[-3000:]
     assert seconds < LOST_WITHIN
     assert "another process stopped" in log and "--resume" in log, log[-3000:]
-    status = json.loads((tmp_path / "lost" / "p0" / "run" / results.STATUS_FILE).read_text())
+    status = json.loads((tmp_path / "lost" / "p0" / "run" / fileio.STATUS_FILE).read_text())
     assert status["state"] == "interrupted" and status["epochs_done"] >= 1, status
 
 

@@ -16,7 +16,7 @@ import flax.serialization
 import numpy as np
 import pytest
 
-from jaxreg import results
+from jaxreg import fileio
 from jaxreg.config import SweepConfig, SweepError
 from jaxreg.params import exact_zero_fractions, exact_zeros_table, has_proximal_l1, load_params, params_file
 from jaxreg.sweep import run_sweep
@@ -77,8 +77,8 @@ def test_fraction_is_the_mean_over_seeds_of_each_seeds_count(finished):
 
 def _write_folder(folder: Path, trees: dict, seeds: int, l1_proximal: float = 0.0) -> None:
     variants = [{"name": name, "l1_proximal": l1_proximal} for name in trees]
-    (folder / results.CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (folder / results.CONFIG_FILE).write_text(json.dumps({"config": {"variants": variants, "seeds": seeds}}))
+    (folder / fileio.CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (folder / fileio.CONFIG_FILE).write_text(json.dumps({"config": {"variants": variants, "seeds": seeds}}))
     for name, per_seed in trees.items():
         for seed, tree in enumerate(per_seed):
             path = folder / params_file(name, seed)

@@ -18,7 +18,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxreg import data, events, plots, results, runfolder
+from jaxreg import data, events, fileio, plots, runfolder, selection
+from jaxreg.history import METRICS, csv_lines, has_test, history_fields, metric_names, read_history, stack, test_names, write_history
+from jaxreg.runs import load_run
+from jaxreg.summaries import early_stopping, early_stopping_table, read_summary, summarize, write_summary
 from jaxreg import sweep as sweep_module
 from jaxreg import variants as V
 from jaxreg.dataset import DataError, Dataset, Split, from_arrays
@@ -113,9 +116,9 @@ def test_dataset_checks_its_test_split_like_the_others():
 
 def test_test_columns_are_the_tasks_and_come_after_validation(runs):
     history = runs["test"].history[("narrow", 0)]
-    assert tuple(history) == results.metric_names("accuracy", test=True)
+    assert tuple(history) == metric_names("accuracy", test=True)
     assert tuple(history)[-3:] == ("test_loss", "test_data_loss", "test_accuracy")
-    assert tuple(runs["none"].history[("narrow", 0)]) == results.METRICS
+    assert tuple(runs["none"].history[("narrow", 0)]) == METRICS
     for key, h in runs["test"].history.items():
         # test_loss = test_data_loss + the penalty of the same parameters as val_penalty
         np.testing.assert_allclose(h["test_loss"], h["test_data_loss"] + h["val_penalty"], rtol=1e-6)
@@ -127,9 +130,9 @@ def test_flipping_the_test_labels_changes_only_the_test_columns(runs):
     """Both runs execute one compiled program on data that differs only in the test labels,
     so everything else must agree exactly (tolerance 0: no float may differ)."""
     a, b = runs["test"], runs["flipped"]
-    test_columns = results.test_names("accuracy")
+    test_columns = test_names("accuracy")
     for key in a.history:
-        for m in results.METRICS:
+        for m in METRICS:
             np.testing.assert_array_equal(a.history[key][m], b.history[key][m], err_msg=f"{key} {m}")
         for m in test_columns:
             assert not np.array_equal(a.history[key][m], b.history[key][m]), (key, m)
@@ -139,8 +142,8 @@ def test_flipping_the_test_labels_changes_only_the_test_columns(runs):
         for x, y in zip(jax.tree.leaves((pa.final, pa.best)), jax.tree.leaves((pb.final, pb.best))):
             np.testing.assert_array_equal(x, y)
     # the flipped test loss is lowest where the model knows least: the test set would choose another epoch
-    stacked = results.stack(b.history)
-    oracle = results.early_stopping(stacked["l2"])["oracle_epoch"]
+    stacked = stack(b.history)
+    oracle = early_stopping(stacked["l2"])["oracle_epoch"]
     assert not np.array_equal(oracle, [b.params[("l2", s)].best_epoch for s in SEEDS])
 
 
@@ -150,7 +153,7 @@ def test_the_test_split_does_not_change_training(runs):
     columns and parameters agree to float32 round-off (rtol 1e-5, atol 1e-6; bit for bit on AVX2)."""
     a, c = runs["test"], runs["none"]
     for key in a.history:
-        for m in results.METRICS:
+        for m in METRICS:
             np.testing.assert_allclose(a.history[key][m], c.history[key][m], rtol=1e-5, atol=1e-6, err_msg=f"{key} {m}")
         assert a.params[key].best_epoch == c.params[key].best_epoch
 
@@ -162,10 +165,10 @@ def test_best_epoch_and_divergence_ignore_the_test_columns():
     tracker = V.best_epoch_tracker(threshold=1e6)
     assert tracker(row)
     assert tracker({**row, "val_data_loss": 0.5, "test_loss": math.inf})  # still improving, not diverged
-    assert not results.blown_up(row, 1e6)
-    assert results.blown_up({**row, "val_loss": math.nan}, 1e6)
+    assert not selection.blown_up(row, 1e6)
+    assert selection.blown_up({**row, "val_loss": math.nan}, 1e6)
     h = {m: np.array([[row[m], row[m]]]) for m in row}
-    assert not results.diverged_mask(h).any()
+    assert not selection.diverged_mask(h).any()
 
 
 def test_resume_refuses_a_snapshot_with_other_columns(runs):
@@ -182,11 +185,11 @@ def test_resume_refuses_a_snapshot_with_other_columns(runs):
 def _hand_history(val, test, test_acc=None) -> dict:
     """A stacked history of 2 seeds from val and test data-loss curves [seeds, epochs] (other columns constant)."""
     val, test = np.asarray(val, float), np.asarray(test, float)
-    h = {m: np.full(val.shape, 0.5) for m in results.metric_names("accuracy", test=True)}
+    h = {m: np.full(val.shape, 0.5) for m in metric_names("accuracy", test=True)}
     h.update(val_data_loss=val, val_loss=val, test_data_loss=test, test_loss=test)
     h["test_accuracy"] = np.asarray(test_acc if test_acc is not None else 1 - test, float)
     h["val_penalty"] = np.zeros(val.shape)
-    h["diverged"] = results.diverged_mask(h)
+    h["diverged"] = selection.diverged_mask(h)
     h["seeds"] = np.arange(val.shape[0])
     return h
 
@@ -194,14 +197,14 @@ def _hand_history(val, test, test_acc=None) -> dict:
 def test_early_stopping_per_seed():
     val = [[0.9, 0.5, 0.6, 0.7], [0.9, 0.8, 0.4, 0.6]]
     test = [[0.55, 0.6, 0.7, 0.9], [0.9, 0.7, 0.5, 0.4]]
-    e = results.early_stopping(_hand_history(val, test))
+    e = early_stopping(_hand_history(val, test))
     np.testing.assert_array_equal(e["chosen_epoch"], [2, 3])
     np.testing.assert_array_equal(e["oracle_epoch"], [1, 4])
     np.testing.assert_allclose(e["chosen_test_data_loss"], [0.6, 0.5])
     np.testing.assert_allclose(e["oracle_test_data_loss"], [0.55, 0.4])
     np.testing.assert_allclose(e["chosen_test_metric"], [0.4, 0.5])
     np.testing.assert_allclose(e["optimism"], [0.05, 0.1])
-    s = results.summarize({"v": _hand_history(val, test)})[0]
+    s = summarize({"v": _hand_history(val, test)})[0]
     assert s.tested and s.chosen_epoch_mean == 2.5 and s.oracle_epoch_mean == 2.5
     assert s.chosen_test_data_loss_mean == pytest.approx(0.55)
     assert s.chosen_test_data_loss_std == pytest.approx(np.std([0.6, 0.5], ddof=1))
@@ -212,28 +215,28 @@ def test_early_stopping_per_seed():
 def test_early_stopping_of_a_diverged_seed_uses_its_epochs_before():
     val = [[0.9, 0.5, math.nan, 0.1], [0.9, 0.8, 0.4, 0.6]]
     test = [[0.8, 0.6, 0.1, 0.05], [0.9, 0.7, 0.5, 0.45]]
-    e = results.early_stopping(_hand_history(val, test))
+    e = early_stopping(_hand_history(val, test))
     np.testing.assert_array_equal(e["chosen_epoch"], [2, 3])
     np.testing.assert_array_equal(e["oracle_epoch"], [2, 4])  # seed 0's epochs 3 and 4 are diverged: not candidates
     with pytest.raises(KeyError, match="no test columns"):
-        results.early_stopping({m: np.zeros((1, 2)) for m in results.METRICS})
+        early_stopping({m: np.zeros((1, 2)) for m in METRICS})
 
 
 def test_summary_files_have_the_second_table_only_with_test_columns(runs, tmp_path):
-    with_test = results.summarize(results.stack(runs["test"].history))
-    without = results.summarize(results.stack(runs["none"].history))
+    with_test = summarize(stack(runs["test"].history))
+    without = summarize(stack(runs["none"].history))
     assert all(s.tested for s in with_test) and not any(s.tested for s in without)
     assert all(math.isnan(s.optimism_mean) for s in without)
     assert all(s.optimism_mean >= 0 and 1 <= s.chosen_epoch_mean <= EPOCHS for s in with_test)
     for folder, summaries in (("a", with_test), ("b", without)):
         (tmp_path / folder).mkdir()
-        results.write_summary(tmp_path / folder, summaries)
-    md_a, md_b = (tmp_path / "a" / results.SUMMARY_MD).read_text(), (tmp_path / "b" / results.SUMMARY_MD).read_text()
+        write_summary(tmp_path / folder, summaries)
+    md_a, md_b = (tmp_path / "a" / fileio.SUMMARY_MD).read_text(), (tmp_path / "b" / fileio.SUMMARY_MD).read_text()
     assert "Honest early stopping" in md_a and "epoch chosen on test" in md_a
-    assert "Honest early stopping" not in md_b and results.early_stopping_table(without) == ""
-    header_b = (tmp_path / "b" / results.SUMMARY_CSV).read_text().splitlines()[0].split(",")
+    assert "Honest early stopping" not in md_b and early_stopping_table(without) == ""
+    header_b = (tmp_path / "b" / fileio.SUMMARY_CSV).read_text().splitlines()[0].split(",")
     assert header_b[-1] == "metric" and "tested" not in header_b  # summary.csv as before test splits
-    rows = results.read_summary(tmp_path / "a" / results.SUMMARY_CSV)
+    rows = read_summary(tmp_path / "a" / fileio.SUMMARY_CSV)
     assert rows[0]["tested"] is True and rows[0]["optimism_mean"] == pytest.approx(with_test[0].optimism_mean)
 
 
@@ -241,39 +244,39 @@ def test_summary_files_have_the_second_table_only_with_test_columns(runs, tmp_pa
 
 
 def test_history_files_without_a_test_split_are_as_before(runs, tmp_path):
-    stacked = results.stack(runs["none"].history)
-    jsonl, csv_path = results.write_history(tmp_path, stacked)
+    stacked = stack(runs["none"].history)
+    jsonl, csv_path = write_history(tmp_path, stacked)
     lines = jsonl.read_text().splitlines()
     assert tuple(json.loads(lines[0])) == OLD_FIELDS
     assert csv_path.read_text().splitlines()[0] == ",".join(OLD_FIELDS)
     again = tmp_path / "again"
     again.mkdir()
-    results.write_history(again, results.read_history(jsonl))  # read back and written again: the same bytes
-    assert (again / results.HISTORY_JSONL).read_bytes() == jsonl.read_bytes()
-    assert (again / results.HISTORY_CSV).read_bytes() == csv_path.read_bytes()
+    write_history(again, read_history(jsonl))  # read back and written again: the same bytes
+    assert (again / fileio.HISTORY_JSONL).read_bytes() == jsonl.read_bytes()
+    assert (again / fileio.HISTORY_CSV).read_bytes() == csv_path.read_bytes()
 
 
 def test_history_files_with_a_test_split_read_back(runs, tmp_path):
-    stacked = results.stack(runs["test"].history)
-    jsonl, csv_path = results.write_history(tmp_path, stacked)
-    fields = results.history_fields("accuracy", test=True)
+    stacked = stack(runs["test"].history)
+    jsonl, csv_path = write_history(tmp_path, stacked)
+    fields = history_fields("accuracy", test=True)
     assert tuple(json.loads(jsonl.read_text().splitlines()[0])) == fields
     assert csv_path.read_text().splitlines()[0] == ",".join(fields)
-    back = results.read_history(jsonl)
+    back = read_history(jsonl)
     for name, h in stacked.items():
-        for m in results.metric_names("accuracy", test=True):
+        for m in metric_names("accuracy", test=True):
             np.testing.assert_array_equal(back[name][m], h[m])
-    assert results.csv_lines([], header=True, test=True).strip() == ",".join(fields)
+    assert csv_lines([], header=True, test=True).strip() == ",".join(fields)
 
 
 def test_early_stopping_figure(runs, tmp_path):
-    stacked = results.stack(runs["test"].history)
+    stacked = stack(runs["test"].history)
     assert plots.figure_files(list(stacked), tested=plots.tested(stacked))[-1] == plots.EARLY_STOPPING_FIGURE
     assert plots.EARLY_STOPPING_FIGURE not in plots.figure_files(list(stacked), tested=False)
     paths = plots.make_figures(stacked, tmp_path)
     assert [p.name for p in paths] == plots.figure_files(list(stacked), tested=True)
     assert (tmp_path / plots.EARLY_STOPPING_FIGURE).stat().st_size > 10_000
-    without = plots.make_figures(results.stack(runs["none"].history), tmp_path / "n")
+    without = plots.make_figures(stack(runs["none"].history), tmp_path / "n")
     assert plots.EARLY_STOPPING_FIGURE not in [p.name for p in without]
 
 
@@ -305,14 +308,14 @@ def test_sweep_writes_reports_and_resumes_test_columns(monkeypatch, tmp_path, ca
     stream = io.StringIO()
     reference = _sweep(tmp_path / "ref", monkeypatch, dataset, stream=stream)
     out = reference.folder
-    assert "Honest early stopping" in (out / results.SUMMARY_MD).read_text()
+    assert "Honest early stopping" in (out / fileio.SUMMARY_MD).read_text()
     assert "epoch chosen on val" in stream.getvalue()
-    assert (out / results.FIGURES_DIR / plots.EARLY_STOPPING_FIGURE).is_file()
-    assert f"{results.FIGURES_DIR}/{plots.EARLY_STOPPING_FIGURE}" in runfolder.recorded(out)
-    assert results.read_json(out / results.CONFIG_FILE)["data"]["test_size"] == 200
+    assert (out / fileio.FIGURES_DIR / plots.EARLY_STOPPING_FIGURE).is_file()
+    assert f"{fileio.FIGURES_DIR}/{plots.EARLY_STOPPING_FIGURE}" in runfolder.recorded(out)
+    assert fileio.read_json(out / fileio.CONFIG_FILE)["data"]["test_size"] == 200
     assert b"test_loss" in (out / events.event_file("narrow", 0)).read_bytes()
-    run = results.load_run(out)
-    assert results.has_test(run.histories["narrow"]) and run.summary[0]["tested"] is True
+    run = load_run(out)
+    assert has_test(run.histories["narrow"]) and run.summary[0]["tested"] is True
 
     original = _interrupt_after(monkeypatch, 2)
     with pytest.raises(SweepInterrupted):
@@ -320,7 +323,7 @@ def test_sweep_writes_reports_and_resumes_test_columns(monkeypatch, tmp_path, ca
     monkeypatch.setattr(sweep_module._Progress, "epoch_done", original)
     resumed = _sweep(tmp_path / "cut", monkeypatch, dataset, resume=True)
     assert resumed.resumed_from == 2
-    for name in (results.HISTORY_JSONL, results.HISTORY_CSV, results.SUMMARY_CSV):
+    for name in (fileio.HISTORY_JSONL, fileio.HISTORY_CSV, fileio.SUMMARY_CSV):
         assert (resumed.folder / name).read_text() == (out / name).read_text(), name
 
     sys.path.insert(0, str(ROOT / "experiments"))
@@ -344,5 +347,5 @@ def test_a_run_started_without_test_columns_resumes_without_them(monkeypatch, tm
     stream = io.StringIO()
     resumed = _sweep(tmp_path / "old", monkeypatch, _data(), resume=True, stream=stream, figures=False)
     assert "resumed without them" in stream.getvalue()
-    assert not results.has_test(resumed.histories["narrow"])
-    assert tuple(json.loads((resumed.folder / results.HISTORY_JSONL).read_text().splitlines()[0])) == OLD_FIELDS
+    assert not has_test(resumed.histories["narrow"])
+    assert tuple(json.loads((resumed.folder / fileio.HISTORY_JSONL).read_text().splitlines()[0])) == OLD_FIELDS

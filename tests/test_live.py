@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxreg import events, live, results, runfolder
+from jaxreg import events, fileio, live, runfolder, runs
+from jaxreg.history import METRICS, read_history
 from jaxreg.sweep import SweepConfig, SweepInterrupted, run_sweep
 from jaxreg.variants import VariantSpec
 
@@ -66,7 +67,7 @@ def _report(*args, env=None) -> subprocess.CompletedProcess:
 
 def _jsonl(folder: Path) -> list[dict]:
     """history.jsonl's records; a last line still being written is left out."""
-    return [json.loads(line) for line in (folder / results.HISTORY_JSONL).read_text().split("\n")[:-1]]
+    return [json.loads(line) for line in (folder / fileio.HISTORY_JSONL).read_text().split("\n")[:-1]]
 
 
 def _scalars(folder: Path):
@@ -82,7 +83,7 @@ def _assert_events_match_history(folder: Path, epochs: int) -> None:
     assert len(rows) == 2 * 2 * epochs  # variants x seeds x epochs
     for r in rows:
         mine = scalars[(scalars.dir_name == f"{r['variant']}/seed_{r['seed']}") & (scalars.step == r["epoch"])]
-        for metric in results.METRICS:
+        for metric in METRICS:
             values = mine[mine.tag == metric].value.to_numpy()
             assert values.size == 1, (r["variant"], r["seed"], r["epoch"], metric, values)
             np.testing.assert_allclose(values[0], r[metric], rtol=1e-6)
@@ -92,7 +93,7 @@ def _wait_for_epochs(process, folder: Path, epochs: int, timeout: float = 240) -
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if results.read_json(folder / results.STATUS_FILE)["epochs_done"] >= epochs:
+            if fileio.read_json(folder / fileio.STATUS_FILE)["epochs_done"] >= epochs:
                 return
         except (OSError, ValueError, KeyError):
             pass
@@ -118,8 +119,8 @@ def test_a_running_run_can_be_watched(tmp_path):
             shown_later = reports.submit(_report, out, env=env)
             elsewhere_later = reports.submit(_report, out, "--out", tmp_path / "report", env=env)
             reports.shutdown(wait=False)
-            done = results.read_json(out / results.STATUS_FILE)["epochs_done"]
-            watched = results.load_run(out)
+            done = fileio.read_json(out / fileio.STATUS_FILE)["epochs_done"]
+            watched = runs.load_run(out)
             assert watched.state == "running" and not watched.finished
             assert set(watched.epochs_present) == {"original", "l2"}
             assert all(n >= max(2, done) for n in watched.epochs_present.values()), watched.epochs_present
@@ -136,12 +137,12 @@ def test_a_running_run_can_be_watched(tmp_path):
             assert shown.returncode == 0, shown.stderr
             assert f"{out}: running, " in shown.stdout and "(summary of the epochs so far)" in shown.stdout
             assert "| original" in shown.stdout and "a run is writing it" in shown.stdout
-            assert not (out / results.SUMMARY_MD).exists()  # nothing written into a folder in use
+            assert not (out / fileio.SUMMARY_MD).exists()  # nothing written into a folder in use
             assert elsewhere.returncode == 0, elsewhere.stderr
-            md = (tmp_path / "report" / results.SUMMARY_MD).read_text()
+            md = (tmp_path / "report" / fileio.SUMMARY_MD).read_text()
             assert "epochs so far" in md and "(running)" in md
-            assert (tmp_path / "report" / results.FIGURES_DIR / "vs_original.png").is_file()
-            assert results.SUMMARY_MD not in runfolder.recorded(out)
+            assert (tmp_path / "report" / fileio.FIGURES_DIR / "vs_original.png").is_file()
+            assert fileio.SUMMARY_MD not in runfolder.recorded(out)
         finally:
             run.send_signal(signal.SIGCONT)
         run.send_signal(signal.SIGINT)
@@ -151,11 +152,11 @@ def test_a_running_run_can_be_watched(tmp_path):
             run.kill()
             run.wait()
     assert run.returncode == 130, stderr
-    stopped = results.load_run(out)
+    stopped = runs.load_run(out)
     assert stopped.state == "interrupted" and min(stopped.epochs_present.values()) >= 2
     shown = _report(out, env=env)
     assert shown.returncode == 0 and f"{out}: interrupted, " in shown.stdout, shown.stderr
-    assert "(interrupted)" in (out / results.SUMMARY_MD).read_text()  # lock free: written into the folder
+    assert "(interrupted)" in (out / fileio.SUMMARY_MD).read_text()  # lock free: written into the folder
     assert runfolder.recorded(out) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
 
@@ -187,7 +188,7 @@ def test_a_resumed_run_writes_the_history_of_an_uninterrupted_one(uninterrupted,
     _interrupt_after(monkeypatch, 3)
     with pytest.raises(SweepInterrupted):
         _run(out, checkpoint_every=2)
-    stopped = results.load_run(out)
+    stopped = runs.load_run(out)
     assert stopped.state == "interrupted" and stopped.status["epochs_done"] == 2
     assert stopped.epochs_present == {"original": 3, "l2": 3}  # the 3rd epoch's lines, past the checkpoint
     monkeypatch.undo()
@@ -198,13 +199,13 @@ def test_a_resumed_run_writes_the_history_of_an_uninterrupted_one(uninterrupted,
     def first_epoch_sees(self, e, row):
         if not seen:
             seen.append(sorted({r["epoch"] for r in _jsonl(out)}))
-            seen.append((out / results.HISTORY_CSV).read_text().count("\n"))
+            seen.append((out / fileio.HISTORY_CSV).read_text().count("\n"))
         append(self, e, row)
 
     monkeypatch.setattr(live.LiveLog, "epoch", first_epoch_sees)
     _run(out, resume=True)
     assert seen == [[1, 2], 1 + 2 * 2 * 2]  # epoch 3 dropped before it was trained again
-    for name in (results.HISTORY_JSONL, results.HISTORY_CSV):
+    for name in (fileio.HISTORY_JSONL, fileio.HISTORY_CSV):
         assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
     _assert_events_match_history(out, LIVE.epochs)  # each step once: the re-run epoch 3 is not doubled
     assert runfolder.recorded(out) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
@@ -217,13 +218,13 @@ def test_history_lines_during_a_run_are_the_final_records(uninterrupted, tmp_pat
 
     def epoch_and_look(self, e, row):
         append(self, e, row)
-        snapshots.append(((out / results.HISTORY_JSONL).read_text(), (out / results.HISTORY_CSV).read_text()))
+        snapshots.append(((out / fileio.HISTORY_JSONL).read_text(), (out / fileio.HISTORY_CSV).read_text()))
 
     monkeypatch.setattr(live.LiveLog, "epoch", epoch_and_look)
     _run(out, tensorboard=False, figures=False)
     final = _jsonl(uninterrupted)
     key = lambda r: (r["epoch"], ["original", "l2"].index(r["variant"]), r["seed"])  # noqa: E731
-    final_csv = (uninterrupted / results.HISTORY_CSV).read_text().splitlines()
+    final_csv = (uninterrupted / fileio.HISTORY_CSV).read_text().splitlines()
     for epochs, (jsonl, csv) in enumerate(snapshots, start=1):
         assert jsonl.endswith("\n") and csv.endswith("\n")
         assert [json.loads(line) for line in jsonl.splitlines()] == sorted((r for r in final if r["epoch"] <= epochs), key=key)
@@ -235,7 +236,7 @@ def test_history_lines_during_a_run_are_the_final_records(uninterrupted, tmp_pat
 def test_hparams_end_with_the_best_metrics(uninterrupted):
     scalars = _scalars(uninterrupted)
     best = scalars[(scalars.dir_name == "l2/seed_0") & scalars.tag.str.startswith("best/")].set_index("tag").value
-    history = results.load_run(uninterrupted).histories["l2"]
+    history = runs.load_run(uninterrupted).histories["l2"]
     curve = history["val_data_loss"][0]
     assert best["best/epoch"] == int(np.argmin(curve)) + 1
     np.testing.assert_allclose(best["best/val_data_loss"], curve.min(), rtol=1e-6)
@@ -244,14 +245,14 @@ def test_hparams_end_with_the_best_metrics(uninterrupted):
 
 def test_report_on_a_finished_run_rewrites_its_files(uninterrupted, tmp_path):
     out = shutil.copytree(uninterrupted, tmp_path / "run")
-    before = {name: (out / name).read_bytes() for name in (results.SUMMARY_MD, results.SUMMARY_CSV)}
-    (out / results.SUMMARY_MD).unlink()
-    shutil.rmtree(out / results.FIGURES_DIR)
+    before = {name: (out / name).read_bytes() for name in (fileio.SUMMARY_MD, fileio.SUMMARY_CSV)}
+    (out / fileio.SUMMARY_MD).unlink()
+    shutil.rmtree(out / fileio.FIGURES_DIR)
     shown = _report(out)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"{out}: finished, 4/4 epochs\n") and "| l2 " in shown.stdout
     assert {name: (out / name).read_bytes() for name in before} == before
-    assert (out / results.FIGURES_DIR / "vs_original.png").is_file()
+    assert (out / fileio.FIGURES_DIR / "vs_original.png").is_file()
     assert runfolder.recorded(out) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
 
@@ -268,21 +269,21 @@ def test_report_on_a_non_run_folder_is_one_line_exit_2(kind, tmp_path):
 
 
 def test_read_history_skips_a_line_being_written(uninterrupted, tmp_path):
-    lines = (uninterrupted / results.HISTORY_JSONL).read_text().splitlines(keepends=True)
+    lines = (uninterrupted / fileio.HISTORY_JSONL).read_text().splitlines(keepends=True)
     by_epoch = sorted(lines, key=lambda line: (json.loads(line)["epoch"], line))
-    path = tmp_path / results.HISTORY_JSONL
+    path = tmp_path / fileio.HISTORY_JSONL
     path.write_text("".join(by_epoch[:9]) + by_epoch[9][:40])  # epoch 3: 1 of 4 lines, and half of the next
-    histories = results.read_history(path)
+    histories = read_history(path)
     assert {name: h["loss"].shape for name, h in histories.items()} == {"original": (2, 2), "l2": (2, 2)}
 
 
 def test_report_before_the_first_epoch_says_so(uninterrupted, tmp_path):
     out = shutil.copytree(uninterrupted, tmp_path / "run")
-    (out / results.HISTORY_JSONL).write_text("")  # as a run writes it before its first epoch
-    results.write_json(out / results.STATUS_FILE, {"state": "interrupted", "epochs_done": 0, "epochs": LIVE.epochs})
-    summary = (out / results.SUMMARY_MD).read_bytes()
+    (out / fileio.HISTORY_JSONL).write_text("")  # as a run writes it before its first epoch
+    fileio.write_json(out / fileio.STATUS_FILE, {"state": "interrupted", "epochs_done": 0, "epochs": LIVE.epochs})
+    summary = (out / fileio.SUMMARY_MD).read_bytes()
     shown = _report(out)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == [f"{out}: interrupted, 0/4 epochs", "interrupted, no epoch finished yet: nothing to summarize"]
-    assert (out / results.SUMMARY_MD).read_bytes() == summary
-    assert results.load_run(out).epochs_present == {}
+    assert (out / fileio.SUMMARY_MD).read_bytes() == summary
+    assert runs.load_run(out).epochs_present == {}

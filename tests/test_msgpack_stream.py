@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg import msgpack_stream, results, runfolder
+from jaxreg import fileio, msgpack_stream, runfolder
 
 
 def joined(tree) -> bytes:
@@ -67,7 +67,7 @@ def test_object_arrays_are_refused():
 
 def test_write_checksummed_equals_with_checksum(tmp_path):
     tree = tree_of_every_kind()
-    with results.atomic_file(tmp_path / "c.msgpack") as f:
+    with fileio.atomic_file(tmp_path / "c.msgpack") as f:
         runfolder.write_checksummed(f, msgpack_stream.pieces(tree))
     data = (tmp_path / "c.msgpack").read_bytes()
     assert data == runfolder.with_checksum(flax.serialization.msgpack_serialize(tree))
@@ -75,13 +75,13 @@ def test_write_checksummed_equals_with_checksum(tmp_path):
 
 
 def test_a_failed_streamed_write_leaves_the_old_file(tmp_path):
-    path = results.atomic_write(tmp_path / "c.msgpack", b"old")
+    path = fileio.atomic_write(tmp_path / "c.msgpack", b"old")
 
     def failing():
         yield b"new"
         raise RuntimeError("serializing failed")
 
     with pytest.raises(RuntimeError, match="serializing failed"):
-        with results.atomic_file(path) as f:
+        with fileio.atomic_file(path) as f:
             runfolder.write_checksummed(f, failing())
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["c.msgpack"]

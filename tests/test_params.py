@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from jaxreg import batches as batching
-from jaxreg import losses, outfolders, results, runfolder
+from jaxreg import fileio, losses, outfolders, runfolder
+from jaxreg.runs import load_run
 from jaxreg import sweep as sweep_module
 from jaxreg.data import densify
 from jaxreg.model import MLP, init_params, unpadded
@@ -90,7 +91,7 @@ def trained_keys():
 
 @pytest.mark.parametrize("name,seed", trained_keys())
 def test_final_parameters_give_the_reported_final_loss(finished, validation, name, seed):
-    h = results.load_run(finished).histories[name]
+    h = load_run(finished).histories[name]
     params = load_params(finished, name, seed=seed, which="final")
     got = val_metrics(params, name, validation)
     np.testing.assert_allclose(got["data_loss"], h["val_data_loss"][seed, -1], rtol=1e-6)
@@ -100,7 +101,7 @@ def test_final_parameters_give_the_reported_final_loss(finished, validation, nam
 
 @pytest.mark.parametrize("name,seed", trained_keys())
 def test_best_parameters_give_the_best_loss_of_the_seed(finished, validation, name, seed):
-    h = results.load_run(finished).histories[name]
+    h = load_run(finished).histories[name]
     curve = h["val_data_loss"][seed]
     best = int(np.argmin(curve))  # none of these diverged
     params = load_params(finished, name, seed=seed, which="best")
@@ -109,7 +110,7 @@ def test_best_parameters_give_the_best_loss_of_the_seed(finished, validation, na
 
 def test_some_best_epoch_is_not_the_last(finished):
     """Otherwise the best-epoch test above could not tell best from final."""
-    run = results.load_run(finished)
+    run = load_run(finished)
     lasts = [int(np.argmin(run.histories[n]["val_data_loss"][s])) == CONFIG.epochs - 1 for n, s in trained_keys()]
     assert not all(lasts)
     for name, seed in trained_keys():
@@ -133,7 +134,7 @@ def test_a_padded_variant_is_saved_at_its_true_widths(finished, validation):
     val = validation[0]
     logits = MLP((6, 6)).apply(params, densify(val.x))
     loss = float(np.mean(losses.binary_cross_entropy(logits, val.y, "keras")))
-    h = results.load_run(finished).histories["smaller"]
+    h = load_run(finished).histories["smaller"]
     np.testing.assert_allclose(loss, h["val_data_loss"][1, -1], rtol=1e-5)
 
 
@@ -187,7 +188,7 @@ def test_keep_checkpoint_keeps_it_and_resuming_keeps_the_best_so_far(finished, t
     assert "resuming after epoch 2" in said
     assert not (out / CHECKPOINT_FILE).exists()
     for folder in (kept, out):
-        assert (folder / results.HISTORY_JSONL).read_bytes() == (finished / results.HISTORY_JSONL).read_bytes()
+        assert (folder / fileio.HISTORY_JSONL).read_bytes() == (finished / fileio.HISTORY_JSONL).read_bytes()
         files = [f for f in runfolder.recorded(finished) if f.startswith("params/")]
         assert [f for f in runfolder.recorded(folder) if f.startswith("params/")] == files
         for f in files:
@@ -227,8 +228,8 @@ def test_two_runs_without_out_get_their_own_folders(tmp_path, monkeypatch, capfd
     assert (base / "LATEST").read_text() == second + "\n" and outfolders.latest_folder(base) == base / second
     assert not any(p.is_symlink() for p in base.iterdir())  # nothing that `tensorboard --logdir runs/` follows twice
     for name in runs:
-        assert results.load_run(base / name).status["state"] == "finished"
-    assert results.load_run(outfolders.latest_folder(base)).histories["smaller"]["val_data_loss"].shape == (1, 2)
+        assert load_run(base / name).status["state"] == "finished"
+    assert load_run(outfolders.latest_folder(base)).histories["smaller"]["val_data_loss"].shape == (1, 2)
 
     # --resume without --out: the run latest names (finished: just reported)
     assert cli.main([*CLI, "--resume"]) == 0
@@ -254,7 +255,7 @@ def test_resume_without_out_continues_latest(tmp_path, monkeypatch, capfd):
     assert cli.main([*CLI, "--resume"]) == 0
     out = capfd.readouterr().out
     assert f"output: {folder}; resuming after epoch 1" in out
-    assert results.load_run(folder).status["state"] == "finished" and _runs(folder.parent) == [folder.name]
+    assert load_run(folder).status["state"] == "finished" and _runs(folder.parent) == [folder.name]
 
 
 def test_a_refused_run_without_out_leaves_no_folder(tmp_path, monkeypatch, capfd):
@@ -328,6 +329,6 @@ def test_a_checkpoint_without_best_parameters_is_refused(tmp_path):
     del payload["best"]
     payload["format"] = 2  # the format before the best-epoch parameters
     (out / CHECKPOINT_FILE).write_bytes(runfolder.with_checksum(flax.serialization.msgpack_serialize(payload)))
-    results.write_json(out / results.STATUS_FILE, {"state": "interrupted", "epochs_done": 5, "epochs": 5})
+    fileio.write_json(out / fileio.STATUS_FILE, {"state": "interrupted", "epochs_done": 5, "epochs": 5})
     with pytest.raises(SweepError, match=r"cannot resume from .*checkpoint.msgpack: format 2, expected 3; use --overwrite"):
         quiet_sweep(out, resume=True)

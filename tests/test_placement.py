@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import run_concurrently
-from jaxreg import results
+from jaxreg.runs import load_run
 from jaxreg import variants as V
 
 SWEEP = Path(__file__).resolve().parent.parent / "experiments" / "sweep.py"
@@ -171,7 +171,7 @@ def _sweeps(env, *runs: tuple[Path, list[str]]):
     done = []
     for (out, _), result in zip(runs, run_concurrently(*calls)):
         assert result.returncode == 0, result.stderr[-4000:]
-        done.append((result, results.load_run(out)))
+        done.append((result, load_run(out)))
     return done
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from jaxreg import plots, results
+from jaxreg import plots
+from jaxreg.history import stack
 from test_results import ORIGINAL, make_history
 
 BOOK = {
@@ -32,7 +33,7 @@ def assert_real_png(path, min_size=(300, 400)):
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
 def test_book_figures(tmp_path, seeds):
-    histories = results.stack(make_history(BOOK, seeds=seeds, penalty={"l2": 0.3}))
+    histories = stack(make_history(BOOK, seeds=seeds, penalty={"l2": 0.3}))
     paths = plots.make_figures(histories, tmp_path / "figures")
     assert [p.name for p in paths] == ["val_loss_curves.png", "vs_original.png", "original_vs_bigger.png"]
     for p in paths:
@@ -40,13 +41,13 @@ def test_book_figures(tmp_path, seeds):
 
 
 def test_without_original_the_first_variant_is_the_reference(tmp_path):
-    histories = results.stack(make_history({"smaller": ORIGINAL, "l2": ORIGINAL}))
+    histories = stack(make_history({"smaller": ORIGINAL, "l2": ORIGINAL}))
     paths = plots.make_figures(histories, tmp_path)
     assert [p.name for p in paths] == ["val_loss_curves.png", "vs_smaller.png"]
 
 
 def test_a_single_variant_gets_one_figure(tmp_path):
-    paths = plots.make_figures(results.stack(make_history({"original": ORIGINAL})), tmp_path)
+    paths = plots.make_figures(stack(make_history({"original": ORIGINAL})), tmp_path)
     assert [p.name for p in paths] == ["val_loss_curves.png"]
     assert_real_png(paths[0])
 
@@ -63,7 +64,7 @@ def test_axis_figures(tmp_path, axis, values):
     rng = np.random.default_rng(0)
     curves = {f"v{i}": np.add(ORIGINAL, rng.uniform(0, 0.2)) for i in range(len(values))}
     penalty = {f"v{i}": v for i, v in enumerate(values)} if axis == "l2" else None
-    histories = results.stack(make_history(curves, seeds=(0, 1), penalty=penalty))
+    histories = stack(make_history(curves, seeds=(0, 1), penalty=penalty))
     paths = plots.make_figures(histories, tmp_path, axis=(axis, {f"v{i}": v for i, v in enumerate(values)}))
     fit = [f"fit_vs_{axis}.png"] if axis in plots.FIT_AXES else []  # training against validation fit
     assert [p.name for p in paths] == ["val_loss_curves.png", f"val_loss_vs_{axis}.png", *fit]
@@ -75,7 +76,7 @@ def test_diverged_variants_are_drawn_without_crashing(tmp_path):
     history = make_history(BOOK)
     for metric in ("loss", "val_loss", "val_data_loss"):
         history[("bigger", 0)][metric][2:] = [math.nan] * 4
-    paths = plots.make_figures(results.stack(history), tmp_path)
+    paths = plots.make_figures(stack(history), tmp_path)
     for p in paths:
         assert_real_png(p)
 
@@ -90,7 +91,7 @@ def test_more_than_ten_variants_without_an_axis_get_distinct_lines(tmp_path, mon
         real_line(ax, h, metric, label, color, style, marker)
 
     monkeypatch.setattr(plots, "_line", recording_line)
-    histories = results.stack(make_history({f"v{i}": ORIGINAL for i in range(12)}))
+    histories = stack(make_history({f"v{i}": ORIGINAL for i in range(12)}))
     assert_real_png(plots.plot_curves(histories, tmp_path / "curves.png"))
     assert len(drawn) == 12 and len(set(drawn)) == 12
     assert [style for _, style in drawn[:10]] == ["-"] * 10
@@ -120,7 +121,7 @@ def test_the_books_lines_get_distinct_colours(tmp_path, monkeypatch):
 
     monkeypatch.setattr(plots, "_line", recording_line)
     book = ("original", "smaller", "bigger", "l2", "l1", "l1_l2", "dropout")
-    plots.plot_curves(results.stack(make_history({name: ORIGINAL for name in book})), tmp_path / "curves.png")
+    plots.plot_curves(stack(make_history({name: ORIGINAL for name in book})), tmp_path / "curves.png")
     colours = [drawn[name] for name in book]
     assert len(set(colours)) == 7 and not {"C4", "C5"} <= set(colours)
     assert len(set(plots.QUALITATIVE)) == 10
@@ -132,7 +133,7 @@ def test_a_training_loss_spanning_decades_gets_a_log_axis(tmp_path, monkeypatch)
     history = make_history(BOOK)
     for seed in (0, 1):
         history[("bigger", seed)]["loss"] = [0.5, 0.1, 1e-2, 1e-3, 3e-4, 1e-4]
-    plots.plot_train_val(results.stack(history), tmp_path / "train_val.png")
+    plots.plot_train_val(stack(history), tmp_path / "train_val.png")
     validation, training = saved[-1].axes
     assert training.get_yscale() == "log" and "log scale" in training.get_ylabel()
     assert validation.get_yscale() == "linear"  # 0.35-1.1: no decades
@@ -143,7 +144,7 @@ def test_legends_sit_outside_the_panels(tmp_path, monkeypatch, draw):
     """Inside a panel the legend covered a curve (l2-grid): figure legends beside or below the panels."""
     saved = _capture_figure(monkeypatch)
     values = {"original": 0.0, "l2": 1e-3, "dropout": 1e-2, "bigger": 1e-1}
-    histories = results.stack(make_history(BOOK, penalty={"l2": 0.3}))
+    histories = stack(make_history(BOOK, penalty={"l2": 0.3}))
     if draw == "against_axis":
         plots.plot_against_axis(histories, values, "l2", tmp_path / "a.png")
     else:

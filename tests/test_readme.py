@@ -56,7 +56,7 @@ def test_run_folder_examples_run(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     accuracy = float(re.fullmatch(r"validation accuracy: ([\d.]+)\n", printed)[1])
     assert scope["logits"].shape == (len(scope["validation"].y),)
-    from jaxreg.results import load_run
+    from jaxreg import load_run
 
     reported = load_run(tmp_path / "runs" / "demo").histories["smaller"]["val_accuracy"][0]
     # the best epoch's accuracy as the run measured it, to 2 of the 1,000 reviews (a dense product against the

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxreg import results
+from jaxreg import fileio
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "experiments" / "sweep.py"
@@ -63,7 +63,7 @@ def reference(cached_env, tmp_path_factory) -> tuple[str, float]:
     compiling = time.monotonic() - t0
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    return (out / results.HISTORY_JSONL).read_text(), compiling
+    return (out / fileio.HISTORY_JSONL).read_text(), compiling
 
 
 def _start(out: Path, env: dict, *extra: str) -> subprocess.Popen:
@@ -93,7 +93,7 @@ def _handlers_installed(pid: int) -> bool:
 
 def _status(out: Path) -> dict:
     try:
-        return results.read_json(out / results.STATUS_FILE)
+        return fileio.read_json(out / fileio.STATUS_FILE)
     except (OSError, ValueError):
         return {}
 
@@ -114,7 +114,7 @@ def _resume(out: Path, env: dict, reference: str, *extra: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert _status(out)["state"] == "finished"
-    assert (out / results.HISTORY_JSONL).read_text() == reference
+    assert (out / fileio.HISTORY_JSONL).read_text() == reference
     assert not list(out.glob(".*.tmp"))
 
 
@@ -186,7 +186,7 @@ def test_sigint_while_writing_results_then_resume(reference, cached_env, tmp_pat
     assert status["state"] in ("interrupted", "finished") and status["epochs_done"] == EPOCHS, status
     assert (out / "checkpoint.msgpack").is_file() or status["state"] == "finished"  # a finished run deletes it
     _resume(out, cached_env, reference[0])
-    assert list((out / results.FIGURES_DIR).glob("*.png"))
+    assert list((out / fileio.FIGURES_DIR).glob("*.png"))
 
 
 LOST_IN_DEL = """

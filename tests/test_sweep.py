@@ -26,7 +26,7 @@ import filelock
 import numpy as np
 import pytest
 
-from jaxreg import machine, results, runfolder
+from jaxreg import fileio, history, machine, runfolder, runs
 from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError, run_sweep
 from jaxreg.variants import VariantError, VariantSpec
 
@@ -220,13 +220,13 @@ def _bad_input_cases(tmp: Path) -> dict:
     for name, status in (("finished", finished), ("unfinished", unfinished), ("legacy", finished)):
         (tmp / name).mkdir()
         if name != "legacy":  # an older jaxreg wrote no manifest
-            runfolder.record(tmp / name, results.CONFIG_FILE, results.STATUS_FILE)
-        (tmp / name / results.CONFIG_FILE).write_text(json.dumps({"config": {}}))
-        (tmp / name / results.STATUS_FILE).write_text(json.dumps(status))
+            runfolder.record(tmp / name, fileio.CONFIG_FILE, fileio.STATUS_FILE)
+        (tmp / name / fileio.CONFIG_FILE).write_text(json.dumps({"config": {}}))
+        (tmp / name / fileio.STATUS_FILE).write_text(json.dumps(status))
     (tmp / "foreign").mkdir()
     (tmp / "foreign" / "notes.txt").write_text("mine")
     (tmp / "mine").mkdir()
-    (tmp / "mine" / results.CONFIG_FILE).write_text("{}")  # the user's own config.json
+    (tmp / "mine" / fileio.CONFIG_FILE).write_text("{}")  # the user's own config.json
     new = tmp / "new"
     return {
         "unknown preset": (["--preset", "nope", "--synthetic"], "unknown preset 'nope'", new),
@@ -312,7 +312,7 @@ def test_divergence_is_reported_and_the_others_train_on(tiny_run):
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "sweep.py: diverged (NaN, infinite or a loss above 1e+06): exploding (seed 0, epoch 1)"
     assert "exploding (seed 0) diverged" in proc.stderr  # announced when it happens
-    run = results.load_run(out)
+    run = runs.load_run(out)
     assert run.histories["exploding"]["diverged"].all()
     for name in ("original", "l2"):
         h = run.histories[name]
@@ -342,7 +342,7 @@ def _interrupt(command, env, sig, out: Path, after_epochs: int) -> tuple[subproc
     deadline = time.monotonic() + 240
     while True:
         try:
-            if results.read_json(out / results.STATUS_FILE)["epochs_done"] > after_epochs:
+            if fileio.read_json(out / fileio.STATUS_FILE)["epochs_done"] > after_epochs:
                 break
         except (OSError, ValueError, KeyError):
             pass
@@ -362,11 +362,11 @@ def test_interrupted_and_killed_run_resumes_to_the_same_history(tiny_run, tiny_p
 
     proc, stderr = _interrupt(command, sweep_env, signal.SIGINT, out, 0)  # Ctrl-C
     assert proc.returncode == 130, stderr
-    status = results.read_json(out / results.STATUS_FILE)
+    status = fileio.read_json(out / fileio.STATUS_FILE)
     assert status["state"] == "interrupted" and 1 <= status["epochs_done"] < 30, status
     assert f"interrupted after epoch {status['epochs_done']}/30; checkpoint: {out / CHECKPOINT_FILE}" in stderr
     assert f"resume with: python experiments/sweep.py {shlex.join(args)} --resume" in stderr
-    stopped = results.load_run(out)  # the history so far, written after every epoch
+    stopped = runs.load_run(out)  # the history so far, written after every epoch
     assert stopped.state == "interrupted" and min(stopped.epochs_present.values()) >= status["epochs_done"]
 
     changed = sweep(*args, "--resume", "--epochs", "31", env=sweep_env)
@@ -375,16 +375,16 @@ def test_interrupted_and_killed_run_resumes_to_the_same_history(tiny_run, tiny_p
     first_stop = status["epochs_done"]
     proc, stderr = _interrupt([*command, "--resume"], sweep_env, signal.SIGKILL, out, first_stop)  # a killed process
     assert proc.returncode == -signal.SIGKILL
-    status = results.read_json(out / results.STATUS_FILE)
+    status = fileio.read_json(out / fileio.STATUS_FILE)
     assert status["state"] == "running" and first_stop < status["epochs_done"] < 30, status
 
     resumed = sweep(*args, "--resume", env=sweep_env)
     assert resumed.returncode == 3, resumed.stderr
     assert f"resuming after epoch {status['epochs_done']}" in resumed.stdout
     assert "epoch 1: exploding (seed 0) diverged" in resumed.stderr  # from the restored history
-    assert (out / results.HISTORY_JSONL).read_text() == (reference_out / results.HISTORY_JSONL).read_text()
-    assert (out / results.SUMMARY_CSV).read_text() == (reference_out / results.SUMMARY_CSV).read_text()
-    assert results.read_json(out / results.STATUS_FILE)["resumed_from_epoch"] == status["epochs_done"]
+    assert (out / fileio.HISTORY_JSONL).read_text() == (reference_out / fileio.HISTORY_JSONL).read_text()
+    assert (out / fileio.SUMMARY_CSV).read_text() == (reference_out / fileio.SUMMARY_CSV).read_text()
+    assert fileio.read_json(out / fileio.STATUS_FILE)["resumed_from_epoch"] == status["epochs_done"]
     assert not list(out.glob(".*.tmp"))
 
     again = sweep(*args, "--resume", "--no-figures", env=sweep_env)
@@ -417,7 +417,7 @@ def _copy(folder: Path, to: Path) -> Path:
 
 
 def _set_status(folder: Path, state: str, epochs_done: int) -> None:
-    results.write_json(folder / results.STATUS_FILE, {"state": state, "epochs_done": epochs_done, "epochs": SMALL.epochs})
+    fileio.write_json(folder / fileio.STATUS_FILE, {"state": state, "epochs_done": epochs_done, "epochs": SMALL.epochs})
 
 
 def test_manifest_lists_every_file_jaxreg_wrote(small_run):
@@ -430,15 +430,15 @@ def test_manifest_lists_every_file_jaxreg_wrote(small_run):
 def test_overwrite_removes_only_jaxregs_files(small_run, tmp_path):
     out = _copy(small_run, tmp_path / "run")
     (out / "notes.txt").write_text("mine")
-    (out / results.FIGURES_DIR / "mine.png").write_bytes(b"mine")
+    (out / fileio.FIGURES_DIR / "mine.png").write_bytes(b"mine")
     runfolder.record(out, "figures/old.png")  # a figure of an earlier run, which this one does not draw
     (out / "figures" / "old.png").write_bytes(b"old")
     (out / "figures" / ".old.png.x1.tmp").write_bytes(b"half")  # a write a killed run left behind
-    results.write_json(out / results.CONFIG_FILE, {**results.read_json(out / results.CONFIG_FILE), "created": "before"})
+    fileio.write_json(out / fileio.CONFIG_FILE, {**fileio.read_json(out / fileio.CONFIG_FILE), "created": "before"})
     small_sweep(out, overwrite=True, figures=False)
     assert (out / "notes.txt").read_text() == "mine" and (out / "figures" / "mine.png").read_bytes() == b"mine"
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["mine.png"]
-    assert results.read_json(out / results.CONFIG_FILE)["created"] != "before"
+    assert fileio.read_json(out / fileio.CONFIG_FILE)["created"] != "before"
     assert "figures/old.png" not in runfolder.recorded(out) and "notes.txt" not in runfolder.recorded(out)
 
 
@@ -457,11 +457,11 @@ def test_remove_recorded_keeps_the_users_files_and_folders(tmp_path):
 def test_overwrite_refuses_a_manifest_that_points_outside(small_run, tmp_path):
     out = _copy(small_run, tmp_path / "run")
     (tmp_path / "precious.txt").write_text("keep")
-    manifest = results.read_json(out / runfolder.MANIFEST_FILE)
-    results.write_json(out / runfolder.MANIFEST_FILE, {**manifest, "files": [*manifest["files"], "../precious.txt"]})
+    manifest = fileio.read_json(out / runfolder.MANIFEST_FILE)
+    fileio.write_json(out / runfolder.MANIFEST_FILE, {**manifest, "files": [*manifest["files"], "../precious.txt"]})
     with pytest.raises(SweepError, match=r"cannot overwrite .*\.\./precious\.txt is not a path inside the run folder"):
         small_sweep(out, overwrite=True)
-    assert (tmp_path / "precious.txt").read_text() == "keep" and (out / results.CONFIG_FILE).is_file()
+    assert (tmp_path / "precious.txt").read_text() == "keep" and (out / fileio.CONFIG_FILE).is_file()
 
 
 @pytest.mark.parametrize("flags", [{}, {"overwrite": True}, {"resume": True}])
@@ -531,7 +531,7 @@ def test_two_runs_into_one_folder(tiny_preset, sweep_env, tmp_path, capsys):
     deadline = time.monotonic() + 240
     while True:
         try:
-            if results.read_json(out / results.STATUS_FILE)["state"] == "running":
+            if fileio.read_json(out / fileio.STATUS_FILE)["state"] == "running":
                 break
         except (OSError, ValueError, KeyError):
             pass
@@ -540,19 +540,19 @@ def test_two_runs_into_one_folder(tiny_preset, sweep_env, tmp_path, capsys):
         time.sleep(0.01)
     first.send_signal(signal.SIGSTOP)  # hold it mid-run while the others try
     try:
-        config = (out / results.CONFIG_FILE).read_text()
+        config = (out / fileio.CONFIG_FILE).read_text()
         for extra in ([], ["--overwrite"], ["--resume"]):
             code = _load_cli().main([*args, *extra])
             lines = capsys.readouterr().err.strip().splitlines()
             assert code == 2 and len(lines) == 1, (extra, lines)
             assert f"{out} is in use by another jaxreg run (lock {runfolder.lock_path(out)})" in lines[0]
-            assert (out / results.CONFIG_FILE).read_text() == config
+            assert (out / fileio.CONFIG_FILE).read_text() == config
     finally:
         first.send_signal(signal.SIGCONT)
     _, stderr = first.communicate(timeout=240)
     assert first.returncode == 3, stderr
-    assert (out / results.CONFIG_FILE).read_text() == config  # config.json and history of the same run
-    run = results.load_run(out)
+    assert (out / fileio.CONFIG_FILE).read_text() == config  # config.json and history of the same run
+    run = runs.load_run(out)
     assert run.status["state"] == "finished" and run.histories["original"]["loss"].shape == (1, 3)
     assert runfolder.recorded(out) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
@@ -588,7 +588,7 @@ def test_a_missing_checkpoint_is_refused_unless_no_epoch_was_done(small_run, tmp
         small_sweep(out, resume=True)
     _set_status(out, "interrupted", 0)  # interrupted during the first epoch: starts again at epoch 1
     result = small_sweep(out, resume=True, figures=False)
-    assert result.resumed_from == 0 and results.read_json(out / results.STATUS_FILE)["state"] == "finished"
+    assert result.resumed_from == 0 and fileio.read_json(out / fileio.STATUS_FILE)["state"] == "finished"
     assert not (out / CHECKPOINT_FILE).exists()  # deleted once finished
 
 
@@ -598,7 +598,7 @@ def test_divergence_threshold_flags_a_huge_finite_loss(tmp_path, capsys):
     result = small_sweep(tmp_path / "run", config=config, figures=False, progress=True)
     assert sorted(result.diverged) == [("l2", 0, 1), ("original", 0, 1)]
     assert "epoch 1: original (seed 0) diverged" in capsys.readouterr().err  # the progress bar's message
-    run = results.load_run(tmp_path / "run")
+    run = runs.load_run(tmp_path / "run")
     assert run.config["config"]["divergence_threshold"] == 0.01 and run.divergence_threshold == 0.01
     assert len(run.status["diverged"]) == 2 and all(h["diverged"].all() for h in run.histories.values())
     assert small_sweep(tmp_path / "default", figures=False).diverged == []  # the same losses, default threshold
@@ -626,7 +626,7 @@ def test_real_data_sweep_end_to_end(imdb, imdb_archive, imdb_cache_dir, sweep_en
     assert imdb.describe() in proc.stdout and "the TEST set is used as the validation set" in proc.stdout
     assert "best val data loss" in proc.stderr  # the progress bar's postfix
 
-    config = results.read_json(out / results.CONFIG_FILE)
+    config = fileio.read_json(out / fileio.CONFIG_FILE)
     assert config["config"]["epochs"] == 2 and config["config"]["seeds"] == 2
     assert [v["name"] for v in config["variants"]] == ["original", "smaller", "l2"]
     assert config["data"]["checksum"] == imdb.checksum and config["data"]["describe"] == imdb.describe()
@@ -634,11 +634,11 @@ def test_real_data_sweep_end_to_end(imdb, imdb_archive, imdb_cache_dir, sweep_en
     assert set(config["versions"]) >= {"jax", "flax", "optax", "numpy"} and config["devices"]["count"] >= 1
     assert [b["variants"] for b in config["plan"]] == [["original", "smaller", "l2"]]  # smaller pads into 16
 
-    lines = (out / results.HISTORY_JSONL).read_text().splitlines()
+    lines = (out / fileio.HISTORY_JSONL).read_text().splitlines()
     assert len(lines) == 3 * 2 * 2
-    assert set(json.loads(lines[0])) == {"variant", "seed", "epoch", *results.METRICS, "diverged"}
-    assert len((out / results.HISTORY_CSV).read_text().splitlines()) == 1 + len(lines)
-    run = results.load_run(out)
+    assert set(json.loads(lines[0])) == {"variant", "seed", "epoch", *history.METRICS, "diverged"}
+    assert len((out / fileio.HISTORY_CSV).read_text().splitlines()) == 1 + len(lines)
+    run = runs.load_run(out)
     assert list(run.histories) == ["original", "smaller", "l2"]
     for name, h in run.histories.items():
         assert h["val_data_loss"].shape == (2, 2) and not h["diverged"].any()
@@ -649,18 +649,18 @@ def test_real_data_sweep_end_to_end(imdb, imdb_archive, imdb_cache_dir, sweep_en
     assert (l2["val_penalty"] > 0).all() and (run.histories["original"]["val_penalty"] == 0).all()
     assert [r["name"] for r in run.summary] == ["original", "smaller", "l2"]
     assert all(r["seeds"] == 2 and r["best_val_data_loss_std"] is not None for r in run.summary)
-    summary_md = (out / results.SUMMARY_MD).read_text()
+    summary_md = (out / fileio.SUMMARY_MD).read_text()
     assert "| l2 " in summary_md and "(+penalty)" in summary_md and "overfitting from" in summary_md
-    figures = sorted(p.name for p in (out / results.FIGURES_DIR).iterdir())
+    figures = sorted(p.name for p in (out / fileio.FIGURES_DIR).iterdir())
     assert figures == ["val_loss_curves.png", "vs_original.png"]
-    assert all((out / results.FIGURES_DIR / f).stat().st_size > 10_000 for f in figures)
+    assert all((out / fileio.FIGURES_DIR / f).stat().st_size > 10_000 for f in figures)
     assert not (out / CHECKPOINT_FILE).exists() and run.status["state"] == "finished"  # deleted once finished
 
 
 def test_resuming_on_another_instruction_set_says_it_is_not_bit_for_bit(small_run, tmp_path, monkeypatch):
     out = _copy(small_run, tmp_path / "run")
     _set_status(out, "interrupted", 1)
-    assert results.read_json(out / results.CONFIG_FILE)["machine"]["instruction_set"] == machine.instruction_set()
+    assert fileio.read_json(out / fileio.CONFIG_FILE)["machine"]["instruction_set"] == machine.instruction_set()
     stream = io.StringIO()
     run_sweep(SMALL, out, resume=True, figures=False, progress=False, stream=stream, keep_checkpoint=True)
     assert "note:" not in stream.getvalue()

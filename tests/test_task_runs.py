@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import jaxreg
-from jaxreg import events, plots, results
+from jaxreg import events, fileio, history, plots
+from jaxreg.summaries import summarize, summary_table
 from jaxreg.model import MLP
 
 SETTINGS = jaxreg.RunSettings(epochs=6, batch_size=32, eval_batch_size=128)
@@ -46,7 +47,7 @@ def test_a_multiclass_run_learns_and_reports_accuracy(multiclass):
     data, result = multiclass
     assert data.target == "multiclass" and data.num_classes == 4 and result.task == jaxreg.Task("multiclass", "keras", 4)
     for key, h in result.history.items():
-        assert set(h) == set(results.metric_names("accuracy")), key
+        assert set(h) == set(history.metric_names("accuracy")), key
         assert h["val_accuracy"][-1] > 0.7 and h["loss"][-1] < h["loss"][0], key
     kernel = result.params[("narrow", 0)].final["params"]["output"]["kernel"]
     assert kernel.shape == (8, 4), "the MLP's output layer has one unit per class, at the true width"
@@ -56,7 +57,7 @@ def test_a_regression_run_reports_mse_and_mae_that_its_parameters_reproduce(regr
     data, result = regression
     assert result.task == jaxreg.Task("regression", "mse")
     h = result.history[("plain", 0)]
-    assert set(h) == set(results.metric_names("mae"))
+    assert set(h) == set(history.metric_names("mae"))
     assert h["val_data_loss"][-1] < 0.5 * np.var(data.validation.y)
     params = result.params[("plain", 0)].final
     predictions = np.asarray(MLP((16, 16)).apply(params, data.validation.x))
@@ -68,15 +69,15 @@ def test_a_regression_run_reports_mse_and_mae_that_its_parameters_reproduce(regr
 
 def test_history_files_summary_and_tensorboard_name_the_task_metric(regression, tmp_path):
     _, result = regression
-    stacked = results.stack(result.history)
-    results.write_history(tmp_path, stacked)
-    header = (tmp_path / results.HISTORY_CSV).read_text().splitlines()[0].split(",")
+    stacked = history.stack(result.history)
+    history.write_history(tmp_path, stacked)
+    header = (tmp_path / fileio.HISTORY_CSV).read_text().splitlines()[0].split(",")
     assert "val_mae" in header and "val_accuracy" not in header
-    back = results.read_history(tmp_path / results.HISTORY_JSONL)
+    back = history.read_history(tmp_path / fileio.HISTORY_JSONL)
     np.testing.assert_array_equal(back["plain"]["val_mae"], stacked["plain"]["val_mae"])
-    summaries = results.summarize(back)
+    summaries = summarize(back)
     assert summaries[0].metric == "mae"
-    assert "val MAE @ best" in results.summary_table(summaries) and "best val MSE" in results.summary_table(summaries)
+    assert "val MAE @ best" in summary_table(summaries) and "best val MSE" in summary_table(summaries)
     best = events.best_metrics(result.history[("plain", 0)])
     assert set(best) == {"best/val_data_loss", "best/val_mae", "best/epoch"}
     assert events.hparam_metrics("mae")[1] == "val_mae"

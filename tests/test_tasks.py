@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg import losses, results
+from jaxreg import history, losses
 from jaxreg.tasks import Task, task_for
 
 pytestmark = pytest.mark.numerics
@@ -50,7 +50,7 @@ def test_metrics_per_task():
     binary = Task()
     np.testing.assert_array_equal(binary.metric_per_example(jnp.array([0.5, -0.5]), jnp.array([1.0, 1.0])), [1.0, 0.0])
     assert (multiclass.outputs, regression.outputs, binary.outputs) == (3, 1, 1)
-    assert results.metric_names(regression.metric)[3] == "mae" and results.metric_names(binary.metric)[-1] == "val_accuracy"
+    assert history.metric_names(regression.metric)[3] == "mae" and history.metric_names(binary.metric)[-1] == "val_accuracy"
 
 
 def test_contradictory_task_settings_are_refused_with_the_field_named():

@@ -148,9 +148,9 @@ def test_cli_runs_on_tfds_mock_data(tfds, tmp_path, monkeypatch, capsys):
     code = _load_cli().main([*args, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 0, err
-    from jaxreg import results
+    from jaxreg import runs
 
-    run = results.load_run(tmp_path / "run")
+    run = runs.load_run(tmp_path / "run")
     assert run.config["config"]["data"] == "tfds"
     assert set(run.histories) == {"a", "b"}
     assert all(np.isfinite(h["val_loss"]).all() and h["val_loss"].shape == (1, 2) for h in run.histories.values())
