@@ -3,8 +3,8 @@
 What a learning curve or a label-noise sweep reads as numbers beside its figure: the best and
 final validation loss, and how far each model fits its training labels (final training
 accuracy, and the first epoch at which it reaches a level, e.g. 0.99 for memorized labels).
-Means ± sample std over seeds; "best" is the epoch of the lowest mean validation data loss, as
-in `summaries.summarize`.
+Means ± sample std over seeds; "best" is the epoch of the lowest mean validation data loss
+(`selection.variant_best_epoch`, as in `summaries.summarize`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from jaxreg.history import task_metric
-from jaxreg.selection import masked
+from jaxreg.selection import masked, variant_best_epoch
 
 
 def _series(values: Mapping[str, float], series: Mapping[str, str]) -> dict[str, dict[float, str]]:
@@ -38,8 +38,7 @@ def cell(h: Mapping[str, np.ndarray], quantity: str, level: float = 0.99) -> str
     "final_train_metric", "final_val_metric" or "epochs_to_level" (first epoch at which the
     mean training metric reaches `level`; ">E" if it never does within the E epochs)."""
     metric = task_metric(h)
-    curve = masked(h, "val_data_loss").mean(axis=0)
-    best = int(np.nanargmin(curve)) if np.isfinite(curve).any() else None
+    best = variant_best_epoch(h)
     if quantity == "best":
         return "-" if best is None else _pm(masked(h, "val_data_loss")[:, best], 4)
     if quantity == "best_epoch":
@@ -52,7 +51,7 @@ def cell(h: Mapping[str, np.ndarray], quantity: str, level: float = 0.99) -> str
         return _pm(masked(h, f"val_{metric}")[:, -1], 4)
     if quantity == "epochs_to_level":
         reached = np.flatnonzero(masked(h, metric).mean(axis=0) >= level)
-        return str(reached[0] + 1) if reached.size else f">{curve.size}"
+        return str(reached[0] + 1) if reached.size else f">{h[metric].shape[1]}"
     raise ValueError(f"unknown quantity {quantity!r}")
 
 

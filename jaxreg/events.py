@@ -4,7 +4,7 @@
 step = epoch (from 1), every metric of the history (`history.metric_names`; with a test split,
 its test_* columns too), appended and flushed after every epoch, and the variant's
 hyperparameters for TensorBoard's HParams plugin (with, at the end, the final and best
-validation metrics). `tensorboard --logdir <run folder or its parent>`.
+validation metrics; the best epoch is `jaxreg.selection`'s, with the run's divergence threshold). `tensorboard --logdir <run folder or its parent>`.
 
 Written with tensorboardX's protobufs and summary builders (pure Python and protobuf, unlike
 tensorboard, which brings a web server) but not its SummaryWriter: that names files by time
@@ -14,7 +14,6 @@ and a resumed run can rewrite the file to hold each epoch once (see `EventLog`).
 
 from __future__ import annotations
 
-import math
 import struct
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from tensorboardX import summary as tbx_summary
 from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto.event_pb2 import Event
 
-from jaxreg import fileio, runfolder
+from jaxreg import fileio, runfolder, selection
 from jaxreg.history import columns, task_metric
 
 EVENTS_DIR = "tensorboard"
@@ -76,21 +75,21 @@ def header_records(hparams: Mapping, metric: str = "accuracy") -> bytes:
     return version + _summary_event(experiment, 0) + _summary_event(session_start, 0)
 
 
-def best_metrics(history: Mapping[str, Sequence[float]]) -> dict:
-    """Best epoch (lowest finite val_data_loss) of one seed, its val_data_loss and the task's metric
-    (val_accuracy, val_mae); {} if none is finite."""
-    losses = [float(v) for v in history["val_data_loss"]]
-    finite = [i for i, v in enumerate(losses) if math.isfinite(v)]
-    if not finite:
+def best_metrics(history: Mapping[str, Sequence[float]], divergence_threshold: float) -> dict:
+    """The best epoch of one seed's history {metric: [epochs]} (`selection.seed_best_epoch`: its lowest
+    val_data_loss before it diverged, with the run's `divergence_threshold`), its val_data_loss and the
+    task's metric (val_accuracy, val_mae); {} when it diverged from epoch 1."""
+    best = selection.seed_best_epoch(history, divergence_threshold)
+    if best is None:
         return {}
-    best = min(finite, key=lambda i: losses[i])
     metric = f"val_{task_metric(history)}"
-    return {"best/val_data_loss": losses[best], f"best/{metric}": float(history[metric][best]), "best/epoch": best + 1}
+    loss = float(history[selection.CHOICE][best])
+    return {"best/val_data_loss": loss, f"best/{metric}": float(history[metric][best]), "best/epoch": best + 1}
 
 
-def _end_records(step: int, history: Mapping[str, Sequence[float]]) -> bytes:
+def _end_records(step: int, history: Mapping[str, Sequence[float]], divergence_threshold: float) -> bytes:
     _, _, session_end = tbx_summary.hparams({}, {})
-    return scalar_records(step, best_metrics(history)) + _summary_event(session_end, step)
+    return scalar_records(step, best_metrics(history, divergence_threshold)) + _summary_event(session_end, step)
 
 
 class EventLog:
@@ -103,9 +102,17 @@ class EventLog:
     """
 
     def __init__(
-        self, folder, hparams: Mapping[tuple[str, int], Mapping], history: Mapping, epochs_done: int, metric: str = "accuracy"
+        self,
+        folder,
+        hparams: Mapping[tuple[str, int], Mapping],
+        history: Mapping,
+        epochs_done: int,
+        metric: str = "accuracy",
+        divergence_threshold: float = selection.DIVERGENCE_THRESHOLD,
     ):
+        """`divergence_threshold`: the run's (`SweepConfig.divergence_threshold`), for the best metrics at the end."""
         self.folder = Path(folder)
+        self.threshold = divergence_threshold
         self.keys = list(hparams)
         runfolder.record(self.folder, *(event_file(n, s) for n, s in self.keys))
         for key in self.keys:
@@ -133,4 +140,4 @@ class EventLog:
     def finish(self, history: Mapping, epochs: int) -> None:
         """Append each run's best metrics (for the HParams plugin) and the end of its session."""
         for key in self.keys:
-            self._append(key, _end_records(epochs, history[key]))
+            self._append(key, _end_records(epochs, history[key], self.threshold))

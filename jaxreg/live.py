@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from jaxreg import fileio, runfolder
-from jaxreg.history import METRICS, csv_lines, epoch_records, has_test, jsonl_lines
+from jaxreg.history import METRICS, csv_lines, epoch_records, has_test, jsonl_lines, task_metric
 
 
 class LiveLog:
@@ -45,7 +45,8 @@ class LiveLog:
             from jaxreg import events
 
             hparams = {(v.name, v.seed): events.hparams_of(dataclasses.asdict(v), v.seed) for v in config.variant_specs()}
-            self.events = events.EventLog(self.folder, hparams, history, epochs_done)
+            metric = task_metric(self.columns)
+            self.events = events.EventLog(self.folder, hparams, history, epochs_done, metric, self.threshold)
 
     def _add(self, epoch: int, row: Mapping) -> list[dict]:
         """The history records of an epoch (from 0); remembers the row and which seeds have diverged."""

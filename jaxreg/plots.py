@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from jaxreg.history import has_test, is_penalized, task_metric
-from jaxreg.selection import masked
+from jaxreg.selection import masked, variant_best_epoch
 from jaxreg.summaries import early_stopping
 
 REFERENCE_COLOR = "0.45"
@@ -164,14 +164,19 @@ def plot_curves(histories: Mapping, path, values: Mapping[str, float] | None = N
     return _save(fig, path)
 
 
+def plotted_epoch(h, which: str) -> int | None:
+    """The epoch (from 0) a variant's point is drawn at: "best" (`selection.variant_best_epoch`: the lowest
+    mean validation data loss; None when every epoch has a diverged seed) or "final" (the last)."""
+    return variant_best_epoch(h) if which == "best" else h["loss"].shape[1] - 1
+
+
 def _at_epoch(histories, names, metric: str, which: str):
-    """Per variant: mean, min and max over seeds of `metric` at the best (lowest mean val data loss) or final epoch."""
+    """Per variant: mean, min and max over seeds of `metric` at the `plotted_epoch` (NaN where there is none)."""
     mean, lo, hi = [], [], []
     for n in names:
         h = histories[n]
-        curve = masked(h, "val_data_loss").mean(axis=0)
-        epoch = -1 if which == "final" or not np.isfinite(curve).any() else int(np.nanargmin(curve))
-        per_seed = masked(h, metric)[:, epoch]
+        epoch = plotted_epoch(h, which)
+        per_seed = masked(h, metric)[:, epoch] if epoch is not None else np.full(h[metric].shape[0], np.nan)
         mean.append(per_seed.mean()), lo.append(per_seed.min()), hi.append(per_seed.max())
     return map(np.asarray, (mean, lo, hi))
 

@@ -244,12 +244,13 @@ class _Progress:
         self._postfix()
 
     def _update_best(self, epoch: int, row: dict) -> None:
+        """The summary's best (`selection`): a variant's mean over seeds counts while none of its seeds has diverged."""
         per_name: dict[str, list] = {}
-        for (name, _), metrics in row.items():
-            per_name.setdefault(name, []).append(metrics["val_data_loss"])
+        for (name, seed), metrics in row.items():
+            per_name.setdefault(name, []).append(math.nan if (name, seed) in self.announced else metrics[selection.CHOICE])
         for name, values in per_name.items():
             mean = float(np.mean(values))
-            if math.isfinite(mean) and mean < self.best[0]:
+            if math.isfinite(mean) and selection.is_improvement(mean, self.best[0]):
                 self.best = (mean, name, epoch + 1)
 
     def _postfix(self) -> None:

@@ -78,7 +78,7 @@ def test_history_files_summary_and_tensorboard_name_the_task_metric(regression, 
     summaries = summarize(back)
     assert summaries[0].metric == "mae"
     assert "val MAE @ best" in summary_table(summaries) and "best val MSE" in summary_table(summaries)
-    best = events.best_metrics(result.history[("plain", 0)])
+    best = events.best_metrics(result.history[("plain", 0)], 1e6)
     assert set(best) == {"best/val_data_loss", "best/val_mae", "best/epoch"}
     assert events.hparam_metrics("mae")[1] == "val_mae"
     assert plots.loss_name(stacked) == "mean squared error"
