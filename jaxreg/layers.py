@@ -22,8 +22,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("run folder", ("runfolder", "outfolders", "checkpoint")),
     # a run folder's contents, written and read: live history, TensorBoard, parameters, load_run
     ("run files", ("runs", "events", "live", "params")),
-    # the study: its config, figures, tables, reports and the sweep that runs it all
-    ("study", ("config", "axis_tables", "plots", "report", "sweep")),
+    # the study: its config and command-line options, figures, tables, reports, and the sweep that runs it all
+    ("study", ("config", "cli", "agreement", "axis_tables", "plots", "report", "sweep")),
 )
 
 
