@@ -112,7 +112,7 @@ def variant_best_epoch(h: Mapping[str, np.ndarray]) -> int | None:
 def seed_best_epoch(history: Mapping[str, Sequence[float]], threshold: float = DIVERGENCE_THRESHOLD) -> int | None:
     """The best epoch (from 0) of one seed's history {metric: [epochs]}, its divergence marked with `threshold`."""
     values = {m: np.asarray(v, dtype=np.float64) for m, v in history.items() if m not in NOT_METRICS}
-    return best_epoch(np.where(diverged_mask(values, threshold), np.nan, values[CHOICE]))
+    return best_epoch(np.where(counts(values, threshold), values[CHOICE], np.nan))
 
 
 def best_epoch_tracker(threshold: float = DIVERGENCE_THRESHOLD) -> Callable[[Mapping[str, float]], bool]:
