@@ -24,7 +24,9 @@ Modules, one idea each (their layers: docs/architecture.md):
   optim      RMSprop (Keras 2.3 and Keras 3 eps placement), decoupled weight decay, proximal L1
   losses     cross-entropies (stable and Keras-clipped), squared and absolute errors, accuracy
   train      pure init / train_step / evaluate / train_epoch functions
-  variants   variant specs, bucket planning, vmapped + sharded multi-variant training
+  specs      VariantSpec: what one variant is (its model, numbers, seed, data view), validated
+  runplan    the run plan, built once: buckets, devices, how each runs, parameters, cost, memory
+  variants   vmapped + sharded multi-variant training over a run plan (specs and planning names too)
   config     SweepConfig, the study a sweep runs; sweep: the resumable sweep behind experiments/sweep.py
   selection  which epochs count (divergence) and which one is chosen: best epoch, overfitting onset, early stopping
   fileio     atomic file writes, JSON, the names of a run folder's files; errors: SweepError
@@ -49,11 +51,11 @@ _EXPORTS = {
     "Dataset": "dataset",
     "load_imdb": "data",
     "synthetic_dataset": "data",
-    "VariantSpec": "variants",
-    "with_seeds": "variants",
-    "RunSettings": "variants",
+    "VariantSpec": "specs",
+    "with_seeds": "specs",
+    "RunSettings": "runplan",
     "RunResult": "variants",
-    "PaddingPolicy": "variants",
+    "PaddingPolicy": "runplan",
     "run": "variants",
     "MLP": "model",
     "MultiHotDense": "model",

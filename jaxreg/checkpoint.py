@@ -4,7 +4,7 @@ Format (CHECKPOINT_FORMAT 3): `runfolder.with_checksum` of a flax msgpack of {fo
 epochs_done, history (JSON text), plan (JSON text: each bucket's widths, optimizer, config
 names and seeds), states {bucket index: state dict}, best {bucket index: the parameters of
 each variant's best epoch so far, shaped like the state's params}}. Written atomically after
-an epoch; read back only into the structure a fresh run of the same config builds. A
+an epoch; read back only into the structure the run's plan (`runplan.RunPlan`) gives. A
 finished run deletes it unless asked to keep it (`run_sweep(keep_checkpoint=True)`).
 """
 
@@ -23,6 +23,7 @@ from jaxreg import fileio, msgpack_stream, runfolder
 from jaxreg import variants as V
 from jaxreg.errors import SweepError
 from jaxreg.runfolder import CHECKPOINT_FILE
+from jaxreg.runplan import RunPlan
 from jaxreg.train import init_state
 
 CHECKPOINT_FORMAT = 3  # 3: with the best-epoch parameters; 2 (without them) and 1 (no checksum) are refused
@@ -115,17 +116,13 @@ class CheckpointWriter:
             raise error
 
 
-def _state_targets(config, num_words: int, devices) -> list:
-    """Per bucket: (abstract TrainState of one variant, leading axes [seeds, padded configs]) as variants.run builds it.
-
-    `devices`: the devices of every bucket, or one tuple of devices per bucket (`sweep.bucket_devices`)."""
-    plan = V.plan(config.variant_specs())
-    devices = list(devices)
-    per_bucket = devices if devices and isinstance(devices[0], (tuple, list)) else [devices] * len(plan)
+def _state_targets(run_plan: RunPlan) -> list:
+    """Per bucket: (abstract TrainState of one variant, leading axes [seeds, padded configs]), as variants.run builds it
+    from the same plan (each bucket's step config and padded configs, on its devices)."""
     targets = []
-    for bucket, on in zip(plan, per_bucket):
-        run = V.execution(bucket, config.run_settings(), on)
-        one = jax.eval_shape(lambda c=run.step, w=bucket.widths: init_state(jax.random.key(0), c, num_words, w)[0])
+    for planned in run_plan.buckets:
+        run, bucket = planned.execution, planned.bucket
+        one = jax.eval_shape(lambda c=run.step, w=bucket.widths: init_state(jax.random.key(0), c, run_plan.num_words, w)[0])
         targets.append((one, (len(bucket.seeds), run.n_configs)))
     return targets
 
@@ -148,10 +145,9 @@ def read_checkpoint(folder: Path) -> bytes:
         raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
 
 
-def load_checkpoint(folder: Path, config, num_words: int, devices, data: bytes | None = None) -> V.RunSnapshot:
-    """Read a checkpoint back into a RunSnapshot, checking its checksum and its structure against a fresh run's.
+def load_checkpoint(folder: Path, run_plan: RunPlan, data: bytes | None = None) -> V.RunSnapshot:
+    """Read a checkpoint back into a RunSnapshot, checking its checksum and its structure against the run's plan.
 
-    config: the run's `jaxreg.config.SweepConfig` (read, not imported: this module sits below jaxreg.config).
     data: the file's bytes when already read (`read_checkpoint`; in a run of many processes,
     process 0 reads them and sends them to the others, whose hosts may not see the folder)."""
     path = folder / CHECKPOINT_FILE
@@ -170,7 +166,7 @@ def load_checkpoint(folder: Path, config, num_words: int, devices, data: bytes |
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
         states, bests = [], []
-        targets = _state_targets(config, num_words, devices)
+        targets = _state_targets(run_plan)
         if len(saved["states"]) != len(targets) or len(saved["best"]) != len(targets):
             raise ValueError(f"{len(saved['states'])} buckets saved, this sweep has {len(targets)}")
         for i, (target, lead) in enumerate(targets):
@@ -178,7 +174,7 @@ def load_checkpoint(folder: Path, config, num_words: int, devices, data: bytes |
             states.append(state)
             bests.append(_restored(target.params, saved["best"][str(i)], lead, i))
         history = {(h["name"], h["seed"]): h["metrics"] for h in json.loads(saved["history"])}
-        expected = {(v.name, v.seed) for v in config.variant_specs()}
+        expected = set(run_plan.keys)
         if set(history) != expected:
             raise ValueError("the saved history has other variants or seeds")
         return V.RunSnapshot(int(saved["epochs_done"]), states, history, json.loads(saved["plan"]), bests)

@@ -252,9 +252,9 @@ class SweepConfig:
         return {} if self.axis is None else axis_series(self.variants, self.axis)
 
     def to_dict(self) -> dict:
-        """JSON-ready: every field, variants as dicts."""
-        d = dataclasses.asdict(self)
-        d["variants"] = [dataclasses.asdict(v) for v in self.variants]
+        """JSON-ready: every field, variants as dicts (an own model by its description, `VariantSpec.to_dict`)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["variants"] = [v.to_dict() for v in self.variants]
         return json.loads(json.dumps(d))
 
 

@@ -316,37 +316,9 @@ def from_arrays(
     name: the data's name in describe() and run records. The checksum is a sha256 over the
     final arrays (dtype, shape, bytes), the target and num_classes: equal data, equal checksum.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise DataError(f"name={name!r} must be a non-empty string")
-    if num_words is not None and (not is_int(num_words) or not 1 <= num_words <= _INT32_MAX):
-        raise DataError(f"num_words={num_words!r} must be None or an integer in 1..{_INT32_MAX:,}")
-    if not is_int(seed) or seed < 0:
-        raise DataError(f"seed={seed!r} must be an integer >= 0")
-    if num_classes is not None and (not is_int(num_classes) or not 2 <= num_classes <= _INT32_MAX):
-        raise DataError(f"num_classes={num_classes!r} must be None or an integer >= 2")
-    if not isinstance(target, str) or target not in TARGETS + ("auto",):
-        raise DataError(f"target={target!r} must be 'auto' or one of {', '.join(map(repr, TARGETS))}")
-
-    pairs = [("x", x, "y", y)]
-    if validation is not None:
-        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
-            raise DataError(f"validation must be an (x_val, y_val) pair or None, not {_short(validation)}")
-        pairs.append(("validation[0]", validation[0], "validation[1]", validation[1]))
-    if test is not None:
-        if not isinstance(test, (tuple, list)) or len(test) != 2:
-            raise DataError(f"test must be an (x_test, y_test) pair or None, not {_short(test)}")
-        pairs.append(("test[0]", test[0], "test[1]", test[1]))
-    inputs = [_inputs(xv, xname) for xname, xv, _, _ in pairs]
-    for (kind, value), (xname, *_) in zip(inputs, pairs):
-        n = value[2] if kind == "lists" else (len(value) if kind == "sparse" else value.shape[0])
-        if n == 0:
-            raise DataError(f"{xname} is empty; every split needs at least one row")
-    width = _width(inputs, [p[0] for p in pairs], num_words)
-    xs = [_finish_inputs(kind, value, width, p[0]) for (kind, value), p in zip(inputs, pairs)]
-    kinds = {type(v) for v in xs}
-    if len(kinds) > 1:
-        others = " and ".join(p[0] for p in pairs[1:])
-        raise DataError(f"x and {others} must all be multi-hot (index lists, scipy.sparse) or all dense arrays")
+    _check_options(name, num_words, seed, num_classes, target)
+    pairs = _split_pairs(x, y, validation, test)
+    xs, width = _converted_inputs(pairs, num_words)
     ys = [_labels(yv, yname, len(xv)) for (_, _, yname, yv), xv in zip(pairs, xs)]
     target, num_classes = _resolve_target(ys, [p[2] for p in pairs], target, num_classes)
     ys = [yv.astype(_Y_DTYPES[target]) for yv in ys]
@@ -371,6 +343,50 @@ def from_arrays(
         num_classes=num_classes,
         test=test_split,
     )
+
+
+def _check_options(name, num_words, seed, num_classes, target) -> None:
+    """DataError naming the first of from_arrays' scalar options that is out of range."""
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"name={name!r} must be a non-empty string")
+    if num_words is not None and (not is_int(num_words) or not 1 <= num_words <= _INT32_MAX):
+        raise DataError(f"num_words={num_words!r} must be None or an integer in 1..{_INT32_MAX:,}")
+    if not is_int(seed) or seed < 0:
+        raise DataError(f"seed={seed!r} must be an integer >= 0")
+    if num_classes is not None and (not is_int(num_classes) or not 2 <= num_classes <= _INT32_MAX):
+        raise DataError(f"num_classes={num_classes!r} must be None or an integer >= 2")
+    if not isinstance(target, str) or target not in TARGETS + ("auto",):
+        raise DataError(f"target={target!r} must be 'auto' or one of {', '.join(map(repr, TARGETS))}")
+
+
+def _split_pairs(x, y, validation, test) -> list[tuple]:
+    """[(x's argument name, x, y's argument name, y)] for train, then the given validation and test pairs."""
+    pairs = [("x", x, "y", y)]
+    if validation is not None:
+        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+            raise DataError(f"validation must be an (x_val, y_val) pair or None, not {_short(validation)}")
+        pairs.append(("validation[0]", validation[0], "validation[1]", validation[1]))
+    if test is not None:
+        if not isinstance(test, (tuple, list)) or len(test) != 2:
+            raise DataError(f"test must be an (x_test, y_test) pair or None, not {_short(test)}")
+        pairs.append(("test[0]", test[0], "test[1]", test[1]))
+    return pairs
+
+
+def _converted_inputs(pairs: list[tuple], num_words: int | None) -> tuple[list, int]:
+    """(every split's x, their width): each checked non-empty, all converted at one width, all
+    SparseMultiHot or all float32 arrays."""
+    inputs = [_inputs(xv, xname) for xname, xv, _, _ in pairs]
+    for (kind, value), (xname, *_) in zip(inputs, pairs):
+        n = value[2] if kind == "lists" else (len(value) if kind == "sparse" else value.shape[0])
+        if n == 0:
+            raise DataError(f"{xname} is empty; every split needs at least one row")
+    width = _width(inputs, [p[0] for p in pairs], num_words)
+    xs = [_finish_inputs(kind, value, width, p[0]) for (kind, value), p in zip(inputs, pairs)]
+    if len({type(v) for v in xs}) > 1:
+        others = " and ".join(p[0] for p in pairs[1:])
+        raise DataError(f"x and {others} must all be multi-hot (index lists, scipy.sparse) or all dense arrays")
+    return xs, width
 
 
 def arrays_checksum(

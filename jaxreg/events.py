@@ -44,8 +44,10 @@ def event_file(name: str, seed: int) -> str:
 
 
 def hparams_of(variant: Mapping, seed: int) -> dict:
-    """The HParams of a variant (a `VariantSpec` as a dict) and seed: widths as text, e.g. "16x16"."""
-    values = {"variant": variant["name"], "widths": "x".join(str(w) for w in variant["widths"])}
+    """The HParams of a variant (`VariantSpec.to_dict`) and seed: widths as text, e.g. "16x16"
+    (an own model: its description)."""
+    widths = variant["widths"]
+    values = {"variant": variant["name"], "widths": variant.get("model") if widths is None else "x".join(map(str, widths))}
     values.update({k: variant[k] for k in HPARAM_FIELDS})
     values["seed"] = int(seed)
     return values

@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # one model's training step
     ("step", ("losses", "tasks", "dropout", "cpu_kernels", "embedding_bag", "model", "networks", "penalties", "optim", "train")),
     # many variants trained together, on one or more devices
-    ("engine", ("views", "distributed", "memory", "variants")),
+    ("engine", ("views", "distributed", "memory", "specs", "runplan", "variants")),
     # a run folder's bookkeeping: manifest, lock, checks, default folders, the resume checkpoint
     ("run folder", ("runfolder", "outfolders", "checkpoint")),
     # a run folder's contents, written and read: live history, TensorBoard, parameters, load_run

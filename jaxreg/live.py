@@ -11,7 +11,6 @@ A run resumed with `tensorboard=False` leaves the event files already written as
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Mapping
 
@@ -44,7 +43,7 @@ class LiveLog:
         if tensorboard:
             from jaxreg import events
 
-            hparams = {(v.name, v.seed): events.hparams_of(dataclasses.asdict(v), v.seed) for v in config.variant_specs()}
+            hparams = {(v.name, v.seed): events.hparams_of(v.to_dict(), v.seed) for v in config.variant_specs()}
             metric = task_metric(self.columns)
             self.events = events.EventLog(self.folder, hparams, history, epochs_done, metric, self.threshold)
 

@@ -35,6 +35,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from jaxreg.model import count_params
+
 FLOAT_BYTES = 4
 # Arrays per parameter alive during a step: params, RMSprop slot, gradient, new params, new slot,
 # and the best epoch's params that variants.run keeps (not yet in the calibration runs below).
@@ -72,6 +74,8 @@ class BucketShape:
     product: str  # "sparse" or "dense"
     sequential: bool  # variants one after the other (lax.map) instead of vmapped
     cpu_kernels: bool  # jaxreg's embedding-bag kernels (no gathered copy of the first layer's rows)
+    # per model (`runplan.parameter_count`); None: the study's MLP at `widths` with one output
+    parameters: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,16 +112,11 @@ class Estimate:
         return max(parts, key=parts.get)
 
 
-def parameter_count(num_words: int, widths: Sequence[int]) -> int:
-    """Weights and biases of the MLP num_words -> widths... -> 1."""
-    sizes = (num_words, *widths, 1)
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-
-
 def bucket_estimate(bucket: BucketShape, data: DataShape) -> Estimate:
     """The bytes one bucket's program allocates (see the module docstring)."""
     models = bucket.n_seeds * bucket.n_configs
-    params = parameter_count(data.num_words, bucket.widths) * FLOAT_BYTES
+    count = count_params(bucket.widths, data.num_words) if bucket.parameters is None else bucket.parameters
+    params = count * FLOAT_BYTES
     state = params * (models * STATE_COPIES + bucket.n_configs)
 
     n_batches = math.ceil(data.n_train / data.batch_size)

@@ -127,6 +127,7 @@ def unpadded(params, widths: Sequence[int]):
 
 
 def count_params(widths: Sequence[int], num_words: int, outputs: int = 1) -> int:
-    """Number of trainable parameters of an MLP with these widths."""
+    """Number of trainable parameters of `MLP(widths, outputs=outputs)` on num_words inputs: the one
+    count of the study's MLP (the run plan's, placement's and the memory estimate's, via `runplan.parameter_count`)."""
     sizes = (num_words, *widths, outputs)
     return int(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])))

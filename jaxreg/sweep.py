@@ -47,7 +47,6 @@ import optax
 from tqdm.auto import tqdm
 
 import jaxreg
-from jaxreg import batches as batching
 from jaxreg import compiletime, distributed, fileio, machine, memory, runfolder, selection
 from jaxreg import params as saved_params
 from jaxreg import variants as V
@@ -60,6 +59,7 @@ from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.history import has_test, metric_names, stack, write_history
 from jaxreg.runs import load_run
 from jaxreg.summaries import early_stopping_notes, early_stopping_table, summarize, summary_notes, summary_table, write_summary
+from jaxreg.runplan import RunPlan, plan_run
 from jaxreg.runfolder import folder_state  # noqa: F401
 
 SYNTHETIC = dict(n_train=2000, n_validation=1000, num_words=1000)
@@ -166,45 +166,13 @@ def select_devices(count: int | None, most: int | None = None) -> list:
     return devices[: count or len(devices)]
 
 
-def bucket_devices(config: SweepConfig, plan: list, devices: list, num_words: int) -> list[tuple]:
-    """The devices each bucket of the plan runs on (`variants.place_buckets` with the resolved placement)."""
-    return V.place_buckets(plan, devices, placement(config, devices[0].platform), num_words)
-
-
-def memory_estimate(config: SweepConfig, dataset: Dataset, placed: list, plan: list) -> memory.Estimate:
-    """jaxreg.memory's estimate for this run's buckets (each on its devices, `bucket_devices`), data and batch capacities."""
-    settings = config.run_settings()
-    train, val, test = dataset.train, dataset.validation, dataset.test
-    capacity = max(
-        batching.train_capacity(train.x.lengths, seeds, config.epochs, config.batch_size)
-        for seeds in {b.seeds for b in plan}
-    )
-    data = memory.DataShape(
-        num_words=dataset.num_words,
-        n_train=len(train),
-        n_validation=len(val) + (0 if test is None else len(test)),  # the test batches are evaluated alike
-        batch_size=config.batch_size,
-        eval_batch_size=settings.eval_batch_size,
-        train_capacity=capacity,
-        validation_capacity=max(
-            batching.capacity(s.x.lengths, [np.arange(len(s))], settings.eval_batch_size)
-            for s in (val, test)
-            if s is not None
-        ),
-        index_bytes=2 if max(dataset.num_words, config.batch_size + 1) <= np.iinfo(np.int16).max else 4,
-    )
-    shapes = []
-    for b, devices in zip(plan, placed):
-        run = V.execution(b, settings, devices)
-        shapes.append(memory.BucketShape(b.widths, len(b.seeds), run.n_configs, run.product, run.sequential, run.cpu_kernels))
-    return memory.estimate(shapes, data, config.epochs)
-
-
-def check_memory(config: SweepConfig, plan: list, estimate: memory.Estimate, available: int, where: str) -> None:
-    """SweepError naming what drives the estimate when it exceeds the available memory (0: unknown)."""
+def check_memory(config: SweepConfig, run_plan: RunPlan, available: int, where: str) -> None:
+    """SweepError naming what drives the plan's memory estimate when it exceeds the available memory (0: unknown)."""
+    estimate = run_plan.memory
     if not available or estimate.total <= available:
         return
-    widest = max(plan, key=lambda b: sum(b.widths)).widths
+    widest = max((b.execution.step for b in run_plan.buckets), key=lambda step: sum(step.widths))
+    widest = widest.widths if widest.network is None else widest.network.name
     models = f"{len(config.variants)} variant(s) x {config.seeds} seed(s)"
     fixes = {
         "state": f"the models' parameters and optimizer state (widths up to {widest}, {models}); "
@@ -282,23 +250,15 @@ class _Progress:
         self.bar.close()
 
 
-def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: list, placed: list) -> dict:
+def _environment(config: SweepConfig, dataset: Dataset, devices: list, run_plan: RunPlan) -> dict:
+    """config.json's content: the config, the variants, the run plan (`RunPlan.describe`), the data,
+    devices, machine and versions."""
     return {
         "config": config.to_dict(),
-        "variants": [dataclasses.asdict(v) for v in config.variants],
+        "variants": [v.to_dict() for v in config.variants],
         "seeds": list(range(config.seeds)),
         "axis": {"name": config.axis, "values": config.axis_values(), "series": config.axis_series()} if config.axis else None,
-        "plan": [
-            {
-                "widths": list(b.widths),
-                "optimizer": b.optimizer,
-                "variants": [c.name for c in b.configs],
-                "seeds": list(b.seeds),
-                **V.execution(b, config.run_settings(), on).describe(),
-                "devices": [str(d) for d in on],
-            }
-            for b, on in zip(plan, placed)
-        ],
+        "plan": run_plan.describe(),
         "validation_protocol": dataset.protocol,
         "data": {
             "source": dataset.source,
@@ -314,7 +274,7 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
             "kind": devices[0].device_kind,
             "count": len(devices),
             "processes": jax.process_count(),
-            "placement": placement(config, devices[0].platform),
+            "placement": run_plan.placement,
         },
         # float32 results depend on it: histories are bit for bit only on the same instruction set
         "machine": {"cpu": machine.describe(), "instruction_set": machine.instruction_set()},
@@ -330,12 +290,17 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, plan: lis
     }
 
 
-def _where(plan: list, placed: list, devices: list) -> str:
-    """For the plan line: which device runs which program, when not every program runs on all devices."""
-    if len(devices) == 1 or all(len(on) == len(devices) for on in placed):
+def _where(run_plan: RunPlan, devices: list) -> str:
+    """For the plan line: which device runs which bucket, when not every bucket runs on all devices."""
+    if len(devices) == 1 or all(len(b.devices) == len(devices) for b in run_plan.buckets):
         return ""
-    names = lambda b: "x".join(map(str, b.widths)) + f" [{len(b.configs)}]"  # noqa: E731
-    return "; " + ", ".join(f"{names(b)} on {'+'.join(str(d) for d in on)}" for b, on in zip(plan, placed))
+
+    def name(planned):
+        step = planned.execution.step
+        model = "x".join(map(str, step.widths)) if step.network is None else step.network.name
+        return f"{model} [{len(planned.bucket.configs)}]"
+
+    return "; " + ", ".join(f"{name(b)} on {'+'.join(str(d) for d in b.devices)}" for b in run_plan.buckets)
 
 
 def _finish(
@@ -488,7 +453,8 @@ def _run_locked(
     keep_checkpoint=False,
     agreement: Agreement | None = None,
 ) -> SweepResult:
-    """run_sweep's work, while process 0 holds the folder's lock (the other processes write nothing)."""
+    """run_sweep's work, while process 0 holds the folder's lock (the other processes write nothing):
+    agree on the folder, plan the run once, check a resume, prepare the folder, train and finish."""
     agreement = agreement or Agreement()
     writes = distributed.is_writer()
     state = runfolder.check_folder(folder, config.to_dict(), resume, overwrite, LOCAL_FIELDS) if writes else None
@@ -499,169 +465,194 @@ def _run_locked(
     if records[0][1]:  # process 0 reloads a finished run: nothing to train
         return SweepResult(folder, {}, [], [], [], 0)
     Agreement.check(records, data=False)
-    variants = config.variant_specs()
-    plan = V.plan(variants)
-    check_device_count(config, plan)
-    dataset = load_dataset(config, progress)
-    devices = select_devices(config.devices, most_devices(config, plan))
-    placed = bucket_devices(config, plan, devices, dataset.num_words)
-    estimate = memory_estimate(config, dataset, placed, plan)
-    available, where = _available_memory(devices)
-    check_memory(config, plan, estimate, available, where)
-    environment = _environment(config, dataset, devices, plan, placed)
+    prepared = _prepare(config, progress)
+    resuming = writes and state == "unfinished" and resume
+    checkpoint = _resumable_checkpoint(folder, prepared, stream) if resuming else None
+    Agreement.check(agreement(True, data_checksum=prepared.dataset.checksum))  # stage "start"
+    snapshot = _load_snapshot(folder, prepared, checkpoint, stream)
+    if writes:
+        _prepare_folder(folder, state, resume, overwrite, prepared.environment)
+    outputs = _Outputs(figures, progress, checkpoint_every, stream, tensorboard, keep_checkpoint)
+    return _train(config, folder, prepared, snapshot, outputs)
 
-    checkpoint = None  # its bytes, read by process 0 and sent to all
-    if writes and state == "unfinished" and resume:
-        saved = fileio.read_json(folder / fileio.CONFIG_FILE)
-        checksum = saved.get("data", {}).get("checksum")
-        if checksum != dataset.checksum:
-            raise SweepError(
-                f"cannot resume {folder}: the data differs from the saved run's (checksum "
-                f"{str(checksum)[:16]}..., now {dataset.checksum[:16]}...)"
-            )
-        count = saved.get("devices", {}).get("count")
-        if count != len(devices):
-            raise SweepError(f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}")
-        was = saved.get("devices", {}).get("placement", "shard")  # before placements, runs were sharded
-        if len(devices) > 1 and was != environment["devices"]["placement"]:  # on one device both are the same
-            now = environment["devices"]["placement"]
-            raise SweepError(f"cannot resume {folder}: its programs were placed {was!r}, now {now!r}; pass --placement {was}")
-        if (folder / CHECKPOINT_FILE).is_file():
-            checkpoint = read_checkpoint(folder)
-        started_on = saved.get("machine", {}).get("instruction_set")
-        if devices[0].platform == "cpu" and started_on != machine.instruction_set():
-            print(
-                f"note: {folder} was started with XLA:CPU on {started_on}, now {machine.instruction_set()}: "
-                "the resumed epochs differ from an uninterrupted run by float32 round-off (amplified by training), not bit for bit",
-                file=stream,
-            )
-    Agreement.check(agreement(True, data_checksum=dataset.checksum))  # stage "start"
+
+@dataclasses.dataclass
+class _Prepared:
+    """What a run decides before it writes anything: its variants, data, devices and plan (built once,
+    read by training, config.json, the memory check and the checkpoint restore), and config.json's content."""
+
+    variants: list
+    dataset: Dataset
+    devices: list
+    plan: RunPlan
+    available: int
+    where: str
+    environment: dict
+
+
+def _prepare(config: SweepConfig, progress: bool) -> _Prepared:
+    """Plan the run: group the variants into buckets, check the device count, load the data, pick the
+    devices, make the RunPlan (with its memory estimate) and check it fits in the free memory."""
+    variants = config.variant_specs()
+    buckets = V.plan(variants)
+    check_device_count(config, buckets)
+    dataset = load_dataset(config, progress)
+    devices = select_devices(config.devices, most_devices(config, buckets))
+    where_to = placement(config, devices[0].platform)
+    run_plan = plan_run(buckets, dataset, config.run_settings(), devices, where_to, estimate_memory=True)
+    available, where = _available_memory(devices)
+    check_memory(config, run_plan, available, where)
+    environment = _environment(config, dataset, devices, run_plan)
+    return _Prepared(variants, dataset, devices, run_plan, available, where, environment)
+
+
+def _resumable_checkpoint(folder: Path, prepared: _Prepared, stream) -> bytes | None:
+    """Process 0, resuming an unfinished run: SweepError unless the data, device count and placement are
+    the saved run's; the checkpoint file's bytes (None without one). Notes another instruction set."""
+    saved = fileio.read_json(folder / fileio.CONFIG_FILE)
+    dataset, devices = prepared.dataset, prepared.devices
+    checksum = saved.get("data", {}).get("checksum")
+    if checksum != dataset.checksum:
+        raise SweepError(
+            f"cannot resume {folder}: the data differs from the saved run's (checksum "
+            f"{str(checksum)[:16]}..., now {dataset.checksum[:16]}...)"
+        )
+    count = saved.get("devices", {}).get("count")
+    if count != len(devices):
+        raise SweepError(f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}")
+    was = saved.get("devices", {}).get("placement", "shard")  # before placements, runs were sharded
+    if len(devices) > 1 and was != prepared.plan.placement:  # on one device both are the same
+        raise SweepError(
+            f"cannot resume {folder}: its programs were placed {was!r}, now {prepared.plan.placement!r}; pass --placement {was}"
+        )
+    checkpoint = read_checkpoint(folder) if (folder / CHECKPOINT_FILE).is_file() else None
+    started_on = saved.get("machine", {}).get("instruction_set")
+    if devices[0].platform == "cpu" and started_on != machine.instruction_set():
+        print(
+            f"note: {folder} was started with XLA:CPU on {started_on}, now {machine.instruction_set()}: "
+            "the resumed epochs differ from an uninterrupted run by float32 round-off (amplified by training), not bit for bit",
+            file=stream,
+        )
+    return checkpoint
+
+
+def _load_snapshot(folder: Path, prepared: _Prepared, checkpoint: bytes | None, stream):
+    """The RunSnapshot to resume from (None: start at epoch 1), read into the run plan's structure; with many
+    processes, process 0's checkpoint bytes are sent to all. A run started without test columns goes on without them."""
     if distributed.many():
         checkpoint = distributed.broadcast_bytes(b"" if checkpoint is None else checkpoint) or None
-        if not writes:
+        if not distributed.is_writer():
             print(f"{distributed.describe()}: training with process 0, which writes {folder}", file=sys.stderr, flush=True)
-    snapshot = None if checkpoint is None else load_checkpoint(folder, config, dataset.num_words, placed, checkpoint)
-    saved_columns = next(iter(snapshot.history.values()), {}) if snapshot is not None else {}
-    if snapshot is not None and dataset.test is not None and not has_test(saved_columns):
+    if checkpoint is None:
+        return None
+    snapshot = load_checkpoint(folder, prepared.plan, checkpoint)
+    saved_columns = next(iter(snapshot.history.values()), {})
+    if prepared.dataset.test is not None and not has_test(saved_columns):
         # a run started before test splits were evaluated: it goes on as it began, without test columns
-        dataset = dataclasses.replace(dataset, test=None)
+        prepared.dataset = dataclasses.replace(prepared.dataset, test=None)
         print(f"note: {folder} was started without test columns; it is resumed without them", file=stream)
+    return snapshot
 
+
+def _prepare_folder(folder: Path, state: str, resume: bool, overwrite: bool, environment: dict) -> None:
+    """Process 0: clear an overwritten run's files (or a killed write's temporaries), write config.json for a new run."""
     try:
-        if writes:
-            if state in ("unfinished", "finished") and overwrite:
-                (folder / fileio.STATUS_FILE).unlink(missing_ok=True)  # interrupted now: an unfinished run folder
-                runfolder.remove_recorded(folder)  # only jaxreg's files (the manifest last); the user's stay
-            elif state == "unfinished":
-                runfolder.remove_temporaries(folder)  # left by a process killed while writing
-            folder.mkdir(parents=True, exist_ok=True)
-            if not (resume and state == "unfinished"):
-                runfolder.record(folder, fileio.CONFIG_FILE, fileio.STATUS_FILE, CHECKPOINT_FILE)
-                fileio.write_json(folder / fileio.CONFIG_FILE, environment)
+        if state in ("unfinished", "finished") and overwrite:
+            (folder / fileio.STATUS_FILE).unlink(missing_ok=True)  # interrupted now: an unfinished run folder
+            runfolder.remove_recorded(folder)  # only jaxreg's files (the manifest last); the user's stay
+        elif state == "unfinished":
+            runfolder.remove_temporaries(folder)  # left by a process killed while writing
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (resume and state == "unfinished"):
+            runfolder.record(folder, fileio.CONFIG_FILE, fileio.STATUS_FILE, CHECKPOINT_FILE)
+            fileio.write_json(folder / fileio.CONFIG_FILE, environment)
     except OSError as e:
         raise SweepError(f"cannot write the output folder {folder}: {e.strerror or e}") from e
 
-    start = snapshot.epochs_done if snapshot else 0
-    done, bar, live = start, None, None
 
-    def write_status(name: str, epochs_done: int) -> None:
-        if writes:
-            fileio.write_json(folder / fileio.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": config.epochs})
+@dataclasses.dataclass(frozen=True)
+class _Outputs:
+    """run_sweep's options for what a run shows and leaves behind."""
 
-    # Process 0 writes checkpoints while the next epoch trains; `done` (what the folder's checkpoint
-    # holds) is only read after checkpoints.wait().
-    checkpoints = CheckpointWriter(
-        folder,
-        then=lambda epochs_done: write_status("running", epochs_done),
-        save=lambda *args: save_checkpoint(*args),  # looked up when called: tests replace it
-    )
+    figures: bool
+    progress: bool
+    checkpoint_every: int
+    stream: object
+    tensorboard: bool
+    keep_checkpoint: bool
 
-    def on_epoch(epoch, row, take_snapshot):
-        nonlocal done
-        if writes:
-            live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
-        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
-            taken = take_snapshot()  # gathers the state: every process takes it
-            if writes:
-                checkpoints.submit(taken)
-                if epoch + 1 == config.epochs:  # nothing left to overlap with: its bytes go before the results are made
-                    checkpoints.wait()
-            else:
-                done = epoch + 1
-        bar.epoch_done(epoch, row)
 
-    def checkpointed() -> int:
-        """Epochs the folder's checkpoint holds, once the writer has finished (process 0), else as far as known."""
-        _wait_quietly(checkpoints)
-        return checkpoints.written if checkpoints.written is not None else done
+class _EpochWriter:
+    """What follows each epoch: history lines and TensorBoard events (`live`), a checkpoint every
+    `checkpoint_every` epochs on a background thread, status.json, the progress bar; and the
+    folder's state when the run stops early. Process 0 writes; the others only take part in snapshots.
+    """
 
-    # From here on the folder is this run's: an interrupt at any moment, compiling, training or
-    # writing the results, leaves it "interrupted" (unless already "finished") and resumable.
-    try:
-        print(dataset.describe(), file=stream)
-        print(
-            f"{config.name}: {len(config.variants)} variant(s) x {config.seeds} seed(s) = {len(variants)} models, "
-            f"{config.epochs} epochs, batch {config.batch_size}, in {len(plan)} program(s) on "
-            f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}{_where(plan, placed, devices)})"
-            + (f" of {jax.process_count()} processes" if distributed.many() else "")
-            + f", est. {memory.gigabytes(estimate.total)} of {memory.gigabytes(available)} {where}; output: {folder}"
-            + (f"; resuming after epoch {start}" if snapshot else ""),
-            file=stream,
-            flush=True,
+    def __init__(self, config: SweepConfig, folder: Path, checkpoint_every: int, start: int):
+        self.config, self.folder, self.every = config, folder, checkpoint_every
+        self.writes = distributed.is_writer()
+        self.done = start  # epochs the folder's checkpoint holds, as far as this process knows
+        self.bar: _Progress | None = None
+        self.live: LiveLog | None = None
+        # Process 0 writes checkpoints while the next epoch trains; `done` is only read after checkpoints.wait().
+        self.checkpoints = CheckpointWriter(
+            folder,
+            then=lambda epochs_done: self.write_status("running", epochs_done),
+            save=lambda *args: save_checkpoint(*args),  # looked up when called: tests replace it
         )
-        write_status("running", start)
-        if writes:
-            live = LiveLog(
-                folder, config, snapshot.history if snapshot else {}, start, tensorboard,
-                columns=metric_names("accuracy", test=dataset.test is not None),
+
+    def write_status(self, name: str, epochs_done: int) -> None:
+        if self.writes:
+            fileio.write_json(
+                self.folder / fileio.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": self.config.epochs}
             )
-        bar = _Progress(config, start, snapshot.history if snapshot else {}, progress)
-        t0 = time.perf_counter()
-        with compiletime.measure() as compiled:
-            outcome = V.run(
-                variants,
-                dataset,
-                config.run_settings(),
-                meshes=[V.variant_mesh(on) for on in placed],
-                on_epoch=on_epoch,
-                resume=snapshot,
-                divergence_threshold=config.divergence_threshold,
-            )
-            history, trained = outcome.history, outcome.params
-        checkpoints.wait()
-        seconds = time.perf_counter() - t0
-        bar.close()
-        print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
-        if not writes:
-            histories = stack(history, [v.name for v in config.variants], config.divergence_threshold)
-            summaries = summarize(histories)
-            diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
-            return SweepResult(folder, histories, summaries, diverged, [], start)
-        epochs_run = len(next(iter(next(iter(history.values())).values())))
-        if epochs_run < config.epochs:
-            print(f"early stopping (patience {config.patience}): every variant stopped; the run ended after epoch "
-                  f"{epochs_run} of {config.epochs}; params/ keeps each variant's best epoch", file=stream)
-        live.finish(epochs_run)
-        saved_params.save_params(folder, trained)
-        result = _finish(folder, config, history, figures, seconds, start, stream, compiled.seconds, epochs_run)
-        if not keep_checkpoint:
-            _remove_checkpoint(folder, stream)
-        return result
+
+    def on_epoch(self, epoch: int, row: dict, take_snapshot) -> None:
+        """variants.run's on_epoch."""
+        if self.writes:
+            self.live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
+        if (epoch + 1) % self.every == 0 or epoch + 1 == self.config.epochs:
+            taken = take_snapshot()  # gathers the state: every process takes it
+            if self.writes:
+                self.checkpoints.submit(taken)
+                if epoch + 1 == self.config.epochs:  # nothing left to overlap with: its bytes go before the results are made
+                    self.checkpoints.wait()
+            else:
+                self.done = epoch + 1
+        self.bar.epoch_done(epoch, row)
+
+    def checkpointed(self) -> int:
+        """Epochs the folder's checkpoint holds, once the writer has finished (process 0), else as far as known."""
+        _wait_quietly(self.checkpoints)
+        self.done = self.checkpoints.written if self.checkpoints.written is not None else self.done
+        return self.done
+
+    def stopped(self) -> int:
+        """The run stopped before its end: close the bar, mark the folder "interrupted" (unless
+        finished); returns the epochs checkpointed."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.writes and folder_state(self.folder) != "finished":
+            self.write_status("interrupted", self.done)
+        return self.done
+
+
+def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, outputs: _Outputs) -> SweepResult:
+    """Train the planned run from `snapshot` (None: from the start), then write its results.
+
+    From here on the folder is this run's: an interrupt at any moment, compiling, training or
+    writing the results, leaves it "interrupted" (unless already "finished") and resumable."""
+    writer = _EpochWriter(config, folder, outputs.checkpoint_every, snapshot.epochs_done if snapshot else 0)
+    try:
+        return _train_and_finish(config, folder, prepared, snapshot, outputs, writer)
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        done = checkpointed()  # the checkpoint being written completes; `done` then names it
-        if writes and folder_state(folder) != "finished":
-            write_status("interrupted", done)
-        raise SweepInterrupted(folder, done, config.epochs) from None
+        writer.checkpointed()  # the checkpoint being written completes; `done` then names it
+        raise SweepInterrupted(folder, writer.stopped(), config.epochs) from None
     except Exception as e:
-        done = checkpointed()  # no checkpoint is left half-handled by a thread that outlives the run
+        writer.checkpointed()  # no checkpoint is left half-handled by a thread that outlives the run
         if not distributed.many():
             raise
-        if bar is not None:
-            bar.close()
-        if writes and folder_state(folder) != "finished":
-            write_status("interrupted", done)
+        done = writer.stopped()
         if not distributed.lost_peer(e):
             raise
         resumable = f"; {folder} holds a checkpoint after epoch {done} (--resume)" if done else ""
@@ -670,8 +661,65 @@ def _run_locked(
             f"process stopped (see its output): {str(e).splitlines()[0] if str(e) else type(e).__name__}{resumable}"
         ) from None
     except BaseException:
-        _wait_quietly(checkpoints)
+        _wait_quietly(writer.checkpoints)
         raise
+
+
+def _announce(config: SweepConfig, folder: Path, prepared: _Prepared, start: int, stream) -> None:
+    """Print the data's description and the plan line."""
+    devices, run_plan = prepared.devices, prepared.plan
+    print(prepared.dataset.describe(), file=stream)
+    print(
+        f"{config.name}: {len(config.variants)} variant(s) x {config.seeds} seed(s) = {len(prepared.variants)} models, "
+        f"{config.epochs} epochs, batch {config.batch_size}, in {len(run_plan.buckets)} program(s) on "
+        f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}{_where(run_plan, devices)})"
+        + (f" of {jax.process_count()} processes" if distributed.many() else "")
+        + f", est. {memory.gigabytes(run_plan.memory.total)} of {memory.gigabytes(prepared.available)} {prepared.where}; "
+        f"output: {folder}"
+        + (f"; resuming after epoch {start}" if start else ""),
+        file=stream,
+        flush=True,
+    )
+
+
+def _train_and_finish(
+    config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, outputs: _Outputs, writer: _EpochWriter
+) -> SweepResult:
+    """Announce, train every variant (`variants.run` on the plan), then write the results (process 0)."""
+    start, stream, dataset = writer.done, outputs.stream, prepared.dataset
+    history_so_far = snapshot.history if snapshot else {}
+    _announce(config, folder, prepared, start, stream)
+    writer.write_status("running", start)
+    if writer.writes:
+        columns = metric_names("accuracy", test=dataset.test is not None)
+        writer.live = LiveLog(folder, config, history_so_far, start, outputs.tensorboard, columns=columns)
+    writer.bar = _Progress(config, start, history_so_far, outputs.progress)
+    t0 = time.perf_counter()
+    with compiletime.measure() as compiled:
+        outcome = V.run(
+            prepared.variants, dataset, config.run_settings(), plan=prepared.plan, on_epoch=writer.on_epoch,
+            resume=snapshot, divergence_threshold=config.divergence_threshold,
+        )
+    writer.checkpoints.wait()
+    seconds = time.perf_counter() - t0
+    writer.bar.close()
+    print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
+    history = outcome.history
+    if not writer.writes:
+        histories = stack(history, [v.name for v in config.variants], config.divergence_threshold)
+        summaries = summarize(histories)
+        diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
+        return SweepResult(folder, histories, summaries, diverged, [], start)
+    epochs_run = len(next(iter(next(iter(history.values())).values())))
+    if epochs_run < config.epochs:
+        print(f"early stopping (patience {config.patience}): every variant stopped; the run ended after epoch "
+              f"{epochs_run} of {config.epochs}; params/ keeps each variant's best epoch", file=stream)
+    writer.live.finish(epochs_run)
+    saved_params.save_params(folder, outcome.params)
+    result = _finish(folder, config, history, outputs.figures, seconds, start, stream, compiled.seconds, epochs_run)
+    if not outputs.keep_checkpoint:
+        _remove_checkpoint(folder, stream)
+    return result
 
 
 def _available_memory(devices) -> tuple[int, str]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from jaxreg import batches as batching
-from jaxreg import memory, sweep
+from jaxreg import memory, runplan, sweep
 from jaxreg import variants as V
 from jaxreg.data import MAX_NUM_WORDS, DataError, load_imdb
 from jaxreg.sweep import SweepConfig, SweepError
@@ -332,7 +332,10 @@ def test_only_the_history_grows_with_epochs():
 
 
 def test_parameter_count_is_the_models():
-    assert memory.parameter_count(10_000, (16, 16)) == 10_000 * 16 + 16 + 16 * 16 + 16 + 16 + 1
+    count = 10_000 * 16 + 16 + 16 * 16 + 16 + 16 + 1
+    assert V.parameter_count(V.plan([VariantSpec("a", (16, 16))])[0], 10_000) == count
+    state = memory.bucket_estimate(memory.BucketShape((16, 16), 1, 1, "sparse", False, True), _imdb()).state
+    assert state == count * memory.FLOAT_BYTES * (memory.STATE_COPIES + 1)  # the MLP's count when none is given
 
 
 def test_available_memory_prefers_device_stats(monkeypatch):
@@ -429,7 +432,7 @@ def test_batch_capacity_does_not_change_any_result_bit(synthetic, variant, path,
     """Padding pairs are inert: a larger capacity gives a bit-identical history and state, with
     the CPU kernels (default here), XLA's sparse gather/scatter, and the dense product."""
     if path == "xla-sparse":
-        monkeypatch.setattr(V, "cpu_kernels_on", lambda devices: False)
+        monkeypatch.setattr(runplan, "cpu_kernels_on", lambda devices: False)  # where the plan decides
     settings = RunSettings(epochs=2, batch_size=64, eval_batch_size=64, product="dense" if path == "dense" else "sparse")
     bucket = V.plan(V.with_seeds([variant], (0, 1)))[0]
     exact = BucketProgram(bucket, synthetic, settings)

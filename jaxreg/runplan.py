@@ -1,0 +1,468 @@
+"""The run plan: which buckets a run trains, how each runs, on which devices, at what cost and memory.
+
+`plan(variants)` groups variants into buckets (a grid seeds x configs that shares one compiled
+program); `plan_run(buckets, dataset, settings, devices, placement)` then decides, once per
+run, everything else about each bucket: the devices it runs on (`place_buckets`), how it runs
+there (`execution`: the step's static config with the data's task and sparse or dense input,
+the variant loop vmap or map, jaxreg's CPU kernels, the first layer's product), its
+parameters per model (`parameter_count`, the one count for the study's MLP and own models)
+and, on request, the memory estimate (`jaxreg.memory`). The result, a frozen `RunPlan`, is
+what training (`variants.run`), the run folder's config.json, the memory check and the
+checkpoint restore read; none of them plans again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxreg import batches as batching
+from jaxreg import memory, tasks
+from jaxreg.checks import is_int
+from jaxreg.cpu_kernels import cpu_kernels_available
+from jaxreg.model import PRODUCTS as STEP_PRODUCTS
+from jaxreg.model import count_params
+from jaxreg.networks import Network
+from jaxreg.specs import DEFAULT_WIDTHS, MAX_BATCH_SIZE, MAX_EPOCHS, VariantError, VariantSpec
+from jaxreg.train import StepConfig, fused_update_supports
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddingPolicy:
+    """The width each hidden layer trains at, fixed by the width alone.
+
+    A width w trains at `floor` units when w <= floor (below it all widths cost about the
+    same: 6 -> 16 is free), else, with `powers_of_two`, at the next power of two (less than
+    twice w: 100 -> 128, 1024 stays). Models whose widths pad to the same widths share a
+    bucket. Because the padded width never depends on the other variants of a run, a
+    variant computes the same program alone and next to any neighbours (float32 sums over a
+    padded layer may round differently from the unpadded layer's on some instruction sets).
+    `PaddingPolicy(floor=1, powers_of_two=False)` turns padding off.
+    """
+
+    floor: int = 16
+    powers_of_two: bool = True
+
+    def width(self, w: int) -> int:
+        if w <= self.floor:
+            return self.floor
+        return 1 << (w - 1).bit_length() if self.powers_of_two else w
+
+    def widths(self, widths: Sequence[int]) -> tuple[int, ...]:
+        return tuple(self.width(w) for w in widths)
+
+
+def padded_widths(all_widths: Iterable[Sequence[int]], policy: PaddingPolicy = PaddingPolicy()) -> dict:
+    """Map each distinct widths tuple to the bucket widths it trains in."""
+    return {tuple(w): policy.widths(w) for w in all_widths}
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """A grid of `configs` x `seeds` that trains as one program: the study's MLP at `widths`, or `network`."""
+
+    widths: tuple[int, ...] | None
+    optimizer: str
+    configs: tuple[VariantSpec, ...]
+    seeds: tuple[int, ...]
+    network: Network | None = None
+
+    @property
+    def variants(self) -> list[VariantSpec]:
+        """The grid in [seed][config] order, seeds filled in."""
+        return [dataclasses.replace(c, seed=s) for s in self.seeds for c in self.configs]
+
+    def step_config(self, task: tasks.Task, product: str, cpu_kernels: bool = False) -> StepConfig:
+        """The bucket's static step choices; with the CPU kernels the first layer's update is
+        fused where the optimizer allows it (see StepConfig.fused_update)."""
+        config = StepConfig(
+            widths=self.widths or DEFAULT_WIDTHS,
+            product=product,
+            task=task,
+            network=self.network,
+            rmsprop=self.optimizer,
+            use_penalty=any(c.l1 > 0 or c.l2 > 0 for c in self.configs),
+            use_dropout=any(c.dropout_rate > 0 for c in self.configs) or (self.network is not None and self.network.style == "flax"),
+            use_weight_decay=any(c.weight_decay > 0 for c in self.configs),
+            use_l1_proximal=any(c.l1_proximal > 0 for c in self.configs),
+        )
+        fused = cpu_kernels and fused_update_supports(config)
+        return dataclasses.replace(config, fused_update=True) if fused else config
+
+
+def decoupled_stages(spec: VariantSpec) -> bool:
+    """Whether a variant needs the optimizer stages after RMSprop's scaling (decoupled decay, proximal L1).
+
+    Those stages keep a bucket off the fused first-layer step (see StepConfig.fused_update),
+    which computes the same update to float32 round-off but not, on every instruction set,
+    bit for bit. `plan` keeps such variants apart, so the path a variant's update takes
+    depends on the variant alone, never on its neighbours.
+    """
+    return spec.weight_decay > 0 or spec.l1_proximal > 0
+
+
+def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy()) -> list[Bucket]:
+    """Group variants into buckets: same model (the MLP's padded widths, or the same own model),
+    optimizer and decoupled stages, full seeds x configs grids.
+
+    Variants are identified by (name, seed); duplicates are an error. Configs that share a
+    bucket but were asked for different seed sets go to separate grids.
+    """
+    seen = set()
+    for v in variants:
+        if (v.name, v.seed) in seen:
+            raise VariantError(f"variant {v.name!r} with seed {v.seed} appears twice")
+        seen.add((v.name, v.seed))
+    assignment = padded_widths((v.widths for v in variants if v.model is None), policy)
+    configs: dict[str, VariantSpec] = {}
+    seeds: dict[str, list[int]] = {}
+    for v in variants:
+        config = dataclasses.replace(v, seed=0)
+        if configs.setdefault(v.name, config) != config:
+            raise VariantError(f"variant name {v.name!r} is used for two different settings")
+        seeds.setdefault(v.name, []).append(v.seed)
+    groups: dict[tuple, list[VariantSpec]] = {}
+    for name, config in configs.items():
+        shape = assignment[config.widths] if config.model is None else None
+        key = (shape, config.model, config.optimizer, decoupled_stages(config), tuple(sorted(seeds[name])))
+        groups.setdefault(key, []).append(config)
+    return [Bucket(w, opt, tuple(cs), s, network) for (w, network, opt, _, s), cs in groups.items()]
+
+
+DENSE_PRODUCT_COLUMNS = 256
+
+
+def cpu_kernels_on(devices) -> bool:
+    """Whether the sparse first layer runs as jaxreg's CPU embedding-bag kernels on these devices."""
+    return all(d.platform == "cpu" for d in devices) and cpu_kernels_available()
+
+
+VARIANT_LOOPS = ("auto", "vmap", "map")
+
+
+def sequential_on(devices, variant_loop: str = "auto", uneven_views: bool = False) -> bool:
+    """Whether a bucket on these devices runs its variants one after the other (lax.map).
+
+    "map" always, "vmap" never. "auto": on one CPU device without the CPU kernels, where XLA's
+    batched gathers and scatters under vmap cost more than the same work variant by variant
+    (the kernels take all variants of a vmapped call at once and share the index work between
+    them); and on CPU when the variants train on different numbers of examples
+    (`uneven_views`, see jaxreg.views), where one after the other each takes only its own
+    steps, while under vmap every variant pays for the longest one's. "map" on one device
+    makes a variant's history bit-identical alone and in any bucket (vmap's batched matmuls
+    round differently, ~1e-7).
+    """
+    if variant_loop != "auto":
+        return variant_loop == "map"
+    devices = list(devices)
+    if uneven_views and all(d.platform == "cpu" for d in devices):
+        return True
+    return len(devices) == 1 and devices[0].platform == "cpu" and not cpu_kernels_on(devices)
+
+
+def choose_product(bucket: Bucket, product: str = "auto", sequential: bool = False, cpu_kernels: bool = False) -> str:
+    """The first layer's product for "auto": 'sparse' with the CPU kernels, else by columns at once.
+
+    With the kernels a 1024-unit layer is ~3x faster sparse than dense (and needs less
+    memory). Without them (XLA's gather and scatter), 'dense' once the first-layer columns
+    computed at once exceed 256: all configs' side by side under vmap, one config's when
+    the variants run one after the other (`sequential`).
+    """
+    if product != "auto":
+        return product
+    if cpu_kernels or bucket.network is not None:  # own models multiply their input themselves
+        return "sparse"
+    columns = bucket.widths[0] * (1 if sequential else len(bucket.configs))
+    return "dense" if columns > DENSE_PRODUCT_COLUMNS else "sparse"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What every bucket of a run shares."""
+
+    epochs: int = 20
+    batch_size: int = 512
+    eval_batch_size: int = 1024
+    loss: str = "auto"  # tasks.task_for: "keras" for classification, "mse" for regression
+    product: str = "auto"
+    variant_loop: str = "auto"  # see sequential_on
+    # early stopping: end the run once every variant has gone `patience` epochs without a new
+    # best validation loss (see `stopped`); None trains all epochs
+    patience: int | None = None
+
+    def __post_init__(self):
+        if self.patience is not None and (not is_int(self.patience) or not 1 <= self.patience <= MAX_EPOCHS):
+            raise ValueError(f"RunSettings.patience must be None or an integer from 1 to {MAX_EPOCHS:,}, got {self.patience!r}")
+        limits = {"epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE, "eval_batch_size": MAX_BATCH_SIZE}
+        for field, most in limits.items():
+            value = getattr(self, field)
+            if not is_int(value) or not 1 <= value <= most:
+                raise ValueError(f"RunSettings.{field} must be an integer from 1 to {most:,}, got {value!r}")
+        choices = {"loss": ("auto",) + tasks.LOSSES, "product": ("auto",) + STEP_PRODUCTS, "variant_loop": VARIANT_LOOPS}
+        for field, allowed in choices.items():
+            if not isinstance(getattr(self, field), str) or getattr(self, field) not in allowed:
+                raise ValueError(f"RunSettings.{field} must be one of {allowed}, got {getattr(self, field)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How one bucket runs on its devices: decided once per run, by `execution` in `plan_run`, and
+    read from the RunPlan by training, the checkpoint, the memory estimate and the run folder's report.
+
+    step: the compiled step's static choices (first-layer product, loss, stages, fused
+    update); sequential: variants one after the other (lax.map) instead of vmapped;
+    cpu_kernels: the sparse first layer runs as jaxreg's C++ kernels; n_configs: the
+    bucket's configs, padded with inert copies to a multiple of the device count.
+    """
+
+    step: StepConfig
+    sequential: bool
+    cpu_kernels: bool
+    n_configs: int
+
+    @property
+    def product(self) -> str:
+        return self.step.product
+
+    def describe(self) -> dict:
+        """JSON-ready: which path this bucket takes (it changes with the machine)."""
+        step = self.step
+        return {
+            "model": f"MLP{step.widths}" if step.network is None else step.network.name,
+            "task": step.task.describe(),
+            "product": self.product if step.network is None else "(the model's own)",
+            "variant_loop": "map" if self.sequential else "vmap",
+            "cpu_kernels": self.cpu_kernels,
+            "fused_update": self.step.fused_update,
+        }
+
+
+def run_task(dataset, settings: RunSettings) -> tasks.Task:
+    """The task a run trains: the data's kind (`Dataset.target`, binary if it has none) with settings.loss."""
+    kind = getattr(dataset, "target", "binary")
+    try:
+        return tasks.task_for(kind, settings.loss, getattr(dataset, "num_classes", None))
+    except ValueError as e:
+        raise ValueError(f"RunSettings.loss={settings.loss!r} does not fit the data's {kind} task: {e}") from e
+
+
+def execution(
+    bucket: Bucket, settings: RunSettings, devices, task: tasks.Task | None = None, sparse_input: bool = True
+) -> Execution:
+    """The bucket's Execution on these devices under these settings, for `task` (default: binary
+    classification with settings.loss, the study's) and sparse (multi-hot) or dense inputs.
+
+    "auto" loops over variants only for XLA's sparse gathers (see sequential_on): a bucket
+    that "auto" gives the dense product, or that reads dense inputs, is vmapped, so its
+    configs share one matmul. Dense inputs are multiplied as they are (product "dense").
+    """
+    task = task if task is not None else run_task(None, settings)
+    devices = list(devices)
+    kernels = cpu_kernels_on(devices) and sparse_input
+    uneven = len({c.train_size for c in bucket.configs}) > 1
+    sequential = sequential_on(devices, settings.variant_loop, uneven)
+    product = choose_product(bucket, settings.product, sequential, kernels) if sparse_input else "dense"
+    return Execution(
+        step=bucket.step_config(task, product, kernels),
+        sequential=sequential and (settings.variant_loop == "map" or product == "sparse" or uneven),
+        cpu_kernels=kernels,
+        n_configs=len(sharded_configs(bucket, len(devices))),
+    )
+
+
+PLACEMENTS = ("spread", "shard")
+
+
+@functools.lru_cache(maxsize=None)
+def _network_parameters(network: Network, num_words: int) -> int:
+    shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, num_words), jnp.float32)))
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
+
+
+def parameter_count(bucket: Bucket, num_words: int, outputs: int = 1) -> int:
+    """Trainable parameters of one model of the bucket: the study's MLP at the bucket's (padded)
+    widths with `outputs` output units (`model.count_params`), or an own model's, from the
+    shapes its init gives (traced, not computed; cached per model and num_words)."""
+    if bucket.network is not None:
+        return _network_parameters(bucket.network, num_words)
+    return count_params(bucket.widths, num_words, outputs)
+
+
+def bucket_cost(bucket: Bucket, num_words: int, outputs: int = 1) -> int:
+    """A bucket's work per epoch, estimated as its models x the parameters of each (`parameter_count`).
+
+    Every step reads and writes every parameter (the optimizer), and the first layer's
+    sums grow with its width as its parameters do; only used to balance buckets over devices.
+    """
+    return len(bucket.seeds) * len(bucket.configs) * parameter_count(bucket, num_words, outputs)
+
+
+def place_buckets(
+    buckets: Sequence[Bucket], devices, placement: str = "spread", num_words: int = 10_000, outputs: int = 1
+) -> list[tuple]:
+    """The devices each bucket runs on, in the buckets' order.
+
+    "shard": every bucket on all devices, its configs sharded over them (padded to a multiple
+    of the device count). "spread": each bucket whole on one device, so that buckets on
+    different devices train at the same time (`run` dispatches them asynchronously): the
+    costliest bucket first (`bucket_cost`), each to the device with the least estimated work
+    so far, ties to the lowest device index. A bucket on one device runs the very program it
+    runs on a one-device run, so its histories are the same bit for bit (tests/test_placement.py).
+    """
+    devices = list(devices)
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if not devices:
+        raise ValueError("place_buckets: no devices given")
+    if placement == "shard":
+        return [tuple(devices) for _ in buckets]
+    costs = [bucket_cost(b, num_words, outputs) for b in buckets]
+    load = [0] * len(devices)
+    placed: list = [None] * len(buckets)
+    for i in sorted(range(len(buckets)), key=lambda i: (-costs[i], i)):
+        d = min(range(len(devices)), key=lambda d: (load[d], d))
+        load[d] += costs[i]
+        placed[i] = (devices[d],)
+    return placed
+
+
+def sharded_configs(bucket: Bucket, n_devices: int) -> tuple[VariantSpec, ...]:
+    """The bucket's configs, padded with inert copies of the last one to a multiple of n_devices."""
+    return bucket.configs + (bucket.configs[-1],) * (-len(bucket.configs) % n_devices)
+@dataclasses.dataclass(frozen=True)
+class BucketPlan:
+    """One bucket of a RunPlan: its grid, the devices it runs on, how it runs there and its size.
+
+    parameters: of one model, at the bucket's padded widths (an own model: its own); cost: its
+    models x parameters, what placement balances (`bucket_cost`).
+    """
+
+    bucket: Bucket
+    devices: tuple
+    execution: Execution
+    parameters: int
+
+    @property
+    def models(self) -> int:
+        return len(self.bucket.seeds) * len(self.bucket.configs)
+
+    @property
+    def cost(self) -> int:
+        return self.models * self.parameters
+
+    def layout(self) -> tuple:
+        """(widths, optimizer, config names, seeds): what a RunSnapshot records to be checked on resume."""
+        b = self.bucket
+        return (b.widths, b.optimizer, tuple(c.name for c in b.configs), b.seeds)
+
+    def describe(self) -> dict:
+        """JSON-ready, for config.json's "plan": the grid, how it runs (`Execution.describe`), size and devices."""
+        b = self.bucket
+        return {
+            "widths": None if b.widths is None else list(b.widths),
+            "optimizer": b.optimizer,
+            "variants": [c.name for c in b.configs],
+            "seeds": list(b.seeds),
+            **self.execution.describe(),
+            "parameters": self.parameters,
+            "devices": [str(d) for d in self.devices],
+        }
+
+    def memory_shape(self) -> memory.BucketShape:
+        """What jaxreg.memory needs of this bucket (an own model's activations are guessed at the MLP's default widths)."""
+        run = self.execution
+        return memory.BucketShape(
+            run.step.widths, len(self.bucket.seeds), run.n_configs, run.product, run.sequential, run.cpu_kernels,
+            self.parameters,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Everything decided about a run before it trains, once (see the module docstring).
+
+    buckets: in training order; task, sparse, num_words: of the data; placement: "spread" or
+    "shard" (`place_buckets`), or "given" when the caller chose each bucket's devices; memory:
+    `jaxreg.memory`'s estimate when asked for (`plan_run(estimate_memory=True)`), else None.
+    """
+
+    buckets: tuple[BucketPlan, ...]
+    settings: RunSettings
+    task: tasks.Task
+    sparse: bool
+    num_words: int
+    placement: str
+    memory: memory.Estimate | None = None
+
+    @property
+    def keys(self) -> list[tuple[str, int]]:
+        """Every (variant name, seed) the run trains, bucket by bucket."""
+        return [(v.name, v.seed) for b in self.buckets for v in b.bucket.variants]
+
+    def layout(self) -> list:
+        return [b.layout() for b in self.buckets]
+
+    def describe(self) -> list[dict]:
+        return [b.describe() for b in self.buckets]
+
+
+def data_facts(dataset, settings: RunSettings) -> tuple[tasks.Task, bool, int]:
+    """(task, sparse input, num_words) of a dataset, as a plan needs them."""
+    return run_task(dataset, settings), getattr(dataset, "sparse", True), dataset.num_words
+
+
+def plan_run(
+    buckets: Sequence[Bucket],
+    dataset,
+    settings: RunSettings,
+    devices,
+    placement: str = "shard",
+    estimate_memory: bool = False,
+) -> RunPlan:
+    """The RunPlan of `buckets` (`plan`'s) on `dataset` under `settings`.
+
+    devices: the run's devices, placed by `placement` ("spread" or "shard", see place_buckets),
+    or, with placement="given", one tuple of devices per bucket. The task and whether the
+    input is sparse come from the data (`run_task`, `Dataset.sparse`).
+    """
+    task, sparse, num_words = data_facts(dataset, settings)
+    buckets = list(buckets)
+    if placement == "given":
+        placed = [tuple(on) for on in devices]
+        if len(placed) != len(buckets):
+            raise VariantError(f"give one device tuple per bucket ({len(buckets)} here), got {len(placed)}")
+    else:
+        placed = place_buckets(buckets, devices, placement, num_words, task.outputs)
+    bucket_plans = tuple(
+        BucketPlan(b, on, execution(b, settings, on, task, sparse), parameter_count(b, num_words, task.outputs))
+        for b, on in zip(buckets, placed)
+    )
+    run_plan = RunPlan(bucket_plans, settings, task, sparse, num_words, placement)
+    if estimate_memory:
+        run_plan = dataclasses.replace(run_plan, memory=memory_estimate(run_plan, dataset))
+    return run_plan
+
+
+def memory_estimate(run_plan: RunPlan, dataset) -> memory.Estimate:
+    """jaxreg.memory's estimate for the plan's buckets (each on its devices), the data and its batch capacities."""
+    settings = run_plan.settings
+    train, val, test = dataset.train, dataset.validation, getattr(dataset, "test", None)
+    capacities = [batching.run_capacity(train.x, seeds, settings.epochs, settings.batch_size) for seeds in
+                  {b.bucket.seeds for b in run_plan.buckets}]
+    evaluated = [s for s in (val, test) if s is not None]
+    data = memory.DataShape(
+        num_words=run_plan.num_words,
+        n_train=len(train),
+        n_validation=sum(len(s) for s in evaluated),  # the test batches are evaluated alike
+        batch_size=settings.batch_size,
+        eval_batch_size=settings.eval_batch_size,
+        train_capacity=max(c or 0 for c in capacities),  # dense input: no (row, column) pairs
+        validation_capacity=max(batching.eval_capacity(s.x, settings.eval_batch_size) or 0 for s in evaluated),
+        index_bytes=2 if max(run_plan.num_words, settings.batch_size + 1) <= 32767 else 4,
+    )
+    return memory.estimate([b.memory_shape() for b in run_plan.buckets], data, settings.epochs)

@@ -1,0 +1,158 @@
+"""What a variant is: `VariantSpec` (one model to train, validated on construction), its limits and errors.
+
+The bottom of the variant engine: `runplan` groups specs into buckets and plans how each runs,
+`variants` trains them. Everything here is also importable from `jaxreg.variants`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from jaxreg import optim, views
+from jaxreg.checks import FLOAT32_MAX, float32_finite, is_int, is_number
+from jaxreg.networks import Network, as_network
+from jaxreg.train import HYPERPARAMETERS, Hyperparameters
+
+DEFAULT_WIDTHS = (16, 16)
+
+
+class VariantError(ValueError):
+    """An invalid variant specification; the message names the variant, field and value."""
+
+
+# Documented limits of the inputs. Numbers train in float32, so a value must be finite there
+# (1e39 is not); seeds must fit jax.random.key's and NumPy's seeding (0 <= seed < 2**32); a
+# width above MAX_WIDTH would need tens of GB for one layer; a history keeps every epoch.
+MAX_SEED = 2**32 - 1
+MAX_WIDTH = 2**16
+MAX_EPOCHS = 10**6
+MAX_BATCH_SIZE = int(np.iinfo(np.int32).max) - 1  # batch rows are int32 indices, with one dummy row
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    """One model to train. Validated on construction.
+
+    model: None for the study's MLP at `widths` (default (16, 16)), or your own model (a Flax
+    Linen module or a `networks.Network`; `widths` then stays None: the model fixes its shapes).
+    """
+
+    name: str
+    widths: tuple[int, ...] | None = None
+    # the per-variant numbers: train.HYPERPARAMETERS, with Hyperparameters' defaults (tests/test_feedback.py)
+    l1: float = 0.0
+    l2: float = 0.0
+    weight_decay: float = 0.0
+    l1_proximal: float = 0.0
+    dropout_rate: float = 0.0
+    learning_rate: float = 1e-3
+    optimizer: str = "keras2"
+    seed: int = 0
+    model: Network | None = None
+    # the variant's view of the training split (see jaxreg.views): its first train_size examples
+    # in its seed's order (None: all), with a fraction label_noise of their labels randomized
+    train_size: int | None = None
+    label_noise: float = 0.0
+
+    def __post_init__(self):
+        def bad(field, why):
+            raise VariantError(f"variant {self.name!r}: {field}={getattr(self, field)!r} {why}")
+
+        if not isinstance(self.name, str) or not self.name:
+            raise VariantError(f"variant name must be a non-empty string, got {self.name!r}")
+        if self.model is not None:
+            self._check_model(bad)
+        else:
+            self._check_widths(bad)
+        for field in ("l1", "l2", "weight_decay", "l1_proximal"):
+            value = getattr(self, field)
+            if not is_number(value) or not float32_finite(value) or value < 0:
+                bad(field, f"must be a number >= 0 that is finite in float32 (at most {FLOAT32_MAX:.4g})")
+            object.__setattr__(self, field, float(value))
+        if not is_number(self.dropout_rate) or not 0 <= self.dropout_rate < 1 or np.float32(self.dropout_rate) >= 1:
+            bad("dropout_rate", "must be a number in [0, 1) (also after rounding to float32)")
+        object.__setattr__(self, "dropout_rate", float(self.dropout_rate))
+        if (
+            not is_number(self.learning_rate)
+            or not float32_finite(self.learning_rate)
+            or not self.learning_rate > 0
+            or not np.float32(self.learning_rate) > 0
+        ):
+            bad("learning_rate", f"must be a number > 0 that is finite and nonzero in float32 (at most {FLOAT32_MAX:.4g})")
+        object.__setattr__(self, "learning_rate", float(self.learning_rate))
+        if not isinstance(self.optimizer, str) or self.optimizer not in optim.RMSPROP_MODES:
+            bad("optimizer", f"must be one of {optim.RMSPROP_MODES}")
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            bad("seed", f"must be an integer from 0 to 2**32-1={MAX_SEED}")
+        object.__setattr__(self, "seed", int(self.seed))
+        try:
+            view = views.View(self.train_size, self.label_noise)
+        except ValueError as e:
+            raise VariantError(f"variant {self.name!r}: {e}") from None
+        object.__setattr__(self, "train_size", None if view.train_size is None else int(view.train_size))
+        object.__setattr__(self, "label_noise", float(view.label_noise))
+        if self.model is not None and self.dropout_rate > 0 and not self.model.takes_dropout_rate:
+            bad(
+                "dropout_rate",
+                f"does not reach model {self.model.name} ({self.model.style} style: its dropout rate is its own); "
+                "set dropout_rate=0, or take (x, dropout_rate, dropout_key) in __call__ (see jaxreg.networks)",
+            )
+
+    def _check_widths(self, bad):
+        if self.widths is None:
+            object.__setattr__(self, "widths", DEFAULT_WIDTHS)
+        if isinstance(self.widths, (str, bytes)) or not isinstance(self.widths, Iterable):
+            bad("widths", "must be a sequence of integers")
+        widths = tuple(self.widths)
+        if not all(is_int(w) for w in widths):
+            bad("widths", "must be a sequence of integers")
+        object.__setattr__(self, "widths", tuple(int(w) for w in widths))
+        if not self.widths or not all(1 <= w <= MAX_WIDTH for w in self.widths):
+            bad("widths", f"must be one or more widths, each from 1 to {MAX_WIDTH:,}")
+
+    def _check_model(self, bad):
+        try:
+            object.__setattr__(self, "model", as_network(self.model))
+            hash(self.model)
+        except TypeError as e:
+            bad("model", f"is not a usable model ({e})")
+        if self.widths is not None:
+            bad("widths", "is for the study's MLP; a variant with its own model takes its shapes from the model")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "VariantSpec":
+        """Build from a mapping, rejecting unknown fields by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            given = {k: values[k] for k in unknown}
+            raise VariantError(f"variant {values.get('name')!r}: unknown field(s) {given}; known: {sorted(known)}")
+        return cls(**values)
+
+    def hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters.create(**{name: getattr(self, name) for name in HYPERPARAMETERS})
+
+    @property
+    def view(self) -> views.View:
+        """Which training examples and labels this variant sees."""
+        return views.View(self.train_size, self.label_noise)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields; an own model is recorded by its description (`model_description`), not its object."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        widths = None if self.widths is None else list(self.widths)
+        return {**values, "widths": widths, "model": model_description(self.model)}
+
+
+def model_description(model: Network | None) -> str | None:
+    """How a run folder names an own model: its class and fields (`Network.name`, e.g.
+    "BagMean(embedding=16)"); None for the study's MLP."""
+    return None if model is None else model.name
+
+
+def with_seeds(variants: Iterable[VariantSpec], seeds: Sequence[int]) -> list[VariantSpec]:
+    """Every variant once per seed."""
+    return [dataclasses.replace(v, seed=int(s)) for v in variants for s in seeds]
