@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from jaxreg import live, memory, results, runplan
+from jaxreg import fileio, live, memory, runplan
+from jaxreg.history import METRICS
 from jaxreg.batches import SparseBatch
 from jaxreg.dataset import from_arrays
 from jaxreg.data import synthetic_dataset
@@ -67,7 +68,7 @@ def test_an_own_model_config_records_its_description():
 def test_an_own_model_sweeps_end_to_end(uninterrupted):
     out, result = uninterrupted
     assert [s.name for s in result.summaries] == ["bag", "bag_l2", "mlp"]
-    saved = results.read_json(out / results.CONFIG_FILE)
+    saved = fileio.read_json(out / fileio.CONFIG_FILE)
     own, mlp = sorted(saved["plan"], key=lambda b: b["widths"] is not None)
     assert own["model"] == "TinyBag(features=4)" and own["variants"] == ["bag", "bag_l2"] and own["widths"] is None
     assert own["parameters"] == _tiny_bag_parameters(1000)
@@ -100,7 +101,7 @@ def test_an_own_model_sweep_resumes_to_the_uninterrupted_history(uninterrupted, 
     resumed = _sweep(out, resume=True)
     assert resumed.resumed_from == 1
     for name, h in reference.histories.items():
-        for column in results.METRICS:
+        for column in METRICS:
             np.testing.assert_array_equal(resumed.histories[name][column], h[column], err_msg=f"{name} {column}")
     for seed in (0, 1):
         got, want = load_params(out, "bag", seed), load_params(reference_folder, "bag", seed)
