@@ -303,7 +303,12 @@ def bucket_cost(bucket: Bucket, num_words: int, outputs: int = 1) -> int:
 
 
 def place_buckets(
-    buckets: Sequence[Bucket], devices, placement: str = "spread", num_words: int = 10_000, outputs: int = 1
+    buckets: Sequence[Bucket],
+    devices,
+    placement: str = "spread",
+    num_words: int = 10_000,
+    outputs: int = 1,
+    costs: Sequence[int] | None = None,
 ) -> list[tuple]:
     """The devices each bucket runs on, in the buckets' order.
 
@@ -313,6 +318,7 @@ def place_buckets(
     costliest bucket first (`bucket_cost`), each to the device with the least estimated work
     so far, ties to the lowest device index. A bucket on one device runs the very program it
     runs on a one-device run, so its histories are the same bit for bit (tests/test_placement.py).
+    costs: the buckets' costs when already known (`BucketPlan.cost`), else `bucket_cost`'s.
     """
     devices = list(devices)
     if placement not in PLACEMENTS:
@@ -321,7 +327,7 @@ def place_buckets(
         raise ValueError("place_buckets: no devices given")
     if placement == "shard":
         return [tuple(devices) for _ in buckets]
-    costs = [bucket_cost(b, num_words, outputs) for b in buckets]
+    costs = list(costs) if costs is not None else [bucket_cost(b, num_words, outputs) for b in buckets]
     load = [0] * len(devices)
     placed: list = [None] * len(buckets)
     for i in sorted(range(len(buckets)), key=lambda i: (-costs[i], i)):
@@ -432,15 +438,16 @@ def plan_run(
     """
     task, sparse, num_words = data_facts(dataset, settings)
     buckets = list(buckets)
+    parameters = [parameter_count(b, num_words, task.outputs) for b in buckets]
     if placement == "given":
         placed = [tuple(on) for on in devices]
         if len(placed) != len(buckets):
             raise VariantError(f"give one device tuple per bucket ({len(buckets)} here), got {len(placed)}")
     else:
-        placed = place_buckets(buckets, devices, placement, num_words, task.outputs)
+        costs = [len(b.seeds) * len(b.configs) * n for b, n in zip(buckets, parameters)]
+        placed = place_buckets(buckets, devices, placement, costs=costs)
     bucket_plans = tuple(
-        BucketPlan(b, on, execution(b, settings, on, task, sparse), parameter_count(b, num_words, task.outputs))
-        for b, on in zip(buckets, placed)
+        BucketPlan(b, on, execution(b, settings, on, task, sparse), n) for b, on, n in zip(buckets, placed, parameters)
     )
     run_plan = RunPlan(bucket_plans, settings, task, sparse, num_words, placement)
     if estimate_memory:
