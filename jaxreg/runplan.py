@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,13 @@ from jaxreg.cpu_kernels import cpu_kernels_available
 from jaxreg.model import PRODUCTS as STEP_PRODUCTS
 from jaxreg.model import count_params
 from jaxreg.networks import Network
-from jaxreg.specs import DEFAULT_WIDTHS, MAX_BATCH_SIZE, MAX_EPOCHS, VariantError, VariantSpec
+from jaxreg.specs import (
+    DEFAULT_WIDTHS,
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    VariantError,
+    VariantSpec,
+)
 from jaxreg.train import StepConfig, fused_update_supports
 
 
@@ -278,7 +284,7 @@ def execution(
 PLACEMENTS = ("spread", "shard")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _network_parameters(network: Network, num_words: int) -> int:
     shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, num_words), jnp.float32)))
     return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))

@@ -7,7 +7,7 @@ The bottom of the variant engine: `runplan` groups specs into buckets and plans 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -123,7 +123,7 @@ class VariantSpec:
             bad("widths", "is for the study's MLP; a variant with its own model takes its shapes from the model")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "VariantSpec":
+    def from_dict(cls, values: dict) -> VariantSpec:
         """Build from a mapping, rejecting unknown fields by name."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

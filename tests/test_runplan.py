@@ -12,14 +12,22 @@ import pytest
 from flax import linen as nn
 
 from jaxreg import fileio, live, memory, runplan
-from jaxreg.history import METRICS
 from jaxreg.batches import SparseBatch
-from jaxreg.dataset import from_arrays
 from jaxreg.data import synthetic_dataset
+from jaxreg.dataset import from_arrays
+from jaxreg.history import METRICS
 from jaxreg.model import MLP, MultiHotDense, count_params, multi_hot_matmul
 from jaxreg.params import load_params
 from jaxreg.sweep import SweepConfig, SweepInterrupted, run_sweep
-from jaxreg.variants import RunSettings, VariantError, VariantSpec, plan, plan_run, run, with_seeds
+from jaxreg.variants import (
+    RunSettings,
+    VariantError,
+    VariantSpec,
+    plan,
+    plan_run,
+    run,
+    with_seeds,
+)
 
 
 class TinyBag(nn.Module):
@@ -126,7 +134,7 @@ def test_the_memory_estimate_reads_the_plans_parameters():
     dataset = synthetic_dataset(n_train=64, n_validation=16, num_words=200)
     variants = with_seeds([VariantSpec("own", model=TinyBag(4)), VariantSpec("mlp", (4,))], [0, 1])
     run_plan = plan_run(plan(variants), dataset, RunSettings(epochs=2), jax.devices()[:1], estimate_memory=True)
-    own, mlp = run_plan.buckets
+    own = run_plan.buckets[0]
     assert own.parameters == _tiny_bag_parameters(200) and own.memory_shape().parameters == own.parameters
     shapes = [b.memory_shape() for b in run_plan.buckets]
     data_free = memory.estimate(shapes, memory.DataShape(200, 64, 16, 512, 1024, 0, 0), 2)
