@@ -17,6 +17,7 @@ from jaxreg import variants as V
 from jaxreg.checks import is_int, is_number
 from jaxreg.errors import SweepError
 from jaxreg.selection import DIVERGENCE_THRESHOLD
+from jaxreg.specs import clashing_names, name_problem
 from jaxreg.train import HYPERPARAMETERS
 
 PRODUCTS = ("auto", "sparse", "dense")
@@ -168,8 +169,9 @@ class SweepConfig:
                 bad(field, "must be an integer >= 1")
             object.__setattr__(self, field, int(value))  # NumPy ints too, as plain JSON-ready ints
 
-        if not isinstance(self.name, str) or not self.name:
-            raise SweepError(f"config name must be a non-empty string, got {self.name!r}")
+        problem = name_problem(self.name)
+        if problem is not None:
+            raise SweepError(f"config name {self.name!r} {problem}")
         object.__setattr__(self, "variants", tuple(self.variants))
         if not self.variants or not all(isinstance(v, V.VariantSpec) for v in self.variants):
             bad("variants", "must be a non-empty sequence of VariantSpec")
@@ -177,8 +179,9 @@ class SweepConfig:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             bad("variants", f"has duplicate names {duplicates}")
-        if any("," in n for n in names):
-            bad("variants", "names must not contain commas (--variants splits on them)")
+        clashes = clashing_names(names)
+        if clashes:
+            bad("variants", f"has names that differ only in case {clashes}, one file name on some file systems")
         if any(v.seed != 0 for v in self.variants):
             bad("variants", "must have seed 0 (set seeds instead)")
         for field in ("epochs", "seeds", "batch_size", "holdout_size") + (("devices",) if self.devices is not None else ()):

@@ -7,6 +7,7 @@ The bottom of the variant engine: `runplan` groups specs into buckets and plans 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -30,6 +31,34 @@ MAX_SEED = 2**32 - 1
 MAX_WIDTH = 2**16
 MAX_EPOCHS = 10**6
 MAX_BATCH_SIZE = int(np.iinfo(np.int32).max) - 1  # batch rows are int32 indices, with one dummy row
+# Variant and config names become file and folder names (params/<variant>/, tensorboard/<variant>/,
+# runs/<config>/), so they are kept to a set that is safe on every file system and in every shell:
+# a letter or digit, then letters, digits and . _ + = - (so never "." or "..", never a hidden file
+# or a flag, never a separator), at most MAX_NAME_LENGTH characters. Every preset's names pass.
+MAX_NAME_LENGTH = 100
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+SAFE_NAME_RULE = (
+    f"1 to {MAX_NAME_LENGTH} characters, the first a letter or digit, the others letters, digits or . _ + = - "
+    "(names become file and folder names)"
+)
+
+
+def name_problem(name) -> str | None:
+    """Why `name` cannot be a variant's or config's name (see SAFE_NAME), or None when it can."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if len(name) > MAX_NAME_LENGTH or not SAFE_NAME.fullmatch(name):
+        return f"must be {SAFE_NAME_RULE}"
+    return None
+
+
+def clashing_names(names: Iterable[str]) -> list[list[str]]:
+    """Groups of different names that one file system may take for one file name (equal but for case,
+    as on macOS and Windows); each group sorted."""
+    groups: dict[str, set[str]] = {}
+    for name in names:
+        groups.setdefault(name.casefold(), set()).add(name)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +90,9 @@ class VariantSpec:
         def bad(field, why):
             raise VariantError(f"variant {self.name!r}: {field}={getattr(self, field)!r} {why}")
 
-        if not isinstance(self.name, str) or not self.name:
-            raise VariantError(f"variant name must be a non-empty string, got {self.name!r}")
+        problem = name_problem(self.name)
+        if problem is not None:
+            raise VariantError(f"variant name {self.name!r} {problem}")
         if self.model is not None:
             self._check_model(bad)
         else:
@@ -118,7 +148,7 @@ class VariantSpec:
             object.__setattr__(self, "model", as_network(self.model))
             hash(self.model)
         except TypeError as e:
-            bad("model", f"is not a usable model ({e})")
+            raise VariantError(f"variant {self.name!r}: model={_short_model(self.model)} is not a usable model ({e})") from None
         if self.widths is not None:
             bad("widths", "is for the study's MLP; a variant with its own model takes its shapes from the model")
 
@@ -145,6 +175,15 @@ class VariantSpec:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         widths = None if self.widths is None else list(self.widths)
         return {**values, "widths": widths, "model": model_description(self.model)}
+
+
+def _short_model(model) -> str:
+    """A model in one line: a class by its name, else its repr when short and on one line (a Flax module's with
+    fields runs over several), else its type."""
+    if isinstance(model, type):
+        return f"{model.__name__} (a class)"
+    text = repr(model)
+    return text if "\n" not in text and len(text) <= 80 else f"a {type(model).__name__}"
 
 
 def model_description(model: Network | None) -> str | None:

@@ -37,7 +37,7 @@ class Dev:
 
 
 def bucket(widths, n_configs=1, seeds=(0,)):
-    configs = tuple(V.VariantSpec(f"v{widths}_{i}", widths=widths, l2=1e-4 * i) for i in range(n_configs))
+    configs = tuple(V.VariantSpec(f"v{'x'.join(map(str, widths))}_{i}", widths=widths, l2=1e-4 * i) for i in range(n_configs))
     return V.Bucket(V.PaddingPolicy().widths(widths), "keras2", configs, tuple(seeds))
 
 
