@@ -34,6 +34,8 @@ def load(name_or_path: str) -> SweepConfig:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:  # a file that exits would end the command having run nothing, with its status
+        raise SweepError(f"preset file {_where(path, e)}: {_exited(e)}") from None
     except Exception as e:  # any failure of the user's file is one line naming where
         raise SweepError(f"preset file {_where(path, e)}: {_describe(e)}") from None
     get_config = getattr(module, "get_config", None)
@@ -41,6 +43,8 @@ def load(name_or_path: str) -> SweepConfig:
         raise SweepError(f"preset file {str(path)!r} defines no get_config()")
     try:
         config = get_config()
+    except SystemExit as e:
+        raise SweepError(f"preset file {_where(path, e)}: get_config() {_exited(e)}") from None
     except Exception as e:
         raise SweepError(f"preset file {_where(path, e)}: get_config() failed: {_describe(e)}") from None
     if not isinstance(config, SweepConfig):
@@ -61,6 +65,14 @@ def _where(path: Path, error: BaseException) -> str:
         if Path(frame.filename).resolve() == path.resolve():
             line = frame.lineno
     return f"{str(path)!r}" + (f" line {line}" if line else "")
+
+
+def _exited(error: SystemExit) -> str:
+    """One line for a preset file that called sys.exit (or raised SystemExit): nothing was run."""
+    return (
+        f"called sys.exit({error.code!r}); a preset file must define get_config() and return, "
+        "not exit (nothing was run)"
+    )
 
 
 def _describe(error: BaseException) -> str:
