@@ -32,8 +32,10 @@ import numpy as np
 from flax import traverse_util
 
 from jaxreg import fileio, runfolder
+from jaxreg.checks import is_int
 from jaxreg.errors import SweepError
 from jaxreg.networks import default_penalized
+from jaxreg.specs import MAX_SEED
 
 PARAMS_DIR = "params"
 WHICH = ("final", "best")
@@ -67,8 +69,10 @@ def save_params(folder, trained: dict) -> list[str]:
 def load_params(folder, variant: str, seed: int = 0, which: str = "final") -> dict:
     """A variant's and seed's saved parameters ("final" or "best"), the tree `MLP(its widths).apply` takes.
 
-    SweepError, naming the file, when it is missing or unreadable.
+    SweepError, naming the file, when it is missing or unreadable; SweepError naming the argument
+    for a variant that is not a string or a seed that is not an integer (0.9 would load seed 0).
     """
+    _check_load_arguments(variant, seed, which)
     path = Path(folder) / params_file(variant, seed, which)
     if not path.is_file():
         why = "its seed diverged from epoch 1, so it has no best epoch, or " if which == "best" else ""
@@ -81,6 +85,16 @@ def load_params(folder, variant: str, seed: int = 0, which: str = "final") -> di
     except (OSError, ValueError) as e:
         raise SweepError(f"cannot read {path}: {e}; run the study again with --overwrite") from e
     return _as_numpy(tree)
+
+
+def _check_load_arguments(variant, seed, which) -> None:
+    """SweepError naming the first of load_params' arguments that cannot name a saved file."""
+    if not isinstance(variant, str) or not variant:
+        raise SweepError(f"variant={variant!r} must be a variant's name (a non-empty string)")
+    if not is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise SweepError(f"seed={seed!r} must be an integer from 0 to {MAX_SEED} (a seed the run trained)")
+    if which not in WHICH:
+        raise SweepError(f"which={which!r} must be one of {WHICH}")
 
 
 def _as_numpy(tree):
