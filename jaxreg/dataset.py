@@ -28,6 +28,10 @@ from jaxreg.checks import is_int, is_number
 TARGETS = ("binary", "multiclass", "regression")
 _Y_DTYPES = {"binary": np.float32, "multiclass": np.int32, "regression": np.float32}
 _INT32_MAX = int(np.iinfo(np.int32).max)
+# Classes are output units: every model holds a [last width, classes] output layer and every step
+# [batch, classes] logits, so 2**31-1 classes would need hundreds of GB before the first step.
+# The bound is the largest hidden width (jaxreg.specs.MAX_WIDTH): an output layer is one more layer.
+MAX_CLASSES = 2**16
 
 
 class DataError(ValueError):
@@ -162,8 +166,10 @@ class Dataset:
         if not isinstance(self.target, str) or self.target not in TARGETS:
             raise DataError(f"target={self.target!r} must be one of {', '.join(map(repr, TARGETS))}")
         if self.target == "multiclass":
-            if not is_int(self.num_classes) or not 2 <= self.num_classes <= _INT32_MAX:
-                raise DataError(f"num_classes={self.num_classes!r} must be an integer >= 2 for target 'multiclass'")
+            if not is_int(self.num_classes) or not 2 <= self.num_classes <= MAX_CLASSES:
+                raise DataError(
+                    f"num_classes={self.num_classes!r} must be an integer >= 2 (at most {MAX_CLASSES:,}) for target 'multiclass'"
+                )
         elif self.num_classes is not None:
             raise DataError(f"num_classes={self.num_classes!r} must be None for target {self.target!r} (only multiclass has classes)")
         if not is_int(self.num_words) or self.num_words < 1:
@@ -353,8 +359,10 @@ def _check_options(name, num_words, seed, num_classes, target) -> None:
         raise DataError(f"num_words={num_words!r} must be None or an integer in 1..{_INT32_MAX:,}")
     if not is_int(seed) or seed < 0:
         raise DataError(f"seed={seed!r} must be an integer >= 0")
-    if num_classes is not None and (not is_int(num_classes) or not 2 <= num_classes <= _INT32_MAX):
+    if num_classes is not None and (not is_int(num_classes) or num_classes < 2):
         raise DataError(f"num_classes={num_classes!r} must be None or an integer >= 2")
+    if num_classes is not None and num_classes > MAX_CLASSES:
+        raise DataError(_too_many_classes("num_classes", num_classes))
     if not isinstance(target, str) or target not in TARGETS + ("auto",):
         raise DataError(f"target={target!r} must be 'auto' or one of {', '.join(map(repr, TARGETS))}")
 
@@ -457,8 +465,11 @@ def _index_lists(rows, arg: str) -> tuple[np.ndarray, np.ndarray, int]:
     for i, row in enumerate(rows):
         if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
             raise DataError(f"{arg}[{i}] is {_short(row)}; each row of index lists must be a list of column indices")
-        a = np.asarray(row)
-        if a.size and (a.ndim != 1 or a.dtype.kind not in "iu"):
+        try:
+            a = np.asarray(row)
+        except (ValueError, TypeError):  # ragged nesting such as [[1, 2], [3]]
+            a = np.asarray([None])  # refused below as not flat
+        if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
             raise DataError(
                 f"{arg}[{i}] must be a flat list of integer column indices, got {_short(row)} "
                 f"(a list is read as index lists; pass dense rows as np.asarray({arg}))"
@@ -579,8 +590,8 @@ def _resolve_target(ys, args, target: str, num_classes):
     if target == "multiclass":
         largest, arg = max((int(a.max()), arg) for a, arg in zip(ys, args))
         if num_classes is None:
-            if largest + 1 > _INT32_MAX:
-                raise DataError(f"{arg} holds the label {largest}, too large: class labels are 0..C-1 with C <= {_INT32_MAX:,}")
+            if largest + 1 > MAX_CLASSES:
+                raise DataError(_too_many_classes(arg, largest + 1, f"holds the label {largest}, so"))
             num_classes = max(largest + 1, 2)
         for a, arg in zip(ys, args):
             if (a >= num_classes).any():
@@ -589,6 +600,16 @@ def _resolve_target(ys, args, target: str, num_classes):
                     f"num_classes={num_classes} (labels 0..{num_classes - 1})"
                 )
     return target, num_classes
+
+
+def _too_many_classes(arg: str, classes: int, given: str = "=") -> str:
+    """The one line refusing more classes than MAX_CLASSES, before any model is built."""
+    what = f"{arg}={classes!r}" if given == "=" else f"{arg} {given} {classes:,} classes"
+    return (
+        f"{what} is more than the {MAX_CLASSES:,} classes jaxreg supports: every model would hold a "
+        f"[width, {classes:,}] output layer and every step [batch, {classes:,}] logits; use at most {MAX_CLASSES:,} "
+        "classes (labels 0..C-1), or target='regression' for numeric targets"
+    )
 
 
 def _holdout_count(holdout, n: int) -> int:
