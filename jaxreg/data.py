@@ -335,7 +335,7 @@ def _resolve_path(path, source: str) -> tuple[Path, str]:
             )
     if not str(os.fspath(path)).strip():
         raise DataError(f"IMDB data path {str(path)!r} is empty: pass the aclImdb archive or folder, or fix JAXREG_DATA")
-    path = Path(path).expanduser()
+    path = Path(os.path.expanduser(os.fspath(path)))  # "~user" of an unknown user stays as given (Path.expanduser raises)
     st = _stat(path)
     if st is None:
         raise DataError(
@@ -406,6 +406,7 @@ def _archive_records(path: Path, checksum: str) -> Iterator[Record]:
         try:
             gz = gzip.GzipFile(fileobj=reader, mode="rb")
             with tarfile.open(fileobj=gz, mode="r|") as tar:
+                seen: dict[tuple, str] = {}  # (split, label, review key) -> the member that held it
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -414,6 +415,7 @@ def _archive_records(path: Path, checksum: str) -> Iterator[Record]:
                     key = _review_key(parts[-1])
                     if split_label is None or key is None:
                         continue
+                    _check_unique_member(path, seen, (*split_label, key), member.name)
                     text = tar.extractfile(member).read().decode("utf-8", errors="replace")
                     yield (*split_label, key, text)
             while gz.read(1 << 20):  # to the end, so that gzip checks its CRC-32 trailer
@@ -426,6 +428,20 @@ def _archive_records(path: Path, checksum: str) -> Iterator[Record]:
             ) from e
     if reader.hash.hexdigest() != checksum:
         raise DataError(f"the archive {str(path)!r} changed while it was being read; load it again")
+
+
+def _check_unique_member(path: Path, seen: dict, review: tuple, member: str) -> None:
+    """DataError when a review's file is in the archive twice (an archive appended to, or packed with a path
+    given twice): read as it is, every repeated review would count twice in training and validation."""
+    first = seen.get(review)
+    if first is None:
+        seen[review] = member
+    else:
+        again = "again" if first == member else f"also as {member!r}"
+        raise DataError(
+            f"the archive {str(path)!r} holds the review {first!r} twice ({again}); each review must be in it once: "
+            "download the archive again, or repack it without repeated members"
+        )
 
 
 def _aclimdb_root(path: Path) -> Path:
