@@ -13,8 +13,10 @@ module is called by its `__call__` signature:
   as `rngs={"dropout": key}`.
 * `__call__(self, x)`: no dropout.
 
-Outputs: [batch] or [batch, 1] for binary classification and regression, [batch, classes]
-for multiclass. Penalties (`l1`, `l2`), decoupled weight decay and proximal L1 act on the
+Any other parameter of `__call__` needs a default; a module class (not an instance), or a
+`__call__` jaxreg cannot call, is refused when the Network is made. Outputs: [batch] or
+[batch, 1] for binary classification and regression, [batch, classes] for multiclass,
+checked when a run is planned (`parameter_shapes`, tracing init). Penalties (`l1`, `l2`), decoupled weight decay and proximal L1 act on the
 parameters that `penalize(path)` selects, path being the tuple of keys down to a leaf
 (("params", "Dense_0", "kernel")); the default, `default_penalized`, takes every leaf named
 "kernel" outside a submodule named "output": the study MLP's hidden kernels, as Keras'
@@ -30,6 +32,9 @@ import inspect
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+
+from jaxreg.errors import SweepError
 
 STYLES = ("jaxreg", "flax", "plain", "functions")
 
@@ -51,6 +56,47 @@ def _module_style(module_type: type) -> tuple[str, str | None]:
     return "plain", None
 
 
+CALLABLE_SIGNATURES = "__call__(self, x), __call__(self, x, train) or __call__(self, x, dropout_rate, dropout_key)"
+
+
+def _call_problem(module_type: type) -> str | None:
+    """Why jaxreg cannot call this module class's __call__ in any of its styles, or None when it can:
+    every parameter jaxreg does not pass (after x, and after dropout_rate and dropout_key or the
+    train/deterministic flag) must have a default."""
+    try:
+        signature = inspect.signature(module_type.__call__)
+    except (TypeError, ValueError):
+        return None  # nothing to read: the first trace will tell
+    params = list(signature.parameters.values())[1:]  # after self
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not positional and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        return f"{module_type.__name__}.__call__{signature} takes no input x; write {CALLABLE_SIGNATURES}"
+    style, flag = _module_style(module_type)
+    passed = {"jaxreg": 3, "flax": 1, "plain": 1}[style]
+    unfilled = [p.name for p in positional[passed:] if p.default is p.empty and p.name != flag]
+    unfilled += [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty and p.name != flag]
+    if unfilled:
+        return (
+            f"{module_type.__name__}.__call__{signature} needs {', '.join(unfilled)}, which jaxreg does not pass "
+            f"({style} style); write {CALLABLE_SIGNATURES}, or give them defaults"
+        )
+    return None
+
+
+def _functions_problem(init_fn: Callable, apply_fn: Callable) -> str | None:
+    """Why jaxreg cannot call init_fn(key, x) or apply_fn(params, x, dropout_rate, dropout_key), or None."""
+    for fn, arguments, how in ((init_fn, 2, "init_fn(key, x)"), (apply_fn, 4, "apply_fn(params, x, dropout_rate, dropout_key)")):
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        try:
+            signature.bind(*range(arguments))
+        except TypeError:
+            return f"{getattr(fn, '__name__', 'the function')}{signature} cannot be called as {how}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Network:
     """A model as the engine calls it: `module` (a Flax Linen module), or `init_fn` and `apply_fn`.
@@ -68,8 +114,16 @@ class Network:
         has_module, has_functions = self.module is not None, (self.init_fn, self.apply_fn) != (None, None)
         if has_module == has_functions or (has_functions and None in (self.init_fn, self.apply_fn)):
             raise TypeError("Network needs either module= (a Flax Linen module) or both init_fn= and apply_fn=")
+        if has_module and isinstance(self.module, type):
+            raise TypeError(
+                f"Network.module is the class {self.module.__name__}, not a module: pass an instance, "
+                f"{self.module.__name__}(...), with its fields"
+            )
         if has_module and not (callable(getattr(self.module, "init", None)) and callable(getattr(self.module, "apply", None))):
             raise TypeError(f"Network.module must be a Flax Linen module, got {type(self.module).__name__}")
+        problem = _call_problem(type(self.module)) if has_module else _functions_problem(self.init_fn, self.apply_fn)
+        if problem is not None:
+            raise TypeError(problem)
         if not callable(self.penalize):
             raise TypeError(f"Network.penalize must be a function of a parameter's path, got {self.penalize!r}")
 
@@ -100,6 +154,21 @@ class Network:
             return self.module.init({"params": key, "dropout": key}, x, **{flag: flag == "deterministic"})
         return self.module.init({"params": key}, x)
 
+    def init_with_outputs(self, key: jax.Array, x) -> tuple[dict, Any]:
+        """(params, the outputs for x in evaluation): what `init` computes (a module's __call__ runs once
+        inside init anyway), with the outputs that the run's task will read."""
+        if self.module is None:
+            params = self.init_fn(key, x)
+            return params, self.apply_fn(params, x, 0.0, None)
+        style, flag = _module_style(type(self.module))
+        if style == "jaxreg":
+            outputs, params = self.module.init_with_output({"params": key}, x, 0.0, None)
+        elif style == "flax":
+            outputs, params = self.module.init_with_output({"params": key, "dropout": key}, x, **{flag: flag == "deterministic"})
+        else:
+            outputs, params = self.module.init_with_output({"params": key}, x)
+        return params, outputs
+
     def apply(self, params, x, dropout_rate=0.0, dropout_key=None):
         if self.module is None:
             return self.apply_fn(params, x, dropout_rate, dropout_key)
@@ -111,6 +180,48 @@ class Network:
             rngs = {"dropout": dropout_key} if training else None
             return self.module.apply(params, x, **{flag: training if flag == "train" else not training}, rngs=rngs)
         return self.module.apply(params, x)
+
+
+def output_problem(shape, outputs: int) -> str | None:
+    """Why outputs of this shape, for a batch of one example, do not fit a task with `outputs` outputs
+    per example (1: binary or regression, [batch] or [batch, 1]; C: C classes, [batch, C]), or None."""
+    want = [(1,), (1, 1)] if outputs == 1 else [(1, outputs)]
+    if shape is None:
+        return "returns no array"
+    if tuple(shape) in want:
+        return None
+    need = "one output per example ([batch] or [batch, 1]): a binary or regression task" if outputs == 1 else (
+        f"{outputs} outputs per example ([batch, {outputs}]): a task of {outputs} classes"
+    )
+    return f"returns outputs of shape {tuple(shape)} for a batch of 1; the data needs {need}"
+
+
+def parameter_shapes(network: Network, num_words: int, outputs: int):
+    """The shapes (jax.ShapeDtypeStruct) of the network's parameters for `num_words` input columns, traced,
+    not computed; SweepError in one line when its init fails or its outputs do not fit `outputs` per example."""
+    x = jnp.zeros((1, num_words), jnp.float32)
+    key = jax.random.key(0)
+    try:
+        if network.module is not None:  # __call__ runs inside init: its outputs come at no extra trace
+            params, out = jax.eval_shape(lambda: network.init_with_outputs(key, x))
+        else:
+            params = jax.eval_shape(lambda: network.init(key, x))
+    except Exception as e:  # the user's model, whatever it raises: one line naming it
+        raise SweepError(f"model {network.name}: its init on a [1, {num_words}] float32 input failed: {_first_line(e)}") from e
+    if network.module is None:
+        try:
+            out = jax.eval_shape(lambda: network.apply(params, x))
+        except Exception:  # noqa: BLE001 - an apply_fn that takes only the run's sparse batches: the first step tells
+            return params
+    problem = output_problem(getattr(out, "shape", None), outputs)
+    if problem is not None:
+        raise SweepError(f"model {network.name} {problem}")
+    return params
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def as_network(model) -> Network:

@@ -19,7 +19,6 @@ import math
 from collections.abc import Iterable, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from jaxreg import batches as batching
 from jaxreg import memory, tasks
@@ -27,7 +26,7 @@ from jaxreg.checks import is_int
 from jaxreg.cpu_kernels import cpu_kernels_available
 from jaxreg.model import PRODUCTS as STEP_PRODUCTS
 from jaxreg.model import count_params
-from jaxreg.networks import Network
+from jaxreg.networks import Network, parameter_shapes
 from jaxreg.specs import (
     DEFAULT_WIDTHS,
     MAX_BATCH_SIZE,
@@ -285,8 +284,8 @@ PLACEMENTS = ("spread", "shard")
 
 
 @functools.cache
-def _network_parameters(network: Network, num_words: int) -> int:
-    shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, num_words), jnp.float32)))
+def _network_parameters(network: Network, num_words: int, outputs: int) -> int:
+    shapes = parameter_shapes(network, num_words, outputs)  # also checks its outputs against the task, in one line
     return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
 
 
@@ -295,7 +294,7 @@ def parameter_count(bucket: Bucket, num_words: int, outputs: int = 1) -> int:
     widths with `outputs` output units (`model.count_params`), or an own model's, from the
     shapes its init gives (traced, not computed; cached per model and num_words)."""
     if bucket.network is not None:
-        return _network_parameters(bucket.network, num_words)
+        return _network_parameters(bucket.network, num_words, outputs)
     return count_params(bucket.widths, num_words, outputs)
 
 
