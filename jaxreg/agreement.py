@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 
@@ -83,3 +84,16 @@ class Agreement:
                 f"process(es) {differ} read other data than process 0 (another checksum); every process must read "
                 "the same data (the same --data file, or --synthetic)"
             )
+
+
+def training_note(folder) -> str:
+    """The line a process other than 0 prints before training (a collective: every process calls it). It names
+    process 0's run folder, the one written, as process 0 has it; a process given another --out says so, since
+    its own folder is never written."""
+    mine = {"given": str(folder), "absolute": os.path.abspath(folder)}
+    sent = json.dumps(mine).encode() if distributed.is_writer() else None
+    theirs = json.loads(distributed.broadcast_bytes(sent) or json.dumps(mine))
+    note = f"{distributed.describe()}: training with process 0, which writes {theirs['absolute']}"
+    if mine["given"] != theirs["given"] and mine["absolute"] != theirs["absolute"]:
+        note += f" (this process was given a different --out, {folder}, which it does not use)"
+    return note

@@ -50,7 +50,7 @@ import jaxreg
 from jaxreg import compiletime, distributed, fileio, machine, memory, runfolder, selection
 from jaxreg import params as saved_params
 from jaxreg import variants as V
-from jaxreg.agreement import Agreement
+from jaxreg.agreement import Agreement, training_note
 from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint, read_checkpoint, save_checkpoint
 from jaxreg.checks import is_int
 from jaxreg.config import LOCAL_FIELDS, SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
@@ -541,8 +541,9 @@ def _load_snapshot(folder: Path, prepared: _Prepared, checkpoint: bytes | None, 
     processes, process 0's checkpoint bytes are sent to all. A run started without test columns goes on without them."""
     if distributed.many():
         checkpoint = distributed.broadcast_bytes(b"" if checkpoint is None else checkpoint) or None
+        note = training_note(folder)  # a collective: every process takes part
         if not distributed.is_writer():
-            print(f"{distributed.describe()}: training with process 0, which writes {folder}", file=sys.stderr, flush=True)
+            print(note, file=sys.stderr, flush=True)
     if checkpoint is None:
         return None
     snapshot = load_checkpoint(folder, prepared.plan, checkpoint)
