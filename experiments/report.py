@@ -8,7 +8,9 @@ of exact zeros in its hidden kernels: jaxreg.params.exact_zero_fractions); works
 interrupted and finished runs (an unfinished one is summarized from the epochs done, and says
 so). Where the files go (jaxreg.report): into --out DIR if given; else into the run folder when
 no run is writing it; else (a run is training into it) nowhere: the table is printed only.
-Exit status: 0 done, 2 not a run folder (one line on stderr).
+--out DIR must be new, empty, or a folder report.py wrote before (its report.json lists the files);
+a folder holding a symbolic link is never written.
+Exit status: 0 done, 2 not a run folder or a folder it may not write (one line on stderr).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="report.py",
         description="Summary table, summary.md/.csv and figures of a run folder (running, interrupted or finished).",
         epilog="Files go into --out DIR, else into the run folder unless a run is training into it (then the "
-        "table is only printed). Exit status: 0 done, 2 not a run folder.",
+        "table is only printed). --out DIR: a new or empty folder, or one report.py wrote before. "
+        "Exit status: 0 done, 2 not a run folder or a folder it may not write.",
     )
     p.add_argument("folder", help="a run folder written by experiments/sweep.py")
     p.add_argument("--out", help="write summary.md/.csv and figures/ here instead of into the run folder")
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
 
     try:
         made = report.report(args.folder, args.out, figures=not args.no_figures)
-    except report.NotARunFolder as e:
+    except report.ReportError as e:  # not a run folder, a --out it may not write, a symbolic link
         print(f"report.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     run = made.run

@@ -350,7 +350,7 @@ def _print_exact_zeros(folder) -> None:
 def _output_folder(args, config, outfolders):
     """(run folder, (base, previous latest, folder) or None): --out as given; else the run runs/<preset>/LATEST
     names with --resume, or a new timestamped folder under runs/<preset> that LATEST then names."""
-    if args.out:
+    if args.out is not None:  # an empty --out is refused by run_sweep, not taken for "no --out"
         return args.out, None
     base = os.path.join("runs", config.name)
     if args.resume:

@@ -7,7 +7,9 @@ a time, ~1.5 GB/s) and the first layer's gradient and optimizer step
 passes over the array, where one pass does). They are compiled once per
 source, jax/jaxlib version, compiler flags and CPU with the system's C++ compiler against
 the installed jaxlib's FFI headers, and cached (`jaxreg.cache.cache_dir("kernels")`:
-~/.cache/jaxreg/kernels, or $XDG_CACHE_HOME/jaxreg/kernels). Any failure (no compiler, an old jax) warns once and jaxreg
+~/.cache/jaxreg/kernels, or $XDG_CACHE_HOME/jaxreg/kernels) with a `.sha256` beside each library
+(sha256sum format), checked before the library is loaded: a damaged one (a truncated file, which
+would crash the process with a bus error on loading) is rebuilt with one warning. Any failure (no compiler, an old jax) warns once and jaxreg
 uses XLA's own operations instead; JAXREG_CPU_KERNELS=0 forces that.
 """
 
@@ -63,7 +65,11 @@ def build_cpu_kernels(cache_dir: Path | None = None) -> Path:
     cache_dir = Path(cache_dir) if cache_dir is not None else cache.cache_dir("kernels")
     library = cache_dir / f"jaxreg_kernels-{key}.so"
     if library.exists():
-        return library
+        intact = _intact(library)
+        if intact:
+            return library
+        if intact is not None:  # None: cached before the checksums, rebuilt once without a word
+            warnings.warn(f"jaxreg: the cached CPU kernel library {library} is damaged (checksum mismatch); rebuilding it", stacklevel=2)
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Atomic like fileio.atomic_write, which writes bytes it is given: here the compiler writes the
     # file, so it builds into a temporary folder and the finished library is renamed into place.
@@ -73,8 +79,28 @@ def build_cpu_kernels(cache_dir: Path | None = None) -> Path:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"compiling {', '.join(SOURCES)} failed:\n{result.stderr[-2000:]}")
+        digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+        sidecar = Path(tmp) / (library.name + ".sha256")
+        sidecar.write_text(f"{digest}  {library.name}\n", encoding="ascii")
+        os.replace(sidecar, _checksum_file(library))  # first: a library in place always has its checksum
         os.replace(partial, library)
     return library
+
+
+def _checksum_file(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _intact(library: Path) -> bool | None:
+    """Whether the library's bytes match its `.sha256`; None without one (a library cached before the checksums)."""
+    checksum = _checksum_file(library)
+    if not checksum.exists():
+        return None
+    try:
+        expected = checksum.read_text(encoding="ascii").split()[0]
+        return hashlib.sha256(library.read_bytes()).hexdigest() == expected
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 @functools.cache

@@ -17,12 +17,18 @@ letter, digit or one of -_.~=+ (as urllib.parse.quote). Read one back with `load
     params = load_params(latest_folder("runs/book"), "smaller", seed=0, which="best")
     logits = MLP((6, 6)).apply(params, multi_hot_batch)
 
+Beside each file, `<file>.sha256` holds its sha256 in `sha256sum` format ("<hex>  <file name>"):
+`load_params` refuses a file that does not match it, naming the file, and loads a file without one
+(written by an older jaxreg) unchecked. Without jaxreg, `cd params/<variant> && sha256sum -c *.sha256`
+checks them; the .msgpack files stay plain flax msgpack.
+
 `exact_zero_fractions(folder)` counts the entries that are exactly 0 in the hidden kernels of
 every variant (what proximal L1 makes; a penalty added to the loss never does).
 """
 
 from __future__ import annotations
 
+import hashlib
 import urllib.parse
 from pathlib import Path
 
@@ -39,6 +45,7 @@ from jaxreg.specs import MAX_SEED
 
 PARAMS_DIR = "params"
 WHICH = ("final", "best")
+CHECKSUM_SUFFIX = ".sha256"
 
 
 def params_file(variant: str, seed: int, which: str = "final") -> str:
@@ -59,18 +66,43 @@ def save_params(folder, trained: dict) -> list[str]:
         files[params_file(name, seed, "final")] = t.final
         if t.best is not None:
             files[params_file(name, seed, "best")] = t.best
-    runfolder.record(folder, *files)
+    runfolder.record(folder, *(n for name in files for n in (name, name + CHECKSUM_SUFFIX)))
     for name, tree in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        fileio.atomic_write(folder / name, flax.serialization.msgpack_serialize(tree))
+        data = flax.serialization.msgpack_serialize(tree)
+        fileio.atomic_write(folder / name, data)
+        fileio.atomic_write(folder / (name + CHECKSUM_SUFFIX), checksum_line(data, Path(name).name))
     return list(files)
+
+
+def checksum_line(data: bytes, name: str) -> str:
+    """The sidecar's content: `sha256sum`'s line for a file `name` holding `data`."""
+    return f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+
+
+def read_checked(path: Path) -> bytes:
+    """The bytes of a parameters file, checked against its `.sha256` sidecar when it has one; SweepError naming it if damaged."""
+    data = path.read_bytes()
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if not sidecar.exists():
+        return data  # written by a jaxreg before the sidecars: nothing to check against
+    try:
+        expected = sidecar.read_text(encoding="ascii").split()[0].lower()
+    except (OSError, ValueError, IndexError) as e:
+        raise SweepError(f"cannot check {path}: unreadable {sidecar.name} ({e}); run the study again with --overwrite") from e
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise SweepError(
+            f"{path} is damaged: its sha256 does not match {sidecar.name}; run the study again with --overwrite"
+        )
+    return data
 
 
 def load_params(folder, variant: str, seed: int = 0, which: str = "final") -> dict:
     """A variant's and seed's saved parameters ("final" or "best"), the tree `MLP(its widths).apply` takes.
 
-    SweepError, naming the file, when it is missing or unreadable; SweepError naming the argument
-    for a variant that is not a string or a seed that is not an integer (0.9 would load seed 0).
+    SweepError, naming the file, when it is missing, unreadable or does not match its `.sha256` checksum;
+    SweepError naming the argument for a variant that is not a string or a seed that is not an integer
+    (0.9 would load seed 0).
     """
     _check_load_arguments(variant, seed, which)
     path = Path(folder) / params_file(variant, seed, which)
@@ -81,7 +113,7 @@ def load_params(folder, variant: str, seed: int = 0, which: str = "final") -> di
             f"({why}the run has not finished, or was made by a jaxreg that did not save them)"
         )
     try:
-        tree = flax.serialization.msgpack_restore(path.read_bytes())
+        tree = flax.serialization.msgpack_restore(read_checked(path))
     except (OSError, ValueError) as e:
         raise SweepError(f"cannot read {path}: {e}; run the study again with --overwrite") from e
     return _as_numpy(tree)

@@ -3,10 +3,13 @@
 `report(folder, out)` reads the folder (`runs.load_run`) and writes summary.md/.csv and the
 figures, from the epochs every variant has (all of them for a finished run, which gives the
 files the run wrote). Where they go:
-  * `out` given: into `out`, never into the run folder;
+  * `out` given: into `out`, never into the run folder, and only when `out` is new, empty or a
+    report folder made before: its `report.json` ({"format": 1, "files": [...]}) lists the files
+    written there, recorded before they are written, like a run folder's manifest;
   * else, if the folder's lock can be taken (no run is writing it): into the run folder,
     recorded in its manifest first (an older jaxreg's folder has none: not recorded);
   * else (a run is training into it): nowhere; the caller prints the table only.
+A folder holding a symbolic link is never written (`ReportError`): jaxreg writes through no link.
 """
 
 from __future__ import annotations
@@ -15,10 +18,18 @@ import dataclasses
 from pathlib import Path
 
 from jaxreg import fileio, runfolder, runs
+from jaxreg.errors import SweepError
 from jaxreg.summaries import summarize, write_summary
 
+REPORT_MANIFEST = "report.json"
+REPORT_FORMAT = 1
 
-class NotARunFolder(ValueError):
+
+class ReportError(ValueError):
+    """The report cannot be made or written as asked (one line, for the command line)."""
+
+
+class NotARunFolder(ReportError):
     """The folder holds no jaxreg run (one line, for the command line)."""
 
 
@@ -74,12 +85,64 @@ def _write(run, histories, summaries, epochs: int, dest: Path, figures: bool, ma
         figure_names = [f"{fileio.FIGURES_DIR}/{n}" for n in files]
     if manifest:
         runfolder.record(dest, *names, *(figure_names if figures else []))
-    dest.mkdir(parents=True, exist_ok=True)
+    else:
+        _record_report(dest, *names, *(figure_names if figures else []))
     threshold = run.divergence_threshold
     written = list(write_summary(dest, summaries, title=title(run, epochs), divergence_threshold=threshold))
     if figures:
         written += plots.make_figures(histories, dest / fileio.FIGURES_DIR, axis=axis)
     return written
+
+
+def _record_report(dest: Path, *names: str) -> None:
+    """Create `dest` if needed and add `names` to its report.json, before the files are written."""
+    dest.mkdir(parents=True, exist_ok=True)
+    files = sorted({*_reported(dest), REPORT_MANIFEST, *names})
+    fileio.write_json(dest / REPORT_MANIFEST, {"format": REPORT_FORMAT, "files": files})
+
+
+def _reported(dest: Path) -> list[str]:
+    """The files a report folder's report.json lists; [] without one; ReportError when unreadable."""
+    path = dest / REPORT_MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        files = fileio.read_json(path)["files"]
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise TypeError("'files' is not a list of paths")
+        return files
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ReportError(f"cannot write into {dest}: unreadable {REPORT_MANIFEST} ({e}); choose another --out") from e
+
+
+def check_destination(dest: Path) -> None:
+    """ReportError unless `dest` may take a report: new, empty, or a report folder made before, without symbolic links."""
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise ReportError(f"{dest} exists and is not a folder; choose another --out")
+    if any(dest.iterdir()) and not (dest / REPORT_MANIFEST).is_file():
+        raise ReportError(
+            f"{dest} is neither empty nor a report folder (no {REPORT_MANIFEST}): report.py writes only into an "
+            "empty or new folder, or one it wrote before; choose another --out"
+        )
+    _reported(dest)
+    _check_links(dest, "--out")
+
+
+def _check_links(folder: Path, what: str) -> None:
+    try:
+        runfolder.check_no_links(folder, what)
+    except SweepError as e:
+        raise ReportError(str(e)) from None
+
+
+def _write_checked(run, histories, summaries, epochs: int, dest: Path, figures: bool, manifest: bool) -> list[Path]:
+    """`_write`, an OSError (a read-only folder, a full disk) as one line."""
+    try:
+        return _write(run, histories, summaries, epochs, dest, figures, manifest)
+    except OSError as e:
+        raise ReportError(f"cannot write the report into {dest}: {e.strerror or e}") from None
 
 
 def report(folder, out=None, figures: bool = True) -> Report:
@@ -98,11 +161,13 @@ def report(folder, out=None, figures: bool = True) -> Report:
     summaries = summarize(histories)
     if out is not None:
         dest = Path(out)
-        return Report(run, summaries, epochs, _write(run, histories, summaries, epochs, dest, figures, False), dest, "")
+        check_destination(dest)
+        return Report(run, summaries, epochs, _write_checked(run, histories, summaries, epochs, dest, figures, False), dest, "")
     try:
         with runfolder.exclusive(folder):
+            _check_links(folder, "--out DIR for the files")
             manifest = (folder / runfolder.MANIFEST_FILE).is_file()
-            written = _write(run, histories, summaries, epochs, folder, figures, manifest)
+            written = _write_checked(run, histories, summaries, epochs, folder, figures, manifest)
             return Report(run, summaries, epochs, written, folder, "")
     except runfolder.LockError as e:
         why = "a run is writing it" if e.in_use else f"its lock cannot be taken ({e.reason})"

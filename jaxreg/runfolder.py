@@ -10,7 +10,11 @@ manifest.json   {"format": 1, "files": [paths relative to the folder, "/"-separa
                 new folder exclude each other too. `exclusive` holds an OS lock (flock) on it for a
                 whole run and deletes the file when the run ends; the OS releases the lock when the
                 process ends, however it ends, so a file left behind by a killed run never blocks
-                the next one.
+                the next one. It also holds a flock on the run folder itself (its directory, created
+                empty if absent and removed again if still empty at the end), which a second run must
+                take too: deleting the lock file by hand cannot let a second run into a folder in use.
+symbolic links  jaxreg never writes, replaces or deletes through one: a run folder holding a symbolic
+                link is refused (`check_no_links`) before anything is written.
 checksummed     a header line "jaxreg-sha256 <hex digest of the rest>" and then the payload (the
                 checkpoint): `verified` refuses flipped bytes instead of loading them;
                 `write_checksummed` writes one from pieces, never holding the payload whole.
@@ -149,7 +153,9 @@ def exclusive(folder) -> Iterator[Path]:
     Creates the folder's parent if needed (the lock file lives there). Yields the lock path. The
     file is deleted only while this process holds the lock; a process that opened it meanwhile
     finds, once it gets the lock, that its file is no longer the one at the path, and locks the
-    new one instead (`_lock_current_file`), so two processes never both hold "the" lock.
+    new one instead (`_lock_current_file`), so two processes never both hold "the" lock. The
+    folder itself is locked too (`_lock_folder`), so a lock file deleted by hand lets no second
+    run in.
     """
     path = lock_path(folder)
     try:
@@ -168,20 +174,54 @@ def exclusive(folder) -> Iterator[Path]:
     except OSError as e:
         raise LockError(path, in_use=False, reason=e.strerror or str(e)) from e
     try:
-        yield path
+        with _lock_folder(Path(folder), fcntl, path):
+            yield path
     finally:
         if fcntl is None:
             held.release()
         else:
-            with contextlib.suppress(OSError):
-                path.unlink()  # still holding the lock: see above
+            _unlink_if_same(path, held)  # still holding the lock: see above
             os.close(held)
+
+
+def _unlink_if_same(path: Path, fd: int) -> None:
+    """Delete the file at `path` if it is the one open as `fd` (not a new lock file of another run)."""
+    with contextlib.suppress(OSError):
+        if os.path.samestat(os.fstat(fd), os.lstat(path)):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def _lock_folder(folder: Path, fcntl, lock: Path) -> Iterator[None]:
+    """Hold a flock on the run folder's directory for the block (created if absent, removed after if still empty)."""
+    if fcntl is None or (folder.exists() and not folder.is_dir()):  # not a folder: check_folder refuses it
+        yield
+        return
+    created = False
+    try:
+        if not folder.exists():
+            folder.mkdir()
+            created = True
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise LockError(lock, in_use=False, reason=e.strerror or str(e)) from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockError(lock, in_use=True) from None
+        yield
+    finally:
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote into it
+                folder.rmdir()
 
 
 def _lock_current_file(path: Path, fcntl) -> int:
     """An open descriptor holding flock on the file now at `path` (created if absent); filelock.Timeout if taken."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -201,15 +241,19 @@ def _lock_current_file(path: Path, fcntl) -> int:
 def lock_held(folder) -> bool:
     """Whether a process holds the folder's lock now (a run is writing it); takes nothing, creates nothing.
 
-    Asks for the lock without waiting on a read-only handle and gives it back at once; False where
-    the lock file is absent or locks are unsupported (no fcntl).
+    Asks for the lock file's and the folder's locks without waiting on read-only handles and gives
+    them back at once; False where neither exists or locks are unsupported (no fcntl).
     """
     try:
         import fcntl
     except ImportError:  # Windows: no way to ask without taking it
         return False
+    return any(_flock_held(p, fcntl) for p in (lock_path(folder), Path(folder)))
+
+
+def _flock_held(path: Path, fcntl) -> bool:
     try:
-        fd = os.open(lock_path(folder), os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -292,14 +336,55 @@ def folder_state(folder: Path) -> str:
 
 
 def check_writable(folder: Path) -> None:
-    """SweepError unless the folder, or the nearest existing folder above it, is a writable folder."""
+    """SweepError unless `folder` can be a run folder: not a file system's root, names the file system
+    accepts, and the folder, or the nearest existing folder above it, a writable folder."""
+    if not folder.resolve().name:
+        raise SweepError(f"{folder} is the root of the file system, not a run folder: choose another --out")
     parent = folder
-    while not parent.exists():
-        parent = parent.parent
+    try:
+        while not parent.exists():
+            parent = parent.parent
+    except OSError as e:  # a name too long, a loop of links
+        raise SweepError(f"cannot use the output folder {folder}: {e.strerror or e}; choose another --out") from None
     if not parent.is_dir():
         raise SweepError(f"cannot create the output folder {folder}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SweepError(f"cannot write the output folder {folder}: no write permission on {parent}")
+    too_long = [p for p in folder.parts if len(os.fsencode(p)) > _name_max(parent)]
+    if too_long:
+        raise SweepError(f"cannot use the output folder {folder}: a name in it is too long for the file system ({too_long[0][:40]}...)")
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name the file system of `folder` accepts (the lock file's name adds 6 to the folder's)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX") - len(".lock") - 1
+    except (OSError, ValueError, AttributeError):
+        return 255 - 6
+
+
+def symbolic_links(folder: Path) -> list[str]:
+    """The symbolic links inside `folder` (paths relative to it, sorted), links to folders not followed."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                found.append(os.path.relpath(os.path.join(root, name), folder))
+    return sorted(found)
+
+
+def check_no_links(folder: Path, what: str = "run folder") -> None:
+    """SweepError (one line) when `folder` holds a symbolic link: jaxreg never writes, replaces or deletes through one."""
+    links = symbolic_links(folder)
+    if links:
+        target = os.readlink(folder / links[0])
+        more = f" and {len(links) - 1} more" if len(links) > 1 else ""
+        raise SweepError(
+            f"{folder} holds a symbolic link, {links[0]} -> {target}{more}, which jaxreg never writes through; "
+            f"remove it or choose another {what}"
+        )
 
 
 def check_folder(folder: Path, settings: Mapping, resume: bool, overwrite: bool, ignored: Sequence[str] = ()) -> str:
@@ -325,6 +410,7 @@ def check_folder(folder: Path, settings: Mapping, resume: bool, overwrite: bool,
         raise SweepError(
             f"{folder} holds an unfinished run ({done_text(folder)}); pass --resume to continue it or --overwrite to restart it"
         )
+    check_no_links(folder, "--out")
     if state in ("unfinished", "finished") and resume:
         compare_configs(folder, settings, ignored)
     if state == "unfinished" and resume and not (folder / CHECKPOINT_FILE).is_file():

@@ -108,17 +108,25 @@ def load_dataset(config: SweepConfig, progress: bool = False) -> Dataset:
     progress: a line and a progress bar on stderr while the IMDB reviews are read (first time only)."""
     if config.synthetic:
         return synthetic_dataset(**SYNTHETIC)
+    path = data_path(config)
+    source = {"path": None, "source": "tfds"} if path == TFDS else {"path": path}
+    try:
+        return load_imdb(**source, validation=config.validation, holdout_size=config.holdout_size, progress=progress)
+    except DataError as e:
+        raise SweepError(str(e)) from e
+
+
+def data_path(config: SweepConfig) -> str | None:
+    """The data path a run reads (--data, else JAXREG_DATA; None for synthetic data); SweepError when none is given."""
+    if config.synthetic:
+        return None
     path = config.data or os.environ.get("JAXREG_DATA")
     if not path:
         raise SweepError(
             "no data: pass --data PATH (the aclImdb .tar.gz archive or extracted folder), "
             "--data tfds (tensorflow-datasets' copy), set JAXREG_DATA, or use --synthetic for offline demo data"
         )
-    source = {"path": None, "source": "tfds"} if path == TFDS else {"path": path}
-    try:
-        return load_imdb(**source, validation=config.validation, holdout_size=config.holdout_size, progress=progress)
-    except DataError as e:
-        raise SweepError(str(e)) from e
+    return path
 
 
 def placement(config: SweepConfig, platform: str | None = None) -> str:
@@ -402,6 +410,9 @@ def run_sweep(
                 config, folder, resume, overwrite, False, False, checkpoint_every, io.StringIO(), False, keep_checkpoint,
                 agreement,
             )
+        data_path(config)  # before the lock: a run refused for no data leaves nothing behind
+        if isinstance(out, str) and not out:  # Path("") would be the current folder
+            raise SweepError("the output folder is an empty name: pass a folder with --out")
         runfolder.check_writable(folder)
         try:
             with runfolder.exclusive(folder):
@@ -414,7 +425,7 @@ def run_sweep(
                 raise SweepError(
                     f"{folder} is in use by another jaxreg run (lock {e.path}); wait for it to end or choose another --out"
                 ) from None
-            raise SweepError(f"cannot create the lock file {e.path}: {e.reason}; choose another --out") from e
+            raise SweepError(f"cannot lock the output folder {folder} ({e.path}): {e.reason}; choose another --out") from None
     except BaseException:
         agreement.refuse()  # the other processes must not wait for this one
         raise

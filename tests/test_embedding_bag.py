@@ -167,4 +167,4 @@ def test_build_is_cached_and_atomic(tmp_path):
     first = cpu_kernels.build_cpu_kernels(tmp_path)
     stamp = first.stat().st_mtime_ns
     assert cpu_kernels.build_cpu_kernels(tmp_path) == first and first.stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, first.name + ".sha256"]  # no partial files left
