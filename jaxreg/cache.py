@@ -2,11 +2,13 @@
 
 The root is ``$XDG_CACHE_HOME/jaxreg``, else ``~/.cache/jaxreg``. Under it:
 
-  imdb-*.npz   the encoded IMDB data (`jaxreg.data`; env ``JAXREG_CACHE`` moves it)
-  kernels/     the CPU kernels built for this machine (`jaxreg.cpu_kernels`)
+  imdb-*.npz   the encoded IMDB data (`jaxreg.data`; env ``JAXREG_CACHE`` moves it), checked as it is read
+  kernels/     the CPU kernels built for this machine (`jaxreg.cpu_kernels`), each with a ``.sha256``
+               checked before it is loaded
   xla/         XLA programs compiled by JAX (`enable_compilation_cache`)
 
-Everything there can be deleted at any time; it is rebuilt on next use.
+Everything there can be deleted at any time; it is rebuilt on next use. A damaged data file or
+kernel library (a truncated file) is rebuilt with one warning.
 """
 
 from __future__ import annotations

@@ -210,6 +210,8 @@ def _lock_folder(folder: Path, fcntl, lock: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockError(lock, in_use=True) from None
+        except OSError:  # a file system that cannot lock folders (NFS emulates flock by fcntl): the lock file alone
+            pass
         yield
     finally:
         os.close(fd)
@@ -241,8 +243,8 @@ def _lock_current_file(path: Path, fcntl) -> int:
 def lock_held(folder) -> bool:
     """Whether a process holds the folder's lock now (a run is writing it); takes nothing, creates nothing.
 
-    Asks for the lock file's and the folder's locks without waiting on read-only handles and gives
-    them back at once; False where neither exists or locks are unsupported (no fcntl).
+    Asks for shared locks on the lock file and the folder without waiting, on read-only handles, and
+    gives them back at once; False where neither exists or locks are unsupported (no fcntl).
     """
     try:
         import fcntl
@@ -256,10 +258,12 @@ def _flock_held(path: Path, fcntl) -> bool:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    try:  # a shared request conflicts with the writer's exclusive lock, and works on a read-only handle on NFS too
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
+    except OSError:  # no locks here: nothing tells
+        return False
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False

@@ -149,7 +149,7 @@ def test_the_saved_files_are_in_the_manifest(finished):
     assert runfolder.recorded(finished) == on_disk
     expected = {params_file(n, s, "final") for n in SPECS for s in range(CONFIG.seeds)}
     expected |= {params_file(n, s, "best") for n, s in trained_keys()}
-    assert {f for f in on_disk if f.startswith("params/")} == expected
+    assert {f for f in on_disk if f.startswith("params/")} == expected | {f + ".sha256" for f in expected}  # with checksums
     assert params_file("smaller", 1, "best") == "params/smaller/seed_1.best.msgpack"
     assert params_file("a/../b", 0) == "params/a%2F..%2Fb/seed_0.final.msgpack"
     assert params_file("..", 0) == "params/%2E%2E/seed_0.final.msgpack"
