@@ -5,15 +5,16 @@ The root is ``$XDG_CACHE_HOME/jaxreg``, else ``~/.cache/jaxreg``. Under it:
   imdb-*.npz   the encoded IMDB data (`jaxreg.data`; env ``JAXREG_CACHE`` moves it), checked as it is read
   kernels/     the CPU kernels built for this machine (`jaxreg.cpu_kernels`), each with a ``.sha256``
                checked before it is loaded
-  xla/         XLA programs compiled by JAX (`enable_compilation_cache`)
+  xla/         XLA programs compiled by JAX (`enable_compilation_cache`), checked when it is turned on
 
-Everything there can be deleted at any time; it is rebuilt on next use. A damaged data file or
-kernel library (a truncated file) is rebuilt with one warning.
+Everything there can be deleted at any time; it is rebuilt on next use. A damaged data file,
+kernel library or compiled program (a truncated file) is rebuilt with one warning.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 COMPILE_CACHE_ENV = "JAXREG_COMPILE_CACHE"
@@ -45,5 +46,32 @@ def enable_compilation_cache(path=None) -> Path | None:
         folder = str(Path(path) if path is not None else cache_dir("xla"))
         jax.config.update("jax_compilation_cache_dir", folder)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    removed = remove_damaged_programs(Path(folder))
+    if removed:
+        warnings.warn(f"jaxreg: removed {removed} damaged compiled program(s) from {folder}; they are compiled again", stacklevel=2)
     compilation_cache.reset_cache()  # JAX decides once per process whether a cache is in use
     return Path(folder)
+
+
+def remove_damaged_programs(folder: Path) -> int:
+    """Delete the entries of JAX's compilation cache in `folder` that no longer decompress; their count.
+
+    JAX writes an entry in place and never replaces one, so an entry cut short (a killed process,
+    a full disk) would stay: JAX would warn about it in every later run and never cache it again.
+    Deleted, it is compiled and cached anew. Reads every entry once (a few MB for a study)."""
+    try:
+        from jax._src.compilation_cache import decompress_executable
+    except ImportError:  # another jax: its entries are left to it
+        return 0
+    removed = 0
+    for entry in sorted(folder.glob("*-cache")) if folder.is_dir() else ():
+        try:
+            data = entry.read_bytes()
+        except OSError:
+            continue
+        try:
+            decompress_executable(data)
+        except Exception:  # noqa: BLE001 -- zlib.error, zstd's errors: damaged either way
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed

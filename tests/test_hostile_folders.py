@@ -254,3 +254,35 @@ def test_a_data_cache_with_a_flipped_byte_is_rebuilt_with_one_warning(make_fake_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_imdb(archive, cache_dir=cache)
+
+
+def test_a_truncated_compiled_program_is_removed_with_one_warning(tmp_path, monkeypatch):
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    from jaxreg import cache
+
+    saved = {name: getattr(jax.config, name) for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    monkeypatch.delenv(cache.COMPILE_CACHE_ENV, raising=False)
+    folder = tmp_path / "xla"
+    try:
+        cache.enable_compilation_cache(folder)
+        program = jax.jit(lambda x: jax.numpy.cos(x) * 7.25 - 0.5)
+        expected = np.asarray(program(jax.numpy.arange(5.0)))
+        entries = sorted(folder.glob("*-cache"))
+        assert entries
+        for entry in entries:  # a process killed while JAX wrote them (in place)
+            entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+        with pytest.warns(UserWarning, match=rf"removed {len(entries)} damaged compiled program\(s\) from") as record:
+            cache.enable_compilation_cache(folder)
+        assert len(record) == 1 and not list(folder.glob("*-cache"))
+        jax.clear_caches()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # JAX reads no damaged entry: compiled and cached again
+            np.testing.assert_array_equal(np.asarray(program(jax.numpy.arange(5.0))), expected)
+        assert len(list(folder.glob("*-cache"))) == len(entries)
+        assert cache.remove_damaged_programs(folder) == 0
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
