@@ -121,9 +121,11 @@ def remove_temporaries(folder) -> None:
 def remove_recorded(folder) -> None:
     """Delete every recorded file (the manifest last), then the sub-folders that leaves empty.
 
-    Files the user added stay, and so does every folder that still holds something.
+    Files the user added stay, and so does every folder that still holds something. SweepError,
+    deleting nothing, when the folder holds a symbolic link (a file through it may be another folder's).
     """
     folder = Path(folder)
+    check_no_links(folder, "--out")
     files = recorded(folder) or []
     for name in sorted(files, key=lambda f: f == MANIFEST_FILE):
         path = folder / name

@@ -103,6 +103,18 @@ def test_a_run_folder_with_a_linked_params_folder_is_refused(finished, tmp_path,
     assert not list(tmp_path.glob(".*.lock"))
 
 
+def test_remove_recorded_deletes_nothing_through_a_link(tmp_path):
+    other, out = tmp_path / "other", tmp_path / "run"
+    (other / "sub").mkdir(parents=True)
+    (other / "sub" / "a.txt").write_text("theirs")
+    out.mkdir()
+    (out / "sub").symlink_to(other / "sub")
+    runfolder.record(out, "sub/a.txt")
+    with pytest.raises(SweepError, match="holds a symbolic link, sub -> "):
+        runfolder.remove_recorded(out)
+    assert (other / "sub" / "a.txt").read_text() == "theirs" and (out / runfolder.MANIFEST_FILE).is_file()
+
+
 def test_report_refuses_a_run_folder_with_a_linked_figure(finished, tmp_path, capsys):
     out = shutil.copytree(finished, tmp_path / "run")
     outside = tmp_path / "precious.png"
