@@ -92,7 +92,8 @@ def _env(xdg: Path, **extra: str) -> dict:
     if cpu_kernels.cpu_kernels_available():
         library = cpu_kernels.build_cpu_kernels()
         (xdg / "jaxreg" / "kernels").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(library, xdg / "jaxreg" / "kernels" / library.name)
+        for name in (library.name, library.name + ".sha256"):  # with its checksum, or it is built again
+            shutil.copy2(library.with_name(name), xdg / "jaxreg" / "kernels" / name)
     return {**env, **extra}
 
 
