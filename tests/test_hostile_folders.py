@@ -196,6 +196,15 @@ def test_a_refused_new_folder_is_left_absent_and_unlocked(tmp_path, monkeypatch)
     assert not entered and not list(tmp_path.iterdir())  # refused before the lock: no lock file, no folder
 
 
+def test_a_linked_lock_file_is_not_followed(tmp_path):
+    outside = tmp_path / "elsewhere" / "target"
+    outside.parent.mkdir()  # following the link would create the file there
+    runfolder.lock_path(tmp_path / "run").symlink_to(outside)
+    with pytest.raises(SweepError, match=r"^cannot lock the output folder .*run \(.*\.run\.lock\): Too many levels of symbolic links"):
+        tiny_sweep(tmp_path / "run")
+    assert not outside.exists() and not (tmp_path / "run").exists()
+
+
 def test_exclusive_removes_the_empty_folder_it_created(tmp_path):
     out = tmp_path / "new"
     with runfolder.exclusive(out):
