@@ -11,6 +11,7 @@ The public API (imported lazily, so that `import jaxreg` stays cheap and does no
                fused_train_step, train_epoch, evaluate
   results      load_run (a run folder, in any state: runs), stack (history), summarize, summary_table,
                early_stopping_table (with a test split; summaries), load_params (params)
+  predictions  predict (a run folder's model applied to new text: probabilities; predictions)
 
 Modules, one idea each (their layers: docs/architecture.md):
   dataset    Dataset and Split (multi-hot or dense inputs; binary, multiclass or regression targets), from_arrays
@@ -35,6 +36,8 @@ Modules, one idea each (their layers: docs/architecture.md):
   runfolder  a run folder's manifest, writer lock and checksummed checkpoint
   runs       a run folder read back (load_run for notebooks)
   params     the trained parameters a run saves (final and best epoch), load_params
+  vocabulary the words a run's model reads (vocabulary.json), new text encoded with them
+  predictions  predict: probabilities for new text from a run folder (experiments/predict.py)
   plots      the study's figures with seed bands; events: TensorBoard event files
   cache      the cache folders and JAX's persistent compilation cache; compiletime: compile time apart
 """
@@ -75,6 +78,7 @@ _EXPORTS = {
     "summary_table": "summaries",
     "early_stopping_table": "summaries",
     "load_params": "params",
+    "predict": "predictions",
 }
 
 __all__ = sorted(_EXPORTS)

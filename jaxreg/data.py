@@ -110,6 +110,17 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN_RE.findall(_BR_RE.sub(" ", text.lower()))
 
 
+def tokenizer_settings() -> dict:
+    """What `tokenize` and the encoding do, JSON-ready: a run folder's vocabulary.json records them with its words."""
+    return {
+        "version": TOKENIZER_VERSION,
+        "lowercase": True,
+        "line_breaks": {"pattern": _BR_RE.pattern, "becomes": " "},
+        "token_pattern": _TOKEN_RE.pattern,
+        "indices": {"padding": PAD, "start": START, "out_of_vocabulary": OOV, "first_word": FIRST_WORD},
+    }
+
+
 def load_imdb(
     path=None,
     *,

@@ -20,8 +20,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engine", ("views", "distributed", "memory", "specs", "runplan", "variants")),
     # a run folder's bookkeeping: manifest, lock, checks, default folders, the resume checkpoint
     ("run folder", ("runfolder", "outfolders", "checkpoint")),
-    # a run folder's contents, written and read: live history, TensorBoard, parameters, load_run
-    ("run files", ("runs", "events", "live", "params")),
+    # a run folder's contents, written and read: live history, TensorBoard, parameters, vocabulary, load_run, predict
+    ("run files", ("runs", "events", "live", "params", "vocabulary", "predictions")),
     # the study: its config and command-line options, figures, tables, reports, and the sweep that runs it all
     ("study", ("config", "cli", "agreement", "axis_tables", "plots", "report", "sweep")),
 )

@@ -55,6 +55,7 @@ from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint
 from jaxreg.checks import is_int
 from jaxreg.config import LOCAL_FIELDS, SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.live import LiveLog
+from jaxreg.vocabulary import VOCABULARY_FILE, save_vocabulary
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.history import has_test, metric_names, stack, write_history
 from jaxreg.runs import load_run
@@ -359,6 +360,7 @@ def print_summary(
         print("\n" + tested + "\n" + early_stopping_notes(), file=stream)
     written = [fileio.CONFIG_FILE, fileio.HISTORY_JSONL, fileio.HISTORY_CSV, fileio.SUMMARY_MD, fileio.SUMMARY_CSV]
     written += [str(p.relative_to(folder)) for p in figures]
+    written += [VOCABULARY_FILE] if (folder / VOCABULARY_FILE).is_file() else []
     written += [f"{d}/" for d in ("params", "tensorboard") if (folder / d).is_dir()]  # per variant and seed
     print(f"Wrote {folder}: {', '.join(written)}", file=stream)
 
@@ -727,6 +729,7 @@ def _train_and_finish(
         print(f"early stopping (patience {config.patience}): every variant stopped; the run ended after epoch "
               f"{epochs_run} of {config.epochs}; params/ keeps each variant's best epoch", file=stream)
     writer.live.finish(epochs_run)
+    save_vocabulary(folder, dataset)  # what new text is encoded with (jaxreg.predict); none for array data
     saved_params.save_params(folder, outcome.params)
     result = _finish(folder, config, history, outputs.figures, seconds, start, stream, compiled.seconds, epochs_run)
     if not outputs.keep_checkpoint:
