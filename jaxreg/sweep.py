@@ -17,6 +17,8 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.history`, `jaxreg.
   tensorboard/         TensorBoard events per variant and seed, after every epoch (`jaxreg.events`)
   params/<variant>/seed_<s>.final.msgpack, .best.msgpack   at the end: the trained parameters
                        at the variant's true widths (`jaxreg.params`, `load_params`)
+  vocabulary.json      at the end, for IMDB and synthetic data: the words and tokenizer new text is
+                       encoded with (`jaxreg.vocabulary`, `jaxreg.predict`)
   summary.md/.csv, figures/*.png   at the end
 
 Checkpoints are written atomically (temporary file, then os.replace) on a background thread

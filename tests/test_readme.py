@@ -53,8 +53,12 @@ def test_run_folder_examples_run(tmp_path, monkeypatch, capsys):
     assert lines[0] == "finished {'original': 3, 'smaller': 3}", lines  # what the comment in the README says
 
     scope = run_block(use_params)
-    printed = capsys.readouterr().out
-    accuracy = float(re.fullmatch(r"validation accuracy: ([\d.]+)\n", printed)[1])
+    printed, predicted = capsys.readouterr().out.splitlines()
+    accuracy = float(re.fullmatch(r"validation accuracy: ([\d.]+)", printed)[1])
+    probabilities = [float(p) for p in re.fullmatch(r"\[\s*([\d.e-]+)\s+([\d.e-]+)\s*\]", predicted).groups()]
+    expected = scope["predict"](tmp_path / "runs" / "demo", ["w3 w17 w52", "w900"], variant="smaller", seed=0, which="best")
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)  # as printed: 8 digits
+    assert len(set(probabilities)) == 2 and all(0 < p < 1 for p in probabilities)
     assert scope["logits"].shape == (len(scope["validation"].y),)
     from jaxreg import load_run
 
