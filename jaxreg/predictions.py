@@ -37,10 +37,10 @@ def predict(run_folder, texts: Sequence[str], variant: str | None = None, seed: 
     folder = run_folder_of(run_folder)
     texts = _checked_texts(texts)
     widths, variant = _variant_widths(folder, variant, seed, which)
+    params = load_params(folder, variant, seed, which)  # first: an unfinished run has neither, and this says so
     vocabulary = load_vocabulary(folder)
     if vocabulary.target != "binary":
         raise SweepError(f"predict is for binary tasks only; the run in {folder} has a {vocabulary.target} task")
-    params = load_params(folder, variant, seed, which)
     rows = params["params"]["hidden_0"]["kernel"].shape[0]
     if rows != vocabulary.num_words:
         raise SweepError(f"{folder}: the parameters read {rows} words, its vocabulary.json {vocabulary.num_words}")
