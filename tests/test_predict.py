@@ -132,6 +132,7 @@ def own_model(config: dict) -> dict:
         ("not text", dict(texts=["a film", 3]), r"texts\[1\] is a int, not a string"),
         ("no folder", dict(folder="nowhere"), r".*nowhere is not a run folder \(no config.json\) nor a runs/<preset> folder with a LATEST file"),
         ("no vocabulary", dict(delete=VOCABULARY_FILE), r".* has no vocabulary.json, so new text cannot be encoded for its models: .*"),
+        ("no parameters", dict(delete="params/original/seed_0.best.msgpack"), r"no best parameters for variant 'original', seed 0: .*"),
         ("task", dict(change=(VOCABULARY_FILE, lambda v: {**v, "target": "regression"})), r"predict is for binary tasks only; the run in .* has a regression task"),
         ("tokenizer", dict(change=(VOCABULARY_FILE, lambda v: {**v, "tokenizer": {**v["tokenizer"], "version": 9}})),
          r".* was written with tokenizer version 9 \(format 1\); this jaxreg .*"),
