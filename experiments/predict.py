@@ -32,7 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("texts", nargs="+", metavar="TEXT", help="a review to classify")
     p.add_argument("--variant", help="the variant whose model answers (default: the run's first)")
     p.add_argument("--seed", type=int, default=0, help="which seed's model (default 0)")
-    p.add_argument("--which", choices=("best", "final"), default="best", help="the best epoch's parameters (default) or the last's")
+    p.add_argument(
+        "--which", choices=("best", "final"), default="best", help="the best epoch's parameters (default) or the last's"
+    )
     return p.parse_args(argv)
 
 

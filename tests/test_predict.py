@@ -36,7 +36,8 @@ def train(argv: list[str]) -> None:
     """experiments/sweep.py in this process (its XLA_FLAGS left as they were)."""
     flags = os.environ.get("XLA_FLAGS")
     try:
-        assert load_cli("sweep").main([*argv, "--no-progress", "--no-compile-cache", "--no-figures", "--no-tensorboard"]) == 0
+        quiet = ["--no-progress", "--no-compile-cache", "--no-figures", "--no-tensorboard"]
+        assert load_cli("sweep").main([*argv, *quiet]) == 0
     finally:
         os.environ.pop("XLA_FLAGS", None) if flags is None else os.environ.__setitem__("XLA_FLAGS", flags)
 
@@ -130,13 +131,18 @@ def own_model(config: dict) -> dict:
         ("which", dict(which="last"), r"which='last' must be one of final, best"),
         ("one string", dict(texts="a film"), r"texts must be a list of strings, not one string: pass \[text\]"),
         ("not text", dict(texts=["a film", 3]), r"texts\[1\] is a int, not a string"),
-        ("no folder", dict(folder="nowhere"), r".*nowhere is not a run folder \(no config.json\) nor a runs/<preset> folder with a LATEST file"),
-        ("no vocabulary", dict(delete=VOCABULARY_FILE), r".* has no vocabulary.json, so new text cannot be encoded for its models: .*"),
-        ("no parameters", dict(delete="params/original/seed_0.best.msgpack"), r"no best parameters for variant 'original', seed 0: .*"),
-        ("task", dict(change=(VOCABULARY_FILE, lambda v: {**v, "target": "regression"})), r"predict is for binary tasks only; the run in .* has a regression task"),
+        ("no folder", dict(folder="nowhere"),
+         r".*nowhere is not a run folder \(no config.json\) nor a runs/<preset> folder with a LATEST file"),
+        ("no vocabulary", dict(delete=VOCABULARY_FILE),
+         r".* has no vocabulary.json, so new text cannot be encoded for its models: .*"),
+        ("no parameters", dict(delete="params/original/seed_0.best.msgpack"),
+         r"no best parameters for variant 'original', seed 0: .*"),
+        ("task", dict(change=(VOCABULARY_FILE, lambda v: {**v, "target": "regression"})),
+         r"predict is for binary tasks only; the run in .* has a regression task"),
         ("tokenizer", dict(change=(VOCABULARY_FILE, lambda v: {**v, "tokenizer": {**v["tokenizer"], "version": 9}})),
          r".* was written with tokenizer version 9 \(format 1\); this jaxreg .*"),
-        ("own model", dict(change=(fileio.CONFIG_FILE, own_model)), r"variant 'original' is an own model \(Wide\(features=3\)\): predict applies the study.s MLP only; .*"),
+        ("own model", dict(change=(fileio.CONFIG_FILE, own_model)),
+         r"variant 'original' is an own model \(Wide\(features=3\)\): predict applies the study.s MLP only; .*"),
     ],
 )
 def test_what_cannot_be_predicted_is_one_line(run_folder, tmp_path, capsys, case, arguments, message):
@@ -165,10 +171,11 @@ def test_what_cannot_be_predicted_is_one_line(run_folder, tmp_path, capsys, case
 def test_the_book_s_original_model_reads_new_reviews(imdb_archive, tmp_path):
     """Trained on IMDB for 3 epochs, the book's `original` model finds a clearly positive review positive and a
     clearly negative one negative."""
-    train(["--data", str(imdb_archive), "--variants", "original", "--seeds", "1", "--epochs", "3", "--out", str(tmp_path / "run")])
+    run = tmp_path / "run"
+    train(["--data", str(imdb_archive), "--variants", "original", "--seeds", "1", "--epochs", "3", "--out", str(run)])
     positive = "One of the best films I have ever seen. Brilliant acting, a wonderful story, I loved every minute."
     negative = "The worst movie I have ever seen. Boring, stupid and a complete waste of time."
-    p_positive, p_negative = jaxreg.predict(tmp_path / "run", [positive, negative])
+    p_positive, p_negative = jaxreg.predict(run, [positive, negative])
     assert p_positive > 0.5 > p_negative, (p_positive, p_negative)
-    vocabulary = load_vocabulary(tmp_path / "run")
+    vocabulary = load_vocabulary(run)
     assert vocabulary.num_words == 10_000 and vocabulary.words["the"] == 3  # Keras' offsets: the most frequent word is 3
