@@ -87,6 +87,11 @@ CLUSTER_OPTIONS = (
     ("--heartbeat-timeout", dict(
         type=int, metavar="SECONDS", help="a process silent this long is declared dead and the others stop (default {heartbeat})"
     )),
+    ("--peer-timeout", dict(
+        type=int, metavar="SECONDS",
+        help="at start-up, how long the processes wait for each other (process 0 for all the others, the others to reach "
+        "process 0) before each stops with one line (default {peer_timeout})",
+    )),
 )
 
 
@@ -118,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--divergence-threshold), 4 another process of a distributed run stopped, 130 interrupted by Ctrl-C "
         "(SIGINT), 143 stopped by SIGTERM; an interrupted run continues with --resume.",
     )
-    filled = {"presets": ", ".join(_presets().PRESETS), "heartbeat": distributed.DEFAULT_HEARTBEAT_TIMEOUT}
+    filled = {
+        "presets": ", ".join(_presets().PRESETS), "heartbeat": distributed.DEFAULT_HEARTBEAT_TIMEOUT,
+        "peer_timeout": distributed.DEFAULT_PEER_TIMEOUT,
+    }
     for flag, settings in RUN_OPTIONS:
         p.add_argument(flag, **{**settings, "help": settings["help"].format(**filled)})
     cli.add_config_options(p.add_argument_group(
@@ -147,8 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("with many processes pass --out, the same folder for all (process 0 writes it)")
     if given and args.distributed:
         p.error("--distributed detects the processes itself: leave out --coordinator, --num-processes and --process-id")
-    if args.heartbeat_timeout is not None and not (given or args.distributed):
-        p.error("--heartbeat-timeout is for many processes: add --distributed or --coordinator ...")
+    for flag, value in (("--heartbeat-timeout", args.heartbeat_timeout), ("--peer-timeout", args.peer_timeout)):
+        if value is not None and not (given or args.distributed):
+            p.error(f"{flag} is for many processes: add --distributed or --coordinator ...")
     return args
 
 
@@ -261,17 +270,26 @@ def _import_jaxreg() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
-def _start_cluster(args) -> str | None:
+def _start_cluster(args) -> tuple[str, int] | None:
     """Start jax.distributed when the flags ask for many processes (before anything asks jax for its devices);
-    the error message when it cannot start."""
+    (the error message, the exit status) when it cannot start: EXIT_PROCESS_LOST when a process did not come in
+    time, EXIT_BAD_INPUT otherwise. A signal while waiting for the other processes ends the wait (KeyboardInterrupt)."""
     from jaxreg import distributed
 
+    timeouts = {"heartbeat_timeout": args.heartbeat_timeout, "peer_timeout": args.peer_timeout}
     try:
-        timeout = {} if args.heartbeat_timeout is None else {"heartbeat_timeout": args.heartbeat_timeout}
-        cluster = distributed.Cluster(args.coordinator, args.num_processes, args.process_id, auto=args.distributed, **timeout)
+        cluster = distributed.Cluster(
+            args.coordinator, args.num_processes, args.process_id, auto=args.distributed,
+            **{k: v for k, v in timeouts.items() if v is not None},
+        )
         distributed.initialize(cluster)
+    except distributed.PeersMissing as e:
+        return str(e), EXIT_PROCESS_LOST
     except distributed.DistributedError as e:
-        return str(e)
+        return str(e), EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"\n{_signal_prefix()}interrupted while waiting for the other processes; nothing was written", file=sys.stderr)
+        return None, INTERRUPTS.exit_status()
     return None
 
 
@@ -290,8 +308,10 @@ def _main(argv: list) -> int:
 
     problem = _start_cluster(args)
     if problem is not None:
-        print(f"sweep.py: error: {problem}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        message, status = problem
+        if message is not None:
+            print(f"sweep.py: error: {message}", file=sys.stderr)
+        return status
     if not args.no_compile_cache:
         enable_compilation_cache()
 

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from jaxreg import distributed
+from jaxreg import distributed, rendezvous
 from jaxreg.config import LOCAL_FIELDS, SweepConfig, SweepError
 
 # Fields that are not compared as options: where the data comes from (the data checksum is compared instead).
@@ -21,10 +21,12 @@ _RECORD = 2 + 32 + 32  # ready, finished, sha256 of the data checksum, sha256 of
 
 
 def options_digest(config: SweepConfig, checkpoint_every: int) -> bytes:
-    """sha256 of what every process must run alike: the resolved config but for its data's location, and how
-    often it checkpoints (a collective)."""
+    """sha256 of what every process must run alike: the resolved config but for its data's location, how
+    often it checkpoints (a collective) and the code (jaxreg's version and sources, `rendezvous.code_version`)."""
     options = {k: v for k, v in config.to_dict().items() if k not in DATA_FIELDS}
-    text = json.dumps({"config": options, "checkpoint_every": checkpoint_every}, sort_keys=True)
+    text = json.dumps(
+        {"config": options, "checkpoint_every": checkpoint_every, "code": rendezvous.code_version()}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).digest()
 
 
@@ -75,8 +77,8 @@ class Agreement:
         differ = [i for i, r in enumerate(records) if (r[34:] != records[0][34:]).any()]
         if differ:
             raise SweepError(
-                f"process(es) {differ} run other options than process 0 (their resolved config or --checkpoint-every "
-                "differs); give every process the same options (only --process-id and paths may differ)"
+                f"process(es) {differ} run other options than process 0 (their resolved config, --checkpoint-every or "
+                "jaxreg's code differs); give every process the same options (only --process-id and paths may differ)"
             )
         differ = [i for i, r in enumerate(records) if (r[2:34] != records[0][2:34]).any()]
         if data and differ:

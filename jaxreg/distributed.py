@@ -35,14 +35,22 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxreg import rendezvous
+
 # Seconds without a heartbeat after which the coordination service declares a process dead and
 # stops the others. JAX's own default is 100 s; 60 s reacts sooner and still lets a busy host
 # (a long XLA compilation, a slow checkpoint write) keep its heartbeat thread alive.
 DEFAULT_HEARTBEAT_TIMEOUT = 60
+# Seconds the processes wait for each other at start-up (jaxreg.rendezvous, then JAX's own registration).
+DEFAULT_PEER_TIMEOUT = 60
 
 
 class DistributedError(RuntimeError):
     """Bad distributed settings, or the runtime cannot start with them; the message names the field or cause."""
+
+
+class PeersMissing(DistributedError):
+    """At start-up, a process did not come within the peer timeout (or process 0 could not be reached)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +62,7 @@ class Cluster:
     process_id: int | None = None
     auto: bool = False
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
+    peer_timeout: int = DEFAULT_PEER_TIMEOUT
 
     def __post_init__(self):
         given = [self.coordinator is not None, self.num_processes is not None, self.process_id is not None]
@@ -76,6 +85,8 @@ class Cluster:
                 )
         if not isinstance(self.heartbeat_timeout, int) or self.heartbeat_timeout < 1:
             raise DistributedError(f"heartbeat_timeout={self.heartbeat_timeout!r} must be an integer >= 1 (seconds)")
+        if not isinstance(self.peer_timeout, int) or self.peer_timeout < 1:
+            raise DistributedError(f"peer_timeout={self.peer_timeout!r} must be an integer >= 1 (seconds)")
 
     @property
     def enabled(self) -> bool:
@@ -86,17 +97,28 @@ def initialize(cluster: Cluster) -> None:
     """Start JAX's distributed runtime (before anything else touches jax's devices); nothing when not enabled.
 
     On CPU the cross-process collectives need gloo, so that is chosen first (other platforms
-    ignore the setting). A process that stops sending heartbeats for `heartbeat_timeout`
-    seconds is declared dead and the others are stopped.
+    ignore the setting). With --coordinator the processes first meet in Python (jaxreg.rendezvous:
+    a busy port, an unknown host or a process that does not come within `peer_timeout` seconds
+    is a DistributedError, PeersMissing for the latter, and a signal ends the wait), since JAX's
+    own wait aborts the process from C++. A process that stops sending heartbeats for
+    `heartbeat_timeout` seconds is declared dead and the others are stopped.
     """
     if not cluster.enabled:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if cluster.coordinator is not None:
+        try:
+            rendezvous.meet(
+                cluster.coordinator, cluster.num_processes, cluster.process_id, cluster.peer_timeout, rendezvous.code_version()
+            )
+        except rendezvous.RendezvousError as e:
+            raise (PeersMissing if e.missing else DistributedError)(str(e)) from None
     try:
         jax.distributed.initialize(
             cluster.coordinator,
             cluster.num_processes,
             cluster.process_id,
+            initialization_timeout=cluster.peer_timeout,
             heartbeat_timeout_seconds=cluster.heartbeat_timeout,
         )
     except (RuntimeError, ValueError) as e:

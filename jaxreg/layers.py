@@ -9,7 +9,7 @@ from __future__ import annotations
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # no jaxreg import: checks, file IO, the one error, the choice of epochs, the machine, caches
-    ("base", ("__init__", "layers", "checks", "errors", "fileio", "selection", "machine", "cache", "compiletime", "msgpack_stream")),
+    ("base", ("__init__", "layers", "checks", "errors", "fileio", "selection", "machine", "cache", "compiletime", "msgpack_stream", "rendezvous")),
     # what a run records, as NumPy: history columns and files, summaries and their tables
     ("records", ("history", "summaries")),
     # the data and its batches
