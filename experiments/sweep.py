@@ -3,8 +3,9 @@
 Parses flags, builds the preset's SweepConfig with the overrides and calls
 jaxreg.sweep.run_sweep. Exit status: 0 done, 2 bad input (one line on stderr, nothing
 written), 3 some variant diverged (a NaN or infinite metric, or a loss above
---divergence-threshold), 4 another process of a distributed run stopped, 130 interrupted by
-Ctrl-C (SIGINT), 143 stopped by SIGTERM (at any moment: a run folder this run has written is
+--divergence-threshold), 4 another process of a distributed run stopped (or did not come at start-up),
+5 writing a run file failed (a full disk: one line naming the file; the folder is left "interrupted", for
+--resume), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (at any moment: a run folder this run has written is
 left "interrupted", for --resume).
 One of many processes (`--coordinator/--num-processes/--process-id`, or `--distributed` where
 JAX detects the cluster): jax.distributed is initialized right after the imports; process 0
@@ -35,7 +36,7 @@ import signal
 import sys
 import traceback
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PROCESS_LOST = 2, 3, 4
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PROCESS_LOST, EXIT_WRITE_FAILED = 2, 3, 4, 5
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: as a shell reports them
 
 # The options that are not SweepConfig fields (those are derived from its declaration, see jaxreg.cli):
@@ -120,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         "into a run folder: config.json, history.jsonl/.csv and tensorboard/ (after every epoch), summary.md/.csv, "
         "figures/*.png, params/ (each variant's final and best-epoch parameters), checkpoint.msgpack (while it runs).",
         epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf, or a loss above "
-        "--divergence-threshold), 4 another process of a distributed run stopped, 130 interrupted by Ctrl-C "
-        "(SIGINT), 143 stopped by SIGTERM; an interrupted run continues with --resume.",
+        "--divergence-threshold), 4 another process of a distributed run stopped or did not come, 5 writing a run "
+        "file failed (e.g. a full disk), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; an interrupted "
+        "run continues with --resume.",
     )
     filled = {
         "presets": ", ".join(_presets().PRESETS), "heartbeat": distributed.DEFAULT_HEARTBEAT_TIMEOUT,
@@ -303,7 +305,7 @@ def _main(argv: list) -> int:
         _force_host_devices(args.devices)
     from jaxreg import outfolders
     from jaxreg.cache import enable_compilation_cache
-    from jaxreg.sweep import ProcessLost, SweepError, SweepInterrupted, run_sweep
+    from jaxreg.sweep import ProcessLost, SweepError, SweepInterrupted, WriteFailed, run_sweep
     from jaxreg.variants import VariantError
 
     problem = _start_cluster(args)
@@ -340,6 +342,9 @@ def _main(argv: list) -> int:
     except ProcessLost as e:
         print(f"sweep.py: error: {e}", file=sys.stderr)
         return EXIT_PROCESS_LOST
+    except WriteFailed as e:
+        print(f"sweep.py: error: {e}: {_resume_hint(argv, fresh and fresh[2])}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     except (SweepError, VariantError) as e:
         if fresh is not None:
             _drop_if_empty(*fresh, outfolders)

@@ -130,7 +130,7 @@ class EventLog:
         return self.folder / event_file(*key)
 
     def _append(self, key, data: bytes) -> None:
-        with open(self._path(key), "ab") as f:
+        with fileio.naming(self._path(key)), open(self._path(key), "ab") as f:
             f.write(data)
             f.flush()
 

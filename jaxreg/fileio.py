@@ -32,6 +32,18 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def naming(path) -> Iterator[None]:
+    """An OSError raised in the block without a file name (a write() that fails: a full disk) gets `path` as its
+    file name, so that the error names the file whose write failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
+
+
 def atomic_write(path, data: bytes | str, *more: bytes) -> Path:
     """Write to a temporary file in the same folder, then os.replace it: readers never see half a file.
 
@@ -51,14 +63,16 @@ def atomic_file(path) -> Iterator[BinaryIO]:
     The content goes to a temporary file in the same folder, is flushed to disk, then
     os.replace'd onto `path`; on an error the temporary file is removed and `path` is as before."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with naming(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with naming(path):
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

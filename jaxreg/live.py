@@ -62,7 +62,7 @@ class LiveLog:
         records = self._add(epoch, row)
         lines = {fileio.HISTORY_JSONL: jsonl_lines(records), fileio.HISTORY_CSV: csv_lines(records)}
         for name, text in lines.items():
-            with open(self.folder / name, "a", encoding="utf-8") as f:
+            with fileio.naming(self.folder / name), open(self.folder / name, "a", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()
         if self.events is not None:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 _POLL = 0.25  # seconds between checks of the deadline while waiting (a signal interrupts at once anyway)
+_HELLO_WITHIN = 5.0  # seconds a connection gets to say hello (a peer sends it at once; anything else is dropped)
 
 
 class RendezvousError(RuntimeError):
@@ -112,7 +113,7 @@ def _host(coordinator: str, num_processes: int, timeout: float, code: str) -> No
 def _welcome(conn: socket.socket, peers: dict, num_processes: int, deadline: float, code: str) -> None:
     """Read one hello; keep the connection of a valid one, refuse (and raise for) a conflicting one."""
     try:
-        hello = _read_line(conn, max(deadline - time.monotonic(), _POLL))
+        hello = _read_line(conn, min(max(deadline - time.monotonic(), _POLL), _HELLO_WITHIN))
     except (OSError, ValueError):
         conn.close()  # not one of ours (a port scan, a process that died): ignore it
         return

@@ -34,6 +34,7 @@ process 0 alone checks, locks and writes the folder, the others only train their
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import math
 import os
@@ -78,6 +79,11 @@ class SweepInterrupted(SweepError):
         else:
             message = f"interrupted during the first epoch; no checkpoint yet in {folder} (resuming starts at epoch 1)"
         super().__init__(message)
+
+
+class WriteFailed(SweepError):
+    """Writing a run file failed (a full disk, a quota, an I/O error) once the run folder was written; the folder is
+    left "interrupted" with the reason, where status.json could still be written, and continues with --resume."""
 
 
 class ProcessLost(SweepError):
@@ -617,11 +623,10 @@ class _EpochWriter:
             save=lambda *args: save_checkpoint(*args),  # looked up when called: tests replace it
         )
 
-    def write_status(self, name: str, epochs_done: int) -> None:
+    def write_status(self, name: str, epochs_done: int, reason: str | None = None) -> None:
         if self.writes:
-            fileio.write_json(
-                self.folder / fileio.STATUS_FILE, {"state": name, "epochs_done": epochs_done, "epochs": self.config.epochs}
-            )
+            status = {"state": name, "epochs_done": epochs_done, "epochs": self.config.epochs}
+            fileio.write_json(self.folder / fileio.STATUS_FILE, status | ({"reason": reason} if reason else {}))
 
     def on_epoch(self, epoch: int, row: dict, take_snapshot) -> None:
         """variants.run's on_epoch."""
@@ -643,14 +648,29 @@ class _EpochWriter:
         self.done = self.checkpoints.written if self.checkpoints.written is not None else self.done
         return self.done
 
-    def stopped(self) -> int:
+    def stopped(self, reason: str | None = None) -> int:
         """The run stopped before its end: close the bar, mark the folder "interrupted" (unless
-        finished); returns the epochs checkpointed."""
+        finished), with `reason` if given; returns the epochs checkpointed."""
         if self.bar is not None:
             self.bar.close()
         if self.writes and folder_state(self.folder) != "finished":
-            self.write_status("interrupted", self.done)
+            self.write_status("interrupted", self.done, reason)
         return self.done
+
+    def write_failed(self, error: OSError) -> WriteFailed:
+        """The run stopped because writing `error.filename` failed: the folder "interrupted" with the reason, if
+        status.json can still be written (a full disk often still takes its few bytes, since a failed
+        write's temporary file is removed); the one-line error to raise."""
+        what = f"{error.filename}" if error.filename else "a file of the run folder"
+        reason = f"cannot write {what}: {error.strerror or error}"
+        self.checkpointed()
+        try:
+            done = self.stopped(reason)
+            recorded = 'status.json says "interrupted"'
+        except OSError as again:
+            done, recorded = self.done, f"status.json could not be updated either ({again.strerror or again})"
+        kept = f"the checkpoint holds epoch {done}" if done else "no checkpoint yet"
+        return WriteFailed(f"{reason}; the run stopped ({kept}; {recorded}); free space or fix the folder, then --resume")
 
 
 def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, outputs: _Outputs) -> SweepResult:
@@ -665,6 +685,8 @@ def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, out
         writer.checkpointed()  # the checkpoint being written completes; `done` then names it
         raise SweepInterrupted(folder, writer.stopped(), config.epochs) from None
     except Exception as e:
+        if _write_error(e):
+            raise writer.write_failed(e) from e
         writer.checkpointed()  # no checkpoint is left half-handled by a thread that outlives the run
         if not distributed.many():
             raise
@@ -679,6 +701,15 @@ def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, out
     except BaseException:
         _wait_quietly(writer.checkpoints)
         raise
+
+
+# What a failed write of a run file raises (training reads no file): a full disk or quota, a read-only or failing disk.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM)
+
+
+def _write_error(error: BaseException) -> bool:
+    """Whether `error` is an OSError of writing a file (not, e.g., a connection reset by a lost process)."""
+    return isinstance(error, OSError) and (error.filename is not None or error.errno in _WRITE_ERRNOS)
 
 
 def _announce(config: SweepConfig, folder: Path, prepared: _Prepared, start: int, stream) -> None:
