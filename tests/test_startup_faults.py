@@ -288,3 +288,12 @@ def test_naming_gives_a_write_error_its_file(tmp_path):
         with fileio.naming(tmp_path / "x"):
             open(tmp_path / "missing" / "y")
     assert caught.value.filename == str(tmp_path / "missing" / "y")
+
+
+def test_peer_timeout_is_checked(capsys):
+    from jaxreg import distributed
+
+    assert CLI.main(["--synthetic", "--peer-timeout", "3", "--out", "x"]) == CLI.EXIT_BAD_INPUT
+    assert "--peer-timeout is for many processes" in capsys.readouterr().err
+    with pytest.raises(distributed.DistributedError, match="peer_timeout=0 must be an integer >= 1"):
+        distributed.Cluster("localhost:1", 2, 0, peer_timeout=0)
