@@ -8,8 +8,9 @@ written), 3 some variant diverged (a NaN or infinite metric, or a loss above
 --resume), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (at any moment: a run folder this run has written is
 left "interrupted", for --resume).
 One of many processes (`--coordinator/--num-processes/--process-id`, or `--distributed` where
-JAX detects the cluster): jax.distributed is initialized right after the imports; process 0
-writes the run folder. A failed process of such a run ends with os._exit, so that it does not
+JAX detects the cluster): jax.distributed is initialized right after the imports, after the processes
+have met in Python (jaxreg.rendezvous: a busy port, a missing peer or an unreachable coordinator is one
+line, within --peer-timeout, and a signal ends the wait); process 0 writes the run folder. A failed process of such a run ends with os._exit, so that it does not
 wait in JAX's shutdown barrier for processes that wait for it.
 The flags of the study's options are derived from SweepConfig's fields (jaxreg.cli), the
 others are declared in RUN_OPTIONS and CLUSTER_OPTIONS below; a flag not given keeps the preset's value.

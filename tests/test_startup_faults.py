@@ -187,6 +187,35 @@ def test_another_code_version_is_refused_by_process_0():
     assert "process 1 runs another jaxreg version or source (0.1.0+bbb, process 0: 0.1.0+aaa)" in str(results[1])
 
 
+def test_a_duplicate_process_id_is_refused():
+    port = free_port()
+    results = [None] * 3
+
+    def one(slot, pid):
+        try:
+            rendezvous.meet(f"localhost:{port}", 3, pid, 10, "c")
+        except Exception as e:  # noqa: BLE001
+            results[slot] = e
+
+    threads = [threading.Thread(target=one, args=(slot, pid)) for slot, pid in ((0, 0), (1, 1), (2, 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert "two processes say they are process 1" in str(results[0]) and not results[0].missing, results
+
+
+def test_a_missing_peer_is_missing_after_the_timeout():
+    t0 = time.monotonic()
+    (error,) = _meet_all(free_port(), 1, 1)  # one process of one: nothing to wait for
+    assert error is None and time.monotonic() - t0 < 1
+    port = free_port()
+    t0 = time.monotonic()
+    with pytest.raises(rendezvous.RendezvousError, match=r"process\(es\) \[1, 2\] did not connect") as caught:
+        rendezvous.meet(f"localhost:{port}", 3, 0, 1, "c")
+    assert caught.value.missing and 1 <= time.monotonic() - t0 < 3
+
+
 def test_code_version_names_the_version_and_the_sources():
     import jaxreg
 
