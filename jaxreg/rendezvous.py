@@ -100,7 +100,7 @@ def _host(coordinator: str, num_processes: int, timeout: float, code: str) -> No
                     )
                 try:
                     conn, _ = server.accept()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 _welcome(conn, peers, num_processes, deadline, code)
         except BaseException as e:
@@ -158,7 +158,7 @@ def _join(coordinator: str, num_processes: int, process_id: int, timeout: float,
         try:
             conn.sendall((json.dumps({"process": process_id, "of": num_processes, "code": code}) + "\n").encode())
             answer = _read_line(conn, timeout + 5)  # process 0 decides within its own timeout
-        except socket.timeout:
+        except TimeoutError:
             raise RendezvousError(
                 f"process 0 (coordinator {coordinator}) accepted this process but gave no answer within {timeout:g} s "
                 "(--peer-timeout)",
@@ -188,7 +188,7 @@ def _connect(host: str, port: int, coordinator: str, deadline: float, timeout: f
 
 
 def _read_line(conn: socket.socket, timeout: float) -> dict:
-    """One JSON object sent as one line (ValueError if it is not; OSError/socket.timeout from the socket)."""
+    """One JSON object sent as one line (ValueError if it is not; OSError/TimeoutError from the socket)."""
     conn.settimeout(timeout)
     data = b""
     while not data.endswith(b"\n"):

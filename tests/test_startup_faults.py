@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_concurrently
+
 from jaxreg import fileio, live, rendezvous, summaries
 
 ROOT = Path(__file__).resolve().parents[1]
