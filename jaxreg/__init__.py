@@ -63,6 +63,7 @@ _EXPORTS = {
     "MLP": "model",
     "MultiHotDense": "model",
     "Network": "networks",
+    "nnx_model": "networks",
     "Task": "tasks",
     "StepConfig": "train",
     "Hyperparameters": "train",
