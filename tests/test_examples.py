@@ -1,7 +1,7 @@
 """The examples in examples/ run as a user runs them (python examples/NAME.py) and report sane numbers.
 
 Offline: digits and diabetes are scikit-learn's bundled data (the `examples` extra), own_model
-uses the synthetic generator. Here with fewer epochs and seeds than their defaults (the suite's
+and nnx_model use the synthetic generator. Here with fewer epochs and seeds than their defaults (the suite's
 time); the thresholds are far from what even these short runs reach, so they fail on a broken
 engine, not on another CPU's rounding.
 """
@@ -21,12 +21,13 @@ from conftest import run_concurrently
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-# Each example with the arguments its test runs it with. The three processes run at the same time
+# Each example with the arguments its test runs it with. The processes run at the same time
 # (a module fixture), each test reading its own: independent runs, overlapped on a multi-core machine.
 RUNS = {
     "digits": ("--epochs", "10", "--seeds", "1"),
     "diabetes": ("--epochs", "80", "--seeds", "1"),
     "own_model": ("--epochs", "4", "--seeds", "1"),
+    "nnx_model": ("--epochs", "4", "--seeds", "2"),
 }
 NEEDS_SKLEARN = ("digits", "diabetes")  # scikit-learn's bundled data
 
@@ -80,3 +81,13 @@ def test_own_model_trains_as_variants_next_to_the_study_mlp(example_runs):
     assert 0.6 < last_value(lines, "best validation accuracy") <= 1.0
     programs = [l for l in lines if l.startswith("program ")]
     assert len(programs) == 4 and sum("BagMean" in p for p in programs) == 3
+
+
+def test_nnx_model_trains_as_variants_one_program_per_module(example_runs):
+    lines = example_output(example_runs, "nnx_model")
+    assert 0.6 < last_value(lines, "best validation accuracy") <= 1.0
+    programs = [l for l in lines if l.startswith("program ")]
+    assert programs == [
+        "program MultiHotMLP(2000, hidden=8): nnx8, nnx8_dropout, nnx8_l2 (vmap)",
+        "program MultiHotMLP(2000, hidden=32): nnx32, nnx32_dropout, nnx32_l2 (vmap)",
+    ]
