@@ -5,7 +5,8 @@ The public API (imported lazily, so that `import jaxreg` stays cheap and does no
   data         from_arrays, load_imdb, synthetic_dataset, Dataset
   variants     VariantSpec, with_seeds, RunSettings, run (returns a RunResult), PaddingPolicy
   models       MLP (the study's), MultiHotDense (a sparse multi-hot first layer), Network (your own
-               Flax module or init/apply functions); jaxreg.dropout.dropout: a traced-rate dropout
+               Flax module or init/apply functions), nnx_model (a Flax NNX module class and its
+               arguments, built per seed); jaxreg.dropout.dropout: a traced-rate dropout
   tasks        Task: binary, multiclass or regression, and the loss
   train step   StepConfig, Hyperparameters, TrainState, init_state, train_step (the reference),
                fused_train_step, train_epoch, evaluate
