@@ -50,6 +50,21 @@ class LinenMLP(nn.Module):
         return nn.Dense(1, name="output")(dropout(h, dropout_rate, dropout_key))
 
 
+class NNXLayers(nnx.Module):
+    """Hidden layers in an nnx.List: NNX names them 0, 1, ...; jaxreg's parameter dict, "0", "1", ..."""
+
+    def __init__(self, num_words: int, widths: tuple = (8, 4), *, rngs: nnx.Rngs):
+        self.first = nnx.Linear(num_words, widths[0], rngs=rngs)
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])])
+        self.output = nnx.Linear(widths[-1], 1, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(multi_hot_matmul(x, self.first.kernel[...]) + self.first.bias[...])
+        for layer in self.layers:
+            h = jax.nn.relu(layer(h))
+        return self.output(h)
+
+
 class NNXDropout(nnx.Module):
     """Flax style in NNX: an nnx.Dropout layer at its own rate, switched by train()/eval()."""
 
@@ -116,6 +131,19 @@ def test_an_l2_penalty_reaches_the_nnx_kernels_but_not_the_output(dataset):
     final = result.params[("l2", 0)].final["params"]
     manual = 0.01 * float(np.sum(np.asarray(final["hidden"]["kernel"], np.float64) ** 2))
     assert result.history[("l2", 0)]["val_penalty"][-1] == pytest.approx(manual, rel=1e-5)
+
+
+def test_listed_layers_are_parameters_under_string_keys_and_penalized():
+    own = nnx_model(NNXLayers, NUM_WORDS, widths=(8, 4, 2))
+    params = own.init(jax.random.key(0), jnp.zeros((1, NUM_WORDS), jnp.float32))
+    assert set(params["params"]["layers"]) == {"0", "1"}
+    mask = penalties.kernel_mask(params, own.penalize)
+    assert mask["params"]["layers"]["1"]["kernel"] and mask["params"]["first"]["kernel"] and not mask["params"]["output"]["kernel"]
+    moved = jax.tree.map(lambda p: p + 0.5, params)  # the parameters given are the ones used, list entries included
+    reference = NNXLayers(NUM_WORDS, (8, 4, 2), rngs=nnx.Rngs(0))
+    nnx.update(reference, nnx.State(jax.tree.map(lambda p: p + 0.5, nnx.to_pure_dict(nnx.state(reference, nnx.Param)))))
+    x = jnp.ones((3, NUM_WORDS), jnp.float32)
+    np.testing.assert_allclose(jax.jit(own.apply)(moved, x), reference(x), rtol=1e-5)
 
 
 def test_dropout_rates_per_variant_reach_a_jaxreg_style_nnx_module(dataset):
