@@ -50,7 +50,6 @@ import jax.numpy as jnp
 from jaxreg.errors import SweepError
 
 STYLES = ("jaxreg", "flax", "plain", "functions")
-NNX_STATE = ("Param", "RngKey", "RngCount")  # the NNX variable types jaxreg can train or rebuild
 
 
 def default_penalized(path: tuple[str, ...]) -> bool:
@@ -133,18 +132,25 @@ class NNXModule:
         return self.module_type(*self.args, **dict(self.kwargs), rngs=nnx.Rngs(key))
 
     @functools.cached_property
-    def state_types(self) -> frozenset[str]:
-        """The names of the variable types in the module's state (traced, not computed)."""
+    def state_types(self) -> frozenset[type]:
+        """The variable types in the module's state (traced, not computed)."""
         from flax import nnx
 
         abstract = nnx.eval_shape(lambda: self.build(jax.random.key(0)))
-        return frozenset(type(v).__name__ for _, v in nnx.iter_graph(abstract) if isinstance(v, nnx.Variable))
+        return frozenset(type(v) for _, v in nnx.iter_graph(abstract) if isinstance(v, nnx.Variable))
+
+    @property
+    def has_random_streams(self) -> bool:
+        """Whether the module keeps random streams (nnx.Dropout(rate, rngs=rngs) does)."""
+        from flax import nnx
+
+        return any(issubclass(t, nnx.RngKey) for t in self.state_types)
 
     @property
     def style(self) -> tuple[str, str | None]:
         """Linen's styles by __call__; a plain __call__ over random streams (nnx.Dropout) is flax style without a flag."""
         style, flag = _module_style(self.module_type)
-        return ("flax", None) if style == "plain" and "RngKey" in self.state_types else (style, flag)
+        return ("flax", None) if style == "plain" and self.has_random_streams else (style, flag)
 
     def _with_params(self, params: dict, dropout_key):
         """The module holding `params` (built under the trace: its own initial values are dead code),
@@ -158,7 +164,7 @@ class NNXModule:
         if dropout_key is None:
             module.eval()
         else:
-            if "RngKey" in self.state_types:
+            if self.has_random_streams:
                 nnx.reseed(module, **{name: jax.random.fold_in(dropout_key, i) for i, name in enumerate(self._streams(module))})
             module.train()
         return module
@@ -196,7 +202,8 @@ def nnx_model(module_type: type, *args, **kwargs) -> Network:
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """A model as the engine calls it: `module` (a Flax Linen module), or `init_fn` and `apply_fn`.
+    """A model as the engine calls it: `module` (a Flax Linen module, or an `NNXModule` from `nnx_model`),
+    or `init_fn` and `apply_fn`.
 
     init_fn(key, x) -> params; apply_fn(params, x, dropout_rate, dropout_key) -> outputs.
     penalize(path) -> bool selects the penalized leaves (see the module docstring).
@@ -315,7 +322,9 @@ def _nnx_state_problem(module: NNXModule) -> str | None:
         types = module.state_types
     except Exception as e:  # the user's constructor, whatever it raises: one line naming it
         return f"building {module.module_type.__name__}(..., rngs=nnx.Rngs(key)) failed: {_first_line(e)}"
-    other = sorted(types - set(NNX_STATE))
+    from flax import nnx
+
+    other = sorted(t.__name__ for t in types if not issubclass(t, (nnx.Param, nnx.RngState)))
     if other:
         return f"{module.module_type.__name__} holds NNX state of type {', '.join(other)}; jaxreg trains nnx.Param and reseeds random streams only"
     return None
