@@ -192,6 +192,8 @@ class NNXModule:
 def nnx_model(module_type: type, *args, **kwargs) -> Network:
     """A Network of a Flax NNX module: its class and its constructor's arguments without `rngs`
     (jaxreg builds it as module_type(*args, **kwargs, rngs=nnx.Rngs(key)) for each seed)."""
+    if "rngs" in kwargs:
+        raise TypeError(f"nnx_model({module_type.__name__}, ...) takes no rngs: jaxreg draws them from each variant's seed")
     module = NNXModule(module_type, tuple(args), tuple(sorted(kwargs.items())))
     try:
         hash(module)

@@ -218,6 +218,7 @@ def test_unusable_nnx_models_are_refused_in_one_line(dataset):
         (lambda: nnx_model(NNXMLP, NUM_WORDS), TypeError, r"building NNXMLP\(\.\.\., rngs=nnx.Rngs\(key\)\) failed: TypeError"),
         (lambda: nnx_model(NeedsLabels), TypeError, "needs labels, which jaxreg does not pass"),
         (lambda: nnx_model(NNXMLP, [NUM_WORDS], hidden=8), TypeError, "hashable"),
+        (lambda: nnx_model(NNXMLP, NUM_WORDS, hidden=8, rngs=nnx.Rngs(0)), TypeError, "takes no rngs"),
     ]
     for make, error, message in refusals:
         with pytest.raises(error, match=message) as caught:
