@@ -336,7 +336,12 @@ def test_fused_update_equals_the_optax_path_to_float32_round_off(ds, case):
 @needs_kernels
 def test_fused_update_under_vmap_equals_each_variant_alone(ds):
     """Variants with their own hyperparameters in one vmapped call of the kernel: each equals its own
-    unbatched run bit for bit (the kernel's per-variant scalars and shared mask broadcast correctly)."""
+    unbatched run (the kernel's per-variant scalars and shared mask broadcast correctly).
+
+    To float32 round-off (FUSED_RTOL, FUSED_ATOL), not bit for bit: the vmapped step and the
+    unbatched one are two compiled programs, and XLA may contract the products around the kernel
+    differently in each (seen on AVX-512: one element in 400 one ulp apart after one step).
+    The two variants' updates differ by far more than that, so a swapped or shared scalar fails."""
     fused = dataclasses.replace(KERAS, fused_update=True)
     hps = [Hyperparameters.create(l1=1e-3, l2=1e-2), Hyperparameters.create(l2=3e-2, learning_rate=2e-3)]
     stacked, _ = _batches(ds.train)
@@ -348,8 +353,12 @@ def test_fused_update_under_vmap_equals_each_variant_alone(ds):
     together = jax.jit(jax.vmap(lambda s, hp, m: one_step(s, hp=hp, unit_mask=m)[0], in_axes=(None, 0, None)))(
         state, stacked_hp, unit_mask
     )
+    kernels = [np.asarray(one.params["params"]["hidden_0"]["kernel"]) for one in alone]
+    assert not np.allclose(kernels[0], kernels[1], rtol=100 * FUSED_RTOL, atol=100 * FUSED_ATOL)
     for i, one in enumerate(alone):
-        chex.assert_trees_all_equal(jax.tree.map(lambda x: x[i], together.params), one.params)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda x: x[i], together.params), one.params, rtol=FUSED_RTOL, atol=FUSED_ATOL
+        )
 
 
 def test_fused_step_without_the_kernels_says_so(monkeypatch):
