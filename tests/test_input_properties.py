@@ -169,18 +169,27 @@ def test_load_imdb_holdout_arguments(fake_archive, field, value):
     assert _is_int(value) and len(dataset.validation) == (value if field == "holdout_size" else 2)
 
 
+@pytest.fixture(scope="module")
+def no_data_folder(tmp_path_factory) -> Path:
+    """An empty folder: no relative path resolves to IMDB data there."""
+    return tmp_path_factory.mktemp("no_data")
+
+
 @FEW
 @given(path=st.one_of(st.text(max_size=12), st.binary(max_size=4), integers, st.none()))
-def test_load_imdb_paths(path, tmp_path_factory):
+def test_load_imdb_paths(path, no_data_folder):
+    """Any path where there is no IMDB data (empty, missing, not aclImdb, not a str, None without
+    JAXREG_DATA) is one DataError of one line, never another exception and never a dataset."""
     os.environ.pop("JAXREG_DATA", None)
     here = os.getcwd()
-    os.chdir(tmp_path_factory.getbasetemp())  # relative paths resolve in a folder without IMDB data
+    os.chdir(no_data_folder)
     try:
-        load_imdb(path, use_cache=False)
-    except DataError:
-        pass  # e.g. empty, missing, not aclImdb, not a str: all one DataError
+        with pytest.raises(DataError) as refused:
+            load_imdb(path, use_cache=False)
     finally:
         os.chdir(here)
+    message = str(refused.value)
+    assert message.strip() and "\n" not in message.strip(), message
 
 
 # --- experiments/sweep.py: flags -> config -------------------------------------------------------

@@ -88,20 +88,25 @@ def tiny_run(tiny_preset, sweep_env, tmp_path_factory):
 # --- config and presets (in-process) ----------------------------------------------------
 
 
-def test_book_preset_is_the_study():
+def _load_vs_keras():
+    spec = importlib.util.spec_from_file_location("vs_keras", ROOT / "benchmarks" / "vs_keras.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_book_preset_is_the_study_the_keras_comparison_builds():
+    """`--preset book` trains the seven models that benchmarks/vs_keras.py builds in Keras from the spec's
+    table (benchmarks/_common.STUDY_MODELS), with the book's optimizer and batch size: the study's numbers
+    in the preset and in the Keras reference cannot drift apart unnoticed."""
     config = presets.load("book")
-    expected = {
-        "original": VariantSpec("original", (16, 16)),
-        "smaller": VariantSpec("smaller", (6, 6)),
-        "bigger": VariantSpec("bigger", (1024, 1024)),
-        "l2": VariantSpec("l2", (16, 16), l2=0.001),
-        "l1": VariantSpec("l1", (16, 16), l1=0.0001),
-        "l1_l2": VariantSpec("l1_l2", (16, 16), l1=0.0001, l2=0.0001),
-        "dropout": VariantSpec("dropout", (16, 16), dropout_rate=0.5),
-    }
-    assert {v.name: v for v in config.variants} == expected
-    assert all(v.optimizer == "keras2" and v.learning_rate == 1e-3 for v in config.variants)
-    assert (config.epochs, config.batch_size, config.loss, config.validation, config.seeds) == (20, 512, "keras", "test", 1)
+    vs_keras = _load_vs_keras()
+    study = vs_keras.C.study_variants(list(vs_keras.C.STUDY_MODELS), optimizer="keras2")  # Keras 2.3's RMSprop
+    assert config.variants == tuple(study)
+    assert [v.name for v in config.variants][0] == "original" and len(config.variants) == 7
+    assert all(v.learning_rate == 1e-3 for v in config.variants)  # RMSprop's default, as in the book
+    assert config.batch_size == vs_keras.BATCH_SIZE
+    assert (config.epochs, config.loss, config.validation, config.seeds) == (20, "keras", "test", 1)
     assert config.axis is None and not config.synthetic
 
 
