@@ -1,4 +1,6 @@
-"""The CPU embedding-bag kernels equal XLA's gather + segment_sum, bit for bit.
+"""The CPU embedding-bag kernels equal XLA's gather + segment_sum (measured: bit for bit; asserted
+to BAG_RTOL / BAG_ATOL, since a C++ kernel and XLA's program are two compiled programs: see
+docs/reproducibility.md).
 
 Covers: forward and gradient, int16 and int32 indices, padding pairs and out-of-range
 columns, rows not sorted, empty rows and columns, vmap with shared and per-variant indices
@@ -43,10 +45,19 @@ def both(fn):
     return jax.jit(fn(eb._kernel_bag)), jax.jit(fn(eb._xla_bag))
 
 
-def assert_bitwise_equal(a, b):
+# The kernels add the same float32 values in XLA's order, so they agree bit for bit wherever measured
+# (AVX2, AVX-512, XLA held to AVX or SSE4.2); but the kernel and XLA's gather are two compiled programs
+# (and the sin/cos around them are XLA's, fused differently in each), so the assertion allows about
+# one ulp of the sums. Another order of additions over these 20-1000-term sums moves them further.
+BAG_RTOL, BAG_ATOL = 1e-6, 1e-7
+
+
+def assert_equal_to_xla(a, b):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape and a.dtype == b.dtype
-    assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), f"max |diff| {np.abs(a - b).max()}"
+    np.testing.assert_allclose(a, b, rtol=BAG_RTOL, atol=BAG_ATOL)
+    zeros = (a == 0) & (b == 0)  # a zero's sign follows IEEE's rules, not rounding: -0.0 + 0.0 is +0.0 in both
+    assert np.array_equal(np.signbit(a[zeros]), np.signbit(b[zeros])), "a -0.0 where the other has +0.0"
 
 
 @numerics
@@ -60,9 +71,9 @@ def test_forward_and_gradient_equal_xla(width, dtype):
     d_out = jnp.asarray(rng.standard_normal((num_rows, width)), jnp.float32)
     d_out = d_out.at[0].set(-0.0)  # a sum from 0 turns -0.0 into +0.0: the kernel must too
     fwd_k, fwd_x = both(lambda bag: lambda t, r, c: bag(t, r, c, num_rows))
-    assert_bitwise_equal(fwd_k(table, rows, cols), fwd_x(table, rows, cols))
+    assert_equal_to_xla(fwd_k(table, rows, cols), fwd_x(table, rows, cols))
     grad_k, grad_x = both(lambda bag: lambda t, r, c, g: jax.vjp(lambda t: bag(t, r, c, num_rows), t)[1](g)[0])
-    assert_bitwise_equal(grad_k(table, rows, cols, d_out), grad_x(table, rows, cols, d_out))
+    assert_equal_to_xla(grad_k(table, rows, cols, d_out), grad_x(table, rows, cols, d_out))
 
 
 @numerics
@@ -96,11 +107,11 @@ def test_vmap_shared_and_per_variant_indices():
     for in_axes, args in [((0, None, None), (tables, *shared)), ((0, 0, 0), (tables, rows, cols)), ((0, 0, None), (tables, rows, shared[1]))]:
         k, x = both(lambda bag: jax.vmap(jax.value_and_grad(loss(bag)), in_axes=in_axes))
         for a, b in zip(jax.tree.leaves(k(*args)), jax.tree.leaves(x(*args))):
-            assert_bitwise_equal(a, b)
+            assert_equal_to_xla(a, b)
     # nested: seeds (own indices) x configs (shared within a seed)
     grid = jnp.asarray(rng.standard_normal((variants, 2, num_words, width)), jnp.float32)
     k, x = both(lambda bag: jax.vmap(jax.vmap(jax.grad(loss(bag)), in_axes=(0, None, None)), in_axes=(0, 0, 0)))
-    assert_bitwise_equal(k(grid, rows, cols), x(grid, rows, cols))
+    assert_equal_to_xla(k(grid, rows, cols), x(grid, rows, cols))
 
 
 def reviews(rng, num_rows, num_words, per_row, padding=100, shuffle_within_rows=False):
@@ -120,7 +131,7 @@ def reviews(rng, num_rows, num_words, per_row, padding=100, shuffle_within_rows=
 def test_many_variants_sharing_a_batch_equal_xla(shuffle_within_rows):
     """Nine variants sharing one batch of ~64k pairs: the forward visits each table row by row
     (sorted reviews) or keeps the row-by-row gather (shuffled ones), and the single grouping's
-    sort is split over threads; all of it equal to XLA bit for bit."""
+    sort is split over threads; all of it equal to XLA's (BAG_RTOL, BAG_ATOL)."""
     rng = np.random.default_rng(3)
     num_rows, num_words, width, variants = 512, 3000, 16, 9
     rows, cols = reviews(rng, num_rows, num_words, 125, shuffle_within_rows=shuffle_within_rows)
@@ -132,9 +143,9 @@ def test_many_variants_sharing_a_batch_equal_xla(shuffle_within_rows):
 
     k, x = both(lambda bag: jax.vmap(jax.value_and_grad(loss(bag)), in_axes=(0, None, None)))
     for a, b in zip(jax.tree.leaves(k(tables, rows, cols)), jax.tree.leaves(x(tables, rows, cols))):
-        assert_bitwise_equal(a, b)
+        assert_equal_to_xla(a, b)
     fwd_k, fwd_x = both(lambda bag: jax.vmap(lambda t: bag(t, rows, cols, num_rows)))
-    assert_bitwise_equal(fwd_k(tables), fwd_x(tables))
+    assert_equal_to_xla(fwd_k(tables), fwd_x(tables))
 
 
 @numerics
@@ -144,7 +155,7 @@ def test_public_entry_point_uses_the_kernel_on_cpu():
     table = jnp.asarray(rng.standard_normal((50, 4)), jnp.float32)
     text = jax.jit(lambda t: eb.embedding_bag(t, rows, cols, 8)).lower(table).as_text()
     assert eb.FORWARD_TARGET in text
-    assert_bitwise_equal(eb.embedding_bag(table, rows, cols, 8), eb._xla_bag(table, rows, cols, 8))
+    assert_equal_to_xla(eb.embedding_bag(table, rows, cols, 8), eb._xla_bag(table, rows, cols, 8))
     # other dtypes take XLA's path
     half = eb.embedding_bag(table.astype(jnp.bfloat16), rows, cols, 8)
     assert half.dtype == jnp.bfloat16

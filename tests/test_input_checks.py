@@ -428,9 +428,11 @@ def _train(program, epochs):
 
 @pytest.mark.parametrize("path", ["default", "xla-sparse", "dense"])
 @pytest.mark.parametrize("variant", [VariantSpec("plain", (8, 8)), VariantSpec("penalized", (8,), l1=1e-3, dropout_rate=0.3)])
-def test_batch_capacity_does_not_change_any_result_bit(synthetic, variant, path, monkeypatch):
-    """Padding pairs are inert: a larger capacity gives a bit-identical history and state, with
-    the CPU kernels (default here), XLA's sparse gather/scatter, and the dense product."""
+def test_batch_capacity_does_not_change_the_results(synthetic, variant, path, monkeypatch):
+    """Padding pairs are inert: a larger capacity gives the same history and state, with the CPU
+    kernels (default here), XLA's sparse gather/scatter, and the dense product. To float32
+    round-off (rtol 1e-6, atol 1e-7; measured: bit for bit), not bit for bit: other batch shapes
+    are another compiled program. A padding pair that counted would move the results by far more."""
     if path == "xla-sparse":
         monkeypatch.setattr(runplan, "cpu_kernels_on", lambda devices: False)  # where the plan decides
     settings = RunSettings(epochs=2, batch_size=64, eval_batch_size=64, product="dense" if path == "dense" else "sparse")
@@ -443,6 +445,6 @@ def test_batch_capacity_does_not_change_any_result_bit(synthetic, variant, path,
     state_b, rows_b = _train(padded, 2)
     for a, b in zip(rows_a, rows_b):
         for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
     for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

@@ -231,14 +231,15 @@ def test_evaluate_loss_includes_the_penalty(ds):
 
 def test_evaluate_first_layer_for_all_batches_at_once_changes_nothing(ds, monkeypatch):
     """A narrow sparse first layer is computed for all validation batches in one call: the same
-    sums as batch by batch, so the same metrics bit for bit."""
+    sums as batch by batch, so the same metrics. To float32 round-off (rtol 1e-6), not bit for bit:
+    the two are other compiled programs, which XLA may fuse differently (measured: bit for bit)."""
     state, _ = _init(ALL_STAGES)
     val, _ = _batches(ds.validation, order=np.arange(len(ds.validation)))
     assert ALL_STAGES.widths[0] <= train.ALL_BATCHES_MAX_WIDTH
     at_once = train.evaluate(state.params, val, HP_ALL, config=ALL_STAGES)
     monkeypatch.setattr(train, "ALL_BATCHES_MAX_WIDTH", 0)  # batch by batch, inside the scan
     batch_by_batch = train.evaluate(state.params, val, HP_ALL, config=ALL_STAGES)
-    chex.assert_trees_all_equal(at_once, batch_by_batch)
+    chex.assert_trees_all_close(at_once, batch_by_batch, rtol=1e-6, atol=0)
 
 
 def test_unit_mask_keeps_padded_units_exactly_zero(ds):
