@@ -69,6 +69,15 @@ def run_concurrently(*runs: dict) -> list[subprocess.CompletedProcess]:
         return list(pool.map(lambda kwargs: subprocess.run(**kwargs), runs))
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    """A test that reads the real archive (the imdb_archive fixture, directly or through imdb) is marked
+    imdb, so that the fast loop leaves it to .ci/run's second step without every such test saying so."""
+    for item in items:
+        if "imdb_archive" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.imdb)
+
+
 @pytest.fixture
 def fake_reviews():
     """The default texts of write_fake_imdb, {(split, label): [text, ...]} (a copy)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import jaxreg
 
 
@@ -16,6 +18,7 @@ def test_every_public_name_resolves_to_its_home_module():
         assert name in jaxreg.__doc__, f"{name} is not documented in jaxreg's docstring"
 
 
+@pytest.mark.process
 def test_import_jaxreg_does_not_import_jax():
     """experiments/sweep.py imports jax only after parsing its flags (XLA_FLAGS, signals)."""
     code = "import sys, jaxreg, jaxreg.runs, jaxreg.summaries; assert 'jax' not in sys.modules, 'jax imported'; print('ok')"

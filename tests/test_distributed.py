@@ -99,6 +99,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.numerics
+@pytest.mark.process
 def test_two_processes_equal_one(runs):
     two = load_run(runs / "two" / "p0" / "run")
     one = load_run(runs / "one" / "p0" / "run")
@@ -120,6 +121,7 @@ def test_two_processes_equal_one(runs):
     assert "original" in summary and "l2" in summary
 
 
+@pytest.mark.process
 def test_process_one_writes_nothing(runs):
     assert list((runs / "two" / "p1").iterdir()) == [], "process 1 wrote files"
     written = sorted(p.relative_to(runs / "two" / "p0") for p in (runs / "two" / "p0").rglob("*") if p.is_file())
@@ -129,6 +131,7 @@ def test_process_one_writes_nothing(runs):
     assert "process 1 of 2" in out and "Wrote" not in out and len(out.splitlines()) <= 5, out
 
 
+@pytest.mark.process
 def test_two_processes_on_one_machine_print_no_gloo_line_and_count_its_ram_once(runs):
     both = text(runs / "two", "two0") + text(runs / "two", "two1")
     assert "[Gloo]" not in both, both
@@ -136,6 +139,7 @@ def test_two_processes_on_one_machine_print_no_gloo_line_and_count_its_ram_once(
     assert plan.endswith("host RAM; output: run") and "x 2" not in plan, plan
 
 
+@pytest.mark.process
 def test_lost_process_stops_the_other(tmp_path):
     processes = pair(tmp_path, "lost", "--epochs", "200", "--heartbeat-timeout", "5")
     history = tmp_path / "lost" / "p0" / "run" / fileio.HISTORY_JSONL
@@ -190,6 +194,7 @@ def test_cluster_values_are_checked(values, message):
         Cluster(**values)
 
 
+@pytest.mark.process
 def test_distributed_outside_a_cluster_says_so(tmp_path):
     """--distributed where JAX detects no cluster: exit 2 naming the cause, at once, nothing written."""
     result = subprocess.run(
@@ -201,6 +206,7 @@ def test_distributed_outside_a_cluster_says_so(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.process
 def test_other_data_on_one_process_stops_both(tmp_path):
     """Process 1 reads other data than process 0: both refuse before training, naming process 1."""
     data = write_fake_imdb(tmp_path)

@@ -165,6 +165,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
 
 
+@pytest.mark.process
 def test_fallbacks_to_xla_when_disabled_or_no_compiler(tmp_path):
     code = "from jaxreg import embedding_bag as eb; print(eb.cpu_kernels_available())"
     disabled = run_python(code, JAXREG_CPU_KERNELS="0")

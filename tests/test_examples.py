@@ -19,6 +19,7 @@ import pytest
 from conftest import run_concurrently
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+pytestmark = pytest.mark.process  # python examples/NAME.py as a user runs it
 
 
 # Each example with the arguments its test runs it with. The processes run at the same time

@@ -113,6 +113,7 @@ def _compiled(stdout: str) -> tuple[int, int]:
     return int(match[1]), int(match[2] or 0)
 
 
+@pytest.mark.process
 def test_second_run_loads_every_program_from_the_compilation_cache(tmp_path):
     """Default on: the first run fills $XDG_CACHE_HOME/jaxreg/xla, the second loads every program it needs
     from there (JAX's cache-hit events, not a timing), and trains bit for bit the same."""
@@ -131,6 +132,7 @@ def test_second_run_loads_every_program_from_the_compilation_cache(tmp_path):
     assert (tmp_path / "first" / "history.jsonl").read_text() == (tmp_path / "second" / "history.jsonl").read_text()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_opt_outs_leave_the_compilation_cache_folder_empty(how, tmp_path):
     env = _env(tmp_path / "xdg", **({cache.COMPILE_CACHE_ENV: "0"} if how == "env" else {}))

@@ -6,6 +6,9 @@ holds its lock; in-process runs cover interrupt and resume. Events are read back
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
 import io
 import json
 import os
@@ -62,7 +65,25 @@ def _env(tmp: Path) -> dict:
 
 
 def _report(*args, env=None) -> subprocess.CompletedProcess:
+    """python experiments/report.py ARGS, a new process."""
     return subprocess.run([sys.executable, str(REPORT), *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+
+
+@functools.cache
+def _report_cli():
+    spec = importlib.util.spec_from_file_location("report_cli", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _report_here(*args) -> subprocess.CompletedProcess:
+    """experiments/report.py's main(ARGS) in this process, its output as a finished process' (where the process
+    boundary is not what a test is about: test_a_running_run_can_be_watched has it)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = _report_cli().main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 def _jsonl(folder: Path) -> list[dict]:
@@ -102,6 +123,7 @@ def _wait_for_epochs(process, folder: Path, epochs: int, timeout: float = 240) -
         time.sleep(0.01)
 
 
+@pytest.mark.process
 def test_a_running_run_can_be_watched(tmp_path):
     """During a CLI run: load_run says running with >= 2 epochs, the events hold history's values, report.py prints only."""
     preset = tmp_path / "watched.py"
@@ -248,7 +270,7 @@ def test_report_on_a_finished_run_rewrites_its_files(uninterrupted, tmp_path):
     before = {name: (out / name).read_bytes() for name in (fileio.SUMMARY_MD, fileio.SUMMARY_CSV)}
     (out / fileio.SUMMARY_MD).unlink()
     shutil.rmtree(out / fileio.FIGURES_DIR)
-    shown = _report(out)
+    shown = _report_here(out)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"{out}: finished, 4/4 epochs\n") and "| l2 " in shown.stdout
     assert {name: (out / name).read_bytes() for name in before} == before
@@ -263,7 +285,7 @@ def test_report_on_a_non_run_folder_is_one_line_exit_2(kind, tmp_path):
         folder.mkdir()
     if kind == "foreign":
         (folder / "notes.txt").write_text("mine")
-    shown = _report(folder)
+    shown = _report_here(folder)
     assert shown.returncode == 2 and shown.stdout == ""
     assert shown.stderr.count("\n") == 1 and "is not a jaxreg run folder" in shown.stderr
 
@@ -282,7 +304,7 @@ def test_report_before_the_first_epoch_says_so(uninterrupted, tmp_path):
     (out / fileio.HISTORY_JSONL).write_text("")  # as a run writes it before its first epoch
     fileio.write_json(out / fileio.STATUS_FILE, {"state": "interrupted", "epochs_done": 0, "epochs": LIVE.epochs})
     summary = (out / fileio.SUMMARY_MD).read_bytes()
-    shown = _report(out)
+    shown = _report_here(out)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == [f"{out}: interrupted, 0/4 epochs", "interrupted, no epoch finished yet: nothing to summarize"]
     assert (out / fileio.SUMMARY_MD).read_bytes() == summary

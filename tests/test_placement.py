@@ -9,6 +9,7 @@ program it runs alone, whatever the other device does meanwhile.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -139,6 +140,7 @@ def _runs(tmp_path, *runs: tuple[str, int, str]):
     return out
 
 
+@pytest.mark.process
 def test_spread_over_two_devices_equals_one_device_bit_for_bit(tmp_path):
     (layout, spread), (single_layout, single) = _runs(tmp_path, ("spread", 2, "spread"), ("single", 1, "spread"))
     assert len(layout["devices"]) == 2
@@ -175,6 +177,7 @@ def _sweeps(env, *runs: tuple[Path, list[str]]):
     return done
 
 
+@pytest.mark.process
 def test_book_command_spreads_its_programs_and_trains_as_on_one_device(tmp_path, sweep_env):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     (default, run), (one, single) = _sweeps(sweep_env, (tmp_path / "default", []), (tmp_path / "one", ["--devices", "1"]))
@@ -193,9 +196,14 @@ def test_book_command_spreads_its_programs_and_trains_as_on_one_device(tmp_path,
     assert run.status["state"] == single.status["state"] == "finished"
 
 
-def test_more_devices_than_programs_is_refused_when_spread(tmp_path, sweep_env):
+def test_more_devices_than_programs_is_refused_when_spread(tmp_path, monkeypatch, capsys):
+    """experiments/sweep.py's main() in this process: refused after planning, before any device is set up."""
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # --devices sets it; restored after
+    monkeypatch.delenv("JAXREG_DATA", raising=False)
+    spec = importlib.util.spec_from_file_location("sweep_cli", SWEEP)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
     args = ["--synthetic", "--variants", "original,bigger", "--placement", "spread", "--devices", "3", "--out", str(tmp_path / "r")]
-    result = subprocess.run([sys.executable, str(SWEEP), *args], env=sweep_env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert "devices=3 is more than the 2 program(s) of this run (placement spread" in result.stderr
+    assert cli.main(args) == 2
+    assert "devices=3 is more than the 2 program(s) of this run (placement spread" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -24,7 +24,7 @@ from jaxreg import machine
 from jaxreg.data import synthetic_dataset
 from jaxreg.variants import RunSettings, VariantSpec, run, with_seeds
 
-pytestmark = pytest.mark.numerics
+pytestmark = [pytest.mark.numerics, pytest.mark.process]  # reruns in new processes
 
 VARIANTS = [
     VariantSpec("l1_l2", (16, 16), l1=1e-4, l2=1e-3),

@@ -21,7 +21,10 @@ import pytest
 
 from conftest import run_concurrently
 
-pytestmark = pytest.mark.numerics  # rerun by .ci/run with XLA held to a second instruction set
+pytestmark = [
+    pytest.mark.numerics,  # rerun by .ci/run with XLA held to a second instruction set
+    pytest.mark.process,  # JAX fixes its device count per process
+]
 
 # Measured on XLA:CPU, jax 0.10.2, AMD EPYC (Zen 3), AVX2: at most 1.0e-7 relative after 2 epochs;
 # asserted with a margin.

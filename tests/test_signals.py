@@ -31,7 +31,10 @@ WITH_CTRL_C = (
     "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="polls /proc/<pid>/status (Linux)")
+pytestmark = [
+    pytest.mark.process,  # real subprocesses: .ci/run's second step
+    pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="polls /proc/<pid>/status (Linux)"),
+]
 
 
 def _env(cache: Path | None) -> dict:

@@ -287,6 +287,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeyp
         assert "--overwrite" not in lines[0]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("case", ["not an integer", "negative epochs", "corrupt archive", "unfinished run"])
 def test_bad_input_in_a_real_process(case, tmp_path, sweep_env):
     """One case per stage (flags, config, data, output folder) as a real subprocess."""
@@ -298,8 +299,10 @@ def test_bad_input_in_a_real_process(case, tmp_path, sweep_env):
     assert _tree_digest(folder) == before
 
 
-def test_help_explains_every_flag(sweep_env):
-    proc = sweep("--help", env=sweep_env, timeout=60)
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exited:
+        _load_cli().main(["--help"])
+    proc = subprocess.CompletedProcess(["--help"], exited.value.code, capsys.readouterr().out, "")
     assert proc.returncode == 0
     for flag in ("--preset", "--epochs", "--seeds", "--batch-size", "--data", "--synthetic", "--out", "--validation",
                  "--devices", "--variants", "--product", "--variant-loop", "--resume", "--overwrite", "--no-figures", "--keep-checkpoint",
@@ -311,6 +314,7 @@ def test_help_explains_every_flag(sweep_env):
 # --- command line: runs ------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_divergence_is_reported_and_the_others_train_on(tiny_run):
     proc, out = tiny_run
     assert proc.returncode == 3, proc.stderr
@@ -358,6 +362,7 @@ def _interrupt(command, env, sig, out: Path, after_epochs: int) -> tuple[subproc
     return proc, proc.communicate(timeout=120)[1]
 
 
+@pytest.mark.process
 def test_interrupted_and_killed_run_resumes_to_the_same_history(tiny_run, tiny_preset, sweep_env, tmp_path):
     reference, reference_out = tiny_run
     assert reference.returncode == 3, reference.stderr
@@ -487,6 +492,7 @@ HOLD_THE_LOCK = (
 )
 
 
+@pytest.mark.process
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path, capsys):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -527,6 +533,7 @@ def test_a_lock_file_deleted_by_its_holder_is_not_taken(tmp_path, monkeypatch):
     assert not again.exists()
 
 
+@pytest.mark.process
 def test_two_runs_into_one_folder(tiny_preset, sweep_env, tmp_path, capsys):
     """A second run, --overwrite or --resume while a run writes the folder: refused, the first run unharmed."""
     out = tmp_path / "run"
@@ -621,7 +628,7 @@ def test_divergence_threshold_on_the_command_line(tmp_path, capsys):
     assert last == "sweep.py: diverged (NaN, infinite or a loss above 0.01): original (seed 0, epoch 1), l2 (seed 0, epoch 1)"
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_real_data_sweep_end_to_end(imdb, imdb_archive, imdb_cache_dir, sweep_env, tmp_path):
     out = tmp_path / "book"
     env = {**sweep_env, "JAXREG_CACHE": str(imdb_cache_dir)}
