@@ -17,6 +17,7 @@ from jaxreg.data import synthetic_dataset, load_imdb
 # alone (and subprocesses that must compile, compile): tests/test_feedback.py turns it on in its own folders.
 os.environ.setdefault("JAXREG_COMPILE_CACHE", "0")
 
+ROOT = Path(__file__).resolve().parents[1]
 IMDB_ARCHIVE = Path(
     os.environ.get("JAXREG_DATA")
     or Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb_v1_labeled.tar.gz"
@@ -88,6 +89,19 @@ def fake_reviews():
 def make_fake_imdb(tmp_path):
     """write_fake_imdb bound to this test's tmp_path."""
     return lambda *args, **kwargs: write_fake_imdb(tmp_path, *args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory) -> dict:
+    """Environment for command-line subprocesses: this checkout's jaxreg, no JAXREG_DATA, no XLA_FLAGS, and one
+    JAX compilation cache for the whole test run, so that a program that several CLI tests run compiles once."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXREG_DATA", "XLA_FLAGS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import functools
 import importlib.util
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -55,13 +54,6 @@ LIVE = SweepConfig(
     "live", (VariantSpec("original", (4,)), VariantSpec("l2", (4,), l2=1e-3)), epochs=4, batch_size=256, seeds=2,
     synthetic=True,
 )
-
-
-def _env(tmp: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("JAXREG_DATA", "XLA_FLAGS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp / "jax_cache")
-    return env
 
 
 def _report(*args, env=None) -> subprocess.CompletedProcess:
@@ -124,11 +116,11 @@ def _wait_for_epochs(process, folder: Path, epochs: int, timeout: float = 240) -
 
 
 @pytest.mark.process
-def test_a_running_run_can_be_watched(tmp_path):
+def test_a_running_run_can_be_watched(tmp_path, cli_env):
     """During a CLI run: load_run says running with >= 2 epochs, the events hold history's values, report.py prints only."""
     preset = tmp_path / "watched.py"
     preset.write_text(WATCHED_PRESET)
-    out, env = tmp_path / "run", _env(tmp_path)
+    out, env = tmp_path / "run", cli_env
     args = ["--preset", preset, "--synthetic", "--no-progress", "--no-figures", "--out", out]
     run = subprocess.Popen([sys.executable, str(SWEEP), *map(str, args)], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -158,11 +157,8 @@ def test_spread_over_two_devices_equals_one_device_bit_for_bit(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sweep_env(tmp_path_factory):
-    env = {k: v for k, v in os.environ.items() if k not in ("JAXREG_DATA", "XLA_FLAGS")}
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
+def sweep_env(cli_env):
+    return cli_env  # conftest: one compilation cache for the test run
 
 
 def _sweeps(env, *runs: tuple[Path, list[str]]):

@@ -56,13 +56,9 @@ TINY = ["--synthetic", "--devices", "2", "--no-progress"]
 
 
 @pytest.fixture(scope="session")
-def sweep_env(tmp_path_factory):
-    """Environment for CLI subprocesses: no JAXREG_DATA, one shared compilation cache."""
-    env = {k: v for k, v in os.environ.items() if k not in ("JAXREG_DATA", "XLA_FLAGS")}
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    return env
+def sweep_env(cli_env):
+    """Environment for CLI subprocesses: no JAXREG_DATA, one compilation cache shared by the test run (conftest)."""
+    return cli_env
 
 
 def sweep(*args, env, timeout=300, **kwargs) -> subprocess.CompletedProcess:
