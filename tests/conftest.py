@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxreg.data import synthetic_dataset, load_imdb
+from jaxreg import cache
+from jaxreg.data import load_imdb, synthetic_dataset
 
 # The command line keeps compiled programs in the user's cache folder by default; tests leave it
 # alone (and subprocesses that must compile, compile): tests/test_feedback.py turns it on in its own folders.
@@ -112,8 +113,12 @@ def imdb_archive() -> Path:
 
 
 @pytest.fixture(scope="session")
-def imdb_cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("imdb_cache")
+def imdb_cache_dir() -> Path:
+    """jaxreg's own encoded-data cache (env JAXREG_CACHE, else the user's cache folder), as the command line
+    uses it: the archive is encoded on the first test run only (about 20 s), later runs load it in
+    well under a second. The cache is keyed by the archive's checksum and the tokenizer's version;
+    tests/test_data.py checks its rows against an independent encoding of the raw reviews."""
+    return Path(os.environ.get("JAXREG_CACHE") or cache.cache_dir())
 
 
 @pytest.fixture(scope="session")

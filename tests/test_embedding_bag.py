@@ -175,8 +175,16 @@ def test_fallbacks_to_xla_when_disabled_or_no_compiler(tmp_path):
     assert "CPU kernels unavailable" in broken.stderr
 
 
-def test_build_is_cached_and_atomic(tmp_path):
-    first = cpu_kernels.build_cpu_kernels(tmp_path)
+def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
+    """With a stand-in compiler that only writes its -o file (the real build runs once per session, in
+    cpu_kernels_available, and again whenever the sources change: they are in the library's name)."""
+    fake = tmp_path / "fake-c++"
+    fake.write_text('#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = -o ] && echo built > "$2"; shift; done\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    folder = tmp_path / "kernels"
+    first = cpu_kernels.build_cpu_kernels(folder)
+    assert first.read_text() == "built\n" and first.parent == folder
     stamp = first.stat().st_mtime_ns
-    assert cpu_kernels.build_cpu_kernels(tmp_path) == first and first.stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, first.name + ".sha256"]  # no partial files left
+    assert cpu_kernels.build_cpu_kernels(folder) == first and first.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in folder.iterdir()) == [first.name, first.name + ".sha256"]  # no partial files left
