@@ -72,7 +72,7 @@ def test_diabetes_regression_l2_sweep(example_runs):
     pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) provides the diabetes data")
     lines = example_output(example_runs, "diabetes")
     mse = last_value(lines, "best validation MSE")
-    baseline = float(next(re.search(r"validation MSE (\d+\.\d+)", l).group(1) for l in lines if "training mean" in l))
+    baseline = float(next(re.search(r"validation MSE (\d+\.\d+)", line).group(1) for line in lines if "training mean" in line))
     assert mse < 0.7 * baseline, (mse, baseline)  # a model that learned something, in the target's units
     assert "val MAE @ best" in "\n".join(lines)
 
@@ -80,7 +80,7 @@ def test_diabetes_regression_l2_sweep(example_runs):
 def test_own_model_trains_as_variants_next_to_the_study_mlp(example_runs):
     lines = example_output(example_runs, "own_model")
     assert 0.6 < last_value(lines, "best validation accuracy") <= 1.0
-    programs = [l for l in lines if l.startswith("program ")]
+    programs = [line for line in lines if line.startswith("program ")]
     assert len(programs) == 4 and sum("BagMean" in p for p in programs) == 3
 
 

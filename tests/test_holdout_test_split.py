@@ -119,7 +119,7 @@ def test_test_columns_are_the_tasks_and_come_after_validation(runs):
     assert tuple(history) == metric_names("accuracy", test=True)
     assert tuple(history)[-3:] == ("test_loss", "test_data_loss", "test_accuracy")
     assert tuple(runs["none"].history[("narrow", 0)]) == METRICS
-    for key, h in runs["test"].history.items():
+    for h in runs["test"].history.values():
         # test_loss = test_data_loss + the penalty of the same parameters as val_penalty
         np.testing.assert_allclose(h["test_loss"], h["test_data_loss"] + h["val_penalty"], rtol=1e-6)
         assert np.all((0 <= h["test_accuracy"]) & (h["test_accuracy"] <= 1))

@@ -243,7 +243,7 @@ def test_history_lines_during_a_run_are_the_final_records(uninterrupted, tmp_pat
         assert jsonl.endswith("\n") and csv.endswith("\n")
         assert [json.loads(line) for line in jsonl.splitlines()] == sorted((r for r in final if r["epoch"] <= epochs), key=key)
         lines = csv.splitlines()
-        assert lines[0] == final_csv[0] and sorted(lines[1:]) == sorted(l for l in final_csv[1:] if int(l.split(",")[2]) <= epochs)
+        assert lines[0] == final_csv[0] and sorted(lines[1:]) == sorted(row for row in final_csv[1:] if int(row.split(",")[2]) <= epochs)
     assert not (out / events.EVENTS_DIR).exists()  # tensorboard=False
 
 
