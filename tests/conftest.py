@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,6 +79,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "imdb_archive" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.imdb)
+
+
+@pytest.fixture(autouse=True)
+def _python_processes_are_marked(request, monkeypatch):
+    """A test that starts a Python process (sys.executable) must carry the `process` mark: the fast loop
+    (`python -m pytest -q`) leaves such tests to .ci/run's second step, and this keeps it that way."""
+    if request.node.get_closest_marker("process"):
+        return
+    start = subprocess.Popen.__init__
+
+    def checked(self, args, *more, **kwargs):
+        program = args[0] if isinstance(args, (list, tuple)) else args
+        if str(program) == sys.executable:
+            raise AssertionError(f"{request.node.nodeid} starts a Python process: mark it @pytest.mark.process")
+        start(self, args, *more, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", checked)
 
 
 @pytest.fixture
