@@ -255,6 +255,7 @@ def test_options_digest_leaves_out_where_the_data_comes_from():
     assert options_digest(config, 2) != digest  # checkpoints are collectives too
 
 
+@pytest.mark.process
 def test_other_options_on_one_process_stop_both(tmp_path):
     """Process 1 started with another --epochs: both refuse before reading data, naming process 1, nothing written."""
     cluster = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2", "--out", "run", "--no-progress"]
