@@ -239,7 +239,10 @@ def test_special_file_through_the_cli(tmp_path, monkeypatch, capsys):
 
 # --- preset files ---------------------------------------------------------------------------
 
-GOOD_HEAD = '"""python experiments/sweep.py --preset broken.py"""\nfrom jaxreg.sweep import SweepConfig\nfrom jaxreg.variants import VariantSpec\n'
+GOOD_HEAD = (
+    '"""python experiments/sweep.py --preset broken.py"""\n'
+    "from jaxreg.sweep import SweepConfig\nfrom jaxreg.variants import VariantSpec\n"
+)
 PRESET_ERRORS = {
     "syntax error": (GOOD_HEAD + "def get_config(:\n    pass\n", 4, "invalid syntax"),
     "non-UTF-8 bytes": (GOOD_HEAD + "NAME = 'caf\xe9'\n", 4, "'utf-8' codec can't decode byte 0xe9"),

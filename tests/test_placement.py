@@ -115,7 +115,8 @@ SCRIPT = textwrap.dedent(
     placed = V.place_buckets(buckets, jax.devices(), placement, dataset.num_words)
     meshes = [V.variant_mesh(on) for on in placed]
     history = V.run(specs, dataset, settings, meshes=meshes).history
-    ran_on = [sorted(str(d) for d in p.mesh.devices.flat) for p in [V.BucketProgram(b, dataset, settings, m) for b, m in zip(buckets, meshes)]]
+    programs = [V.BucketProgram(b, dataset, settings, m) for b, m in zip(buckets, meshes)]
+    ran_on = [sorted(str(d) for d in p.mesh.devices.flat) for p in programs]
     arrays = {f"{n}/{s}/{m}": v for (n, s), h in history.items() for m, v in h.items()}
     np.savez(out, layout=json.dumps({"devices": [str(d) for d in jax.devices()], "ran_on": ran_on}), **arrays)
     """

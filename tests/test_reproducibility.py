@@ -1,4 +1,5 @@
-"""The reproducibility contract (docs/reproducibility.md, "What holds, and how it is tested"), checked across processes and instruction sets.
+"""The reproducibility contract (docs/reproducibility.md, "What holds, and how it is tested"), checked
+across processes and instruction sets.
 
 A small study (a penalized and a dropout 16-unit model, a padded 6-unit one, 2 seeds, 3
 epochs on synthetic data) runs in this process and again in subprocesses: with the same
