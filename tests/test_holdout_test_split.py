@@ -20,7 +20,7 @@ import pytest
 
 from jaxreg import data, events, fileio, plots, runfolder, selection
 from jaxreg.history import METRICS, csv_lines, has_test, history_fields, metric_names, read_history, stack, write_history
-from jaxreg.history import test_names as test_column_names  # imported as test_*, pytest would collect it
+from jaxreg.history import test_names as names_of_test_columns  # a name starting with test_ is collected as a test
 from jaxreg.runs import load_run
 from jaxreg.summaries import early_stopping, early_stopping_table, read_summary, summarize, write_summary
 from jaxreg import sweep as sweep_module
@@ -131,7 +131,7 @@ def test_flipping_the_test_labels_changes_only_the_test_columns(runs):
     """Both runs execute one compiled program on data that differs only in the test labels,
     so everything else must agree exactly (tolerance 0: no float may differ)."""
     a, b = runs["test"], runs["flipped"]
-    test_columns = test_column_names("accuracy")
+    test_columns = names_of_test_columns("accuracy")
     for key in a.history:
         for m in METRICS:
             np.testing.assert_array_equal(a.history[key][m], b.history[key][m], err_msg=f"{key} {m}")
