@@ -87,7 +87,7 @@ def test_own_model_trains_as_variants_next_to_the_study_mlp(example_runs):
 def test_nnx_model_trains_as_variants_one_program_per_module(example_runs):
     lines = example_output(example_runs, "nnx_model")
     assert 0.6 < last_value(lines, "best validation accuracy") <= 1.0
-    programs = [l for l in lines if l.startswith("program ")]
+    programs = [line for line in lines if line.startswith("program ")]
     assert programs == [
         "program MultiHotMLP(2000, hidden=8): nnx8, nnx8_dropout, nnx8_l2 (vmap)",
         "program MultiHotMLP(2000, hidden=32): nnx32, nnx32_dropout, nnx32_l2 (vmap)",
