@@ -18,12 +18,12 @@ from jaxreg.checks import is_int, is_number
 from jaxreg.errors import SweepError
 from jaxreg.selection import DIVERGENCE_THRESHOLD
 from jaxreg.specs import clashing_names, name_problem
-from jaxreg.train import HYPERPARAMETERS
+from jaxreg.train import SCALAR_HYPERPARAMETERS
 
 PRODUCTS = ("auto", "sparse", "dense")
 VALIDATIONS = ("test", "holdout")
 PLACEMENTS = ("auto", *V.PLACEMENTS)  # see variants.place_buckets
-AXES = ("width", *HYPERPARAMETERS, *views.FIELDS)  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
+AXES = ("width", *SCALAR_HYPERPARAMETERS, *views.FIELDS)  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
 # Largest accepted values: a history keeps every epoch; seeds and devices multiply the models;
 # batch rows are int32 indices. Whether a run fits in memory is estimated later (jaxreg.memory).
 MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, holdout_size=2**31 - 1, devices=4096)

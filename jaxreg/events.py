@@ -29,6 +29,10 @@ from jaxreg.history import columns, task_metric
 EVENTS_DIR = "tensorboard"
 EVENT_FILE = "events.out.tfevents.jaxreg"  # TensorBoard reads files with "tfevents" in their name
 HPARAM_FIELDS = ("l1", "l2", "dropout_rate", "learning_rate", "weight_decay", "l1_proximal", "optimizer")
+# the optimizer's and schedule's settings (run folders written before they existed lack them: left out);
+# piecewise boundaries and scales as text, e.g. "1000,2000"
+OPTIMIZER_HPARAM_FIELDS = ("momentum", "b1", "b2", "eps", "nesterov", "schedule", "decay_rate", "decay_steps",
+                           "warmup_steps", "alpha", "boundaries", "scales")
 # what the HParams plugin compares variants by: the last value of each tag in a run
 def hparam_metrics(metric: str = "accuracy") -> tuple[str, ...]:
     """The metrics the HParams plugin shows for a task whose metric is `metric` (accuracy, mae)."""
@@ -49,6 +53,9 @@ def hparams_of(variant: Mapping, seed: int) -> dict:
     widths = variant["widths"]
     values = {"variant": variant["name"], "widths": variant.get("model") if widths is None else "x".join(map(str, widths))}
     values.update({k: variant[k] for k in HPARAM_FIELDS})
+    for k in OPTIMIZER_HPARAM_FIELDS:
+        if k in variant:
+            values[k] = ",".join(f"{x:g}" for x in variant[k]) if isinstance(variant[k], (list, tuple)) else variant[k]
     values["seed"] = int(seed)
     return values
 

@@ -28,6 +28,37 @@ import optax
 from jaxreg import cpu_kernels
 
 RMSPROP_MODES = ("keras2", "keras3")
+# Every optimizer a variant may name, and the per-variant numbers each one reads (all traced, so
+# variants that differ only in these numbers share a program; the name selects the program):
+#   sgd        optax.sgd: t = g + momentum * t, step -lr * t (nesterov: -lr * (g + momentum * t))
+#   adam       optax.adam: eps added to sqrt of the bias-corrected second moment
+#   adam_keras Keras 3 Adam: m / (sqrt(v) + eps) with the bias corrections folded into the step size
+#   adamw      adam with the decoupled decay stage always on (its strength: weight_decay), as optax.adamw
+#   lion       optax.lion (Chen et al. 2023): sign of an interpolated momentum
+OPTIMIZER_NUMBERS = {
+    "keras2": (),
+    "keras3": (),
+    "sgd": ("momentum",),
+    "adam": ("b1", "b2", "eps"),
+    "adam_keras": ("b1", "b2", "eps"),
+    "adamw": ("b1", "b2", "eps"),
+    "lion": ("b1", "b2"),
+}
+OPTIMIZERS = tuple(OPTIMIZER_NUMBERS)
+# Learning-rate schedules (of the optimizer's step count) and the numbers each reads:
+#   constant     learning_rate
+#   exponential  learning_rate * decay_rate ** (step / decay_steps)        (optax.exponential_decay)
+#   cosine       linear warmup 0 -> learning_rate over warmup_steps, then cosine down to
+#                alpha * learning_rate at decay_steps (warmup included)  (optax.warmup_cosine_decay_schedule)
+#   piecewise    learning_rate times the product of the scales whose boundary the step has passed
+#                (optax.piecewise_constant_schedule); the number of boundaries selects the program
+SCHEDULE_NUMBERS = {
+    "constant": (),
+    "exponential": ("decay_rate", "decay_steps"),
+    "cosine": ("warmup_steps", "decay_steps", "alpha"),
+    "piecewise": ("boundaries", "scales"),
+}
+SCHEDULES = tuple(SCHEDULE_NUMBERS)
 
 
 def scale_by_keras_rms(mode: str = "keras2", rho: float = 0.9, eps: float = 1e-7) -> optax.GradientTransformation:
@@ -42,46 +73,144 @@ def keras_rmsprop(learning_rate, mode: str = "keras2", rho: float = 0.9, eps: fl
     return optax.chain(scale_by_keras_rms(mode, rho, eps), optax.scale_by_learning_rate(learning_rate))
 
 
+class ScaleByKerasAdamState(NamedTuple):
+    count: jax.Array
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def scale_by_keras_adam(b1=0.9, b2=0.999, eps=1e-7) -> optax.GradientTransformation:
+    """Keras 3 Adam's direction: m * (sqrt(1 - b2^t) / (1 - b1^t)) / (sqrt(v) + eps).
+
+    Unlike optax.adam (eps added to sqrt of the bias-corrected v), Keras adds eps to sqrt(v)
+    itself and folds both bias corrections into the step; the same float operations as
+    keras/src/optimizers/adam.py, so the two agree to float32 round-off. b1, b2, eps may be traced.
+    """
+
+    def init_fn(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return ScaleByKerasAdamState(jnp.zeros((), jnp.int32), zeros, jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        count = optax.safe_int32_increment(state.count)
+        t = count.astype(jnp.float32)
+        fold = jnp.sqrt(1 - jnp.power(b2, t)) / (1 - jnp.power(b1, t))
+        mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, updates)
+        nu = jax.tree.map(lambda v, g: v + (jnp.square(g) - v) * (1 - b2), state.nu, updates)
+        direction = jax.tree.map(lambda m, v: (m * fold) / (jnp.sqrt(v) + eps), mu, nu)
+        return direction, ScaleByKerasAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_optimizer(name: str, hp, nesterov: bool = False) -> optax.GradientTransformation:
+    """The optimizer's direction before decay and the learning rate (see OPTIMIZER_NUMBERS); hp's numbers may be traced."""
+    if name in RMSPROP_MODES:
+        return scale_by_keras_rms(name)
+    if name == "sgd":
+        return optax.trace(decay=hp.momentum, nesterov=nesterov)
+    if name in ("adam", "adamw"):
+        return optax.scale_by_adam(b1=hp.b1, b2=hp.b2, eps=hp.eps)
+    if name == "adam_keras":
+        return scale_by_keras_adam(hp.b1, hp.b2, hp.eps)
+    if name == "lion":
+        return optax.scale_by_lion(b1=hp.b1, b2=hp.b2)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def learning_rate_schedule(schedule: str, hp):
+    """The learning rate as a function of the step count (0 for the first step), or hp.learning_rate itself
+    for "constant" (so a constant rate keeps the program and optimizer state it always had).
+
+    Written in jnp rather than with optax's schedule builders, which check their numbers in
+    Python and so refuse traced ones; tests/test_optimizers.py checks each against optax's.
+    """
+    lr = hp.learning_rate
+    if schedule == "constant":
+        return lr
+    if schedule == "exponential":
+        return lambda count: lr * jnp.power(hp.decay_rate, count / hp.decay_steps)
+    if schedule == "cosine":
+
+        def cosine(count):
+            warm = lr * count / jnp.maximum(hp.warmup_steps, 1.0)
+            done = jnp.clip((count - hp.warmup_steps) / (hp.decay_steps - hp.warmup_steps), 0.0, 1.0)
+            decayed = lr * ((1 - hp.alpha) * 0.5 * (1 + jnp.cos(jnp.pi * done)) + hp.alpha)
+            return jnp.where(count < hp.warmup_steps, warm, decayed)
+
+        return cosine
+    if schedule == "piecewise":
+        return lambda count: lr * jnp.prod(jnp.where(count >= hp.boundaries, hp.scales, 1.0))
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
 class ProximalL1State(NamedTuple):
     """Soft-thresholding keeps no state."""
+
+
+class ScheduledProximalL1State(NamedTuple):
+    """The step count, for a threshold that follows the learning-rate schedule."""
+
+    count: jax.Array
 
 
 def proximal_l1(threshold, mask) -> optax.GradientTransformation:
     """Turn updates u into u' so that w + u' = soft_threshold(w + u, threshold) on masked leaves.
 
-    Must come last in a chain (it needs the final update). Written by hand because optax has
-    no proximal operator for L1 on parameters.
+    threshold: a number, or a function of the step count (under a learning-rate schedule: the
+    rate at that step times the strength; the state then counts steps). Must come last in a
+    chain (it needs the final update). Written by hand because optax has no proximal operator
+    for L1 on parameters.
     """
+    scheduled = callable(threshold)
 
     def init_fn(params):
         del params
-        return ProximalL1State()
+        return ScheduledProximalL1State(jnp.zeros((), jnp.int32)) if scheduled else ProximalL1State()
 
     def update_fn(updates, state, params):
+        level = threshold(state.count) if scheduled else threshold
+
         def prox(u, w, m):
             if not m:
                 return u
             moved = w + u
-            return jnp.sign(moved) * jnp.maximum(jnp.abs(moved) - threshold, 0.0) - w
+            return jnp.sign(moved) * jnp.maximum(jnp.abs(moved) - level, 0.0) - w
 
-        return jax.tree.map(prox, updates, params, mask), state
+        new_state = ScheduledProximalL1State(optax.safe_int32_increment(state.count)) if scheduled else state
+        return jax.tree.map(prox, updates, params, mask), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(hp, mask, mode: str = "keras2", *, weight_decay: bool = True, l1_proximal: bool = True):
-    """RMSprop -> decoupled weight decay (masked) -> -learning_rate -> proximal L1 (masked).
+def make_optimizer(
+    hp,
+    mask,
+    mode: str = "keras2",
+    *,
+    weight_decay: bool = True,
+    l1_proximal: bool = True,
+    schedule: str = "constant",
+    nesterov: bool = False,
+):
+    """optimizer `mode` -> decoupled weight decay (masked) -> -learning rate (its schedule) -> proximal L1 (masked).
 
-    `hp` holds per-variant (possibly traced) learning_rate, weight_decay and l1_proximal.
+    `hp` holds per-variant (possibly traced) numbers: learning_rate, the optimizer's (see
+    OPTIMIZER_NUMBERS) and the schedule's (SCHEDULE_NUMBERS), weight_decay and l1_proximal.
     Decoupled decay must sit before the learning-rate scaling, whose sign flip turns
-    "+ wd * w" into a shrinking step. The static flags drop stages every variant has at 0.
+    "+ wd * w" into a shrinking step (so "adamw" is exactly optax.adamw). The static flags
+    drop stages every variant has at 0; the coupled L1/L2 penalties are in the loss, before
+    any of this, so they work with every optimizer.
     """
-    parts = [scale_by_keras_rms(mode)]
+    rate = learning_rate_schedule(schedule, hp)
+    parts = [scale_by_optimizer(mode, hp, nesterov)]
     if weight_decay:
         parts.append(optax.add_decayed_weights(hp.weight_decay, mask=mask))
-    parts.append(optax.scale_by_learning_rate(hp.learning_rate))
+    parts.append(optax.scale_by_learning_rate(rate))
     if l1_proximal:
-        parts.append(proximal_l1(hp.learning_rate * hp.l1_proximal, mask))
+        threshold = (lambda count: rate(count) * hp.l1_proximal) if callable(rate) else rate * hp.l1_proximal
+        parts.append(proximal_l1(threshold, mask))
     return optax.chain(*parts)
 
 

@@ -33,11 +33,20 @@ AXIS_LABELS = {
     "learning_rate": "learning rate",
     "weight_decay": "decoupled weight decay",
     "l1_proximal": "proximal L1 strength",
+    "momentum": "SGD momentum",
+    "b1": "first-moment decay b1",
+    "b2": "second-moment decay b2",
+    "eps": "optimizer epsilon",
+    "decay_rate": "learning-rate decay rate",
+    "decay_steps": "learning-rate decay steps",
+    "warmup_steps": "learning-rate warmup steps",
+    "alpha": "final learning rate (fraction)",
     "train_size": "training examples n",
     "label_noise": "fraction of training labels randomized",
 }  # one per sweep axis (jaxreg.config.AXES)
 FIT_AXES = ("width", "label_noise")  # axes along which how far a model fits its training labels is the point
-LOG_AXES = tuple(axis for axis in AXIS_LABELS if axis not in ("dropout_rate", "label_noise"))
+LINEAR_AXES = ("dropout_rate", "label_noise", "momentum", "b1", "b2", "alpha", "decay_rate")
+LOG_AXES = tuple(axis for axis in AXIS_LABELS if axis not in LINEAR_AXES)
 
 
 def loss_name(histories: Mapping) -> str:

@@ -84,13 +84,16 @@ class Bucket:
 
     def step_config(self, task: tasks.Task, product: str, cpu_kernels: bool = False) -> StepConfig:
         """The bucket's static step choices; with the CPU kernels the first layer's update is
-        fused where the optimizer allows it (see StepConfig.fused_update)."""
+        fused where the optimizer allows it (see StepConfig.fused_update: RMSprop "keras2" at a
+        constant rate, so every other optimizer or schedule takes the optax chain)."""
         config = StepConfig(
             widths=self.widths or DEFAULT_WIDTHS,
             product=product,
             task=task,
             network=self.network,
-            rmsprop=self.optimizer,
+            optimizer=self.optimizer,
+            nesterov=self.configs[0].nesterov,
+            schedule=self.configs[0].schedule,
             use_penalty=any(c.l1 > 0 or c.l2 > 0 for c in self.configs),
             use_dropout=any(c.dropout_rate > 0 for c in self.configs) or (self.network is not None and self.network.style == "flax"),
             use_weight_decay=any(c.weight_decay > 0 for c in self.configs),
@@ -111,9 +114,16 @@ def decoupled_stages(spec: VariantSpec) -> bool:
     return spec.weight_decay > 0 or spec.l1_proximal > 0
 
 
+def program_choices(spec: VariantSpec) -> tuple:
+    """What of a variant's optimizer and schedule selects the compiled program: the optimizer,
+    Nesterov or not, the schedule and its number of piecewise boundaries (a shape). Their
+    numbers are per-variant arrays and do not (`train.Hyperparameters`)."""
+    return (spec.optimizer, spec.nesterov, spec.schedule, len(spec.boundaries))
+
+
 def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy()) -> list[Bucket]:
     """Group variants into buckets: same model (the MLP's padded widths, or the same own model),
-    optimizer and decoupled stages, full seeds x configs grids.
+    optimizer and schedule (`program_choices`) and decoupled stages, full seeds x configs grids.
 
     Variants are identified by (name, seed); duplicates are an error. Configs that share a
     bucket but were asked for different seed sets go to separate grids.
@@ -134,9 +144,9 @@ def plan(variants: Sequence[VariantSpec], policy: PaddingPolicy = PaddingPolicy(
     groups: dict[tuple, list[VariantSpec]] = {}
     for name, config in configs.items():
         shape = assignment[config.widths] if config.model is None else None
-        key = (shape, config.model, config.optimizer, decoupled_stages(config), tuple(sorted(seeds[name])))
+        key = (shape, config.model, program_choices(config), decoupled_stages(config), tuple(sorted(seeds[name])))
         groups.setdefault(key, []).append(config)
-    return [Bucket(w, opt, tuple(cs), s, network) for (w, network, opt, _, s), cs in groups.items()]
+    return [Bucket(w, choices[0], tuple(cs), s, network) for (w, network, choices, _, s), cs in groups.items()]
 
 
 DENSE_PRODUCT_COLUMNS = 256

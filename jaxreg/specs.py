@@ -78,7 +78,21 @@ class VariantSpec:
     l1_proximal: float = 0.0
     dropout_rate: float = 0.0
     learning_rate: float = 1e-3
+    # the optimizer (optim.OPTIMIZERS) and its numbers; a number the optimizer does not read stays at its default
     optimizer: str = "keras2"
+    momentum: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-7
+    nesterov: bool = False
+    # the learning-rate schedule (optim.SCHEDULES) and its numbers, in optimizer steps
+    schedule: str = "constant"
+    decay_rate: float = 1.0
+    decay_steps: float = 0.0
+    warmup_steps: float = 0.0
+    alpha: float = 0.0
+    boundaries: tuple[int, ...] = ()
+    scales: tuple[float, ...] = ()
     seed: int = 0
     model: Network | None = None
     # the variant's view of the training split (see jaxreg.views): its first train_size examples
@@ -113,8 +127,7 @@ class VariantSpec:
         ):
             bad("learning_rate", f"must be a number > 0 that is finite and nonzero in float32 (at most {FLOAT32_MAX:.4g})")
         object.__setattr__(self, "learning_rate", float(self.learning_rate))
-        if not isinstance(self.optimizer, str) or self.optimizer not in optim.RMSPROP_MODES:
-            bad("optimizer", f"must be one of {optim.RMSPROP_MODES}")
+        self._check_optimizer(bad)
         if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             bad("seed", f"must be an integer from 0 to 2**32-1={MAX_SEED}")
         object.__setattr__(self, "seed", int(self.seed))
@@ -130,6 +143,55 @@ class VariantSpec:
                 f"does not reach model {self.model.name} ({self.model.style} style: its dropout rate is its own); "
                 "set dropout_rate=0, or take (x, dropout_rate, dropout_key) in __call__ (see jaxreg.networks)",
             )
+
+    def _check_optimizer(self, bad):
+        """The optimizer and schedule by name, their numbers in range, and no number set that they do not read."""
+        if not isinstance(self.optimizer, str) or self.optimizer not in optim.OPTIMIZERS:
+            bad("optimizer", f"must be one of {optim.OPTIMIZERS}")
+        if not isinstance(self.schedule, str) or self.schedule not in optim.SCHEDULES:
+            bad("schedule", f"must be one of {optim.SCHEDULES}")
+        if not isinstance(self.nesterov, (bool, np.bool_)):
+            bad("nesterov", "must be True or False")
+        object.__setattr__(self, "nesterov", bool(self.nesterov))
+        if self.nesterov and self.optimizer != "sgd":
+            bad("nesterov", "is for optimizer 'sgd' (Nesterov momentum)")
+        for field in ("boundaries", "scales"):
+            value = getattr(self, field)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                bad(field, "must be a sequence of numbers")
+            object.__setattr__(self, field, tuple(value))
+        ranges = {  # field: (test, what it must be)
+            "momentum": (lambda x: 0 <= x < 1, "a number in [0, 1)"),
+            "b1": (lambda x: 0 <= x < 1, "a number in [0, 1)"),
+            "b2": (lambda x: 0 <= x < 1, "a number in [0, 1)"),
+            "eps": (lambda x: x > 0 and np.float32(x) > 0, "a number > 0 (also in float32)"),
+            "decay_rate": (lambda x: x > 0, "a number > 0"),
+            "decay_steps": (lambda x: x >= 0, "a number of steps >= 0"),
+            "warmup_steps": (lambda x: x >= 0, "a number of steps >= 0"),
+            "alpha": (lambda x: 0 <= x <= 1, "a number in [0, 1] (the final rate as a fraction of learning_rate)"),
+        }
+        for field, (ok, what) in ranges.items():
+            value = getattr(self, field)
+            if not is_number(value) or not float32_finite(value) or not ok(value):
+                bad(field, f"must be {what}, finite in float32")
+            object.__setattr__(self, field, float(value))
+        reads = set(optim.OPTIMIZER_NUMBERS[self.optimizer]) | set(optim.SCHEDULE_NUMBERS[self.schedule])
+        for field in (*ranges, "boundaries", "scales"):
+            if field not in reads and getattr(self, field) != Hyperparameters._field_defaults[field]:
+                bad(field, f"is not read by optimizer {self.optimizer!r} with schedule {self.schedule!r} (leave it at its default)")
+        if self.schedule in ("exponential", "cosine") and not self.decay_steps > self.warmup_steps:
+            bad("decay_steps", f"must be > warmup_steps ({self.warmup_steps:g}) and > 0 for schedule {self.schedule!r}")
+        if self.schedule == "piecewise":
+            self._check_piecewise(bad)
+
+    def _check_piecewise(self, bad):
+        b, scales = self.boundaries, self.scales
+        if not b or not all(is_int(x) and 0 < x <= 2**31 - 1 for x in b) or list(b) != sorted(set(b)):
+            bad("boundaries", "must be one or more increasing step counts from 1 to 2**31-1")
+        if len(scales) != len(b) or not all(is_number(x) and float32_finite(x) and x >= 0 for x in scales):
+            bad("scales", f"must be one number >= 0 per boundary ({len(b)}), finite in float32")
+        object.__setattr__(self, "boundaries", tuple(int(x) for x in b))
+        object.__setattr__(self, "scales", tuple(float(x) for x in scales))
 
     def _check_widths(self, bad):
         if self.widths is None:
@@ -174,7 +236,8 @@ class VariantSpec:
         """JSON-ready fields; an own model is recorded by its description (`model_description`), not its object."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         widths = None if self.widths is None else list(self.widths)
-        return {**values, "widths": widths, "model": model_description(self.model)}
+        vectors = {"boundaries": list(self.boundaries), "scales": list(self.scales)}
+        return {**values, "widths": widths, **vectors, "model": model_description(self.model)}
 
 
 def _short_model(model) -> str:

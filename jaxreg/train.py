@@ -43,6 +43,19 @@ class Hyperparameters(NamedTuple):
     weight_decay: jax.Array = 0.0
     l1_proximal: jax.Array = 0.0
     dropout_rate: jax.Array = 0.0
+    # the optimizer's numbers (optim.OPTIMIZER_NUMBERS says which optimizer reads which)
+    momentum: jax.Array = 0.0
+    b1: jax.Array = 0.9
+    b2: jax.Array = 0.999
+    eps: jax.Array = 1e-7
+    # the learning-rate schedule's numbers (optim.SCHEDULE_NUMBERS); boundaries and scales are
+    # vectors (piecewise constant: one entry per boundary, in steps), all others scalars
+    decay_rate: jax.Array = 1.0
+    decay_steps: jax.Array = 0.0
+    warmup_steps: jax.Array = 0.0
+    alpha: jax.Array = 0.0
+    boundaries: jax.Array = ()
+    scales: jax.Array = ()
 
     @classmethod
     def create(cls, *args, **kwargs) -> "Hyperparameters":
@@ -51,6 +64,8 @@ class Hyperparameters(NamedTuple):
 
 
 HYPERPARAMETERS = Hyperparameters._fields
+VECTOR_HYPERPARAMETERS = ("boundaries", "scales")  # one entry per piecewise boundary; not a sweep axis
+SCALAR_HYPERPARAMETERS = tuple(f for f in HYPERPARAMETERS if f not in VECTOR_HYPERPARAMETERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,18 +75,22 @@ class StepConfig:
     network: your own model (a `networks.Network`), or None for the study's MLP, which
     `widths` (hidden widths; of the bucket, when padding) and `product` (how its first layer
     multiplies multi-hot input: "sparse" gather or "dense" matmul) describe. task: what is
-    predicted and the loss (`tasks.Task`). rmsprop: "keras2" or "keras3" eps placement. The
+    predicted and the loss (`tasks.Task`). optimizer: one of optim.OPTIMIZERS ("keras2" and
+    "keras3": RMSprop's two eps placements); nesterov: Nesterov momentum (sgd only); schedule:
+    one of optim.SCHEDULES (its numbers, like the optimizer's, are per-variant hp arrays). The
     use_* flags drop stages that every variant of a program has switched off (a stage at 0
     gives bit-identical results, it only costs time); `variants.Bucket.step_config` derives
     them from the variants, and a step refuses a non-zero number whose stage is off.
     fused_update: `fused_train_step` (see there; the MLP only, with the CPU kernels, sparse
-    batches and product, rmsprop "keras2", no decay and no proximal stage).
+    batches and product, optimizer "keras2" at a constant rate, no decay and no proximal stage).
     """
 
     widths: tuple[int, ...] = (16, 16)
     product: str = "sparse"
     task: Task = Task()
-    rmsprop: str = "keras2"
+    optimizer: str = "keras2"
+    nesterov: bool = False
+    schedule: str = "constant"
     use_penalty: bool = True
     use_dropout: bool = True
     use_weight_decay: bool = True
@@ -83,7 +102,7 @@ class StepConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"StepConfig.widths must be positive, got {self.widths}")
-        checks = {"product": PRODUCTS, "rmsprop": optim.RMSPROP_MODES}
+        checks = {"product": PRODUCTS, "optimizer": optim.OPTIMIZERS, "schedule": optim.SCHEDULES}
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"StepConfig.{field} must be one of {allowed}, got {getattr(self, field)!r}")
@@ -91,10 +110,13 @@ class StepConfig:
             raise ValueError(f"StepConfig.task must be a jaxreg.tasks.Task, got {self.task!r}")
         if self.network is not None and not isinstance(self.network, Network):
             raise ValueError(f"StepConfig.network must be a jaxreg.networks.Network or None, got {self.network!r}")
+        if self.nesterov and self.optimizer != "sgd":
+            raise ValueError(f"StepConfig.nesterov is for optimizer 'sgd', got optimizer={self.optimizer!r}")
         if self.fused_update and not fused_update_supports(self):
             raise ValueError(
-                "StepConfig.fused_update needs the study's MLP, product='sparse', rmsprop='keras2' and no weight decay "
-                f"or proximal L1 stage, got network={self.network!r}, product={self.product!r}, rmsprop={self.rmsprop!r}, "
+                "StepConfig.fused_update needs the study's MLP, product='sparse', optimizer='keras2', schedule='constant' "
+                f"and no weight decay or proximal L1 stage, got network={self.network!r}, product={self.product!r}, "
+                f"optimizer={self.optimizer!r}, schedule={self.schedule!r}, "
                 f"use_weight_decay={self.use_weight_decay}, use_l1_proximal={self.use_l1_proximal}"
             )
 
@@ -116,7 +138,8 @@ def fused_update_supports(config: StepConfig) -> bool:
     return (
         config.network is None
         and config.product == "sparse"
-        and config.rmsprop == "keras2"
+        and config.optimizer == "keras2"
+        and config.schedule == "constant"
         and not config.use_weight_decay
         and not config.use_l1_proximal
     )
@@ -168,9 +191,11 @@ def optimizer(config: StepConfig, hp: Hyperparameters, params) -> optax.Gradient
     return optim.make_optimizer(
         hp,
         penalties.kernel_mask(params, config.penalize),
-        config.rmsprop,
+        config.optimizer,
         weight_decay=config.use_weight_decay,
         l1_proximal=config.use_l1_proximal,
+        schedule=config.schedule,
+        nesterov=config.nesterov,
     )
 
 

@@ -179,16 +179,22 @@ def test_progress_rate_leaves_out_the_compiling_first_epoch(capsys):
 def test_one_list_of_per_variant_numbers():
     """train.Hyperparameters is the list: VariantSpec's numbers, the sweep axes and the figure labels follow it."""
     names = train.HYPERPARAMETERS
-    other = ("name", "widths", "optimizer", "seed", "model", *views.FIELDS)
+    other = ("name", "widths", "optimizer", "nesterov", "schedule", "seed", "model", *views.FIELDS)
     numbers = {f.name: f.default for f in dataclasses.fields(VariantSpec) if f.name not in other}
     assert numbers == train.Hyperparameters._field_defaults
-    # every number a VariantSpec holds (and "width", the first hidden width) is an axis a sweep can vary, nothing else
-    assert sorted(config.AXES) == sorted(["width", *numbers, *views.FIELDS]) and len(set(config.AXES)) == len(config.AXES)
+    assert config.AXES == ("width", *train.SCALAR_HYPERPARAMETERS, *views.FIELDS)
+    assert set(names) - set(train.SCALAR_HYPERPARAMETERS) == {"boundaries", "scales"}  # vectors: not an axis
     assert {f.name: f.default for f in dataclasses.fields(VariantSpec) if f.name in views.FIELDS} == {
         f.name: f.default for f in dataclasses.fields(views.View)
     }
     assert set(plots.AXIS_LABELS) == set(config.AXES)
-    spec = VariantSpec("v", **{name: 0.01 * (i + 1) for i, name in enumerate(names)})
-    assert {k: float(v) for k, v in spec.hyperparameters()._asdict().items()} == pytest.approx(
-        {name: 0.01 * (i + 1) for i, name in enumerate(names)}
-    )
+    # each optimizer and schedule reads some of the numbers: two specs set every scalar between them
+    numbers = {name: 0.01 * (i + 1) for i, name in enumerate(train.SCALAR_HYPERPARAMETERS)}
+    numbers["decay_steps"] = 100.0
+    reads = {"sgd": {"momentum", "decay_rate", "decay_steps"}, "adam": {"b1", "b2", "eps", "warmup_steps", "alpha"}}
+    for optimizer, schedule in (("sgd", "exponential"), ("adam", "cosine")):
+        unread = {n for r in reads.values() for n in r} - reads[optimizer] - ({"decay_steps"} if schedule == "cosine" else set())
+        given = {k: v for k, v in numbers.items() if k not in unread}
+        spec = VariantSpec("v", optimizer=optimizer, schedule=schedule, **given)
+        values = {k: float(v) for k, v in spec.hyperparameters()._asdict().items() if k in given}
+        assert {k: values[k] for k in given} == pytest.approx(given)

@@ -1,7 +1,7 @@
 """jaxreg against Keras 3 itself: the study's `original` and `l2` models, same weights, same batches.
 
 Keras 3 (JAX backend) puts RMSprop's eps inside the square root, so jaxreg runs with
-StepConfig(rmsprop="keras3"); the study's Keras 2.3 ("keras2", eps outside) cannot be run here.
+StepConfig(optimizer="keras3"); the study's Keras 2.3 ("keras2", eps outside) cannot be run here.
 Tolerance: both sides compute in float32 with different summation orders (jaxreg's first layer
 gathers kernel rows, Keras multiplies the dense batch). Observed with keras 3.15 / jax 0.10: losses
 within 2e-7 relative and weights within 6e-8 absolute after two epochs; the checks allow 1e-5
@@ -41,7 +41,7 @@ NUM_WORDS = 1000
 BATCH = 128
 N_TRAIN = 1100  # 8 batches of 128 and a last one of 76
 CONFIG = StepConfig(
-    widths=(16, 16), rmsprop="keras3", use_dropout=False, use_weight_decay=False, use_l1_proximal=False
+    widths=(16, 16), optimizer="keras3", use_dropout=False, use_weight_decay=False, use_l1_proximal=False
 )
 LAYERS = ("hidden_0", "hidden_1", "output")
 

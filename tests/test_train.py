@@ -375,9 +375,12 @@ def test_fused_step_without_the_kernels_says_so(monkeypatch):
 
 
 def test_fused_update_is_refused_where_it_would_not_be_exact():
-    unsupported_cases = (dict(rmsprop="keras3"), dict(use_weight_decay=True), dict(use_l1_proximal=True), dict(product="dense"))
+    unsupported_cases = (
+        dict(optimizer="keras3"), dict(optimizer="adam"), dict(schedule="cosine"), dict(use_weight_decay=True),
+        dict(use_l1_proximal=True), dict(product="dense"),
+    )
     for unsupported in unsupported_cases:
-        with pytest.raises(ValueError, match="fused_update needs the study's MLP, product='sparse', rmsprop='keras2'"):
+        with pytest.raises(ValueError, match="fused_update needs the study's MLP, product='sparse', optimizer='keras2'"):
             dataclasses.replace(KERAS, fused_update=True, **unsupported)
     assert train.fused_update_supports(KERAS) and not train.fused_update_supports(ALL_STAGES)
 
