@@ -7,12 +7,14 @@ gathers kernel rows, Keras multiplies the dense batch). Observed with keras 3.15
 within 2e-7 relative and weights within 6e-8 absolute after two epochs; the checks allow 1e-5
 relative on losses and 1e-6 absolute on weights (which move by ~3e-3 per step). For scale: running
 jaxreg with "keras2" instead moves the losses by ~1% and the weights by ~0.01 after an epoch or two.
+Keras 3's Adam (jaxreg's "adam_keras") and SGD with Nesterov momentum are checked the same way.
 Unlike the other test modules, this one leaves jax_numpy_rank_promotion at its default: Keras'
 Dense adds its bias by implicit broadcasting ([batch, units] + [units]), which "raise" refuses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ["KERAS_BACKEND"] = "jax"  # before keras is imported
@@ -63,7 +65,7 @@ def data():
     return ds, stacked, val, x_dense, y
 
 
-def _keras_model(l2):
+def _keras_model(l2, optimizer=None):
     reg = keras.regularizers.l2(l2) if l2 else None
     model = keras.Sequential(
         [
@@ -73,7 +75,7 @@ def _keras_model(l2):
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    optimizer = keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, epsilon=1e-7)
+    optimizer = optimizer or keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, epsilon=1e-7)
     model.compile(optimizer=optimizer, loss="binary_crossentropy")
     return model
 
@@ -83,15 +85,39 @@ def _keras_weights_as_params(model):
     return {"params": {name: {"kernel": w[2 * i], "bias": w[2 * i + 1]} for i, name in enumerate(LAYERS)}}
 
 
-@pytest.mark.parametrize("name, l2", [("original", 0.0), ("l2", 1e-3)])
-def test_one_epoch_matches_keras(data, name, l2):
+# Keras 3's Adam and SGD beside RMSprop: (jaxreg's optimizer settings, Keras' optimizer). Adam as
+# "adam_keras" (eps added to sqrt(v), bias corrections folded into the step: keras/src/optimizers/adam.py);
+# Keras' SGD keeps m = momentum * m - lr * g, optax's t = g + momentum * t: the same steps at a constant rate.
+OPTIMIZERS = {
+    "rmsprop": (dict(optimizer="keras3"), dict(learning_rate=1e-3), lambda: None),
+    "adam": (
+        dict(optimizer="adam_keras"),
+        dict(learning_rate=2e-3, b1=0.8, b2=0.99, eps=1e-6),
+        lambda: keras.optimizers.Adam(learning_rate=2e-3, beta_1=0.8, beta_2=0.99, epsilon=1e-6),
+    ),
+    "sgd_nesterov": (
+        dict(optimizer="sgd", nesterov=True),
+        dict(learning_rate=0.05, momentum=0.9),
+        lambda: keras.optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=True),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name, l2, optimizer",
+    [("original", 0.0, "rmsprop"), ("l2", 1e-3, "rmsprop"), ("l2_adam", 1e-3, "adam"), ("original_adam", 0.0, "adam"),
+     ("l2_sgd_nesterov", 1e-3, "sgd_nesterov")],
+)
+def test_one_epoch_matches_keras(data, name, l2, optimizer):
     ds, stacked, val, x_dense, y = data
+    changes, numbers, keras_optimizer = OPTIMIZERS[optimizer]
+    config = dataclasses.replace(CONFIG, **changes)
     keras.utils.set_random_seed(0)
-    model = _keras_model(l2)
+    model = _keras_model(l2, keras_optimizer())
     params = _keras_weights_as_params(model)
-    state, _ = init_state(jax.random.key(0), CONFIG, NUM_WORDS)
+    state, _ = init_state(jax.random.key(0), config, NUM_WORDS)
     state = state._replace(params=params)  # Keras' initial weights; the optimizer state is all zeros either way
-    hp = Hyperparameters.create(learning_rate=1e-3, l2=l2)
+    hp = Hyperparameters.create(l2=l2, **numbers)
 
     n_batches = stacked.y.shape[0]
     assert n_batches == 9 and float(np.asarray(stacked.weight[-1]).sum()) == N_TRAIN - 8 * BATCH
@@ -99,7 +125,7 @@ def test_one_epoch_matches_keras(data, name, l2):
     for i in range(n_batches):
         rows = slice(i * BATCH, (i + 1) * BATCH)
         keras_losses.append(float(model.train_on_batch(x_dense[rows], y[rows, None])))  # data loss + penalty
-        state, metrics = step(state, jax.tree.map(lambda a: a[i], stacked), jax.random.key(0), hp, config=CONFIG)
+        state, metrics = step(state, jax.tree.map(lambda a: a[i], stacked), jax.random.key(0), hp, config=config)
         jaxreg_losses.append(float(metrics["loss"]))
         counts.append(float(metrics["count"]))
     np.testing.assert_allclose(jaxreg_losses, keras_losses, rtol=1e-5)
@@ -115,7 +141,7 @@ def test_one_epoch_matches_keras(data, name, l2):
 
     # Keras' val_loss includes the penalty, as jaxreg's evaluate "loss"
     keras_val = model.evaluate(densify(ds.validation.x), ds.validation.y[:, None], batch_size=BATCH, verbose=0)
-    ours = evaluate(state.params, val, hp, config=CONFIG)
+    ours = evaluate(state.params, val, hp, config=config)
     np.testing.assert_allclose(float(ours["loss"]), keras_val, rtol=1e-5)
     assert (float(ours["penalty"]) > 0) == (l2 > 0)
 
