@@ -247,3 +247,18 @@ def test_schedules_match_optax_schedules():
     for kind, (numbers, reference) in cases.items():
         ours = jax.jit(lambda hp, c: optim.learning_rate_schedule(kind, hp)(c))(Hyperparameters.create(learning_rate=0.1, **numbers), counts)
         np.testing.assert_allclose(ours, jax.vmap(reference)(counts), rtol=1e-6, atol=1e-9, err_msg=kind)
+
+
+def test_hparams_and_axes_name_the_optimizer_and_schedule():
+    from jaxreg import config, events, plots
+
+    spec = VariantSpec("v", optimizer="sgd", nesterov=True, momentum=0.9, schedule="piecewise", boundaries=(10, 20),
+                       scales=(0.5, 0.1))
+    h = events.hparams_of(spec.to_dict(), 0)
+    assert (h["optimizer"], h["momentum"], h["nesterov"], h["schedule"], h["boundaries"], h["scales"]) == (
+        "sgd", 0.9, True, "piecewise", "10,20", "0.5,0.1"
+    )
+    assert len(events.header_records(h)) > 0
+    older = {k: v for k, v in spec.to_dict().items() if k not in events.OPTIMIZER_HPARAM_FIELDS}  # a folder from before
+    assert "schedule" not in events.hparams_of(older, 0)
+    assert {"learning_rate", "momentum", "b1", "b2", "eps", "warmup_steps"} <= set(config.AXES) <= set(plots.AXIS_LABELS)
