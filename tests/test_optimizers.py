@@ -262,3 +262,16 @@ def test_hparams_and_axes_name_the_optimizer_and_schedule():
     older = {k: v for k, v in spec.to_dict().items() if k not in events.OPTIMIZER_HPARAM_FIELDS}  # a folder from before
     assert "schedule" not in events.hparams_of(older, 0)
     assert {"learning_rate", "momentum", "b1", "b2", "eps", "warmup_steps"} <= set(config.AXES) <= set(plots.AXIS_LABELS)
+
+
+def test_adamw_vs_l2_preset_plans_two_programs():
+    """5 learning rates x 5 strengths per side, plus plain Adam per rate, 3 seeds: 165 models in 2 programs."""
+    from experiments import presets
+
+    config = presets.load("adamw-vs-l2")
+    buckets = plan(config.variant_specs())
+    assert config.seeds == 3 and sum(len(b.configs) * len(b.seeds) for b in buckets) == 3 * (5 + 25 + 25)
+    assert sorted((b.optimizer, len(b.configs)) for b in buckets) == [("adam", 30), ("adamw", 25)]
+    adamw = [v for v in config.variants if v.optimizer == "adamw"]
+    lams = {round(v.learning_rate * v.weight_decay, 12) for v in adamw}  # the paper's per-step decay
+    assert len(lams) == 5 and len({v.learning_rate for v in adamw}) == 5

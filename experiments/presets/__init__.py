@@ -17,6 +17,7 @@ from jaxreg.variants import VariantError
 PRESETS = {
     "book": "book.py", "capacity": "capacity.py", "l2-grid": "l2_grid.py", "dropout-grid": "dropout_grid.py", "decay-vs-l2": "decay_vs_l2.py",
     "learning-curve": "learning_curve.py", "label-noise": "label_noise.py", "double-descent": "double_descent.py",
+    "adamw-vs-l2": "adamw_vs_l2.py",
 }
 
 
