@@ -39,7 +39,8 @@ from jaxreg.model import count_params
 
 FLOAT_BYTES = 4
 # Arrays per parameter alive during a step: params, RMSprop slot, gradient, new params, new slot,
-# and the best epoch's params that variants.run keeps (not yet in the calibration runs below).
+# and the best epoch's params that variants.run keeps (not yet in the calibration runs below);
+# an optimizer with more slots per parameter (Adam: 2, `optim.OPTIMIZER_SLOTS`) holds 2 more per slot.
 STATE_COPIES = 6
 # Copies of an epoch's training batches: built per seed on the host, stacked, and on the device
 # for the current epoch and the next one (prepared while the device trains).
@@ -76,6 +77,7 @@ class BucketShape:
     cpu_kernels: bool  # jaxreg's embedding-bag kernels (no gathered copy of the first layer's rows)
     # per model (`runplan.parameter_count`); None: the study's MLP at `widths` with one output
     parameters: int | None = None
+    optimizer_slots: int = 1  # arrays the optimizer keeps per parameter (`optim.OPTIMIZER_SLOTS`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +119,7 @@ def bucket_estimate(bucket: BucketShape, data: DataShape) -> Estimate:
     models = bucket.n_seeds * bucket.n_configs
     count = count_params(bucket.widths, data.num_words) if bucket.parameters is None else bucket.parameters
     params = count * FLOAT_BYTES
-    state = params * (models * STATE_COPIES + bucket.n_configs)
+    state = params * (models * (STATE_COPIES + 2 * (bucket.optimizer_slots - 1)) + bucket.n_configs)
 
     n_batches = math.ceil(data.n_train / data.batch_size)
     per_row = 2 * FLOAT_BYTES  # label and weight

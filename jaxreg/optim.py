@@ -45,6 +45,8 @@ OPTIMIZER_NUMBERS = {
     "lion": ("b1", "b2"),
 }
 OPTIMIZERS = tuple(OPTIMIZER_NUMBERS)
+# Arrays each keeps per parameter (its moments), for the memory estimate
+OPTIMIZER_SLOTS = {"keras2": 1, "keras3": 1, "sgd": 1, "adam": 2, "adam_keras": 2, "adamw": 2, "lion": 1}
 # Learning-rate schedules (of the optimizer's step count) and the numbers each reads:
 #   constant     learning_rate
 #   exponential  learning_rate * decay_rate ** (step / decay_steps)        (optax.exponential_decay)

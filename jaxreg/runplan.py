@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 import jax
 
 from jaxreg import batches as batching
-from jaxreg import memory, tasks
+from jaxreg import memory, optim, tasks
 from jaxreg.checks import is_int
 from jaxreg.cpu_kernels import cpu_kernels_available
 from jaxreg.model import PRODUCTS as STEP_PRODUCTS
@@ -399,7 +399,7 @@ class BucketPlan:
         run = self.execution
         return memory.BucketShape(
             run.step.widths, len(self.bucket.seeds), run.n_configs, run.product, run.sequential, run.cpu_kernels,
-            self.parameters,
+            self.parameters, optim.OPTIMIZER_SLOTS[self.bucket.optimizer],
         )
 
 

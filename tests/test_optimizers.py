@@ -275,3 +275,14 @@ def test_adamw_vs_l2_preset_plans_two_programs():
     adamw = [v for v in config.variants if v.optimizer == "adamw"]
     lams = {round(v.learning_rate * v.weight_decay, 12) for v in adamw}  # the paper's per-step decay
     assert len(lams) == 5 and len({v.learning_rate for v in adamw}) == 5
+
+
+def test_memory_estimate_counts_adams_two_moments():
+    ds = synthetic_dataset(n_train=N_TRAIN, n_validation=BATCH, num_words=NUM_WORDS, seed=0)
+    settings = RunSettings(epochs=2, batch_size=BATCH)
+    state = {}
+    for optimizer in ("keras2", "adam"):
+        run_plan = runplan.plan_run(plan([VariantSpec("v", optimizer=optimizer)]), ds, settings, jax.devices()[:1],
+                                    estimate_memory=True)
+        state[optimizer] = run_plan.memory.state
+    assert state["adam"] > state["keras2"]
