@@ -245,7 +245,8 @@ def test_schedules_match_optax_schedules():
                       optax.piecewise_constant_schedule(0.1, {4: 0.5, 10: 2.0, 11: 0.1})),
     }
     for kind, (numbers, reference) in cases.items():
-        ours = jax.jit(lambda hp, c: optim.learning_rate_schedule(kind, hp)(c))(Hyperparameters.create(learning_rate=0.1, **numbers), counts)
+        hp = Hyperparameters.create(learning_rate=0.1, **numbers)
+        ours = jax.jit(jax.vmap(lambda hp, c: optim.learning_rate_schedule(kind, hp)(c), in_axes=(None, 0)))(hp, counts)
         np.testing.assert_allclose(ours, jax.vmap(reference)(counts), rtol=1e-6, atol=1e-9, err_msg=kind)
 
 

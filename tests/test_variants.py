@@ -193,7 +193,7 @@ def alone(dataset):
         ("l1_proximal", -math.inf),
         ("learning_rate", 0.0),
         ("learning_rate", -1e-3),
-        ("optimizer", "adam"),
+        ("optimizer", "adagrad"),
         ("seed", -1),
         ("seed", True),
     ],
