@@ -3,8 +3,10 @@
 jaxreg steps the study's MLP with `train.train_step` (its numbers traced, as under vmap); the
 reference steps the same model on the same batches with optax's ready-made optimizer and
 schedule (optax.adam, optax.warmup_cosine_decay_schedule, ...) around the same loss. Two
-different compiled programs, so float32 round-off: observed within ~1e-7 relative; asserted
-at RTOL/ATOL. Also: variants that differ only in numbers share a program, a resume in the
+different compiled programs, so float32 round-off: observed within 2e-7 absolute on weights
+that move by >1e-3 (Adam and Lion normalize each coordinate's step, so round-off in a near-zero
+gradient moves a weight by up to ~1e-4 of a step); asserted at RTOL/ATOL, with a margin for
+other instruction sets. Also: variants that differ only in numbers share a program, a resume in the
 middle of a schedule equals the uninterrupted run bit for bit (same program), and the
 coupled penalties, decoupled decay and proximal L1 work with every optimizer.
 """
@@ -26,7 +28,7 @@ from jaxreg.variants import RunSettings, VariantError, VariantSpec, plan, run
 
 pytestmark = pytest.mark.numerics  # rerun by .ci/run with XLA held to a second instruction set
 
-RTOL, ATOL = 1e-5, 1e-7
+RTOL, ATOL = 1e-5, 1e-6
 NUM_WORDS, BATCH, N_TRAIN = 500, 128, 640  # 5 batches, stepped twice: 10 steps
 STEPS = 10
 BASE = StepConfig(widths=(16, 16), use_dropout=False, use_penalty=False, use_weight_decay=False, use_l1_proximal=False)
@@ -117,9 +119,7 @@ def test_penalties_and_decoupled_decay_work_with_every_optimizer(data, optimizer
     else:
         reference = optax.chain(direction, optax.add_decayed_weights(0.05, mask), optax.scale_by_learning_rate(LR))
     theirs = _optax_params(config, hp, reference, data[1], start)
-    # Adam and Lion normalize each coordinate's step: round-off in a near-zero gradient (L1's subgradient
-    # of a weight near 0) moves it by up to ~1e-4 of a step (observed 2e-7 at lr 3e-3): atol 1e-6
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-6, err_msg=optimizer), ours, theirs)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=optimizer), ours, theirs)
     without = _jaxreg_params(dataclasses.replace(config, use_weight_decay=False), hp._replace(weight_decay=0.0), data[1])[1]
     assert np.abs(ours["params"]["hidden_1"]["kernel"]).sum() < np.abs(without["params"]["hidden_1"]["kernel"]).sum()
 
