@@ -37,10 +37,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cold = []
         for i in range(args.repeats):
-            seconds, ds = timed(lambda: load_imdb(args.data, num_words=args.num_words, cache_dir=Path(tmp) / f"cold{i}"))
+            seconds, ds = timed(
+                lambda: load_imdb(args.data, num_words=args.num_words, cache_dir=Path(tmp) / f"cold{i}")
+            )
             cold.append(seconds)
         cache_dir = Path(tmp) / f"cold{args.repeats - 1}"
-        cached = [timed(lambda: load_imdb(args.data, num_words=args.num_words, cache_dir=cache_dir))[0] for _ in range(5)]
+        cached = [
+            timed(lambda: load_imdb(args.data, num_words=args.num_words, cache_dir=cache_dir))[0] for _ in range(5)
+        ]
         cache_bytes = sum(f.stat().st_size for f in cache_dir.glob("*.npz"))
 
     splits = (ds.train, ds.validation)

@@ -126,8 +126,10 @@ def measure_limits(repeats: int, batch_rows_cols) -> dict:
     results["copy_gbs"] = 2 * n_floats * FLOAT / C.median(times) / 1e9
     t = C.median(_time(jax.jit(lambda x: x + 1.0), x, repeats=repeats))
     results["copy_fresh_output_gbs"] = 2 * n_floats * FLOAT / t / 1e9
-    C.log(f"[limits] copy (x + 1 in place, read + write): {results['copy_gbs']:.1f} GB/s; "
-          f"into a fresh output buffer: {results['copy_fresh_output_gbs']:.1f} GB/s")
+    C.log(
+        f"[limits] copy (x + 1 in place, read + write): {results['copy_gbs']:.1f} GB/s; "
+        f"into a fresh output buffer: {results['copy_fresh_output_gbs']:.1f} GB/s"
+    )
     del x
 
     # The sparse first layer's primitives on one real batch: (row, column) pairs of 512 reviews.
@@ -135,7 +137,9 @@ def measure_limits(repeats: int, batch_rows_cols) -> dict:
     nnz = len(cols)
     rows, cols = jnp.asarray(rows), jnp.asarray(cols)
     kernel = jax.random.normal(key, (10000, 1024), jnp.float32)
-    gather_sum = jax.jit(lambda k, r, c: jax.ops.segment_sum(jnp.take(k, c, axis=0), r, BATCH_SIZE, indices_are_sorted=True))
+    gather_sum = jax.jit(
+        lambda k, r, c: jax.ops.segment_sum(jnp.take(k, c, axis=0), r, BATCH_SIZE, indices_are_sorted=True)
+    )
     t = C.median(_time(gather_sum, kernel, rows, cols, repeats=repeats))
     results["gather_sum_gbs"] = nnz * 1024 * FLOAT / t / 1e9
     delta = jax.random.normal(key, (BATCH_SIZE, 1024), jnp.float32)
@@ -149,19 +153,25 @@ def measure_limits(repeats: int, batch_rows_cols) -> dict:
         times.append(time.perf_counter() - start)
     results["scatter_add_gbs"] = nnz * 1024 * FLOAT / C.median(times) / 1e9
     results["batch_pairs"] = nnz
-    C.log(f"[limits] gather + segment sum {results['gather_sum_gbs']:.1f} GB/s, scatter-add {results['scatter_add_gbs']:.1f} GB/s "
-          f"({nnz} (row, column) pairs of one batch, rows of 1024 floats)")
+    C.log(
+        f"[limits] gather + segment sum {results['gather_sum_gbs']:.1f} GB/s, scatter-add {results['scatter_add_gbs']:.1f} GB/s "
+        f"({nnz} (row, column) pairs of one batch, rows of 1024 floats)"
+    )
     from jaxreg import embedding_bag as eb
 
     if jax.default_backend() == "cpu" and eb.cpu_kernels_available():  # what jaxreg runs instead on CPU
         forward = jax.jit(lambda k, r, c: eb.embedding_bag(k, r, c, BATCH_SIZE))
         backward = jax.jit(lambda k, r, c, d: jax.vjp(lambda k: eb.embedding_bag(k, r, c, BATCH_SIZE), k)[1](d)[0])
-        results["kernel_forward_gbs"] = nnz * 1024 * FLOAT / C.median(_time(forward, kernel, rows, cols, repeats=repeats)) / 1e9
+        results["kernel_forward_gbs"] = (
+            nnz * 1024 * FLOAT / C.median(_time(forward, kernel, rows, cols, repeats=repeats)) / 1e9
+        )
         results["kernel_backward_gbs"] = (
             nnz * 1024 * FLOAT / C.median(_time(backward, kernel, rows, cols, delta, repeats=repeats)) / 1e9
         )
-        C.log(f"[limits] jaxreg CPU kernels: forward {results['kernel_forward_gbs']:.1f} GB/s, "
-              f"backward {results['kernel_backward_gbs']:.1f} GB/s")
+        C.log(
+            f"[limits] jaxreg CPU kernels: forward {results['kernel_forward_gbs']:.1f} GB/s, "
+            f"backward {results['kernel_backward_gbs']:.1f} GB/s"
+        )
     return results
 
 
@@ -213,7 +223,9 @@ def measure_point(specs, ds, epochs: int, product: str) -> dict:
     if len(buckets) != 1:
         raise RuntimeError(f"expected one bucket, got {len(buckets)}")
     bucket = buckets[0]
-    settings = V.RunSettings(epochs=epochs, batch_size=BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, loss="keras", product=product)
+    settings = V.RunSettings(
+        epochs=epochs, batch_size=BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, loss="keras", product=product
+    )
     timing = C.time_bucket(bucket, ds, settings, epochs)
     out = {
         "widths": list(bucket.widths),
@@ -241,7 +253,9 @@ def side_by_side(specs_by_n: dict, ds, epochs: int, product: str) -> dict:
 
     from jaxreg import variants as V
 
-    settings = V.RunSettings(epochs=2, batch_size=BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, loss="keras", product=product)
+    settings = V.RunSettings(
+        epochs=2, batch_size=BATCH_SIZE, eval_batch_size=EVAL_BATCH_SIZE, loss="keras", product=product
+    )
     runs = {}
     for n, specs in specs_by_n.items():
         (bucket,) = V.plan(specs)
@@ -285,12 +299,16 @@ def sweep(section: str, sizes, ds, args, stats, limits) -> list[dict]:
             row["floor_s"] = fl["floor_s"]
             row["floor_terms_s"] = fl["terms_s"]
             row["useful_first_layer_gflops"] = fl["useful_first_layer_flop"] / row["epoch_s"] / 1e9
-        C.log(f"[{section}] n={n}: {row['epoch_s']:.2f} s/epoch ({row['product']}), compile {row['compile_overhead_s']:.1f} s, "
-              f"batches {row['batch_prep_s']:.2f} s")
+        C.log(
+            f"[{section}] n={n}: {row['epoch_s']:.2f} s/epoch ({row['product']}), compile {row['compile_overhead_s']:.1f} s, "
+            f"batches {row['batch_prep_s']:.2f} s"
+        )
         rows.append(row)
     if section != "width" and rows and rows[0]["n"] == 1:
         C.log(f"[{section}] side by side: {args.epochs} epochs of every size in turn ...")
-        together = side_by_side({row["n"]: section_specs(section, row["n"]) for row in rows}, ds, args.epochs, args.product)
+        together = side_by_side(
+            {row["n"]: section_specs(section, row["n"]) for row in rows}, ds, args.epochs, args.product
+        )
         t1 = together[1]
         for row in rows:
             row["side_by_side_epoch_s"] = together[row["n"]]
@@ -320,17 +338,29 @@ def report(args, info, stats, limits, results) -> str:
         rows = [[f"matmul {k}", f"{v:.1f} GFLOP/s"] for k, v in limits["matmul_gflops"].items()]
         rows += [
             ["copy bandwidth (x + 1 in place on 256 MB, read + write bytes)", f"{limits['copy_gbs']:.1f} GB/s"],
-            ["the same into a fresh output buffer (diagnostic: cost of new buffers)", f"{limits['copy_fresh_output_gbs']:.1f} GB/s"],
-            [f"gather + segment sum of one batch, {limits['batch_pairs']:,} rows of a 10000x1024 kernel (diagnostic)",
-             f"{limits['gather_sum_gbs']:.1f} GB/s"],
-            [f"scatter-add of one batch, {limits['batch_pairs']:,} rows into a 10000x1024 gradient, in place (diagnostic)",
-             f"{limits['scatter_add_gbs']:.1f} GB/s"],
+            [
+                "the same into a fresh output buffer (diagnostic: cost of new buffers)",
+                f"{limits['copy_fresh_output_gbs']:.1f} GB/s",
+            ],
+            [
+                f"gather + segment sum of one batch, {limits['batch_pairs']:,} rows of a 10000x1024 kernel (diagnostic)",
+                f"{limits['gather_sum_gbs']:.1f} GB/s",
+            ],
+            [
+                f"scatter-add of one batch, {limits['batch_pairs']:,} rows into a 10000x1024 gradient, in place (diagnostic)",
+                f"{limits['scatter_add_gbs']:.1f} GB/s",
+            ],
         ]
         if "kernel_forward_gbs" in limits:
             rows += [
-                ["the same gather + sum by jaxreg's CPU kernel (embedding_bag forward)", f"{limits['kernel_forward_gbs']:.1f} GB/s"],
-                ["the gradient by jaxreg's CPU kernel (embedding_bag backward, fresh 40 MB output)",
-                 f"{limits['kernel_backward_gbs']:.1f} GB/s"],
+                [
+                    "the same gather + sum by jaxreg's CPU kernel (embedding_bag forward)",
+                    f"{limits['kernel_forward_gbs']:.1f} GB/s",
+                ],
+                [
+                    "the gradient by jaxreg's CPU kernel (embedding_bag backward, fresh 40 MB output)",
+                    f"{limits['kernel_backward_gbs']:.1f} GB/s",
+                ],
             ]
         lines.append(C.markdown_table(["measure", "median"], rows))
         lines.append(
@@ -344,9 +374,12 @@ def report(args, info, stats, limits, results) -> str:
         )
         big = floor_model((1024, 1024), 1, stats, limits)
         lines.append("\nFloor of one epoch of the 1024-unit model (one variant):\n")
-        lines.append(C.markdown_table(
-            ["term", "seconds"], [[k, f"{v:.3f}"] for k, v in big["terms_s"].items()] + [["**floor**", f"**{big['floor_s']:.3f}**"]]
-        ))
+        lines.append(
+            C.markdown_table(
+                ["term", "seconds"],
+                [[k, f"{v:.3f}"] for k, v in big["terms_s"].items()] + [["**floor**", f"**{big['floor_s']:.3f}**"]],
+            )
+        )
 
     titles = {
         "variants16": "Variants of the 16-unit model (same seed, different l2: shared batches)",
@@ -361,16 +394,40 @@ def report(args, info, stats, limits, results) -> str:
         label = {"width": "w", "seeds": "seeds"}.get(section, "variants")
         table = []
         for r in rows:
-            table.append([
-                r["n"], "x".join(map(str, r["widths"])), r["product"], f"{r['epoch_s']:.3f}",
-                C.fmt(r.get("side_by_side_epoch_s"), ".3f"), C.fmt(r.get("marginal_s"), ".3f"), C.fmt(None if r.get("marginal_rel") is None else 100 * r["marginal_rel"], ".1f", "%"),
-                f"{r['epoch_s'] / (r['configs'] * r['seeds']):.3f}",
-                f"{r['compile_overhead_s']:.1f}", f"{r['batch_prep_s']:.2f}", C.fmt_bytes(r["peak_rss_bytes"]),
-                C.fmt(r.get("floor_s"), ".3f"), C.fmt(r["epoch_s"] / r["floor_s"] if r.get("floor_s") else None, ".1f", "x"),
-                C.fmt(r.get("useful_first_layer_gflops"), ".2f"),
-            ])
-        header = [label, "bucket widths", "product", "s/epoch", "s/epoch side by side", "marginal s/variant", "marginal / t_1", "s/epoch per variant",
-                  "compile s", "train_batches s", "peak RSS", "floor s", "epoch / floor", "useful 1st-layer GFLOP/s"]
+            table.append(
+                [
+                    r["n"],
+                    "x".join(map(str, r["widths"])),
+                    r["product"],
+                    f"{r['epoch_s']:.3f}",
+                    C.fmt(r.get("side_by_side_epoch_s"), ".3f"),
+                    C.fmt(r.get("marginal_s"), ".3f"),
+                    C.fmt(None if r.get("marginal_rel") is None else 100 * r["marginal_rel"], ".1f", "%"),
+                    f"{r['epoch_s'] / (r['configs'] * r['seeds']):.3f}",
+                    f"{r['compile_overhead_s']:.1f}",
+                    f"{r['batch_prep_s']:.2f}",
+                    C.fmt_bytes(r["peak_rss_bytes"]),
+                    C.fmt(r.get("floor_s"), ".3f"),
+                    C.fmt(r["epoch_s"] / r["floor_s"] if r.get("floor_s") else None, ".1f", "x"),
+                    C.fmt(r.get("useful_first_layer_gflops"), ".2f"),
+                ]
+            )
+        header = [
+            label,
+            "bucket widths",
+            "product",
+            "s/epoch",
+            "s/epoch side by side",
+            "marginal s/variant",
+            "marginal / t_1",
+            "s/epoch per variant",
+            "compile s",
+            "train_batches s",
+            "peak RSS",
+            "floor s",
+            "epoch / floor",
+            "useful 1st-layer GFLOP/s",
+        ]
         if section == "width":
             header[4:7] = ["-", "-", "-"]
         lines.append(C.markdown_table(header, table))
@@ -378,18 +435,25 @@ def report(args, info, stats, limits, results) -> str:
         lines.append(
             f"\ns/epoch: each size alone, one after the other (median of its epochs 2..N, with compile and peak RSS); "
             "s/epoch side by side: all sizes' epochs run in turn after those, so that they see the same machine "
-            "conditions (medians); marginal s/variant = (t_n - t_1) / (n - 1) from the side-by-side times; useful 1st-layer GFLOP/s = 2 x W1 x (2 x nnz_train + nnz_val) "
+            "conditions (medians); marginal s/variant = (t_n - t_1) / (n - 1) from the side-by-side "
+            "times; useful 1st-layer GFLOP/s = 2 x W1 x (2 x nnz_train + nnz_val) "
             f"x variants / epoch time, against the matmul peak of {limits['matmul_peak_gflops']:.1f} GFLOP/s."
         )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     C.add_data_args(parser)
     parser.add_argument("--quick", action="store_true", help="fewer sizes and 2 measured epochs per point")
-    parser.add_argument("--epochs", type=int, help="measured epochs per point after the compile epoch (default 3, quick 2)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    parser.add_argument(
+        "--epochs", type=int, help="measured epochs per point after the compile epoch (default 3, quick 2)"
+    )
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS)
+    )
     parser.add_argument("--product", default="auto", choices=("auto", "sparse", "dense"), help="RunSettings.product")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of each machine-limit measurement")
     parser.add_argument("--json", type=Path, help="write machine-readable results here")
@@ -418,15 +482,18 @@ def main(argv=None) -> int:
     results = {s: sweep(s, sizes[s], ds, args, stats, limits) for s in sections if s != "limits"}
     text = report(args, info, stats, limits, results)
     print(text)
-    C.write_json(args.json, {
-        "benchmark": "scaling",
-        "settings": {k: v for k, v in vars(args).items() if k != "json"},
-        "machine": info,
-        "data": stats,
-        "limits": limits,
-        "results": results,
-        "report": text,
-    })
+    C.write_json(
+        args.json,
+        {
+            "benchmark": "scaling",
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "machine": info,
+            "data": stats,
+            "limits": limits,
+            "results": results,
+            "report": text,
+        },
+    )
     return 0
 
 

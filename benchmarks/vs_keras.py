@@ -91,8 +91,10 @@ def keras_child(args) -> dict:
     x_train, x_val = densify(ds.train.x, dtype), densify(ds.validation.x, dtype)
     y_train, y_val = ds.train.y.astype(dtype), ds.validation.y.astype(dtype)
     densify_s = watch.lap()
-    C.log(f"[keras] import {import_s:.1f} s, data {load_s:.1f} s, densify {densify_s:.1f} s "
-          f"({(x_train.nbytes + x_val.nbytes) / 1e9:.2f} GB {dtype.name})")
+    C.log(
+        f"[keras] import {import_s:.1f} s, data {load_s:.1f} s, densify {densify_s:.1f} s "
+        f"({(x_train.nbytes + x_val.nbytes) / 1e9:.2f} GB {dtype.name})"
+    )
 
     class EpochTimer(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -107,9 +109,12 @@ def keras_child(args) -> dict:
     def build(name):
         widths, l1, l2, rate = C.STUDY_MODELS[name]
         reg = (
-            keras.regularizers.L1L2(l1=l1, l2=l2) if l1 and l2
-            else keras.regularizers.L1(l1) if l1
-            else keras.regularizers.L2(l2) if l2
+            keras.regularizers.L1L2(l1=l1, l2=l2)
+            if l1 and l2
+            else keras.regularizers.L1(l1)
+            if l1
+            else keras.regularizers.L2(l2)
+            if l2
             else None
         )
         layers = [keras.Input((ds.num_words,), dtype=dtype.name)]
@@ -135,8 +140,14 @@ def keras_child(args) -> dict:
             model = build(name)
             built = time.perf_counter()
             hist = model.fit(
-                x_train, y_train, epochs=args.epochs, batch_size=BATCH_SIZE,
-                validation_data=(x_val, y_val), shuffle=True, verbose=0, callbacks=[timer],
+                x_train,
+                y_train,
+                epochs=args.epochs,
+                batch_size=BATCH_SIZE,
+                validation_data=(x_val, y_val),
+                shuffle=True,
+                verbose=0,
+                callbacks=[timer],
             )
             end = time.perf_counter()
         h = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
@@ -148,8 +159,10 @@ def keras_child(args) -> dict:
             **best_val(h["val_loss"]),
             "history": h,
         }
-        C.log(f"[keras] {name}: {end - start:.1f} s, epochs {[round(s, 2) for s in timer.seconds]}, "
-              f"best val_loss {models[name]['best_val_loss']:.4f} @ {models[name]['best_epoch']}")
+        C.log(
+            f"[keras] {name}: {end - start:.1f} s, epochs {[round(s, 2) for s in timer.seconds]}, "
+            f"best val_loss {models[name]['best_val_loss']:.4f} @ {models[name]['best_epoch']}"
+        )
         del model, hist
         keras.backend.clear_session()
         gc.collect()
@@ -190,13 +203,17 @@ def jaxreg_child(args) -> dict:
     stamps = []
     with C.RSSPoller() as mem:
         start = time.perf_counter()
-        history = V.run(specs, ds, settings, on_epoch=lambda epoch, row, snapshot: stamps.append(time.perf_counter())).history
+        history = V.run(
+            specs, ds, settings, on_epoch=lambda epoch, row, snapshot: stamps.append(time.perf_counter())
+        ).history
         end = time.perf_counter()
     run_process_peak = C.ru_maxrss_bytes()
     epoch_seconds = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
     run_summary = epoch_summary(epoch_seconds, end - start)
-    C.log(f"[jaxreg] run: {end - start:.1f} s, epochs {[round(s, 2) for s in epoch_seconds]} "
-          "(epoch 1 includes building, initializing and compiling every bucket)")
+    C.log(
+        f"[jaxreg] run: {end - start:.1f} s, epochs {[round(s, 2) for s in epoch_seconds]} "
+        "(epoch 1 includes building, initializing and compiling every bucket)"
+    )
 
     def bucket_name(b):
         return "x".join(map(str, b.widths)) + f" [{', '.join(c.name for c in b.configs)}]"
@@ -205,23 +222,27 @@ def jaxreg_child(args) -> dict:
     for b in buckets if args.bucket_epochs > 0 else []:
         timing = C.time_bucket(b, ds, settings, min(args.bucket_epochs, args.epochs))
         epochs = timing["epoch_seconds"]
-        profiles.append({
-            "bucket": bucket_name(b),
-            "widths": list(b.widths),
-            "configs": [c.name for c in b.configs],
-            "seeds": list(b.seeds),
-            "product": timing["product"],
-            "construct_s": timing["construct_s"],
-            "init_s": timing["init_s"],
-            "batch_prep_s": timing["batch_prep_s"],
-            "epoch_seconds": epochs,
-            "median_epoch_s": timing["median_epoch_s"],
-            "first_epoch_s": epochs[0],
-            "compile_overhead_s": timing["compile_overhead_s"],
-            "cores_used": timing["cores_used"],
-            "peak_rss_bytes": timing["peak_rss_bytes"],
-        })
-        C.log(f"[jaxreg] bucket {bucket_name(b)}: epochs {[round(s, 2) for s in epochs]}, batch prep {timing['batch_prep_s']:.2f} s")
+        profiles.append(
+            {
+                "bucket": bucket_name(b),
+                "widths": list(b.widths),
+                "configs": [c.name for c in b.configs],
+                "seeds": list(b.seeds),
+                "product": timing["product"],
+                "construct_s": timing["construct_s"],
+                "init_s": timing["init_s"],
+                "batch_prep_s": timing["batch_prep_s"],
+                "epoch_seconds": epochs,
+                "median_epoch_s": timing["median_epoch_s"],
+                "first_epoch_s": epochs[0],
+                "compile_overhead_s": timing["compile_overhead_s"],
+                "cores_used": timing["cores_used"],
+                "peak_rss_bytes": timing["peak_rss_bytes"],
+            }
+        )
+        C.log(
+            f"[jaxreg] bucket {bucket_name(b)}: epochs {[round(s, 2) for s in epochs]}, batch prep {timing['batch_prep_s']:.2f} s"
+        )
 
     in_bucket = {c.name: bucket_name(b) for b in buckets for c in b.configs}
     by_bucket = {p["bucket"]: p for p in profiles}
@@ -263,11 +284,28 @@ def launch(framework: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [
-            sys.executable, str(Path(__file__).resolve()), "--child", framework, "--child-out", str(out),
-            "--epochs", str(args.epochs), "--models", ",".join(args.models), "--data", str(args.data),
-            "--seed", str(args.seed), "--jaxreg-product", args.jaxreg_product,
-            "--jaxreg-optimizer", args.jaxreg_optimizer, "--keras-dtype", args.keras_dtype,
-            "--bucket-epochs", str(args.bucket_epochs),
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            framework,
+            "--child-out",
+            str(out),
+            "--epochs",
+            str(args.epochs),
+            "--models",
+            ",".join(args.models),
+            "--data",
+            str(args.data),
+            "--seed",
+            str(args.seed),
+            "--jaxreg-product",
+            args.jaxreg_product,
+            "--jaxreg-optimizer",
+            args.jaxreg_optimizer,
+            "--keras-dtype",
+            args.keras_dtype,
+            "--bucket-epochs",
+            str(args.bucket_epochs),
         ]
         if args.cache_dir is not None:
             cmd += ["--cache-dir", str(args.cache_dir)]
@@ -307,8 +345,18 @@ def launch_book(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [
-            sys.executable, str(REPO / "experiments" / "sweep.py"), "--preset", "book", "--data", str(args.data),
-            "--out", str(out), "--no-progress", "--epochs", str(args.epochs), *args.book_args.split(),
+            sys.executable,
+            str(REPO / "experiments" / "sweep.py"),
+            "--preset",
+            "book",
+            "--data",
+            str(args.data),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--epochs",
+            str(args.epochs),
+            *args.book_args.split(),
         ]
         if args.models != list(C.STUDY_MODELS):
             cmd += ["--variants", ",".join(args.models)]
@@ -326,7 +374,10 @@ def launch_book(args) -> dict:
             train_wall_s=status["seconds"],
             compile_s=status.get("compile_seconds"),
             devices=config["devices"],
-            plan=[{k: b.get(k) for k in ("widths", "variants", "devices", "product", "variant_loop")} for b in config["plan"]],
+            plan=[
+                {k: b.get(k) for k in ("widths", "variants", "devices", "product", "variant_loop")}
+                for b in config["plan"]
+            ],
             machine=C.machine_info(),
         )
     return result
@@ -360,7 +411,7 @@ def report(args, runs: dict[str, list[dict]]) -> str:
         f"Keras {k[0]['version'] if k else '?'} (JAX backend) trains on dense {args.keras_dtype} multi-hot matrices "
         "(the book used float64), models one after the other, RMSprop eps in the sqrt (Keras 3). "
         f"jaxreg trains sparse batches, all models at once in buckets, optimizer {args.jaxreg_optimizer!r} "
-        f"({'same eps placement as Keras 3' if args.jaxreg_optimizer == 'keras3' else 'Keras 2.3 eps placement, not the Keras 3 one'}), "
+        f"({'same eps placement as Keras 3' if args.jaxreg_optimizer == 'keras3' else 'Keras 2.3 eps placement'}), "
         f"loss 'keras' (clipped), first-layer product {args.jaxreg_product!r}. Same batch size and count; each "
         "framework shuffles with its own RNG, so losses agree within seed noise only."
     )
@@ -406,54 +457,82 @@ def report(args, runs: dict[str, list[dict]]) -> str:
             row.append("-")
         rows.append(row)
     lines.append("\n### Per model\n")
-    lines.append(C.markdown_table(
-        ["model", "Keras wall s", "Keras s/epoch", "Keras overhead s", "Keras peak RSS", "Keras best val_loss @ epoch",
-         "jaxreg bucket (trained together)", "jaxreg bucket s/epoch", "jaxreg bucket compile s", "jaxreg bucket peak RSS", "jaxreg best val_loss @ epoch",
-         "best val_loss jaxreg - Keras"],
-        rows,
-    ))
+    lines.append(
+        C.markdown_table(
+            [
+                "model",
+                "Keras wall s",
+                "Keras s/epoch",
+                "Keras overhead s",
+                "Keras peak RSS",
+                "Keras best val_loss @ epoch",
+                "jaxreg bucket (trained together)",
+                "jaxreg bucket s/epoch",
+                "jaxreg bucket compile s",
+                "jaxreg bucket peak RSS",
+                "jaxreg best val_loss @ epoch",
+                "best val_loss jaxreg - Keras",
+            ],
+            rows,
+        )
+    )
     lines.append(
         "\nKeras wall: build + compile + fit (incl. validation) of that model; s/epoch: median over epochs 2..N "
         "(training + validation); overhead: wall - epochs x s/epoch (compilation, first epoch, setup); peak RSS: the "
         "child process while fitting that model (includes the dense matrices). jaxreg bucket s/epoch: one bucket's "
         "epoch alone (BucketProgram, median of epochs 2..), shared by all models of the bucket; compile s: its first "
-        "epoch minus that median; peak RSS: the jaxreg process while profiling that bucket. val_loss includes the weight penalty for l1/l2/l1_l2, in both frameworks."
+        "epoch minus that median; peak RSS: the jaxreg process while profiling that bucket. "
+        "val_loss includes the weight penalty for l1/l2/l1_l2, in both frameworks."
     )
 
     total_rows = []
     if k:
-        total_rows.append([
-            "Keras (one model after the other)",
-            C.fmt(aggregate(k, ("train_wall_s",)), ".1f"),
-            C.fmt(aggregate(k, ("median_epoch_all_models_s",)), ".2f"),
-            C.fmt(C.median(r["train_wall_s"] - args.epochs * r["median_epoch_all_models_s"] for r in k), ".1f"),
-            C.fmt_bytes(aggregate(k, ("process_peak_rss_bytes",))),
-            f"import {aggregate(k, ('import_s',)):.1f} s, data {aggregate(k, ('data_load_s',)):.1f} s, "
-            f"densify {aggregate(k, ('densify_s',)):.1f} s ({C.fmt_bytes(k[0]['input_bytes'])})",
-            C.fmt(aggregate(k, ("process_wall_s",)), ".1f"),
-        ])
+        total_rows.append(
+            [
+                "Keras (one model after the other)",
+                C.fmt(aggregate(k, ("train_wall_s",)), ".1f"),
+                C.fmt(aggregate(k, ("median_epoch_all_models_s",)), ".2f"),
+                C.fmt(C.median(r["train_wall_s"] - args.epochs * r["median_epoch_all_models_s"] for r in k), ".1f"),
+                C.fmt_bytes(aggregate(k, ("process_peak_rss_bytes",))),
+                f"import {aggregate(k, ('import_s',)):.1f} s, data {aggregate(k, ('data_load_s',)):.1f} s, "
+                f"densify {aggregate(k, ('densify_s',)):.1f} s ({C.fmt_bytes(k[0]['input_bytes'])})",
+                C.fmt(aggregate(k, ("process_wall_s",)), ".1f"),
+            ]
+        )
     if j:
-        total_rows.append([
-            "jaxreg (variants.run, all buckets at once)",
-            C.fmt(aggregate(j, ("run", "wall_s")), ".1f"),
-            C.fmt(aggregate(j, ("run", "median_epoch_s")), ".2f"),
-            C.fmt(aggregate(j, ("run", "overhead_s")), ".1f"),
-            C.fmt_bytes(aggregate(j, ("run_process_peak_rss_bytes",))),
-            f"import {aggregate(j, ('import_s',)):.1f} s, data {aggregate(j, ('data_load_s',)):.1f} s",
-            C.fmt(aggregate(j, ("process_wall_s",)), ".1f"),
-        ])
+        total_rows.append(
+            [
+                "jaxreg (variants.run, all buckets at once)",
+                C.fmt(aggregate(j, ("run", "wall_s")), ".1f"),
+                C.fmt(aggregate(j, ("run", "median_epoch_s")), ".2f"),
+                C.fmt(aggregate(j, ("run", "overhead_s")), ".1f"),
+                C.fmt_bytes(aggregate(j, ("run_process_peak_rss_bytes",))),
+                f"import {aggregate(j, ('import_s',)):.1f} s, data {aggregate(j, ('data_load_s',)):.1f} s",
+                C.fmt(aggregate(j, ("process_wall_s",)), ".1f"),
+            ]
+        )
     lines.append("\n### Total (all selected models)\n")
-    lines.append(C.markdown_table(
-        ["framework", "training wall s", "s/epoch (all models)", "overhead s", "peak RSS (process)", "process setup",
-         "whole subprocess s"],
-        total_rows,
-    ))
+    lines.append(
+        C.markdown_table(
+            [
+                "framework",
+                "training wall s",
+                "s/epoch (all models)",
+                "overhead s",
+                "peak RSS (process)",
+                "process setup",
+                "whole subprocess s",
+            ],
+            total_rows,
+        )
+    )
     if k and j:
         kw, jw = aggregate(k, ("train_wall_s",)), aggregate(j, ("run", "wall_s"))
         ke, je = aggregate(k, ("median_epoch_all_models_s",)), aggregate(j, ("run", "median_epoch_s"))
+        km, jm = aggregate(k, ("process_peak_rss_bytes",)), aggregate(j, ("run_process_peak_rss_bytes",))
         lines.append(
             f"\nSpeed-up of jaxreg over Keras: {kw / jw:.1f}x in training wall time, {ke / je:.1f}x per epoch "
-            f"(steady state); memory {aggregate(k, ('process_peak_rss_bytes',)) / aggregate(j, ('run_process_peak_rss_bytes',)):.1f}x less."
+            f"(steady state); memory {km / jm:.1f}x less."
         )
     lines.append(
         "\nKeras s/epoch (all models) is the sum of the models' median epochs. jaxreg's training wall is variants.run "
@@ -465,17 +544,38 @@ def report(args, runs: dict[str, list[dict]]) -> str:
         brows = []
         for i, b in enumerate(j[0]["buckets"]):
             med = lambda key: C.median(r["buckets"][i][key] for r in j)  # noqa: E731
-            brows.append([
-                b["bucket"], b["product"], C.fmt(med("construct_s"), ".2f"), C.fmt(med("init_s"), ".2f"),
-                C.fmt(med("batch_prep_s"), ".3f"), C.fmt(med("first_epoch_s"), ".2f"), C.fmt(med("median_epoch_s"), ".2f"),
-                C.fmt(med("compile_overhead_s"), ".2f"), C.fmt(med("cores_used"), ".2f"), C.fmt_bytes(med("peak_rss_bytes")),
-            ])
+            brows.append(
+                [
+                    b["bucket"],
+                    b["product"],
+                    C.fmt(med("construct_s"), ".2f"),
+                    C.fmt(med("init_s"), ".2f"),
+                    C.fmt(med("batch_prep_s"), ".3f"),
+                    C.fmt(med("first_epoch_s"), ".2f"),
+                    C.fmt(med("median_epoch_s"), ".2f"),
+                    C.fmt(med("compile_overhead_s"), ".2f"),
+                    C.fmt(med("cores_used"), ".2f"),
+                    C.fmt_bytes(med("peak_rss_bytes")),
+                ]
+            )
         lines.append(f"\n### jaxreg buckets, each alone ({min(args.bucket_epochs, args.epochs)} epochs)\n")
-        lines.append(C.markdown_table(
-            ["bucket", "first-layer product", "BucketProgram() s", "init s", "train_batches s/epoch (host)",
-             "first epoch s", "median epoch s", "compile overhead s", "cores used (epochs 2..)", "peak RSS"],
-            brows,
-        ))
+        lines.append(
+            C.markdown_table(
+                [
+                    "bucket",
+                    "first-layer product",
+                    "BucketProgram() s",
+                    "init s",
+                    "train_batches s/epoch (host)",
+                    "first epoch s",
+                    "median epoch s",
+                    "compile overhead s",
+                    "cores used (epochs 2..)",
+                    "peak RSS",
+                ],
+                brows,
+            )
+        )
         lines.append(
             "\nEpoch = the compiled training scan over 49 batches plus validation on 25,000 reviews, after "
             "train_batches() has built and transferred the epoch's sparse batches (timed apart; variants.run overlaps "
@@ -498,26 +598,41 @@ def whole_processes(args, ok: dict) -> list[str]:
         if not rs:
             continue
         med = lambda key: C.median(r[key] for r in rs)  # noqa: E731
-        rows.append([
-            PROCESS_NAMES[fw],
-            C.fmt(med("process_wall_s"), ".1f") + f" ({', '.join(format(r['process_wall_s'], '.1f') for r in rs)})",
-            C.fmt(med("process_cpu_s"), ".1f"),
-            C.fmt(med("cores_used"), ".2f") + f" ({', '.join(format(r['cores_used'], '.2f') for r in rs)})",
-            C.fmt_bytes(med("process_max_rss_bytes")),
-            ", ".join("/".join(f"{x:.1f}" for x in r["loadavg_before"]) for r in rs if r.get("loadavg_before")),
-        ])
+        rows.append(
+            [
+                PROCESS_NAMES[fw],
+                C.fmt(med("process_wall_s"), ".1f") + f" ({', '.join(format(r['process_wall_s'], '.1f') for r in rs)})",
+                C.fmt(med("process_cpu_s"), ".1f"),
+                C.fmt(med("cores_used"), ".2f") + f" ({', '.join(format(r['cores_used'], '.2f') for r in rs)})",
+                C.fmt_bytes(med("process_max_rss_bytes")),
+                ", ".join("/".join(f"{x:.1f}" for x in r["loadavg_before"]) for r in rs if r.get("loadavg_before")),
+            ]
+        )
     if not rows:
         return []
-    lines = [f"\n### Whole processes, side by side ({args.repeats} repeat(s), interleaved; medians, each repeat in brackets)\n"]
-    lines.append(C.markdown_table(
-        ["process", "wall s", "CPU s (user + system)", "cores used (CPU s / wall)", "peak RSS", "load avg before (1/5/15 min)"],
-        rows,
-    ))
+    lines = [
+        f"\n### Whole processes, side by side ({args.repeats} repeat(s), interleaved; medians, each repeat in brackets)\n"
+    ]
+    lines.append(
+        C.markdown_table(
+            [
+                "process",
+                "wall s",
+                "CPU s (user + system)",
+                "cores used (CPU s / wall)",
+                "peak RSS",
+                "load avg before (1/5/15 min)",
+            ],
+            rows,
+        )
+    )
     b, k = ok.get("book", []), ok.get("keras", [])
     if b:
         first = b[0]
-        where = "; ".join(f"{'x'.join(map(str, p['widths']))} [{', '.join(p['variants'])}] on {'+'.join(p['devices'] or ['?'])}"
-                          for p in first["plan"])
+        where = "; ".join(
+            f"{'x'.join(map(str, p['widths']))} [{', '.join(p['variants'])}] on {'+'.join(p['devices'] or ['?'])}"
+            for p in first["plan"]
+        )
         lines.append(
             f"\nThe book command ran on {first['devices']['count']} {first['devices']['platform']} device(s), placement "
             f"{first['devices'].get('placement', 'shard')!r}: {where}. Its own clock (status.json): compiling and training "
@@ -537,29 +652,53 @@ def whole_processes(args, ok: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     C.add_data_args(parser)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--models", default="all", help="comma-separated subset of " + ",".join(C.STUDY_MODELS))
     parser.add_argument("--repeats", type=int, default=1, help="run each framework this many times (fresh processes)")
-    parser.add_argument("--frameworks", default="book,keras",
-                        help="comma-separated subset of book,jaxreg,keras, run in that order in every repeat: book is the "
-                        "whole command experiments/sweep.py --preset book; jaxreg a child calling variants.run (then each "
-                        "bucket alone); keras the Keras 3 child")
-    parser.add_argument("--book-args", default="",
-                        help="extra arguments for experiments/sweep.py, e.g. '--placement shard' or '--no-compile-cache'")
-    parser.add_argument("--keep-xla-flags", action="store_true",
-                        help="pass XLA_FLAGS on to experiments/sweep.py (default: removed, so it picks its devices itself)")
+    parser.add_argument(
+        "--frameworks",
+        default="book,keras",
+        help="comma-separated subset of book,jaxreg,keras, run in that order in every repeat: book is the "
+        "whole command experiments/sweep.py --preset book; jaxreg a child calling variants.run (then each "
+        "bucket alone); keras the Keras 3 child",
+    )
+    parser.add_argument(
+        "--book-args",
+        default="",
+        help="extra arguments for experiments/sweep.py, e.g. '--placement shard' or '--no-compile-cache'",
+    )
+    parser.add_argument(
+        "--keep-xla-flags",
+        action="store_true",
+        help="pass XLA_FLAGS on to experiments/sweep.py (default: removed, so it picks its devices itself)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write machine-readable results (every repeat, every epoch) here")
-    parser.add_argument("--jaxreg-product", default="auto", choices=("auto", "sparse", "dense"),
-                        help="RunSettings.product: how jaxreg's first layer multiplies the multi-hot input")
-    parser.add_argument("--jaxreg-optimizer", default="keras3", choices=("keras3", "keras2"),
-                        help="RMSprop eps placement for jaxreg (keras3 matches the Keras 3 it is compared with)")
-    parser.add_argument("--keras-dtype", default="float32", choices=("float32", "float64"),
-                        help="dtype of Keras' dense input matrices (the book's were float64)")
-    parser.add_argument("--bucket-epochs", type=int, default=3,
-                        help="epochs of the per-bucket jaxreg profile after the run (0: skip)")
+    parser.add_argument(
+        "--jaxreg-product",
+        default="auto",
+        choices=("auto", "sparse", "dense"),
+        help="RunSettings.product: how jaxreg's first layer multiplies the multi-hot input",
+    )
+    parser.add_argument(
+        "--jaxreg-optimizer",
+        default="keras3",
+        choices=("keras3", "keras2"),
+        help="RMSprop eps placement for jaxreg (keras3 matches the Keras 3 it is compared with)",
+    )
+    parser.add_argument(
+        "--keras-dtype",
+        default="float32",
+        choices=("float32", "float64"),
+        help="dtype of Keras' dense input matrices (the book's were float64)",
+    )
+    parser.add_argument(
+        "--bucket-epochs", type=int, default=3, help="epochs of the per-bucket jaxreg profile after the run (0: skip)"
+    )
     parser.add_argument("--child", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -581,16 +720,21 @@ def main(argv=None) -> int:
             C.log(f"== repeat {rep + 1}/{args.repeats}: {fw} ==")
             runs[fw].append(launch_book(args) if fw == "book" else launch(fw, args))
             r = runs[fw][-1]
-            C.log(f"[{fw}] whole process {r['process_wall_s']:.1f} s, {r['process_cpu_s']:.1f} CPU s "
-                  f"({r['cores_used']:.2f} cores), peak RSS {C.fmt_bytes(r['process_max_rss_bytes'])}")
+            C.log(
+                f"[{fw}] whole process {r['process_wall_s']:.1f} s, {r['process_cpu_s']:.1f} CPU s "
+                f"({r['cores_used']:.2f} cores), peak RSS {C.fmt_bytes(r['process_max_rss_bytes'])}"
+            )
     text = report(args, runs)
     print(text)
-    C.write_json(args.json, {
-        "benchmark": "vs_keras",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("child", "child_out", "json")},
-        "runs": runs,
-        "report": text,
-    })
+    C.write_json(
+        args.json,
+        {
+            "benchmark": "vs_keras",
+            "settings": {k: v for k, v in vars(args).items() if k not in ("child", "child_out", "json")},
+            "runs": runs,
+            "report": text,
+        },
+    )
     return 1 if any("error" in r for rs in runs.values() for r in rs) else 0
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.datasets import load_diabetes
 
 import jaxreg
+
 L2 = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
@@ -37,17 +38,21 @@ def main(argv=None) -> float:
     mean, std = y[~held_out].mean(), y[~held_out].std()
     standardized = ((y - mean) / std).astype(np.float32)
     data = jaxreg.from_arrays(
-        x[~held_out].astype(np.float32), standardized[~held_out],
+        x[~held_out].astype(np.float32),
+        standardized[~held_out],
         validation=(x[held_out].astype(np.float32), standardized[held_out]),
-        target="regression", name="sklearn diabetes (standardized targets)",
+        target="regression",
+        name="sklearn diabetes (standardized targets)",
     )
     variants = [jaxreg.VariantSpec(f"l2={c:g}", (64, 64), l2=c) for c in L2]
     settings = jaxreg.RunSettings(epochs=args.epochs, batch_size=32, eval_batch_size=256)
     result = jaxreg.run(jaxreg.with_seeds(variants, range(args.seeds)), data, settings)
 
     summaries = jaxreg.summarize(jaxreg.stack(result.history, [v.name for v in variants]))
-    print(f"{len(data.train)} training and {len(data.validation)} validation patients; {args.seeds} seeds, "
-          f"{args.epochs} epochs; task {result.task}; target mean {mean:.1f}, std {std:.1f}")
+    print(
+        f"{len(data.train)} training and {len(data.validation)} validation patients; {args.seeds} seeds, "
+        f"{args.epochs} epochs; task {result.task}; target mean {mean:.1f}, std {std:.1f}"
+    )
     print("(MSE and MAE below in standardized units; x std^2 and x std for the target's units)")
     print(jaxreg.summary_table(summaries))
     baseline = float(np.mean((y[held_out] - mean) ** 2))

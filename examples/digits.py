@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 import jaxreg
+
 WIDTHS = (8, 32, 128)
 DROPOUT = 0.3
 
@@ -30,7 +31,9 @@ def main(argv=None) -> float:
     args = parser.parse_args(argv)
 
     digits = load_digits()
-    data = jaxreg.from_arrays(digits.data.astype(np.float32) / 16.0, digits.target, holdout=0.25, seed=0, name="sklearn digits")
+    data = jaxreg.from_arrays(
+        digits.data.astype(np.float32) / 16.0, digits.target, holdout=0.25, seed=0, name="sklearn digits"
+    )
     variants = [
         jaxreg.VariantSpec(f"w{w}" + ("_dropout" if rate else ""), (w, w), dropout_rate=rate)
         for w in WIDTHS
@@ -40,11 +43,15 @@ def main(argv=None) -> float:
     result = jaxreg.run(jaxreg.with_seeds(variants, range(args.seeds)), data, settings)
 
     summaries = jaxreg.summarize(jaxreg.stack(result.history, [v.name for v in variants]))
-    print(f"{len(data.train)} training and {len(data.validation)} validation images, {data.num_classes} classes; "
-          f"{args.seeds} seeds, {args.epochs} epochs; task {result.task}")
+    print(
+        f"{len(data.train)} training and {len(data.validation)} validation images, {data.num_classes} classes; "
+        f"{args.seeds} seeds, {args.epochs} epochs; task {result.task}"
+    )
     print(jaxreg.summary_table(summaries))
     for bucket in result.buckets:
-        print(f"program {bucket['model']}: {', '.join(bucket['variants'])} ({bucket['variant_loop']}, product {bucket['product']})")
+        print(
+            f"program {bucket['model']}: {', '.join(bucket['variants'])} ({bucket['variant_loop']}, product {bucket['product']})"
+        )
     best = max(summaries, key=lambda s: s.best_val_metric_mean)
     print(f"best variant: {best.name}, epoch {best.best_epoch}")
     print(f"best validation accuracy: {best.best_val_metric_mean:.4f}")

@@ -59,7 +59,9 @@ def main(argv=None) -> float:
     result = jaxreg.run(jaxreg.with_seeds(variants, range(args.seeds)), data, settings)
 
     summaries = jaxreg.summarize(jaxreg.stack(result.history, [v.name for v in variants]))
-    print(f"{len(data.train)} training and {len(data.validation)} validation reviews; {args.seeds} seeds, {args.epochs} epochs")
+    print(
+        f"{len(data.train)} training and {len(data.validation)} validation reviews; {args.seeds} seeds, {args.epochs} epochs"
+    )
     print(jaxreg.summary_table(summaries))
     for bucket in result.buckets:
         print(f"program {bucket['model']}: {', '.join(bucket['variants'])} ({bucket['variant_loop']})")

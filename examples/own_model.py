@@ -62,11 +62,15 @@ def main(argv=None) -> float:
     result = jaxreg.run(jaxreg.with_seeds(variants, range(args.seeds)), data, settings)
 
     summaries = jaxreg.summarize(jaxreg.stack(result.history, [v.name for v in variants]))
-    print(f"{len(data.train)} training and {len(data.validation)} validation reviews; {args.seeds} seeds, {args.epochs} epochs")
+    print(
+        f"{len(data.train)} training and {len(data.validation)} validation reviews; {args.seeds} seeds, {args.epochs} epochs"
+    )
     print(jaxreg.summary_table(summaries))
     for bucket in result.buckets:
-        print(f"program {bucket['model']}: {', '.join(bucket['variants'])} ({bucket['variant_loop']}, "
-              f"CPU kernels {bucket['cpu_kernels']}, fused update {bucket['fused_update']})")
+        print(
+            f"program {bucket['model']}: {', '.join(bucket['variants'])} ({bucket['variant_loop']}, "
+            f"CPU kernels {bucket['cpu_kernels']}, fused update {bucket['fused_update']})"
+        )
     params = result.params[("bag16_l2", 0)].final["params"]
     print("bag16_l2's trained parameters:", {k: {n: v.shape for n, v in p.items()} for k, p in params.items()})
     best = max(summaries, key=lambda s: s.best_val_metric_mean)

@@ -10,7 +10,8 @@ left "interrupted", for --resume).
 One of many processes (`--coordinator/--num-processes/--process-id`, or `--distributed` where
 JAX detects the cluster): jax.distributed is initialized right after the imports, after the processes
 have met in Python (jaxreg.rendezvous: a busy port, a missing peer or an unreachable coordinator is one
-line, within --peer-timeout, and a signal ends the wait); process 0 writes the run folder. A failed process of such a run ends with os._exit, so that it does not
+line, within --peer-timeout, and a signal ends the wait); process 0 writes the run folder. A failed process
+of such a run ends with os._exit, so that it does not
 wait in JAX's shutdown barrier for processes that wait for it.
 The flags of the study's options are derived from SweepConfig's fields (jaxreg.cli), the
 others are declared in RUN_OPTIONS and CLUSTER_OPTIONS below; a flag not given keeps the preset's value.
@@ -43,57 +44,90 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  #
 # The options that are not SweepConfig fields (those are derived from its declaration, see jaxreg.cli):
 # (flag, argparse settings); a help's {presets} and {heartbeat} are filled in by build_parser.
 RUN_OPTIONS = (
-    ("--preset", dict(
-        default="book", metavar="NAME|FILE",
-        help="study to run: {presets} (default: book, the seven models of the book), or the path of a config .py "
-        "file defining get_config()",
-    )),
+    (
+        "--preset",
+        dict(
+            default="book",
+            metavar="NAME|FILE",
+            help="study to run: {presets} (default: book, the seven models of the book), or the path of a config .py "
+            "file defining get_config()",
+        ),
+    ),
     ("--variants", dict(help="comma-separated subset of the preset's variants, e.g. original,l2")),
-    ("--out", dict(
-        help="run folder, used exactly as given (default: a new runs/<preset>/<YYYY-MM-DD_HH-MM-SS> folder, local "
-        "time, -2, -3, ... appended when taken; runs/<preset>/LATEST then names it)",
-    )),
-    ("--resume", dict(
-        action="store_true",
-        help="continue an interrupted run in --out (same options); without --out, the run runs/<preset>/LATEST "
-        "names",
-    )),
+    (
+        "--out",
+        dict(
+            help="run folder, used exactly as given (default: a new runs/<preset>/<YYYY-MM-DD_HH-MM-SS> folder, local "
+            "time, -2, -3, ... appended when taken; runs/<preset>/LATEST then names it)",
+        ),
+    ),
+    (
+        "--resume",
+        dict(
+            action="store_true",
+            help="continue an interrupted run in --out (same options); without --out, the run runs/<preset>/LATEST "
+            "names",
+        ),
+    ),
     ("--overwrite", dict(action="store_true", help="replace a finished or unfinished run in --out")),
-    ("--keep-checkpoint", dict(
-        action="store_true",
-        help="keep the resume checkpoint (every model's weights and optimizer state) once the run has finished "
-        "(default: deleted then)",
-    )),
-    ("--checkpoint-every", dict(
-        type=int, default=1, metavar="N",
-        help="write the resume checkpoint every N epochs and at the end (default 1; raise it when an epoch "
-        "is faster than writing every model's weights, e.g. many seeds of `bigger` on a GPU)",
-    )),
+    (
+        "--keep-checkpoint",
+        dict(
+            action="store_true",
+            help="keep the resume checkpoint (every model's weights and optimizer state) once the run has finished "
+            "(default: deleted then)",
+        ),
+    ),
+    (
+        "--checkpoint-every",
+        dict(
+            type=int,
+            default=1,
+            metavar="N",
+            help="write the resume checkpoint every N epochs and at the end (default 1; raise it when an epoch "
+            "is faster than writing every model's weights, e.g. many seeds of `bigger` on a GPU)",
+        ),
+    ),
     ("--no-figures", dict(action="store_true", help="skip the PNG figures")),
     ("--no-progress", dict(action="store_true", help="no progress bar")),
     ("--no-tensorboard", dict(action="store_true", help="skip the TensorBoard event files (tensorboard/)")),
-    ("--no-compile-cache", dict(
-        action="store_true",
-        help="do not keep compiled XLA computations in ~/.cache/jaxreg/xla (or $XDG_CACHE_HOME/jaxreg/xla) for the next "
-        "run; env JAXREG_COMPILE_CACHE=0 does the same",
-    )),
+    (
+        "--no-compile-cache",
+        dict(
+            action="store_true",
+            help="do not keep compiled XLA computations in ~/.cache/jaxreg/xla (or $XDG_CACHE_HOME/jaxreg/xla) for the next "
+            "run; env JAXREG_COMPILE_CACHE=0 does the same",
+        ),
+    ),
 )
 CLUSTER_OPTIONS = (
     ("--coordinator", dict(metavar="HOST:PORT", help="process 0's address and a free port (with the next two)")),
     ("--num-processes", dict(type=int, metavar="N", help="how many processes take part")),
     ("--process-id", dict(type=int, metavar="I", help="this process's number, 0..N-1 (0 writes)")),
-    ("--distributed", dict(
-        action="store_true",
-        help="call jax.distributed.initialize() without arguments: JAX detects the processes (SLURM, Open MPI, TPU VMs)",
-    )),
-    ("--heartbeat-timeout", dict(
-        type=int, metavar="SECONDS", help="a process silent this long is declared dead and the others stop (default {heartbeat})"
-    )),
-    ("--peer-timeout", dict(
-        type=int, metavar="SECONDS",
-        help="at start-up, how long the processes wait for each other (process 0 for all the others, the others to reach "
-        "process 0) before each stops with one line (default {peer_timeout})",
-    )),
+    (
+        "--distributed",
+        dict(
+            action="store_true",
+            help="call jax.distributed.initialize() without arguments: JAX detects the processes (SLURM, Open MPI, TPU VMs)",
+        ),
+    ),
+    (
+        "--heartbeat-timeout",
+        dict(
+            type=int,
+            metavar="SECONDS",
+            help="a process silent this long is declared dead and the others stop (default {heartbeat})",
+        ),
+    ),
+    (
+        "--peer-timeout",
+        dict(
+            type=int,
+            metavar="SECONDS",
+            help="at start-up, how long the processes wait for each other (process 0 for all the others, the others to reach "
+            "process 0) before each stops with one line (default {peer_timeout})",
+        ),
+    ),
 )
 
 
@@ -127,15 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
         "run continues with --resume.",
     )
     filled = {
-        "presets": ", ".join(_presets().PRESETS), "heartbeat": distributed.DEFAULT_HEARTBEAT_TIMEOUT,
+        "presets": ", ".join(_presets().PRESETS),
+        "heartbeat": distributed.DEFAULT_HEARTBEAT_TIMEOUT,
         "peer_timeout": distributed.DEFAULT_PEER_TIMEOUT,
     }
     for flag, settings in RUN_OPTIONS:
         p.add_argument(flag, **{**settings, "help": settings["help"].format(**filled)})
-    cli.add_config_options(p.add_argument_group(
-        "study options", "the fields of the preset's SweepConfig; a flag not given keeps the preset's value "
-        "(the default shown is SweepConfig's, which a preset may change)",
-    ))
+    cli.add_config_options(
+        p.add_argument_group(
+            "study options",
+            "the fields of the preset's SweepConfig; a flag not given keeps the preset's value "
+            "(the default shown is SweepConfig's, which a preset may change)",
+        )
+    )
     many = p.add_argument_group(
         "many processes and hosts",
         "every process runs the same command and reads the data itself; the variants are sharded over all "
@@ -180,7 +218,7 @@ class Interrupts:
     def __init__(self):
         self.received: int | None = None
 
-    def install(self) -> "Interrupts":
+    def install(self) -> Interrupts:
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 signal.signal(signum, self._handle)
@@ -195,7 +233,10 @@ class Interrupts:
     def _unraisable(self, unraisable) -> None:
         if self.received is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
             name, self.received = signal.Signals(self.received).name, None
-            print(f"\nsweep.py: {name} came during cleanup code and was lost ({unraisable.object!r}); send it again", file=sys.stderr)
+            print(
+                f"\nsweep.py: {name} came during cleanup code and was lost ({unraisable.object!r}); send it again",
+                file=sys.stderr,
+            )
         else:
             sys.__unraisablehook__(unraisable)
 
@@ -214,7 +255,12 @@ def _default_host_devices(config) -> None:
     the usable cores, so that the programs train at the same time. Only the CPU platform is affected; an
     XLA_FLAGS that already sets a count wins. Only for the command-line program (main() called in a process
     that may start jax later, a test's, keeps its devices). Must run before jax initializes its backends."""
-    if not COMMAND_LINE or config.devices is not None or config.placement == "shard" or "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if (
+        not COMMAND_LINE
+        or config.devices is not None
+        or config.placement == "shard"
+        or "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    ):
         return
     from jaxreg.variants import plan
 
@@ -282,7 +328,10 @@ def _start_cluster(args) -> tuple[str, int] | None:
     timeouts = {"heartbeat_timeout": args.heartbeat_timeout, "peer_timeout": args.peer_timeout}
     try:
         cluster = distributed.Cluster(
-            args.coordinator, args.num_processes, args.process_id, auto=args.distributed,
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            auto=args.distributed,
             **{k: v for k, v in timeouts.items() if v is not None},
         )
         distributed.initialize(cluster)
@@ -291,7 +340,10 @@ def _start_cluster(args) -> tuple[str, int] | None:
     except distributed.DistributedError as e:
         return str(e), EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"\n{_signal_prefix()}interrupted while waiting for the other processes; nothing was written", file=sys.stderr)
+        print(
+            f"\n{_signal_prefix()}interrupted while waiting for the other processes; nothing was written",
+            file=sys.stderr,
+        )
         return None, INTERRUPTS.exit_status()
     return None
 

@@ -10,7 +10,7 @@ Means ± sample std over seeds; "best" is the epoch of the lowest mean validatio
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -55,11 +55,17 @@ def cell(h: Mapping[str, np.ndarray], quantity: str, level: float = 0.99) -> str
     raise ValueError(f"unknown quantity {quantity!r}")
 
 
-def axis_table(histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], quantity: str, axis: str, **kw) -> str:
+def axis_table(
+    histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], quantity: str, axis: str, **kw
+) -> str:
     """A markdown table of `cell(quantity)`: rows are series, columns the axis values (sorted)."""
     groups = _series(values, series)
     columns = sorted({v for g in groups.values() for v in g})
-    head = f"| {axis} | " + " | ".join(f"{v:g}" if not math.isclose(v, round(v)) else f"{int(round(v)):,}" for v in columns) + " |"
+    head = (
+        f"| {axis} | "
+        + " | ".join(f"{v:g}" if not math.isclose(v, round(v)) else f"{int(round(v)):,}" for v in columns)
+        + " |"
+    )
     lines = [head, "|---" * (len(columns) + 1) + "|"]
     for label, by_value in groups.items():
         cells = [cell(histories[by_value[v]], quantity, **kw) if v in by_value else "" for v in columns]

@@ -48,7 +48,10 @@ def enable_compilation_cache(path=None) -> Path | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     removed = remove_damaged_programs(Path(folder))
     if removed:
-        warnings.warn(f"jaxreg: removed {removed} damaged compiled program(s) from {folder}; they are compiled again", stacklevel=2)
+        warnings.warn(
+            f"jaxreg: removed {removed} damaged compiled program(s) from {folder}; they are compiled again",
+            stacklevel=2,
+        )
     compilation_cache.reset_cache()  # JAX decides once per process whether a cache is in use
     return Path(folder)
 

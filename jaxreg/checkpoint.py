@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
 
 import flax.serialization
 import jax
@@ -72,7 +71,8 @@ class CheckpointWriter:
     directly (`save_checkpoint`), with no serialized copy in memory. `then(epochs_done)` runs
     on that thread after the file is in place (written by `save`, default `save_checkpoint`).
     `wait` blocks until the last write is done and raises its error, if any, in the caller's
-    thread (a KeyboardInterrupt too); `submit` raises the previous write's. Call `wait` before reading, deleting or replacing the checkpoint.
+    thread (a KeyboardInterrupt too); `submit` raises the previous write's. Call `wait` before reading,
+    deleting or replacing the checkpoint.
     """
 
     def __init__(self, folder: Path, then: Callable[[int], None] | None = None, save: Callable = save_checkpoint):
@@ -85,7 +85,9 @@ class CheckpointWriter:
     def submit(self, snapshot: V.RunSnapshot) -> None:
         self.wait()  # one write at a time: the previous one's bytes are gone before the next are made
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._write, args=([snapshot], self._done), name="jaxreg-checkpoint", daemon=True)
+        self._thread = threading.Thread(
+            target=self._write, args=([snapshot], self._done), name="jaxreg-checkpoint", daemon=True
+        )
         del snapshot
         self._thread.start()
 
@@ -122,7 +124,9 @@ def _state_targets(run_plan: RunPlan) -> list:
     targets = []
     for planned in run_plan.buckets:
         run, bucket = planned.execution, planned.bucket
-        one = jax.eval_shape(lambda c=run.step, w=bucket.widths: init_state(jax.random.key(0), c, run_plan.num_words, w)[0])
+        one = jax.eval_shape(
+            lambda c=run.step, w=bucket.widths: init_state(jax.random.key(0), c, run_plan.num_words, w)[0]
+        )
         targets.append((one, (len(bucket.seeds), run.n_configs)))
     return targets
 
@@ -132,7 +136,9 @@ def _restored(target, saved, lead: tuple, bucket: int):
     tree = flax.serialization.from_state_dict(target, saved)
     for want, got in zip(jax.tree.leaves(target), jax.tree.leaves(tree)):
         if tuple(got.shape) != lead + tuple(want.shape) or got.dtype != want.dtype:
-            raise ValueError(f"bucket {bucket}: saved array {got.shape} {got.dtype}, expected {lead + want.shape} {want.dtype}")
+            raise ValueError(
+                f"bucket {bucket}: saved array {got.shape} {got.dtype}, expected {lead + want.shape} {want.dtype}"
+            )
     return tree
 
 
@@ -180,5 +186,3 @@ def load_checkpoint(folder: Path, run_plan: RunPlan, data: bytes | None = None) 
         return V.RunSnapshot(int(saved["epochs_done"]), states, history, json.loads(saved["plan"]), bests)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SweepError(f"cannot resume from {path}: {e}; use --overwrite to start again") from e
-
-

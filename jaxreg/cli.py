@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from jaxreg.config import OPTION, SweepConfig
 
@@ -34,7 +34,9 @@ def value_type(field: dataclasses.Field) -> type:
     annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
     name = annotation.removesuffix(" | None")
     if name not in _TYPES:
-        raise TypeError(f"SweepConfig.{field.name}: an option must be an int, float, str or bool field, not {annotation}")
+        raise TypeError(
+            f"SweepConfig.{field.name}: an option must be an int, float, str or bool field, not {annotation}"
+        )
     return _TYPES[name]
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from jaxreg import losses, views
 from jaxreg import variants as V
@@ -23,7 +23,11 @@ from jaxreg.train import SCALAR_HYPERPARAMETERS
 PRODUCTS = ("auto", "sparse", "dense")
 VALIDATIONS = ("test", "holdout")
 PLACEMENTS = ("auto", *V.PLACEMENTS)  # see variants.place_buckets
-AXES = ("width", *SCALAR_HYPERPARAMETERS, *views.FIELDS)  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
+AXES = (
+    "width",
+    *SCALAR_HYPERPARAMETERS,
+    *views.FIELDS,
+)  # the VariantSpec fields a sweep can vary ("width": the first hidden width)
 # Largest accepted values: a history keeps every epoch; seeds and devices multiply the models;
 # batch rows are int32 indices. Whether a run fits in memory is estimated later (jaxreg.memory).
 MAXIMA = dict(epochs=V.MAX_EPOCHS, seeds=4096, batch_size=V.MAX_BATCH_SIZE, holdout_size=2**31 - 1, devices=4096)
@@ -81,7 +85,8 @@ class SweepConfig:
     )
     batch_size: int = dataclasses.field(default=512, metadata=_option("training batch size", metavar="N"))
     loss: str = dataclasses.field(
-        default="keras", metadata=_option("keras: clipped BCE as the book; logits: stable BCE", choices=losses.LOSS_MODES)
+        default="keras",
+        metadata=_option("keras: clipped BCE as the book; logits: stable BCE", choices=losses.LOSS_MODES),
     )
     product: str = dataclasses.field(
         default="auto",
@@ -115,7 +120,7 @@ class SweepConfig:
         default=None,
         metadata=_option(
             "IMDB data: the aclImdb .tar.gz archive or extracted folder, or the word tfds for tensorflow-datasets' "
-            "imdb_reviews (pip install \"jaxreg[tfds]\"; downloads and checks it the first time) "
+            'imdb_reviews (pip install "jaxreg[tfds]"; downloads and checks it the first time) '
             "(default: env JAXREG_DATA)",
             metavar="PATH",
         ),
@@ -184,7 +189,9 @@ class SweepConfig:
             bad("variants", f"has names that differ only in case {clashes}, one file name on some file systems")
         if any(v.seed != 0 for v in self.variants):
             bad("variants", "must have seed 0 (set seeds instead)")
-        for field in ("epochs", "seeds", "batch_size", "holdout_size") + (("devices",) if self.devices is not None else ()):
+        for field in ("epochs", "seeds", "batch_size", "holdout_size") + (
+            ("devices",) if self.devices is not None else ()
+        ):
             positive_int(field)
             if getattr(self, field) > MAXIMA[field]:
                 bad(field, f"is above the maximum {MAXIMA[field]:,}")
@@ -217,7 +224,7 @@ class SweepConfig:
             bad("divergence_threshold", "must be a finite number > 0")
         object.__setattr__(self, "divergence_threshold", float(threshold))
 
-    def replace(self, **changes) -> "SweepConfig":
+    def replace(self, **changes) -> SweepConfig:
         """A copy with some fields changed (validated again); unknown fields are an error."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
@@ -225,12 +232,14 @@ class SweepConfig:
             raise SweepError(f"config {self.name!r}: unknown field(s) {unknown}; known: {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
-    def select(self, names: Sequence[str]) -> "SweepConfig":
+    def select(self, names: Sequence[str]) -> SweepConfig:
         """Only the named variants, in the config's order."""
         known = [v.name for v in self.variants]
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise SweepError(f"unknown variant(s) {', '.join(unknown)} in preset {self.name!r}; known: {', '.join(known)}")
+            raise SweepError(
+                f"unknown variant(s) {', '.join(unknown)} in preset {self.name!r}; known: {', '.join(known)}"
+            )
         return self.replace(variants=tuple(v for v in self.variants if v.name in names))
 
     def variant_specs(self) -> list[V.VariantSpec]:
@@ -238,7 +247,11 @@ class SweepConfig:
 
     def run_settings(self) -> V.RunSettings:
         return V.RunSettings(
-            epochs=self.epochs, batch_size=self.batch_size, loss=self.loss, product=self.product, variant_loop=self.variant_loop,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            loss=self.loss,
+            product=self.product,
+            variant_loop=self.variant_loop,
             patience=self.patience,
         )
 
@@ -259,5 +272,3 @@ class SweepConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["variants"] = [v.to_dict() for v in self.variants]
         return json.loads(json.dumps(d))
-
-

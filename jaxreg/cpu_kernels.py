@@ -9,7 +9,8 @@ source, jax/jaxlib version, compiler flags and CPU with the system's C++ compile
 the installed jaxlib's FFI headers, and cached (`jaxreg.cache.cache_dir("kernels")`:
 ~/.cache/jaxreg/kernels, or $XDG_CACHE_HOME/jaxreg/kernels) with a `.sha256` beside each library
 (sha256sum format), checked before the library is loaded: a damaged one (a truncated file, which
-would crash the process with a bus error on loading) is rebuilt with one warning. Any failure (no compiler, an old jax) warns once and jaxreg
+would crash the process with a bus error on loading) is rebuilt with one warning. Any failure (no compiler,
+an old jax) warns once and jaxreg
 uses XLA's own operations instead; JAXREG_CPU_KERNELS=0 forces that.
 """
 
@@ -69,7 +70,10 @@ def build_cpu_kernels(cache_dir: Path | None = None) -> Path:
         if intact:
             return library
         if intact is not None:  # None: cached before the checksums, rebuilt once without a word
-            warnings.warn(f"jaxreg: the cached CPU kernel library {library} is damaged (checksum mismatch); rebuilding it", stacklevel=2)
+            warnings.warn(
+                f"jaxreg: the cached CPU kernel library {library} is damaged (checksum mismatch); rebuilding it",
+                stacklevel=2,
+            )
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Atomic like fileio.atomic_write, which writes bytes it is given: here the compiler writes the
     # file, so it builds into a temporary folder and the finished library is renamed into place.

@@ -65,8 +65,8 @@ import tarfile
 import warnings
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -292,7 +292,9 @@ def _check_arguments(path, validation, holdout_size, seed) -> None:
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise DataError(f"path={path!r} must be a str or os.PathLike (the archive or folder), or None")
     if path is not None and not str(os.fspath(path)).strip():
-        raise DataError(f"path={path!r} is empty: pass the aclImdb archive or folder (an empty path is not the current folder)")
+        raise DataError(
+            f"path={path!r} is empty: pass the aclImdb archive or folder (an empty path is not the current folder)"
+        )
     if not isinstance(validation, str) or validation not in PROTOCOLS:
         raise DataError(
             f"unknown validation protocol {validation!r}; use 'test' (the book's: test set as "
@@ -345,8 +347,12 @@ def _resolve_path(path, source: str) -> tuple[Path, str]:
                 "pass source='tfds' instead"
             )
     if not str(os.fspath(path)).strip():
-        raise DataError(f"IMDB data path {str(path)!r} is empty: pass the aclImdb archive or folder, or fix JAXREG_DATA")
-    path = Path(os.path.expanduser(os.fspath(path)))  # "~user" of an unknown user stays as given (Path.expanduser raises)
+        raise DataError(
+            f"IMDB data path {str(path)!r} is empty: pass the aclImdb archive or folder, or fix JAXREG_DATA"
+        )
+    path = Path(
+        os.path.expanduser(os.fspath(path))
+    )  # "~user" of an unknown user stays as given (Path.expanduser raises)
     st = _stat(path)
     if st is None:
         raise DataError(
@@ -479,7 +485,7 @@ def _folder_reviews(root: Path) -> Iterator[tuple[str, int, tuple, Path]]:
 
 def _folder_fingerprint(root: Path) -> str:
     h = hashlib.sha256()
-    for split, label, key, file in sorted(_folder_reviews(root)):
+    for *_, file in sorted(_folder_reviews(root)):
         st = _stat(file)
         if st is None:
             raise DataError(f"{str(file)!r} disappeared while the folder was being read; load it again")
@@ -525,7 +531,7 @@ def _tfds_texts() -> list[Record]:
 
 def _texts_checksum(records: Iterable[Record]) -> str:
     h = hashlib.sha256()
-    for split, label, key, text in records:
+    for split, label, _key, text in records:
         h.update(f"{split}\0{label}\0{len(text)}\0".encode())
         h.update(text.encode("utf-8"))
     return h.hexdigest()

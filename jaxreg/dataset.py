@@ -71,14 +71,12 @@ class SparseMultiHot:
     def lengths(self) -> np.ndarray:
         return np.diff(self.indptr).astype(np.int32)
 
-    def take(self, rows) -> "SparseMultiHot":
+    def take(self, rows) -> SparseMultiHot:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         lengths = np.diff(self.indptr)[rows]
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        gather = np.arange(indptr[-1], dtype=np.int64) + np.repeat(
-            self.indptr[rows] - indptr[:-1], lengths
-        )
+        gather = np.arange(indptr[-1], dtype=np.int64) + np.repeat(self.indptr[rows] - indptr[:-1], lengths)
         return SparseMultiHot(indptr, self.indices[gather], self.num_words)
 
     @property
@@ -124,7 +122,9 @@ class Split:
 
     def __post_init__(self):
         if not isinstance(self.x, (SparseMultiHot, np.ndarray)):
-            raise DataError(f"split {self.name!r}: x is a {type(self.x).__name__}; use a SparseMultiHot or a numpy array")
+            raise DataError(
+                f"split {self.name!r}: x is a {type(self.x).__name__}; use a SparseMultiHot or a numpy array"
+            )
         if not isinstance(self.y, np.ndarray) or self.y.shape != (len(self.x),):
             shape = getattr(self.y, "shape", type(self.y).__name__)
             raise DataError(f"split {self.name!r}: y has shape {shape}, x has {len(self.x)} rows")
@@ -132,7 +132,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def take(self, rows, name: str) -> "Split":
+    def take(self, rows, name: str) -> Split:
         """The split of these rows (in this order), named `name`."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         x = self.x.take(rows) if isinstance(self.x, SparseMultiHot) else self.x[rows]
@@ -171,12 +171,16 @@ class Dataset:
                     f"num_classes={self.num_classes!r} must be an integer >= 2 (at most {MAX_CLASSES:,}) for target 'multiclass'"
                 )
         elif self.num_classes is not None:
-            raise DataError(f"num_classes={self.num_classes!r} must be None for target {self.target!r} (only multiclass has classes)")
+            raise DataError(
+                f"num_classes={self.num_classes!r} must be None for target {self.target!r} (only multiclass has classes)"
+            )
         if not is_int(self.num_words) or self.num_words < 1:
             raise DataError(f"num_words={self.num_words!r} must be an integer >= 1 (the number of input columns)")
         kinds = {type(s.x) for s in (self.train, self.validation)}
         if len(kinds) > 1:
-            raise DataError("train.x and validation.x must both be SparseMultiHot or both dense arrays, not one of each")
+            raise DataError(
+                "train.x and validation.x must both be SparseMultiHot or both dense arrays, not one of each"
+            )
         if self.test is not None and isinstance(self.test, Split) and type(self.test.x) not in kinds:
             raise DataError(
                 f"test.x is a {type(self.test.x).__name__}, train.x a {type(self.train.x).__name__}: use the same kind"
@@ -241,7 +245,9 @@ def _check_split(split: Split, field: str, num_words: int, target: str, num_clas
         if x.num_words != num_words:
             raise DataError(f"{field}.x has num_words={x.num_words}, the dataset num_words={num_words}")
         if x.indices.dtype != index_dtype(num_words):
-            raise DataError(f"{field}.x.indices are {x.indices.dtype}, need {np.dtype(index_dtype(num_words))} for num_words={num_words}")
+            raise DataError(
+                f"{field}.x.indices are {x.indices.dtype}, need {np.dtype(index_dtype(num_words))} for num_words={num_words}"
+            )
         if x.indices.size and (x.indices.min() < 0 or x.indices.max() >= num_words):
             raise DataError(f"{field}.x has column indices outside 0..{num_words - 1}")
     else:
@@ -450,7 +456,9 @@ def _inputs(x, arg: str):
         except Exception as e:  # noqa: BLE001 - whatever __array__ raises, say which argument
             raise DataError(f"{arg} could not be read as an array ({type(e).__name__}: {e})") from e
         if dense.ndim != 2:
-            raise DataError(f"{arg} must be 2-D [n, d], got shape {dense.shape}; for one feature use {arg}.reshape(-1, 1)")
+            raise DataError(
+                f"{arg} must be 2-D [n, d], got shape {dense.shape}; for one feature use {arg}.reshape(-1, 1)"
+            )
         if dense.dtype.kind not in "biuf":
             raise DataError(f"{arg} has dtype {dense.dtype}; need numbers (bool, int or float)")
         return "dense", dense
@@ -477,7 +485,9 @@ def _index_lists(rows, arg: str) -> tuple[np.ndarray, np.ndarray, int]:
         if a.size and a.min() < 0:
             raise DataError(f"{arg}[{i}] holds the negative column index {int(a.min())}; indices start at 0")
         if a.size and a.max() > _INT32_MAX - 1:
-            raise DataError(f"{arg}[{i}] holds the column index {int(a.max())}; the largest supported is {_INT32_MAX - 1:,}")
+            raise DataError(
+                f"{arg}[{i}] holds the column index {int(a.max())}; the largest supported is {_INT32_MAX - 1:,}"
+            )
         cols.append(a.astype(np.int64).reshape(-1))
         lengths[i] = a.size
     col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
@@ -508,7 +518,9 @@ def _width(inputs, args, num_words) -> int:
         raise DataError("x has no columns: pass num_words= for index lists that are all empty, or data with d >= 1")
     for (kind, value), arg in zip(inputs, args):
         if kind == "lists" and value[1].size and value[1].max() >= width:
-            raise DataError(f"{arg} holds the column index {int(value[1].max())}, but num_words={width} (indices 0..{width - 1})")
+            raise DataError(
+                f"{arg} holds the column index {int(value[1].max())}, but num_words={width} (indices 0..{width - 1})"
+            )
     return width
 
 

@@ -109,7 +109,11 @@ def initialize(cluster: Cluster) -> None:
     if cluster.coordinator is not None:
         try:
             rendezvous.meet(
-                cluster.coordinator, cluster.num_processes, cluster.process_id, cluster.peer_timeout, rendezvous.code_version()
+                cluster.coordinator,
+                cluster.num_processes,
+                cluster.process_id,
+                cluster.peer_timeout,
+                rendezvous.code_version(),
             )
         except rendezvous.RendezvousError as e:
             raise (PeersMissing if e.missing else DistributedError)(str(e)) from None
@@ -122,7 +126,9 @@ def initialize(cluster: Cluster) -> None:
             heartbeat_timeout_seconds=cluster.heartbeat_timeout,
         )
     except (RuntimeError, ValueError) as e:
-        where = "the cluster JAX detects (SLURM, Open MPI, TPU)" if cluster.auto else f"coordinator {cluster.coordinator}"
+        where = (
+            "the cluster JAX detects (SLURM, Open MPI, TPU)" if cluster.auto else f"coordinator {cluster.coordinator}"
+        )
         raise DistributedError(f"cannot start the distributed runtime with {where}: {e}") from e
     _connect()
 
@@ -245,7 +251,15 @@ def broadcast_bytes(data: bytes | None) -> bytes:
 # Words in the errors of a cross-process exchange whose peer has gone: gloo (CPU) raises
 # "Gloo AllGather failed: ... Connection reset by peer" (as JaxRuntimeError or, from jit's
 # dispatch, ValueError); NCCL and the coordination service name themselves.
-_LOST_PEER_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "connection refused", "heartbeat", "coordination service")
+_LOST_PEER_WORDS = (
+    "gloo",
+    "nccl",
+    "connection reset",
+    "connection closed",
+    "connection refused",
+    "heartbeat",
+    "coordination service",
+)
 
 
 def lost_peer(error: BaseException) -> bool:

@@ -57,7 +57,9 @@ def embedding_bag(table: jax.Array, rows: jax.Array, cols: jax.Array, num_rows: 
     if table.dtype != jnp.float32 or not cpu_kernels_available():
         return _xla_bag(table, rows, cols, num_rows)
     return jax.lax.platform_dependent(
-        table, rows, cols,
+        table,
+        rows,
+        cols,
         cpu=lambda t, r, c: _kernel_bag(t, r, c, num_rows),
         default=lambda t, r, c: _xla_bag(t, r, c, num_rows),
     )

@@ -4,7 +4,8 @@
 step = epoch (from 1), every metric of the history (`history.metric_names`; with a test split,
 its test_* columns too), appended and flushed after every epoch, and the variant's
 hyperparameters for TensorBoard's HParams plugin (with, at the end, the final and best
-validation metrics; the best epoch is `jaxreg.selection`'s, with the run's divergence threshold). `tensorboard --logdir <run folder or its parent>`.
+validation metrics; the best epoch is `jaxreg.selection`'s, with the run's divergence threshold).
+`tensorboard --logdir <run folder or its parent>`.
 
 Written with tensorboardX's protobufs and summary builders (pure Python and protobuf, unlike
 tensorboard, which brings a web server) but not its SummaryWriter: that names files by time
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from tensorboardX import summary as tbx_summary
-from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.record_writer import masked_crc32c
 
 from jaxreg import fileio, runfolder, selection
 from jaxreg.history import columns, task_metric
@@ -31,8 +32,22 @@ EVENT_FILE = "events.out.tfevents.jaxreg"  # TensorBoard reads files with "tfeve
 HPARAM_FIELDS = ("l1", "l2", "dropout_rate", "learning_rate", "weight_decay", "l1_proximal", "optimizer")
 # the optimizer's and schedule's settings (run folders written before they existed lack them: left out);
 # piecewise boundaries and scales as text, e.g. "1000,2000"
-OPTIMIZER_HPARAM_FIELDS = ("momentum", "b1", "b2", "eps", "nesterov", "schedule", "decay_rate", "decay_steps",
-                           "warmup_steps", "alpha", "boundaries", "scales")
+OPTIMIZER_HPARAM_FIELDS = (
+    "momentum",
+    "b1",
+    "b2",
+    "eps",
+    "nesterov",
+    "schedule",
+    "decay_rate",
+    "decay_steps",
+    "warmup_steps",
+    "alpha",
+    "boundaries",
+    "scales",
+)
+
+
 # what the HParams plugin compares variants by: the last value of each tag in a run
 def hparam_metrics(metric: str = "accuracy") -> tuple[str, ...]:
     """The metrics the HParams plugin shows for a task whose metric is `metric` (accuracy, mae)."""
@@ -51,7 +66,10 @@ def hparams_of(variant: Mapping, seed: int) -> dict:
     """The HParams of a variant (`VariantSpec.to_dict`) and seed: widths as text, e.g. "16x16"
     (an own model: its description)."""
     widths = variant["widths"]
-    values = {"variant": variant["name"], "widths": variant.get("model") if widths is None else "x".join(map(str, widths))}
+    values = {
+        "variant": variant["name"],
+        "widths": variant.get("model") if widths is None else "x".join(map(str, widths)),
+    }
     values.update({k: variant[k] for k in HPARAM_FIELDS})
     for k in OPTIMIZER_HPARAM_FIELDS:
         if k in variant:
@@ -125,10 +143,14 @@ class EventLog:
         self.keys = list(hparams)
         runfolder.record(self.folder, *(event_file(n, s) for n, s in self.keys))
         for key in self.keys:
-            kept = b"".join(
-                scalar_records(e + 1, {m: history[key][m][e] for m in columns(history[key])})
-                for e in range(epochs_done)
-            ) if key in history else b""
+            kept = (
+                b"".join(
+                    scalar_records(e + 1, {m: history[key][m][e] for m in columns(history[key])})
+                    for e in range(epochs_done)
+                )
+                if key in history
+                else b""
+            )
             path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
             fileio.atomic_write(path, header_records(hparams[key], metric) + kept)

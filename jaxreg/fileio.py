@@ -13,8 +13,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -23,7 +24,6 @@ HISTORY_CSV = "history.csv"
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
 FIGURES_DIR = "figures"
-
 
 
 def _umask() -> int:
@@ -86,4 +86,3 @@ def write_json(path, value) -> Path:
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-

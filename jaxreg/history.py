@@ -22,8 +22,8 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -87,7 +87,8 @@ def stack(
         if not seeds:
             raise KeyError(f"no history for variant {name!r}")
         arrays = {
-            m: np.array([np.asarray(history[(name, s)][m], np.float64) for s in seeds]) for m in columns(history[(name, seeds[0])])
+            m: np.array([np.asarray(history[(name, s)][m], np.float64) for s in seeds])
+            for m in columns(history[(name, seeds[0])])
         }
         arrays["diverged"] = diverged_mask(arrays, divergence_threshold)
         arrays["seeds"] = np.array(seeds)
@@ -130,7 +131,9 @@ def jsonl_lines(records: Sequence[Mapping]) -> str:
     return "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in records)
 
 
-def csv_lines(records: Sequence[Mapping], header: bool = False, metric: str | None = None, test: bool | None = None) -> str:
+def csv_lines(
+    records: Sequence[Mapping], header: bool = False, metric: str | None = None, test: bool | None = None
+) -> str:
     """history.csv lines of `records` (floats as repr: exact), after the header line if asked.
 
     The columns are the records' (`metric`, e.g. "accuracy", and `test`, whether there are
@@ -175,7 +178,9 @@ def epoch_records(
             metrics = row[(name, seed)]
             record = {"variant": name, "seed": int(seed), "epoch": epoch + 1}
             record.update({m: float(metrics[m]) for m in columns(metrics)})
-            record["diverged"] = bool(diverged_before.get((name, seed), False) or blown_up(record_metrics(record), threshold))
+            record["diverged"] = bool(
+                diverged_before.get((name, seed), False) or blown_up(record_metrics(record), threshold)
+            )
             records.append(record)
     return records
 

@@ -9,13 +9,42 @@ from __future__ import annotations
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # no jaxreg import: checks, file IO, the one error, the choice of epochs, the machine, caches
-    ("base", ("__init__", "layers", "checks", "errors", "fileio", "selection", "machine", "cache", "compiletime", "msgpack_stream", "rendezvous")),
+    (
+        "base",
+        (
+            "__init__",
+            "layers",
+            "checks",
+            "errors",
+            "fileio",
+            "selection",
+            "machine",
+            "cache",
+            "compiletime",
+            "msgpack_stream",
+            "rendezvous",
+        ),
+    ),
     # what a run records, as NumPy: history columns and files, summaries and their tables
     ("records", ("history", "summaries")),
     # the data and its batches
     ("data", ("dataset", "data", "batches")),
     # one model's training step
-    ("step", ("losses", "tasks", "dropout", "cpu_kernels", "embedding_bag", "model", "networks", "penalties", "optim", "train")),
+    (
+        "step",
+        (
+            "losses",
+            "tasks",
+            "dropout",
+            "cpu_kernels",
+            "embedding_bag",
+            "model",
+            "networks",
+            "penalties",
+            "optim",
+            "train",
+        ),
+    ),
     # many variants trained together, on one or more devices
     ("engine", ("views", "distributed", "memory", "specs", "runplan", "variants")),
     # a run folder's bookkeeping: manifest, lock, checks, default folders, the resume checkpoint

@@ -11,8 +11,8 @@ A run resumed with `tensorboard=False` leaves the event files already written as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from jaxreg import fileio, runfolder
 from jaxreg.history import METRICS, csv_lines, epoch_records, has_test, jsonl_lines, task_metric
@@ -21,9 +21,7 @@ from jaxreg.history import METRICS, csv_lines, epoch_records, has_test, jsonl_li
 class LiveLog:
     """The per-epoch files of one run: history.jsonl/.csv and, unless `tensorboard=False`, `jaxreg.events`."""
 
-    def __init__(
-        self, folder, config, history: Mapping, epochs_done: int, tensorboard: bool = True, columns=METRICS
-    ):
+    def __init__(self, folder, config, history: Mapping, epochs_done: int, tensorboard: bool = True, columns=METRICS):
         """`history`: {(name, seed): {metric: [epochs]}} of the epochs kept (a checkpoint's), `epochs_done` of them.
         `columns`: the run's history columns (`history.metric_names`; with test columns for data with a test split)."""
         self.columns = tuple(columns)

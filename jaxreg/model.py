@@ -7,7 +7,7 @@ review's active words, which equals the dense product multi_hot @ kernel.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +94,9 @@ def init_params(
         return params, None
     if len(padded_widths) != len(widths) or any(p < w for p, w in zip(padded_widths, widths)):
         raise ValueError(f"cannot pad widths {widths} to {tuple(padded_widths)}")
-    target = jax.eval_shape(lambda: MLP(tuple(padded_widths), outputs=outputs).init({"params": key}, jnp.zeros((1, num_words))))
+    target = jax.eval_shape(
+        lambda: MLP(tuple(padded_widths), outputs=outputs).init({"params": key}, jnp.zeros((1, num_words)))
+    )
 
     def pad(leaf, shape):
         return jnp.pad(leaf, [(0, t - s) for s, t in zip(leaf.shape, shape.shape)])

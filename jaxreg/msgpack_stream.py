@@ -12,7 +12,7 @@ hash and write one after the other; `b"".join(pieces(tree)) == msgpack_serialize
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 import flax.serialization
 import jax
@@ -67,7 +67,9 @@ def _chunked(arr: np.ndarray) -> dict:
 def _large_array(arr: np.ndarray) -> Iterator[bytes | memoryview]:
     """ExtType(ndarray, packb((shape, dtype name, raw C-order bytes))) with the raw bytes as a view (>= 64 KiB)."""
     if arr.dtype.hasobject or arr.dtype.isalignedstruct:
-        raise ValueError(f"cannot serialize an array of dtype {arr.dtype}: object and structured dtypes are not supported")
+        raise ValueError(
+            f"cannot serialize an array of dtype {arr.dtype}: object and structured dtypes are not supported"
+        )
     arr = np.ascontiguousarray(arr)  # a copy only when not C-contiguous already
     raw = memoryview(arr.reshape(-1).view(np.uint8))
     head = b"\x93" + msgpack.packb(arr.shape, use_bin_type=True) + msgpack.packb(arr.dtype.name, use_bin_type=True)

@@ -16,7 +16,8 @@ module is called by its `__call__` signature:
 Any other parameter of `__call__` needs a default; a module class (not an instance), or a
 `__call__` jaxreg cannot call, is refused when the Network is made. Outputs: [batch] or
 [batch, 1] for binary classification and regression, [batch, classes] for multiclass,
-checked when a run is planned (`parameter_shapes`, tracing init). Penalties (`l1`, `l2`), decoupled weight decay and proximal L1 act on the
+checked when a run is planned (`parameter_shapes`, tracing init). Penalties (`l1`, `l2`), decoupled weight
+decay and proximal L1 act on the
 parameters that `penalize(path)` selects, path being the tuple of keys down to a leaf
 (("params", "Dense_0", "kernel")); the default, `default_penalized`, takes every leaf named
 "kernel" outside a submodule named "output": the study MLP's hidden kernels, as Keras'
@@ -42,7 +43,8 @@ import dataclasses
 import functools
 import inspect
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +59,7 @@ def default_penalized(path: tuple[str, ...]) -> bool:
     return path[-1] == "kernel" and "output" not in path[:-1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module_style(module_type: type) -> tuple[str, str | None]:
     """(style, name of the train/deterministic flag or None) from the module's __call__ parameters."""
     names = list(inspect.signature(module_type.__call__).parameters)[2:]  # after self and x
@@ -98,7 +100,10 @@ def _call_problem(module_type: type) -> str | None:
 
 def _functions_problem(init_fn: Callable, apply_fn: Callable) -> str | None:
     """Why jaxreg cannot call init_fn(key, x) or apply_fn(params, x, dropout_rate, dropout_key), or None."""
-    for fn, arguments, how in ((init_fn, 2, "init_fn(key, x)"), (apply_fn, 4, "apply_fn(params, x, dropout_rate, dropout_key)")):
+    for fn, arguments, how in (
+        (init_fn, 2, "init_fn(key, x)"),
+        (apply_fn, 4, "apply_fn(params, x, dropout_rate, dropout_key)"),
+    ):
         try:
             signature = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -165,7 +170,9 @@ class NNXModule:
             module.eval()
         else:
             if self.has_random_streams:
-                nnx.reseed(module, **{name: jax.random.fold_in(dropout_key, i) for i, name in enumerate(self._streams(module))})
+                nnx.reseed(
+                    module, **{name: jax.random.fold_in(dropout_key, i) for i, name in enumerate(self._streams(module))}
+                )
             module.train()
         return module
 
@@ -193,12 +200,16 @@ def nnx_model(module_type: type, *args, **kwargs) -> Network:
     """A Network of a Flax NNX module: its class and its constructor's arguments without `rngs`
     (jaxreg builds it as module_type(*args, **kwargs, rngs=nnx.Rngs(key)) for each seed)."""
     if "rngs" in kwargs:
-        raise TypeError(f"nnx_model({module_type.__name__}, ...) takes no rngs: jaxreg draws them from each variant's seed")
+        raise TypeError(
+            f"nnx_model({module_type.__name__}, ...) takes no rngs: jaxreg draws them from each variant's seed"
+        )
     module = NNXModule(module_type, tuple(args), tuple(sorted(kwargs.items())))
     try:
         hash(module)
     except TypeError as e:
-        raise TypeError(f"nnx_model({module_type.__name__}, ...): its arguments must be hashable (a tuple, not a list): {e}") from None
+        raise TypeError(
+            f"nnx_model({module_type.__name__}, ...): its arguments must be hashable (a tuple, not a list): {e}"
+        ) from None
     return Network(module=module)
 
 
@@ -231,7 +242,9 @@ class Network:
                 f"Network.module is the class {self.module.__name__}, not a module: pass an instance, "
                 f"{self.module.__name__}(...), with its fields"
             )
-        if has_module and not (callable(getattr(self.module, "init", None)) and callable(getattr(self.module, "apply", None))):
+        if has_module and not (
+            callable(getattr(self.module, "init", None)) and callable(getattr(self.module, "apply", None))
+        ):
             raise TypeError(f"Network.module must be a Flax Linen module, got {type(self.module).__name__}")
         problem = _call_problem(self._module_type) if has_module else _functions_problem(self.init_fn, self.apply_fn)
         if problem is None and isinstance(self.module, NNXModule):
@@ -288,7 +301,9 @@ class Network:
         if style == "jaxreg":
             outputs, params = self.module.init_with_output({"params": key}, x, 0.0, None)
         elif style == "flax":
-            outputs, params = self.module.init_with_output({"params": key, "dropout": key}, x, **_flag(flag, training=False))
+            outputs, params = self.module.init_with_output(
+                {"params": key, "dropout": key}, x, **_flag(flag, training=False)
+            )
         else:
             outputs, params = self.module.init_with_output({"params": key}, x)
         return params, outputs
@@ -314,7 +329,9 @@ def _flag(flag: str | None, training: bool) -> dict:
 def _is_nnx(model) -> bool:
     """Whether model is a Flax NNX module or module class (without importing flax.nnx for other models)."""
     nnx = sys.modules.get("flax.nnx")
-    return nnx is not None and (isinstance(model, nnx.Module) or (isinstance(model, type) and issubclass(model, nnx.Module)))
+    return nnx is not None and (
+        isinstance(model, nnx.Module) or (isinstance(model, type) and issubclass(model, nnx.Module))
+    )
 
 
 def _nnx_state_problem(module: NNXModule) -> str | None:
@@ -328,7 +345,11 @@ def _nnx_state_problem(module: NNXModule) -> str | None:
 
     other = sorted(t.__name__ for t in types if not issubclass(t, (nnx.Param, nnx.RngState)))
     if other:
-        return f"{module.module_type.__name__} holds NNX state of type {', '.join(other)}; jaxreg trains nnx.Param and reseeds random streams only"
+        kinds = ", ".join(other)
+        return (
+            f"{module.module_type.__name__} holds NNX state of type {kinds}; "
+            "jaxreg trains nnx.Param and reseeds random streams only"
+        )
     return None
 
 
@@ -340,8 +361,10 @@ def output_problem(shape, outputs: int) -> str | None:
         return "returns no array"
     if tuple(shape) in want:
         return None
-    need = "one output per example ([batch] or [batch, 1]): a binary or regression task" if outputs == 1 else (
-        f"{outputs} outputs per example ([batch, {outputs}]): a task of {outputs} classes"
+    need = (
+        "one output per example ([batch] or [batch, 1]): a binary or regression task"
+        if outputs == 1
+        else (f"{outputs} outputs per example ([batch, {outputs}]): a task of {outputs} classes")
     )
     return f"returns outputs of shape {tuple(shape)} for a batch of 1; the data needs {need}"
 
@@ -357,7 +380,9 @@ def parameter_shapes(network: Network, num_words: int, outputs: int):
         else:
             params = jax.eval_shape(lambda: network.init(key, x))
     except Exception as e:  # the user's model, whatever it raises: one line naming it
-        raise SweepError(f"model {network.name}: its init on a [1, {num_words}] float32 input failed: {_first_line(e)}") from e
+        raise SweepError(
+            f"model {network.name}: its init on a [1, {num_words}] float32 input failed: {_first_line(e)}"
+        ) from e
     if network.module is None:
         try:
             out = jax.eval_shape(lambda: network.apply(params, x))

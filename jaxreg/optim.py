@@ -234,7 +234,9 @@ def keras_rmsprop_step(w, nu, d_out, rows, cols, l1, l2, learning_rate, mask=Non
     `cpu_kernels.cpu_kernels_available()`. vmaps (any number, any operands) become one call.
     """
     if not cpu_kernels.cpu_kernels_available():
-        raise RuntimeError("keras_rmsprop_step needs jaxreg's CPU kernels, which are unavailable here (see jaxreg.cpu_kernels)")
+        raise RuntimeError(
+            "keras_rmsprop_step needs jaxreg's CPU kernels, which are unavailable here (see jaxreg.cpu_kernels)"
+        )
     if jax.default_backend() != "cpu":  # no fallback: the optax chain is the path off the CPU
         raise RuntimeError(f"keras_rmsprop_step is a CPU kernel; the default backend here is {jax.default_backend()!r}")
     f32 = jnp.float32

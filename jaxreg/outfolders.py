@@ -70,7 +70,9 @@ def latest_folder(base) -> Path:
             f"nothing to resume: {latest} does not exist (no run was started without --out); pass the run folder with --out"
         )
     if not folder.is_dir():
-        raise SweepError(f"nothing to resume: {latest} names {folder}, which is not a folder; pass the run folder with --out")
+        raise SweepError(
+            f"nothing to resume: {latest} names {folder}, which is not a folder; pass the run folder with --out"
+        )
     return folder
 
 

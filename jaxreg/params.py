@@ -34,7 +34,6 @@ from pathlib import Path
 
 import flax.serialization
 import numpy as np
-
 from flax import traverse_util
 
 from jaxreg import fileio, runfolder
@@ -89,7 +88,9 @@ def read_checked(path: Path) -> bytes:
     try:
         expected = sidecar.read_text(encoding="ascii").split()[0].lower()
     except (OSError, ValueError, IndexError) as e:
-        raise SweepError(f"cannot check {path}: unreadable {sidecar.name} ({e}); run the study again with --overwrite") from e
+        raise SweepError(
+            f"cannot check {path}: unreadable {sidecar.name} ({e}); run the study again with --overwrite"
+        ) from e
     if hashlib.sha256(data).hexdigest() != expected:
         raise SweepError(
             f"{path} is damaged: its sha256 does not match {sidecar.name}; run the study again with --overwrite"

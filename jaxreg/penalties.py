@@ -24,7 +24,10 @@ def kernel_mask(params, penalize=default_penalized):
 def hidden_kernel_mask(params, include_output: bool = False):
     """The study's rule for its MLP: the kernels of layers named hidden_* (and output if asked)."""
     return kernel_mask(
-        params, lambda path: path[-1] == "kernel" and (path[-2].startswith("hidden_") or (include_output and path[-2] == "output"))
+        params,
+        lambda path: (
+            path[-1] == "kernel" and (path[-2].startswith("hidden_") or (include_output and path[-2] == "output"))
+        ),
     )
 
 

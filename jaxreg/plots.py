@@ -9,8 +9,8 @@ Diverged epochs are left out. Uses matplotlib's object API (no pyplot, no global
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -166,8 +166,11 @@ def plot_curves(histories: Mapping, path, values: Mapping[str, float] | None = N
     _epoch_axis(ax, len(_epochs(histories[names[0]])))
     _log_scale_if_decades(ax)
     fig.legend(  # beside the panel: inside, it covered a curve
-        *ax.get_legend_handles_labels(), loc="outside right upper", fontsize="small",
-        ncols=2 if len(names) > 16 else 1, title=AXIS_LABELS.get(axis) if axis else None,
+        *ax.get_legend_handles_labels(),
+        loc="outside right upper",
+        fontsize="small",
+        ncols=2 if len(names) > 16 else 1,
+        title=AXIS_LABELS.get(axis) if axis else None,
     )
     fig.suptitle(f"Validation data loss per epoch ({_seed_note(histories)})")
     return _save(fig, path)
@@ -202,16 +205,24 @@ def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str
     log = axis in LOG_AXES
     several_seeds = max(h["loss"].shape[0] for h in histories.values()) > 1
     panels = [
-        ("Validation data loss (no penalty)", [
-            ("best epoch (lowest mean val data loss)", "val_data_loss", "best", "C0", "-", "s"),
-            ("final epoch", "val_data_loss", "final", "C1", "--", "o"),
-        ]),
+        (
+            "Validation data loss (no penalty)",
+            [
+                ("best epoch (lowest mean val data loss)", "val_data_loss", "best", "C0", "-", "s"),
+                ("final epoch", "val_data_loss", "final", "C1", "--", "o"),
+            ],
+        ),
     ]
     if any(is_penalized(histories[n]) for n in names):
-        panels.append(("Keras val_loss (data loss + penalty)", [
-            ("best epoch (lowest mean val data loss)", "val_loss", "best", "C0", "-", "s"),
-            ("final epoch", "val_loss", "final", "C1", "--", "o"),
-        ]))
+        panels.append(
+            (
+                "Keras val_loss (data loss + penalty)",
+                [
+                    ("best epoch (lowest mean val data loss)", "val_loss", "best", "C0", "-", "s"),
+                    ("final epoch", "val_loss", "final", "C1", "--", "o"),
+                ],
+            )
+        )
     fig = Figure(figsize=(7 * len(panels), 5), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, series) in zip(axes, panels):
@@ -219,7 +230,17 @@ def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str
             mean, lo, hi = _at_epoch(histories, names, metric, which)
             keep = x > 0 if log else np.ones_like(x, dtype=bool)
             yerr = np.array([mean - lo, hi - mean])[:, keep] if several_seeds else None
-            ax.errorbar(x[keep], mean[keep], yerr=yerr, fmt=style, marker=marker, color=color, label=label, capsize=3, markersize=5)
+            ax.errorbar(
+                x[keep],
+                mean[keep],
+                yerr=yerr,
+                fmt=style,
+                marker=marker,
+                color=color,
+                label=label,
+                capsize=3,
+                markersize=5,
+            )
             for zero in np.flatnonzero(~keep):
                 ax.axhline(mean[zero], color=color, linestyle=":", linewidth=1.2)
         if log and (x <= 0).any():
@@ -238,7 +259,9 @@ def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
     note = _seed_note(histories).replace("band", "error bars")
     separator = " " if len(panels) > 1 else "\n"  # one panel is too narrow for the title on one line
-    fig.suptitle(f"Best and final validation loss against {AXIS_LABELS.get(axis, axis).split(' w ')[0]}{separator}({note})")
+    fig.suptitle(
+        f"Best and final validation loss against {AXIS_LABELS.get(axis, axis).split(' w ')[0]}{separator}({note})"
+    )
     return _save(fig, path)
 
 
@@ -271,13 +294,17 @@ def _series_line(ax, histories, names, values, metric: str, which: str, label: s
     return x
 
 
-def plot_series_against_axis(histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], axis: str, path) -> Path:
+def plot_series_against_axis(
+    histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], axis: str, path
+) -> Path:
     """Best (left) and final (right) validation data loss against the swept value, one line per
     series (e.g. per model in a learning curve); bands: min-max over seeds."""
     groups = _series(values, series)
     fig = Figure(figsize=(13, 5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, which, title in zip(axes, ("best", "final"), ("at the best epoch (lowest mean val data loss)", "at the final epoch")):
+    for ax, which, title in zip(
+        axes, ("best", "final"), ("at the best epoch (lowest mean val data loss)", "at the final epoch")
+    ):
         every_x = []
         for i, (label, names) in enumerate(groups.items()):
             every_x.append(_series_line(ax, histories, names, values, "val_data_loss", which, label, _color(i)))
@@ -290,7 +317,9 @@ def plot_series_against_axis(histories: Mapping, values: Mapping[str, float], se
     return _save(fig, path)
 
 
-def plot_fit_against_axis(histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], axis: str, path) -> Path:
+def plot_fit_against_axis(
+    histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], axis: str, path
+) -> Path:
     """Training (solid) and validation (dashed) loss and metric at the final epoch against the
     swept value, one color per series: how far each model fits its (noisy) training labels and
     what that does on the untouched validation labels. Bands: min-max over seeds."""
@@ -302,14 +331,22 @@ def plot_fit_against_axis(histories: Mapping, values: Mapping[str, float], serie
         every_x = []
         for i, (label, names) in enumerate(groups.items()):
             color = _color(i)
-            every_x.append(_series_line(ax, histories, names, values, train_metric, "final", f"{label}: training", color, "-", "o"))
-            _series_line(ax, histories, names, values, f"val_{train_metric}", "final", f"{label}: validation", color, "--", "s")
+            every_x.append(
+                _series_line(ax, histories, names, values, train_metric, "final", f"{label}: training", color, "-", "o")
+            )
+            _series_line(
+                ax, histories, names, values, f"val_{train_metric}", "final", f"{label}: validation", color, "--", "s"
+            )
         _set_axis_scale(ax, axis, np.unique(np.concatenate(every_x)))
-        ax.set_title(f"{what} at the final epoch" + (" (training: on the labels it trains on)" if axis in FIT_AXES else ""))
+        ax.set_title(
+            f"{what} at the final epoch" + (" (training: on the labels it trains on)" if axis in FIT_AXES else "")
+        )
         ax.set_ylabel(what if what != "loss" else f"loss ({loss_name(histories)})")
         ax.legend(fontsize="small")
     epochs = next(iter(histories.values()))["loss"].shape[1]
-    fig.suptitle(f"Training and validation fit after {epochs} epochs against {AXIS_LABELS.get(axis, axis)} ({_seed_note(histories)})")
+    fig.suptitle(
+        f"Training and validation fit after {epochs} epochs against {AXIS_LABELS.get(axis, axis)} ({_seed_note(histories)})"
+    )
     return _save(fig, path)
 
 
@@ -353,8 +390,17 @@ def plot_early_stopping(histories: Mapping, path) -> Path:
     optimism, _ = stats([v["optimism"] for v in per_variant])
     for xi, gap in zip(x, optimism):  # the paired difference, which the overlapping error bars hide
         if np.isfinite(gap):
-            left.annotate(f"+{gap:.4f}" if gap >= 0 else f"{gap:.4f}", (xi, 1.0), xycoords=("data", "axes fraction"),
-                          xytext=(0, -4), textcoords="offset points", ha="center", va="top", fontsize="small", color="0.3")
+            left.annotate(
+                f"+{gap:.4f}" if gap >= 0 else f"{gap:.4f}",
+                (xi, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0, -4),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize="small",
+                color="0.3",
+            )
     left.margins(y=0.15)
     for ax in (left, right):
         ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
@@ -395,7 +441,8 @@ def make_figures(histories: Mapping, folder, axis: tuple | None = None) -> list[
 
     Always val_loss_curves.png. With `axis` (name, {variant: value}[, {variant: series}]):
     val_loss_vs_<axis>.png, one line per series when there are several (and for width and
-    label noise fit_vs_<axis>.png: training against validation fit). Without: vs_original.png (each variant against "original", else
+    label noise fit_vs_<axis>.png: training against validation fit). Without: vs_original.png (each variant
+    against "original", else
     the first variant) and, with both "original" and "bigger", original_vs_bigger.png. With
     test columns (data with a test split): honest_early_stopping.png (`plot_early_stopping`).
     """

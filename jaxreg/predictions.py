@@ -10,8 +10,8 @@ vocabulary (an older jaxreg's run, data given as arrays) and a variant or seed t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import numpy as np
@@ -27,7 +27,9 @@ from jaxreg.vocabulary import load_vocabulary
 ROWS_PER_BATCH = 1024  # dense rows of num_words floats at a time: 40 MB for IMDB's 10,000 words
 
 
-def predict(run_folder, texts: Sequence[str], variant: str | None = None, seed: int = 0, which: str = "best") -> np.ndarray:
+def predict(
+    run_folder, texts: Sequence[str], variant: str | None = None, seed: int = 0, which: str = "best"
+) -> np.ndarray:
     """Probabilities of label 1 (float32, [len(texts)]) the variant's model, trained with `seed`, gives each text.
 
     run_folder: a finished run's folder, or a `runs/<preset>` folder whose LATEST file names the newest run.
@@ -62,7 +64,9 @@ def run_folder_of(path) -> Path:
         latest = outfolders.latest_folder(folder)
         if (latest / fileio.CONFIG_FILE).is_file():
             return latest
-        raise SweepError(f"{folder}/{outfolders.LATEST} names {latest}, which is not a run folder (no {fileio.CONFIG_FILE})")
+        raise SweepError(
+            f"{folder}/{outfolders.LATEST} names {latest}, which is not a run folder (no {fileio.CONFIG_FILE})"
+        )
     raise SweepError(
         f"{folder} is not a run folder (no {fileio.CONFIG_FILE}) nor a runs/<preset> folder with a {outfolders.LATEST} file"
     )

@@ -76,7 +76,8 @@ def _listen(port: int) -> socket.socket:
         return socket.create_server(("", port), backlog=64)
     except OSError as e:
         raise RendezvousError(
-            f"the coordinator port {port} cannot be bound on this machine ({os.strerror(e.errno) if e.errno else e}); choose another free port in "
+            f"the coordinator port {port} cannot be bound on this machine ({os.strerror(e.errno) if e.errno else e}); "
+            "choose another free port in "
             "--coordinator for every process"
         ) from None
 
@@ -122,7 +123,10 @@ def _welcome(conn: socket.socket, peers: dict, num_processes: int, deadline: flo
     if hello.get("of") != num_processes:
         problem = f"process {pid} was started with --num-processes {hello.get('of')}, process 0 with {num_processes}"
     elif not isinstance(pid, int) or not 0 < pid < num_processes or pid in peers:
-        problem = f"two processes say they are process {pid} (or it is not 1..{num_processes - 1}); give each its own --process-id"
+        problem = (
+            f"two processes say they are process {pid} (or it is not 1..{num_processes - 1}); "
+            "give each its own --process-id"
+        )
     elif hello.get("code") != code:
         problem = f"process {pid} runs another jaxreg version or source ({hello.get('code')}, process 0: {code})"
     if problem is not None:
@@ -165,9 +169,13 @@ def _join(coordinator: str, num_processes: int, process_id: int, timeout: float,
                 missing=True,
             ) from None
         except (OSError, ValueError) as e:
-            raise RendezvousError(f"process 0 (coordinator {coordinator}) closed the connection: {e}", missing=True) from None
+            raise RendezvousError(
+                f"process 0 (coordinator {coordinator}) closed the connection: {e}", missing=True
+            ) from None
     if "error" in answer:
-        raise RendezvousError(f"process 0 refused to start: {answer['error']}", missing="did not connect" in answer["error"])
+        raise RendezvousError(
+            f"process 0 refused to start: {answer['error']}", missing="did not connect" in answer["error"]
+        )
 
 
 def _connect(host: str, port: int, coordinator: str, deadline: float, timeout: float) -> socket.socket:
@@ -176,7 +184,9 @@ def _connect(host: str, port: int, coordinator: str, deadline: float, timeout: f
         try:
             return socket.create_connection((host, port), timeout=_POLL * 4)
         except socket.gaierror as e:
-            raise RendezvousError(f"the coordinator host {host!r} (--coordinator {coordinator}) is unknown: {e.strerror or e}") from None
+            raise RendezvousError(
+                f"the coordinator host {host!r} (--coordinator {coordinator}) is unknown: {e.strerror or e}"
+            ) from None
         except OSError as e:
             if time.monotonic() > deadline:
                 raise RendezvousError(

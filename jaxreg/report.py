@@ -71,7 +71,11 @@ def run_axis(run: runs.Run):
         from jaxreg.variants import VariantSpec
 
         recorded = run.config.get("config", {}).get("variants", [])
-        series = axis_series([VariantSpec.from_dict({**v, "model": None}) for v in recorded], axis["name"]) if recorded else None
+        series = (
+            axis_series([VariantSpec.from_dict({**v, "model": None}) for v in recorded], axis["name"])
+            if recorded
+            else None
+        )
     return (axis["name"], axis["values"], series)
 
 
@@ -150,7 +154,9 @@ def report(folder, out=None, figures: bool = True) -> Report:
     folder = Path(folder)
     state = runfolder.folder_state(folder)
     if state in ("new", "foreign") or (state == "legacy" and not (folder / fileio.HISTORY_JSONL).is_file()):
-        raise NotARunFolder(f"{folder} is not a jaxreg run folder (no {runfolder.MANIFEST_FILE} or {fileio.HISTORY_JSONL})")
+        raise NotARunFolder(
+            f"{folder} is not a jaxreg run folder (no {runfolder.MANIFEST_FILE} or {fileio.HISTORY_JSONL})"
+        )
     try:
         run = runs.load_run(folder)
     except (OSError, ValueError, KeyError) as e:
@@ -162,7 +168,9 @@ def report(folder, out=None, figures: bool = True) -> Report:
     if out is not None:
         dest = Path(out)
         check_destination(dest)
-        return Report(run, summaries, epochs, _write_checked(run, histories, summaries, epochs, dest, figures, False), dest, "")
+        return Report(
+            run, summaries, epochs, _write_checked(run, histories, summaries, epochs, dest, figures, False), dest, ""
+        )
     try:
         with runfolder.exclusive(folder):
             _check_links(folder, "--out DIR for the files")
@@ -171,4 +179,6 @@ def report(folder, out=None, figures: bool = True) -> Report:
             return Report(run, summaries, epochs, written, folder, "")
     except runfolder.LockError as e:
         why = "a run is writing it" if e.in_use else f"its lock cannot be taken ({e.reason})"
-        return Report(run, summaries, epochs, [], None, f"nothing written into {folder}: {why}; pass --out DIR for the files")
+        return Report(
+            run, summaries, epochs, [], None, f"nothing written into {folder}: {why}; pass --out DIR for the files"
+        )

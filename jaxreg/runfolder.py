@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
+from typing import BinaryIO
 
 import filelock
 
@@ -323,7 +324,7 @@ def verified(data: bytes) -> bytes:
 
 
 def folder_state(folder: Path) -> str:
-    """"new" (absent or empty), "foreign" (something else), "legacy" (an older jaxreg's run, no
+    """ "new" (absent or empty), "foreign" (something else), "legacy" (an older jaxreg's run, no
     manifest), "unfinished" or "finished" run folder."""
     if not folder.exists():
         return "new"
@@ -358,7 +359,9 @@ def check_writable(folder: Path) -> None:
         raise SweepError(f"cannot write the output folder {folder}: no write permission on {parent}")
     too_long = [p for p in folder.parts if len(os.fsencode(p)) > _name_max(parent)]
     if too_long:
-        raise SweepError(f"cannot use the output folder {folder}: a name in it is too long for the file system ({too_long[0][:40]}...)")
+        raise SweepError(
+            f"cannot use the output folder {folder}: a name in it is too long for the file system ({too_long[0][:40]}...)"
+        )
 
 
 def _name_max(folder: Path) -> int:
@@ -402,9 +405,7 @@ def check_folder(folder: Path, settings: Mapping, resume: bool, overwrite: bool,
         raise SweepError("--resume and --overwrite contradict each other: pass one of them")
     state = folder_state(folder)
     if state == "foreign":
-        raise SweepError(
-            f"{folder} exists and is not a jaxreg run folder (no {MANIFEST_FILE}); choose another --out"
-        )
+        raise SweepError(f"{folder} exists and is not a jaxreg run folder (no {MANIFEST_FILE}); choose another --out")
     if state == "legacy":
         raise SweepError(
             f"{folder} holds a run of an older jaxreg (no {MANIFEST_FILE}), which this version neither resumes "
@@ -431,7 +432,9 @@ def check_folder(folder: Path, settings: Mapping, resume: bool, overwrite: bool,
             recorded(folder)  # overwrite deletes what it lists, resume cleans up after it
         except ValueError as e:
             action = "overwrite" if overwrite else "resume"
-            raise SweepError(f"cannot {action} {folder}: {e}; delete the folder yourself or choose another --out") from e
+            raise SweepError(
+                f"cannot {action} {folder}: {e}; delete the folder yourself or choose another --out"
+            ) from e
     return state
 
 

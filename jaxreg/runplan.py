@@ -95,7 +95,8 @@ class Bucket:
             nesterov=self.configs[0].nesterov,
             schedule=self.configs[0].schedule,
             use_penalty=any(c.l1 > 0 or c.l2 > 0 for c in self.configs),
-            use_dropout=any(c.dropout_rate > 0 for c in self.configs) or (self.network is not None and self.network.style == "flax"),
+            use_dropout=any(c.dropout_rate > 0 for c in self.configs)
+            or (self.network is not None and self.network.style == "flax"),
             use_weight_decay=any(c.weight_decay > 0 for c in self.configs),
             use_l1_proximal=any(c.l1_proximal > 0 for c in self.configs),
         )
@@ -212,13 +213,19 @@ class RunSettings:
 
     def __post_init__(self):
         if self.patience is not None and (not is_int(self.patience) or not 1 <= self.patience <= MAX_EPOCHS):
-            raise ValueError(f"RunSettings.patience must be None or an integer from 1 to {MAX_EPOCHS:,}, got {self.patience!r}")
+            raise ValueError(
+                f"RunSettings.patience must be None or an integer from 1 to {MAX_EPOCHS:,}, got {self.patience!r}"
+            )
         limits = {"epochs": MAX_EPOCHS, "batch_size": MAX_BATCH_SIZE, "eval_batch_size": MAX_BATCH_SIZE}
         for field, most in limits.items():
             value = getattr(self, field)
             if not is_int(value) or not 1 <= value <= most:
                 raise ValueError(f"RunSettings.{field} must be an integer from 1 to {most:,}, got {value!r}")
-        choices = {"loss": ("auto",) + tasks.LOSSES, "product": ("auto",) + STEP_PRODUCTS, "variant_loop": VARIANT_LOOPS}
+        choices = {
+            "loss": ("auto",) + tasks.LOSSES,
+            "product": ("auto",) + STEP_PRODUCTS,
+            "variant_loop": VARIANT_LOOPS,
+        }
         for field, allowed in choices.items():
             if not isinstance(getattr(self, field), str) or getattr(self, field) not in allowed:
                 raise ValueError(f"RunSettings.{field} must be one of {allowed}, got {getattr(self, field)!r}")
@@ -355,6 +362,8 @@ def place_buckets(
 def sharded_configs(bucket: Bucket, n_devices: int) -> tuple[VariantSpec, ...]:
     """The bucket's configs, padded with inert copies of the last one to a multiple of n_devices."""
     return bucket.configs + (bucket.configs[-1],) * (-len(bucket.configs) % n_devices)
+
+
 @dataclasses.dataclass(frozen=True)
 class BucketPlan:
     """One bucket of a RunPlan: its grid, the devices it runs on, how it runs there and its size.
@@ -398,8 +407,14 @@ class BucketPlan:
         """What jaxreg.memory needs of this bucket (an own model's activations are guessed at the MLP's default widths)."""
         run = self.execution
         return memory.BucketShape(
-            run.step.widths, len(self.bucket.seeds), run.n_configs, run.product, run.sequential, run.cpu_kernels,
-            self.parameters, optim.OPTIMIZER_SLOTS[self.bucket.optimizer],
+            run.step.widths,
+            len(self.bucket.seeds),
+            run.n_configs,
+            run.product,
+            run.sequential,
+            run.cpu_kernels,
+            self.parameters,
+            optim.OPTIMIZER_SLOTS[self.bucket.optimizer],
         )
 
 
@@ -474,8 +489,10 @@ def memory_estimate(run_plan: RunPlan, dataset) -> memory.Estimate:
     """jaxreg.memory's estimate for the plan's buckets (each on its devices), the data and its batch capacities."""
     settings = run_plan.settings
     train, val, test = dataset.train, dataset.validation, getattr(dataset, "test", None)
-    capacities = [batching.run_capacity(train.x, seeds, settings.epochs, settings.batch_size) for seeds in
-                  {b.bucket.seeds for b in run_plan.buckets}]
+    capacities = [
+        batching.run_capacity(train.x, seeds, settings.epochs, settings.batch_size)
+        for seeds in {b.bucket.seeds for b in run_plan.buckets}
+    ]
     evaluated = [s for s in (val, test) if s is not None]
     data = memory.DataShape(
         num_words=run_plan.num_words,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class Run:
 
 
 def run_state(folder, status: Mapping) -> str:
-    """"running", "interrupted" or "finished", from status.json and whether the folder's lock is held."""
+    """ "running", "interrupted" or "finished", from status.json and whether the folder's lock is held."""
     state = status.get("state")
     if state == "finished":
         return "finished"

@@ -30,7 +30,7 @@ so they cannot disagree. Pure NumPy; no other jaxreg module below it.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

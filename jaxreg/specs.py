@@ -125,7 +125,10 @@ class VariantSpec:
             or not self.learning_rate > 0
             or not np.float32(self.learning_rate) > 0
         ):
-            bad("learning_rate", f"must be a number > 0 that is finite and nonzero in float32 (at most {FLOAT32_MAX:.4g})")
+            bad(
+                "learning_rate",
+                f"must be a number > 0 that is finite and nonzero in float32 (at most {FLOAT32_MAX:.4g})",
+            )
         object.__setattr__(self, "learning_rate", float(self.learning_rate))
         self._check_optimizer(bad)
         if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
@@ -178,7 +181,10 @@ class VariantSpec:
         reads = set(optim.OPTIMIZER_NUMBERS[self.optimizer]) | set(optim.SCHEDULE_NUMBERS[self.schedule])
         for field in (*ranges, "boundaries", "scales"):
             if field not in reads and getattr(self, field) != Hyperparameters._field_defaults[field]:
-                bad(field, f"is not read by optimizer {self.optimizer!r} with schedule {self.schedule!r} (leave it at its default)")
+                bad(
+                    field,
+                    f"is not read by optimizer {self.optimizer!r} with schedule {self.schedule!r} (leave it at its default)",
+                )
         if self.schedule in ("exponential", "cosine") and not self.decay_steps > self.warmup_steps:
             bad("decay_steps", f"must be > warmup_steps ({self.warmup_steps:g}) and > 0 for schedule {self.schedule!r}")
         if self.schedule == "piecewise":
@@ -210,7 +216,9 @@ class VariantSpec:
             object.__setattr__(self, "model", as_network(self.model))
             hash(self.model)
         except TypeError as e:
-            raise VariantError(f"variant {self.name!r}: model={_short_model(self.model)} is not a usable model ({e})") from None
+            raise VariantError(
+                f"variant {self.name!r}: model={_short_model(self.model)} is not a usable model ({e})"
+            ) from None
         if self.widths is not None:
             bad("widths", "is for the study's MLP; a variant with its own model takes its shapes from the model")
 

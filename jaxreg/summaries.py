@@ -18,8 +18,8 @@ import csv
 import dataclasses
 import io
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -58,7 +58,9 @@ class VariantSummary:
     chosen_test_data_loss_std: float = math.nan
     chosen_test_metric_mean: float = math.nan  # the task's test metric at that epoch
     chosen_test_metric_std: float = math.nan
-    oracle_epoch_mean: float = math.nan  # the epoch the test set chooses (its lowest test data loss): the book's protocol
+    oracle_epoch_mean: float = (
+        math.nan
+    )  # the epoch the test set chooses (its lowest test data loss): the book's protocol
     oracle_epoch_std: float = math.nan
     oracle_test_data_loss_mean: float = math.nan  # the test data loss there: what the book's protocol reports
     oracle_test_data_loss_std: float = math.nan
@@ -73,7 +75,12 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
 
 
 TESTED_FIELDS = (
-    "chosen_epoch", "chosen_test_data_loss", "chosen_test_metric", "oracle_epoch", "oracle_test_data_loss", "optimism",
+    "chosen_epoch",
+    "chosen_test_data_loss",
+    "chosen_test_metric",
+    "oracle_epoch",
+    "oracle_test_data_loss",
+    "optimism",
 )
 
 

@@ -23,7 +23,8 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.history`, `jaxreg.
 
 Checkpoints are written atomically (temporary file, then os.replace) on a background thread
 while the next epoch trains (`checkpoint.CheckpointWriter`), so a run killed at any moment
-can continue with `resume=True` and ends with exactly the history of an uninterrupted run. A finished folder is never overwritten without `overwrite=True`, which
+can continue with `resume=True` and ends with exactly the history of an uninterrupted run. A finished folder
+is never overwritten without `overwrite=True`, which
 deletes only the files the manifest lists. One run at a time writes a folder: run_sweep
 holds the folder's lock (`runfolder.exclusive`) from checking the folder to its last write.
 
@@ -57,14 +58,21 @@ from jaxreg.agreement import Agreement, training_note
 from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint, read_checkpoint, save_checkpoint
 from jaxreg.checks import is_int
 from jaxreg.config import LOCAL_FIELDS, SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
-from jaxreg.live import LiveLog
-from jaxreg.vocabulary import VOCABULARY_FILE, save_vocabulary
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.history import has_test, metric_names, stack, write_history
-from jaxreg.runs import load_run
-from jaxreg.summaries import early_stopping_notes, early_stopping_table, summarize, summary_notes, summary_table, write_summary
-from jaxreg.runplan import RunPlan, plan_run
+from jaxreg.live import LiveLog
 from jaxreg.runfolder import folder_state  # noqa: F401
+from jaxreg.runplan import RunPlan, plan_run
+from jaxreg.runs import load_run
+from jaxreg.summaries import (
+    early_stopping_notes,
+    early_stopping_table,
+    summarize,
+    summary_notes,
+    summary_table,
+    write_summary,
+)
+from jaxreg.vocabulary import VOCABULARY_FILE, save_vocabulary
 
 SYNTHETIC = dict(n_train=2000, n_validation=1000, num_words=1000)
 
@@ -179,7 +187,9 @@ def select_devices(count: int | None, most: int | None = None) -> list:
         count = min(len(devices), most)
     if count is not None and count > len(devices):
         hint = " (on CPU, --devices sets XLA_FLAGS before jax starts)" if devices[0].platform == "cpu" else ""
-        raise SweepError(f"devices={count} asked for, but only {len(devices)} {devices[0].platform} device(s) exist{hint}")
+        raise SweepError(
+            f"devices={count} asked for, but only {len(devices)} {devices[0].platform} device(s) exist{hint}"
+        )
     return devices[: count or len(devices)]
 
 
@@ -232,7 +242,9 @@ class _Progress:
         """The summary's best (`selection`): a variant's mean over seeds counts while none of its seeds has diverged."""
         per_name: dict[str, list] = {}
         for (name, seed), metrics in row.items():
-            per_name.setdefault(name, []).append(math.nan if (name, seed) in self.announced else metrics[selection.CHOICE])
+            per_name.setdefault(name, []).append(
+                math.nan if (name, seed) in self.announced else metrics[selection.CHOICE]
+            )
         for name, values in per_name.items():
             mean = float(np.mean(values))
             if math.isfinite(mean) and selection.is_improvement(mean, self.best[0]):
@@ -274,7 +286,9 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, run_plan:
         "config": config.to_dict(),
         "variants": [v.to_dict() for v in config.variants],
         "seeds": list(range(config.seeds)),
-        "axis": {"name": config.axis, "values": config.axis_values(), "series": config.axis_series()} if config.axis else None,
+        "axis": {"name": config.axis, "values": config.axis_values(), "series": config.axis_series()}
+        if config.axis
+        else None,
         "plan": run_plan.describe(),
         "validation_protocol": dataset.protocol,
         "data": {
@@ -321,7 +335,14 @@ def _where(run_plan: RunPlan, devices: list) -> str:
 
 
 def _finish(
-    folder: Path, config: SweepConfig, history, figures: bool, seconds: float, resumed_from: int, stream, compile_seconds=None,
+    folder: Path,
+    config: SweepConfig,
+    history,
+    figures: bool,
+    seconds: float,
+    resumed_from: int,
+    stream,
+    compile_seconds=None,
     epochs_run: int | None = None,
 ) -> SweepResult:
     """Write the results of a finished run; epochs_run: epochs trained (fewer than config.epochs after early stopping)."""
@@ -359,7 +380,11 @@ def _finish(
 
 
 def print_summary(
-    summaries, folder: Path, figures: list, stream=sys.stdout, divergence_threshold: float = selection.DIVERGENCE_THRESHOLD
+    summaries,
+    folder: Path,
+    figures: list,
+    stream=sys.stdout,
+    divergence_threshold: float = selection.DIVERGENCE_THRESHOLD,
 ) -> None:
     print("\n" + summary_table(summaries), file=stream)
     print(summary_notes(divergence_threshold=divergence_threshold), file=stream)
@@ -417,7 +442,16 @@ def run_sweep(
     try:
         if not distributed.is_writer():
             return _run_locked(
-                config, folder, resume, overwrite, False, False, checkpoint_every, io.StringIO(), False, keep_checkpoint,
+                config,
+                folder,
+                resume,
+                overwrite,
+                False,
+                False,
+                checkpoint_every,
+                io.StringIO(),
+                False,
+                keep_checkpoint,
                 agreement,
             )
         data_path(config)  # before the lock: a run refused for no data leaves nothing behind
@@ -427,15 +461,26 @@ def run_sweep(
         try:
             with runfolder.exclusive(folder):
                 return _run_locked(
-                    config, folder, resume, overwrite, figures, progress, checkpoint_every, stream, tensorboard,
-                    keep_checkpoint, agreement,
+                    config,
+                    folder,
+                    resume,
+                    overwrite,
+                    figures,
+                    progress,
+                    checkpoint_every,
+                    stream,
+                    tensorboard,
+                    keep_checkpoint,
+                    agreement,
                 )
         except runfolder.LockError as e:
             if e.in_use:
                 raise SweepError(
                     f"{folder} is in use by another jaxreg run (lock {e.path}); wait for it to end or choose another --out"
                 ) from None
-            raise SweepError(f"cannot lock the output folder {folder} ({e.path}): {e.reason}; choose another --out") from None
+            raise SweepError(
+                f"cannot lock the output folder {folder} ({e.path}): {e.reason}; choose another --out"
+            ) from None
     except BaseException:
         agreement.refuse()  # the other processes must not wait for this one
         raise
@@ -458,7 +503,10 @@ def _remove_checkpoint(folder: Path, stream) -> None:
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         runfolder.unrecord(folder, CHECKPOINT_FILE)
     except OSError as e:
-        print(f"note: cannot delete the checkpoint {folder / CHECKPOINT_FILE} ({e.strerror or e}); delete it yourself", file=stream)
+        print(
+            f"note: cannot delete the checkpoint {folder / CHECKPOINT_FILE} ({e.strerror or e}); delete it yourself",
+            file=stream,
+        )
 
 
 def _run_locked(
@@ -540,7 +588,9 @@ def _resumable_checkpoint(folder: Path, prepared: _Prepared, stream) -> bytes | 
         )
     count = saved.get("devices", {}).get("count")
     if count != len(devices):
-        raise SweepError(f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}")
+        raise SweepError(
+            f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}"
+        )
     was = saved.get("devices", {}).get("placement", "shard")  # before placements, runs were sharded
     if len(devices) > 1 and was != prepared.plan.placement:  # on one device both are the same
         raise SweepError(
@@ -636,7 +686,9 @@ class _EpochWriter:
             taken = take_snapshot()  # gathers the state: every process takes it
             if self.writes:
                 self.checkpoints.submit(taken)
-                if epoch + 1 == self.config.epochs:  # nothing left to overlap with: its bytes go before the results are made
+                if (
+                    epoch + 1 == self.config.epochs
+                ):  # nothing left to overlap with: its bytes go before the results are made
                     self.checkpoints.wait()
             else:
                 self.done = epoch + 1
@@ -670,7 +722,9 @@ class _EpochWriter:
         except OSError as again:
             done, recorded = self.done, f"status.json could not be updated either ({again.strerror or again})"
         kept = f"the checkpoint holds epoch {done}" if done else "no checkpoint yet"
-        return WriteFailed(f"{reason}; the run stopped ({kept}; {recorded}); free space or fix the folder, then --resume")
+        return WriteFailed(
+            f"{reason}; the run stopped ({kept}; {recorded}); free space or fix the folder, then --resume"
+        )
 
 
 def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, outputs: _Outputs) -> SweepResult:
@@ -722,8 +776,7 @@ def _announce(config: SweepConfig, folder: Path, prepared: _Prepared, start: int
         f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}{_where(run_plan, devices)})"
         + (f" of {jax.process_count()} processes" if distributed.many() else "")
         + f", est. {memory.gigabytes(run_plan.memory.total)} of {memory.gigabytes(prepared.available)} {prepared.where}; "
-        f"output: {folder}"
-        + (f"; resuming after epoch {start}" if start else ""),
+        f"output: {folder}" + (f"; resuming after epoch {start}" if start else ""),
         file=stream,
         flush=True,
     )
@@ -744,8 +797,13 @@ def _train_and_finish(
     t0 = time.perf_counter()
     with compiletime.measure() as compiled:
         outcome = V.run(
-            prepared.variants, dataset, config.run_settings(), plan=prepared.plan, on_epoch=writer.on_epoch,
-            resume=snapshot, divergence_threshold=config.divergence_threshold,
+            prepared.variants,
+            dataset,
+            config.run_settings(),
+            plan=prepared.plan,
+            on_epoch=writer.on_epoch,
+            resume=snapshot,
+            divergence_threshold=config.divergence_threshold,
         )
     writer.checkpoints.wait()
     seconds = time.perf_counter() - t0
@@ -759,8 +817,11 @@ def _train_and_finish(
         return SweepResult(folder, histories, summaries, diverged, [], start)
     epochs_run = len(next(iter(next(iter(history.values())).values())))
     if epochs_run < config.epochs:
-        print(f"early stopping (patience {config.patience}): every variant stopped; the run ended after epoch "
-              f"{epochs_run} of {config.epochs}; params/ keeps each variant's best epoch", file=stream)
+        print(
+            f"early stopping (patience {config.patience}): every variant stopped; the run ended after epoch "
+            f"{epochs_run} of {config.epochs}; params/ keeps each variant's best epoch",
+            file=stream,
+        )
     writer.live.finish(epochs_run)
     save_vocabulary(folder, dataset)  # what new text is encoded with (jaxreg.predict); none for array data
     saved_params.save_params(folder, outcome.params)

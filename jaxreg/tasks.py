@@ -38,9 +38,13 @@ class Task:
             raise ValueError(f"Task.loss must be one of {allowed} for a {self.kind} task, got {self.loss!r}")
         if self.kind == "multiclass":
             if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 2:
-                raise ValueError(f"Task.num_classes must be an integer >= 2 for a multiclass task, got {self.num_classes!r}")
+                raise ValueError(
+                    f"Task.num_classes must be an integer >= 2 for a multiclass task, got {self.num_classes!r}"
+                )
         elif self.num_classes is not None:
-            raise ValueError(f"Task.num_classes is for multiclass tasks only; a {self.kind} task got {self.num_classes!r}")
+            raise ValueError(
+                f"Task.num_classes is for multiclass tasks only; a {self.kind} task got {self.num_classes!r}"
+            )
 
     @property
     def outputs(self) -> int:

@@ -14,7 +14,8 @@ execution plan (`StepConfig.fused_update`, set by `variants.execution`) picks it
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,7 @@ class Hyperparameters(NamedTuple):
     scales: jax.Array = ()
 
     @classmethod
-    def create(cls, *args, **kwargs) -> "Hyperparameters":
+    def create(cls, *args, **kwargs) -> Hyperparameters:
         """The arguments of Hyperparameters (the fields, by position or name; defaults as above) as float32 scalars."""
         return cls(*(jnp.asarray(v, jnp.float32) for v in cls(*args, **kwargs)))
 
@@ -279,7 +280,9 @@ def _masked(grads, unit_mask):
     return grads if unit_mask is None else jax.tree.map(jnp.multiply, grads, unit_mask)
 
 
-def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None):
+def train_step(
+    state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None
+):
     """One optimizer step on data loss + penalty, dropout active. Returns (state, metrics).
 
     The reference step: forward, loss, gradient, the optax chain of `optimizer`. metrics: see
@@ -287,9 +290,13 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparamet
     (from init_state) keeps padded units at exactly zero.
     """
     check_stages(config, hp)
-    loss_fn = _objective(config, batch, hp, _dropout_key(config, key, state.step), penalties.kernel_mask(state.params, config.penalize))
+    loss_fn = _objective(
+        config, batch, hp, _dropout_key(config, key, state.step), penalties.kernel_mask(state.params, config.penalize)
+    )
     (loss, (data_loss, pen, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer(config, hp, state.params).update(_masked(grads, unit_mask), state.opt_state, state.params)
+    updates, opt_state = optimizer(config, hp, state.params).update(
+        _masked(grads, unit_mask), state.opt_state, state.params
+    )
     params = optax.apply_updates(state.params, updates)
     return TrainState(params, opt_state, state.step + 1), _step_metrics(config, loss, data_loss, pen, outputs, batch)
 
@@ -307,7 +314,9 @@ def fused_train_step(
     if not isinstance(batch.x, SparseBatch):
         raise ValueError("StepConfig.fused_update needs sparse batches (batches.SparseBatch)")
     check_stages(config, hp)
-    penalty_mask = _replaced(penalties.kernel_mask(state.params, config.penalize), FUSED_PATH, False)  # the kernel owns it
+    penalty_mask = _replaced(
+        penalties.kernel_mask(state.params, config.penalize), FUSED_PATH, False
+    )  # the kernel owns it
     first_product = embedding_bag(_at(state.params, FUSED_PATH), batch.x.rows, batch.x.cols, batch.x.num_rows)
     loss_fn = _objective(config, batch, hp, _dropout_key(config, key, state.step), penalty_mask)
     (loss, (data_loss, pen, outputs)), (loss_grads, d_first_product) = jax.value_and_grad(
@@ -331,7 +340,9 @@ def fused_train_step(
         penalty=config.use_penalty,
     )
     params = _replaced(params, FUSED_PATH, w)
-    opt_state = optax.tree_utils.tree_set(opt_state, nu=_replaced(optax.tree_utils.tree_get(opt_state, "nu"), FUSED_PATH, nu))
+    opt_state = optax.tree_utils.tree_set(
+        opt_state, nu=_replaced(optax.tree_utils.tree_get(opt_state, "nu"), FUSED_PATH, nu)
+    )
     if config.use_penalty:
         pen = pen + (hp.l1 * sum_abs + hp.l2 * sum_sq)
         loss = data_loss + pen
@@ -350,7 +361,14 @@ def _epoch_means(metrics):
 
 
 def train_epoch(
-    state: TrainState, batches: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None, view=None
+    state: TrainState,
+    batches: Batch,
+    key: jax.Array,
+    hp: Hyperparameters,
+    *,
+    config: StepConfig,
+    unit_mask=None,
+    view=None,
 ):
     """All batches of one epoch (leading axis of `batches`) as one lax.scan; returns (state, epoch means).
 
@@ -364,7 +382,9 @@ def train_epoch(
 
     def body(state, i):
         if view is None:
-            batch = jax.tree.map(lambda a: a[i], batches)  # indexed, not scanned: no transposed copy of all batches under vmap
+            batch = jax.tree.map(
+                lambda a: a[i], batches
+            )  # indexed, not scanned: no transposed copy of all batches under vmap
             return step(state, batch, key, hp, config=config, unit_mask=unit_mask)
         batch = jax.tree.map(lambda a: a[view, i], batches)
 
@@ -374,7 +394,10 @@ def train_epoch(
 
         # a real branch when variants run one after the other (lax.map), a select under vmap
         return jax.lax.cond(
-            jnp.sum(batch.weight) > 0, lambda s: step(s, batch, key, hp, config=config, unit_mask=unit_mask), skip, state
+            jnp.sum(batch.weight) > 0,
+            lambda s: step(s, batch, key, hp, config=config, unit_mask=unit_mask),
+            skip,
+            state,
         )
 
     n_batches = batches.y.shape[0 if view is None else 1]
@@ -425,4 +448,9 @@ def evaluate(params, batches: Batch, hp: Hyperparameters, *, config: StepConfig)
         }
     )
     pen = penalty(config, params, hp)
-    return {"loss": means["data_loss"] + pen, "data_loss": means["data_loss"], "penalty": pen, task.metric: means[task.metric]}
+    return {
+        "loss": means["data_loss"] + pen,
+        "data_loss": means["data_loss"],
+        "penalty": pen,
+        task.metric: means[task.metric],
+    }

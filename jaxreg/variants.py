@@ -37,16 +37,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxreg import batches as batching
-from jaxreg import distributed
-from jaxreg import tasks, views
+from jaxreg import distributed, tasks, views
 from jaxreg.history import METRICS, metric_names, test_names  # noqa: F401  (METRICS: a classification run's columns, as before)
 from jaxreg.model import unpadded
 from jaxreg.runplan import (  # noqa: F401  (the planning names stay importable from here)
@@ -73,6 +73,7 @@ from jaxreg.runplan import (  # noqa: F401  (the planning names stay importable 
     sequential_on,
     sharded_configs,
 )
+from jaxreg.selection import DIVERGENCE_THRESHOLD, best_epoch_tracker
 from jaxreg.specs import (  # noqa: F401  (what a variant is: also importable from here)
     DEFAULT_WIDTHS,
     MAX_BATCH_SIZE,
@@ -83,7 +84,6 @@ from jaxreg.specs import (  # noqa: F401  (what a variant is: also importable fr
     VariantSpec,
     with_seeds,
 )
-from jaxreg.selection import DIVERGENCE_THRESHOLD, best_epoch_tracker
 from jaxreg.train import StepConfig, check_stages, evaluate, init_state, train_epoch
 
 
@@ -101,6 +101,7 @@ def _over_axis(fn, in_axes, size: int, sequential: bool):
     slower on CPU). With `sequential`, a lax.map runs one variant after the other (see
     sequential_on for when).
     """
+
     def squeezed(*args):
         args = [a if ax is None else jax.tree.map(lambda x: x[0], a) for a, ax in zip(args, in_axes)]
         return jax.tree.map(lambda x: x[None], fn(*args))
@@ -117,8 +118,7 @@ def _over_axis(fn, in_axes, size: int, sequential: bool):
     return mapped if sequential else jax.vmap(fn, in_axes=in_axes)
 
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int, ...]):
     """init_state vmapped over a stack of keys, compiled once per (config, widths)."""
     return jax.jit(jax.vmap(lambda key: init_state(key, config, num_words, true_widths)))
@@ -126,8 +126,18 @@ def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int,
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _bucket_epoch(
-    config: StepConfig, n_configs: int, n_seeds: int, sequential: bool,
-    states, unit_mask, hp, keys, train_batches, val_batches, view_index=None, test_batches=None,
+    config: StepConfig,
+    n_configs: int,
+    n_seeds: int,
+    sequential: bool,
+    states,
+    unit_mask,
+    hp,
+    keys,
+    train_batches,
+    val_batches,
+    view_index=None,
+    test_batches=None,
 ):
     """One epoch of a seeds x configs grid: train, then validate (and test, given test_batches),
     every variant. Jitted once per shape. The test metrics only leave the program: nothing in it
@@ -143,7 +153,7 @@ def _bucket_epoch(
         out = {**metrics, **{f"val_{k}": v for k, v in val.items()}}
         if test_batches is not None:
             test = evaluate(state.params, test_batches, hp, config=config)
-            out.update({name: test[name[len("test_"):]] for name in test_names(config.task.metric)})
+            out.update({name: test[name[len("test_") :]] for name in test_names(config.task.metric)})
         return state, out
 
     view_axis = None if view_index is None else 0
@@ -182,8 +192,12 @@ class BucketProgram:
             self.capacity = batching.run_capacity(train.x, bucket.seeds, settings.epochs, settings.batch_size)
         else:
             splits = self._view_splits.items()
-            self.capacity = None if not dataset.sparse else batching.views_capacity(
-                ((seed, split.x.lengths) for (seed, _), split in splits), settings.epochs, settings.batch_size
+            self.capacity = (
+                None
+                if not dataset.sparse
+                else batching.views_capacity(
+                    ((seed, split.x.lengths) for (seed, _), split in splits), settings.epochs, settings.batch_size
+                )
             )
             self.n_batches = max(math.ceil(len(split) / settings.batch_size) for split in self._view_splits.values())
         val = dataset.validation
@@ -197,15 +211,26 @@ class BucketProgram:
             batching.make_batches(val.x, val.y, val_order, settings.eval_batch_size, val_cap), self._replicated
         )
         test = getattr(dataset, "test", None)  # evaluated beside validation, reported apart, never used to choose
-        self.test_batches = None if test is None else distributed.put(
-            batching.make_batches(
-                test.x, test.y, np.arange(len(test)), settings.eval_batch_size,
-                batching.eval_capacity(test.x, settings.eval_batch_size),
-            ),
-            self._replicated,
+        self.test_batches = (
+            None
+            if test is None
+            else distributed.put(
+                batching.make_batches(
+                    test.x,
+                    test.y,
+                    np.arange(len(test)),
+                    settings.eval_batch_size,
+                    batching.eval_capacity(test.x, settings.eval_batch_size),
+                ),
+                self._replicated,
+            )
         )
-        self.keys = distributed.put(jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated)
-        hps = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[c.hyperparameters() for c in self.configs])
+        self.keys = distributed.put(
+            jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in bucket.seeds]), self._replicated
+        )
+        hps = jax.tree.map(
+            lambda *xs: np.stack([np.asarray(x) for x in xs]), *[c.hyperparameters() for c in self.configs]
+        )
         check_stages(self.config, hps)
         self.hp = distributed.put(hps, self._by_config)
 
@@ -249,13 +274,16 @@ class BucketProgram:
         [seeds, views, batches, ...], each view's padded to the longest), replicated."""
         train = self.dataset.train
         if self.views is not None:
+
             def of_view(seed, view):
                 split = self._view_splits[(seed, view)]
                 order = batching.epoch_order(seed, epoch, len(split))
                 made = batching.make_batches(split.x, split.y, order, self.settings.batch_size, self.capacity)
                 return batching.pad_batches(made, self.n_batches)
 
-            per_seed = [jax.tree.map(lambda *xs: np.stack(xs), *[of_view(s, v) for v in self.views]) for s in self.bucket.seeds]
+            per_seed = [
+                jax.tree.map(lambda *xs: np.stack(xs), *[of_view(s, v) for v in self.views]) for s in self.bucket.seeds
+            ]
             return distributed.put(jax.tree.map(lambda *xs: np.stack(xs), *per_seed), self._replicated)
         per_seed = [
             batching.make_batches(
@@ -268,8 +296,18 @@ class BucketProgram:
     def epoch(self, states, unit_mask, train_batches):
         """Dispatch one epoch (asynchronously); returns (states, metrics [seeds, padded configs])."""
         return _bucket_epoch(
-            self.config, len(self.configs), len(self.bucket.seeds), self.sequential,
-            states, unit_mask, self.hp, self.keys, train_batches, self.val_batches, self.view_index, self.test_batches,
+            self.config,
+            len(self.configs),
+            len(self.bucket.seeds),
+            self.sequential,
+            states,
+            unit_mask,
+            self.hp,
+            self.keys,
+            train_batches,
+            self.val_batches,
+            self.view_index,
+            self.test_batches,
         )
 
     def metrics_to_numpy(self, metrics) -> dict[str, np.ndarray]:
@@ -331,6 +369,7 @@ def _copied(tree):
 @functools.partial(jax.jit, donate_argnums=0)
 def _keep_best(best, params, improved):
     """Per leaf [seeds, configs, ...]: params where `improved` [seeds, configs], else best (whose buffers it reuses)."""
+
     def pick(b, p):
         return jnp.where(improved.reshape(improved.shape + (1,) * (p.ndim - 2)), p, b)
 
@@ -352,7 +391,6 @@ class RunResult:
     params: dict
     task: tasks.Task
     buckets: list
-
 
 
 def run(
@@ -417,7 +455,9 @@ def _planned(variants, dataset, settings: RunSettings, mesh, meshes, policy: Pad
     if meshes is None:
         meshes = [mesh if mesh is not None else variant_mesh()] * len(buckets)
     elif mesh is not None or len(meshes) != len(buckets):
-        raise VariantError(f"run: give mesh or one mesh per bucket ({len(buckets)} here), not both; got {len(meshes)} meshes")
+        raise VariantError(
+            f"run: give mesh or one mesh per bucket ({len(buckets)} here), not both; got {len(meshes)} meshes"
+        )
     return plan_run(buckets, dataset, settings, [tuple(m.devices.flat) for m in meshes], "given"), list(meshes)
 
 
@@ -462,7 +502,8 @@ def _restore(progress: _RunState, resume: RunSnapshot, layout: list, columns) ->
         for saved, (state, mask) in zip(resume.states, progress.states)
     ]
     progress.bests = [
-        distributed.put(saved, jax.tree.map(lambda x: x.sharding, best)) for saved, best in zip(resume.best, progress.bests)
+        distributed.put(saved, jax.tree.map(lambda x: x.sharding, best))
+        for saved, best in zip(resume.best, progress.bests)
     ]
     saved = next(iter(resume.history.values()), {})
     if set(saved) != set(columns):
@@ -525,7 +566,9 @@ def _record_epoch(programs: list, progress: _RunState, outputs: list, epoch: int
                 if progress.trackers[(config.name, seed)](row[(config.name, seed)]):
                     improved[si, ci], progress.best_epochs[(config.name, seed)] = True, epoch + 1
         if improved.any():
-            progress.bests[i] = _keep_best(progress.bests[i], progress.states[i][0].params, program.improved_mask(improved))
+            progress.bests[i] = _keep_best(
+                progress.bests[i], progress.states[i][0].params, program.improved_mask(improved)
+            )
     progress.epochs_done = epoch + 1
     return row
 
@@ -537,6 +580,7 @@ def _trained_params(programs: list, progress: _RunState) -> dict:
         final, best = distributed.gather(state.params), distributed.gather(best)
         for si, seed in enumerate(program.bucket.seeds):
             for ci, config in enumerate(program.bucket.configs):
+
                 def one(tree, si=si, ci=ci, widths=config.widths):
                     tree = jax.tree.map(lambda x: x[si, ci], tree)
                     return jax.tree.map(np.ascontiguousarray, tree if widths is None else unpadded(tree, widths))

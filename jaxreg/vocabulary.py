@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -107,9 +107,7 @@ def _check_words(path: Path, words, num_words) -> None:
     """SweepError when the words are not a map of strings to columns from 3 to num_words - 1."""
     if not isinstance(num_words, int) or not isinstance(words, dict):
         raise SweepError(f"{path} is damaged: num_words and words must be an integer and a map; run the study again")
-    bad = next(
-        (w for w, i in words.items() if type(i) is not int or not data.FIRST_WORD <= i < num_words), None
-    )
+    bad = next((w for w, i in words.items() if type(i) is not int or not data.FIRST_WORD <= i < num_words), None)
     if bad is not None:
         raise SweepError(
             f"{path} is damaged: the word {json.dumps(bad)} has column {words[bad]!r}, not one from "

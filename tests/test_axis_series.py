@@ -62,7 +62,11 @@ def noise_run(tmp_path_factory):
     config = SweepConfig(
         name="noise",
         # both widths pad to 16 units: one bucket, one compiled program
-        variants=tuple(VariantSpec(f"{m}_noise{p:g}", w, label_noise=p) for m, w in (("small", (4, 4)), ("wide", (16, 16))) for p in (0, 1)),
+        variants=tuple(
+            VariantSpec(f"{m}_noise{p:g}", w, label_noise=p)
+            for m, w in (("small", (4, 4)), ("wide", (16, 16)))
+            for p in (0, 1)
+        ),
         axis="label_noise",
         synthetic=True,
         epochs=3,
@@ -77,24 +81,43 @@ def test_a_noise_sweep_draws_series_figures_and_tables(noise_run):
     figures = sorted(p.name for p in (noise_run.folder / "figures").iterdir())
     assert figures == ["fit_vs_label_noise.png", "val_loss_curves.png", "val_loss_vs_label_noise.png"]
     axis = noise_run.config["axis"]
-    assert axis["series"] == {"small_noise0": "small", "small_noise1": "small", "wide_noise0": "wide", "wide_noise1": "wide"}
-    table = axis_tables.axis_table(noise_run.histories, axis["values"], axis["series"], "final_train_metric", "label_noise")
+    assert axis["series"] == {
+        "small_noise0": "small",
+        "small_noise1": "small",
+        "wide_noise0": "wide",
+        "wide_noise1": "wide",
+    }
+    table = axis_tables.axis_table(
+        noise_run.histories, axis["values"], axis["series"], "final_train_metric", "label_noise"
+    )
     lines = table.splitlines()
-    assert lines[0] == "| label_noise | 0 | 1 |" and [line.split(" |")[0] for line in lines[2:]] == ["| small", "| wide"]
+    assert lines[0] == "| label_noise | 0 | 1 |" and [line.split(" |")[0] for line in lines[2:]] == [
+        "| small",
+        "| wide",
+    ]
     h = noise_run.histories["wide_noise1"]
     expected = f"{np.mean(h['accuracy'][:, -1]):.4f} ± {np.std(h['accuracy'][:, -1], ddof=1):.4f}"
     assert expected in lines[3]
 
 
 def test_epochs_to_level_names_the_first_epoch_reaching_it():
-    h = {"loss": np.zeros((2, 4)), "val_data_loss": np.ones((2, 4)), "accuracy": np.array([[0.5, 0.9, 0.995, 1.0], [0.5, 0.92, 0.98, 1.0]]),
-         "val_accuracy": np.ones((2, 4)), "diverged": np.zeros((2, 4), bool)}
+    h = {
+        "loss": np.zeros((2, 4)),
+        "val_data_loss": np.ones((2, 4)),
+        "accuracy": np.array([[0.5, 0.9, 0.995, 1.0], [0.5, 0.92, 0.98, 1.0]]),
+        "val_accuracy": np.ones((2, 4)),
+        "diverged": np.zeros((2, 4), bool),
+    }
     assert axis_tables.cell(h, "epochs_to_level", level=0.99) == "4"  # the mean reaches 0.99 at epoch 4, not 3 (0.9875)
     assert axis_tables.cell(h, "epochs_to_level", level=1.01) == ">4"
 
 
 def test_series_figure_files():
-    assert plots.figure_files(["a", "b"], "label_noise") == ["val_loss_curves.png", "val_loss_vs_label_noise.png", "fit_vs_label_noise.png"]
+    assert plots.figure_files(["a", "b"], "label_noise") == [
+        "val_loss_curves.png",
+        "val_loss_vs_label_noise.png",
+        "fit_vs_label_noise.png",
+    ]
     assert plots.figure_files(["a", "b"], "train_size") == ["val_loss_curves.png", "val_loss_vs_train_size.png"]
     assert plots.figure_files(["a", "b"], "width")[-1] == "fit_vs_width.png"
 

@@ -36,7 +36,9 @@ def test_a_later_epoch_donating_the_buffers_does_not_change_what_is_written(tmp_
     next epochs may donate while the thread writes; JAX then leaves those buffers alone."""
     kernel = jnp.full((1, 1, 3000, 256), 1.0, jnp.float32)
     params = {"hidden_0": {"kernel": kernel}}
-    taken = V.RunSnapshot(1, jax.device_get([{"params": params}]), {("a", 0): {"loss": [1.0]}}, [], jax.device_get([params]))
+    taken = V.RunSnapshot(
+        1, jax.device_get([{"params": params}]), {("a", 0): {"loss": [1.0]}}, [], jax.device_get([params])
+    )
     gate = threading.Event()  # the thread writes only after the donations were dispatched and done
     writer = CheckpointWriter(tmp_path, save=lambda folder, snap: (gate.wait(), save_checkpoint(folder, snap)))
     writer.submit(taken)

@@ -69,7 +69,9 @@ def test_option_fields_default_to_not_given():
 
 def test_a_flag_not_given_keeps_the_preset_value(own_preset):
     preset = CLI._presets().load(own_preset)
-    assert all(getattr(preset, f.name) != f.default for f in cli.option_fields() if f.name not in ("data", "validation"))
+    assert all(
+        getattr(preset, f.name) != f.default for f in cli.option_fields() if f.name not in ("data", "validation")
+    )
     assert CLI.build_config(CLI.parse_args(["--preset", own_preset])) == preset
     given = CLI.build_config(CLI.parse_args(["--preset", own_preset, "--epochs", "7", "--loss", "keras"]))
     assert given == preset.replace(epochs=7, loss="keras")

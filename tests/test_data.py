@@ -160,7 +160,10 @@ def test_real_holdout_protocol(imdb, imdb_archive, imdb_cache_dir):
 def test_fake_archive_vocabulary_and_rows(make_fake_imdb, fake_reviews, tmp_path):
     ds = load_imdb(make_fake_imdb(), num_words=8, cache_dir=tmp_path / "cache")
     counts = collections.Counter(
-        token for (split, _), texts in fake_reviews.items() if split == "train" for text in texts
+        token
+        for (split, _), texts in fake_reviews.items()
+        if split == "train"
+        for text in texts
         for token in reference_tokens(text)
     )
     ranked = sorted(counts, key=lambda w: (-counts[w], w))
@@ -169,13 +172,17 @@ def test_fake_archive_vocabulary_and_rows(make_fake_imdb, fake_reviews, tmp_path
     for split, name in [(ds.train, "train"), (ds.validation, "test")]:
         texts = fake_reviews[name, "neg"] + fake_reviews[name, "pos"]
         np.testing.assert_array_equal(densify(split.x), reference_multi_hot(texts, ds.vocabulary, 8))
-        np.testing.assert_array_equal(split.y, [0.0] * len(fake_reviews[name, "neg"]) + [1.0] * len(fake_reviews[name, "pos"]))
+        np.testing.assert_array_equal(
+            split.y, [0.0] * len(fake_reviews[name, "neg"]) + [1.0] * len(fake_reviews[name, "pos"])
+        )
         assert_csr_valid(split.x)
 
 
 def test_reviews_sorted_by_numeric_id_and_folder_equals_archive(make_fake_imdb, tmp_path):
-    reviews = {key: {10: "ten", 2: "two", 1: "one one", 100: "hundred"} for key in
-               [("train", "neg"), ("train", "pos"), ("test", "neg"), ("test", "pos")]}
+    reviews = {
+        key: {10: "ten", 2: "two", 1: "one one", 100: "hundred"}
+        for key in [("train", "neg"), ("train", "pos"), ("test", "neg"), ("test", "pos")]
+    }
     from_archive = load_imdb(make_fake_imdb(reviews), use_cache=False)
     from_folder = load_imdb(make_fake_imdb(reviews, archive=False), use_cache=False)
     from_parent = load_imdb(tmp_path, source="folder", use_cache=False)
@@ -226,7 +233,9 @@ def test_cache_hit_miss_on_num_words_and_no_temp_files(make_fake_imdb, tmp_path,
     first = load_imdb(archive, num_words=8, cache_dir=cache)
     second = load_imdb(archive, num_words=8, cache_dir=cache)
     assert len(calls) == 1
-    chex.assert_trees_all_equal((first.train.x.indices, first.validation.y), (second.train.x.indices, second.validation.y))
+    chex.assert_trees_all_equal(
+        (first.train.x.indices, first.validation.y), (second.train.x.indices, second.validation.y)
+    )
     wider = load_imdb(archive, num_words=9, cache_dir=cache)
     assert len(calls) == 2 and len(wider.vocabulary) == 6
     assert len(list(cache.glob("*.npz"))) == 2 and not list(cache.glob("*.tmp"))

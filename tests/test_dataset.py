@@ -14,11 +14,10 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from test_data import reference_tokens
 
 from jaxreg import data
 from jaxreg.dataset import TARGETS, DataError, Dataset, SparseMultiHot, Split, densify, from_arrays, holdout_indices
-
-from test_data import reference_tokens
 
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -79,7 +78,9 @@ def test_explicit_target_and_num_classes():
     assert (d.target, d.num_classes, d.train.y.dtype) == ("multiclass", 4, np.int32)
     d = from_arrays(x, [0, 1, 2, 3], validation=(x[:2], [-1, 5]), target="regression")
     assert d.target == "regression" and d.validation.y.tolist() == [-1.0, 5.0]
-    with pytest.raises(DataError, match=re.escape("validation[1] holds the label 4 at row 1, out of range for num_classes=3")):
+    with pytest.raises(
+        DataError, match=re.escape("validation[1] holds the label 4 at row 1, out of range for num_classes=3")
+    ):
         from_arrays(x, [0, 1, 2, 0], validation=(x[:2], [0, 4]), num_classes=3)
     with pytest.raises(DataError, match=re.escape("y must be 0 or 1 for target 'binary'; found 2 at row 2")):
         from_arrays(x, [0, 1, 2, 0], target="binary")
@@ -126,7 +127,10 @@ def test_scipy_sparse_of_ones_equals_the_index_lists(fmt):
 
 def test_scipy_sparse_weights_are_refused_and_stored_zeros_ignored():
     weighted = sp.csr_matrix(np.array([[0.0, 2.0], [1.0, 0.0]]))
-    with pytest.raises(DataError, match=re.escape("x is a scipy.sparse matrix with stored values other than 1 (e.g. 2.0)") + ".*x.toarray()"):
+    with pytest.raises(
+        DataError,
+        match=re.escape("x is a scipy.sparse matrix with stored values other than 1 (e.g. 2.0)") + ".*x.toarray()",
+    ):
         from_arrays(weighted, [0, 1], validation=(weighted, [0, 1]))
     doubled = sp.coo_matrix(([1.0, 1.0], ([0, 0], [1, 1])), shape=(2, 2))  # scipy adds duplicates: a 2
     with pytest.raises(DataError, match="other than 1"):
@@ -244,12 +248,22 @@ def _dataset(**changes):
         (dict(target="multiclass"), "num_classes=None must be an integer >= 2"),
         (dict(num_classes=2), "num_classes=2 must be None for target 'binary'"),
         (dict(num_words=3), "train.x has 2 columns, the dataset num_words=3"),
-        (dict(train=Split(np.zeros((3, 2), np.float32), np.array([0, 2, 0], np.float32), "train")), "train.y must be 0 or 1"),
-        (dict(validation=Split(np.full((3, 2), np.nan, np.float32), np.zeros(3, np.float32), "v")), "validation.x holds NaN"),
+        (
+            dict(train=Split(np.zeros((3, 2), np.float32), np.array([0, 2, 0], np.float32), "train")),
+            "train.y must be 0 or 1",
+        ),
+        (
+            dict(validation=Split(np.full((3, 2), np.nan, np.float32), np.zeros(3, np.float32), "v")),
+            "validation.x holds NaN",
+        ),
         (dict(validation=Split(np.zeros((3, 2)), np.zeros(3, np.float32), "v")), "validation.x must be float32"),
         (dict(validation=Split(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), "v")), "validation is empty"),
         (
-            dict(validation=Split(SparseMultiHot(np.array([0, 1]), np.array([1], np.int16), 2), np.zeros(1, np.float32), "v")),
+            dict(
+                validation=Split(
+                    SparseMultiHot(np.array([0, 1]), np.array([1], np.int16), 2), np.zeros(1, np.float32), "v"
+                )
+            ),
             "must both be SparseMultiHot or both dense",
         ),
     ],
@@ -299,7 +313,9 @@ def test_synthetic_rows_equal_from_arrays_of_their_scipy_matrix(synthetic):
     """The synthetic CSR arrays, dtypes included, equal what from_arrays makes of the same matrix."""
     d = synthetic
     rebuilt = from_arrays(
-        sp.csr_matrix(densify(d.train.x)), d.train.y, validation=(sp.coo_matrix(densify(d.validation.x)), d.validation.y)
+        sp.csr_matrix(densify(d.train.x)),
+        d.train.y,
+        validation=(sp.coo_matrix(densify(d.validation.x)), d.validation.y),
     )
     assert (rebuilt.target, rebuilt.num_words) == ("binary", d.num_words)
     assert_same_split(rebuilt.train, d.train)
@@ -361,7 +377,12 @@ def test_index_lists_are_kept_or_refused_by_name(rows, num_words):
 
 
 @FEW
-@given(x=hnp.arrays(st.sampled_from([np.float64, np.float32, np.int64, np.bool_]), hnp.array_shapes(min_dims=1, max_dims=3, max_side=5)))
+@given(
+    x=hnp.arrays(
+        st.sampled_from([np.float64, np.float32, np.int64, np.bool_]),
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
+    )
+)
 def test_dense_x_is_kept_or_refused_by_name(x):
     n = x.shape[0]
     try:
@@ -375,7 +396,10 @@ def test_dense_x_is_kept_or_refused_by_name(x):
 
 
 @FEW
-@given(holdout=st.one_of(values, st.fractions(), st.text(max_size=3), st.none()), seed=st.one_of(st.integers(-5, 2**70), st.floats(), st.booleans()))
+@given(
+    holdout=st.one_of(values, st.fractions(), st.text(max_size=3), st.none()),
+    seed=st.one_of(st.integers(-5, 2**70), st.floats(), st.booleans()),
+)
 def test_holdout_and_seed_are_kept_or_refused_by_name(holdout, seed):
     x, y = np.ones((10, 2)), np.arange(10) % 2
     try:

@@ -27,8 +27,8 @@ import pytest
 
 from conftest import write_fake_imdb
 from jaxreg import fileio
-from jaxreg.runs import load_run
 from jaxreg.params import load_params
+from jaxreg.runs import load_run
 from jaxreg.variants import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,17 @@ cli.__spec__.loader.exec_module(cli)
 # tolerance tests/test_sharding.py documents for devices (measured here: bit for bit on
 # XLA:CPU, jax 0.10.2, AMD EPYC Zen 3, AVX2).
 RTOL, ATOL = 1e-6, 1e-7
-RUN = ["--synthetic", "--variants", "original,l2", "--epochs", "2", "--batch-size", "256", "--no-progress", "--no-figures"]
+RUN = [
+    "--synthetic",
+    "--variants",
+    "original,l2",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "256",
+    "--no-progress",
+    "--no-figures",
+]
 LOST_WITHIN = 30  # seconds from killing process 1 to process 0's exit (heartbeat timeout 5 s; gloo reports at once)
 
 
@@ -68,7 +78,19 @@ def pair(tmp: Path, name: str, *args: str) -> list[subprocess.Popen]:
     """Processes 0 and 1 of one run, each in its own folder tmp/name/p<i>, with --out run."""
     cluster = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
     return [
-        start(tmp / name / f"p{i}", *RUN, "--devices", "1", "--out", "run", *cluster, "--process-id", str(i), *args, log=f"{name}{i}")
+        start(
+            tmp / name / f"p{i}",
+            *RUN,
+            "--devices",
+            "1",
+            "--out",
+            "run",
+            *cluster,
+            "--process-id",
+            str(i),
+            *args,
+            log=f"{name}{i}",
+        )
         for i in range(2)
     ]
 
@@ -103,7 +125,9 @@ def runs(tmp_path_factory):
 def test_two_processes_equal_one(runs):
     two = load_run(runs / "two" / "p0" / "run")
     one = load_run(runs / "one" / "p0" / "run")
-    assert two.config["devices"] == {**one.config["devices"], "processes": 2} and one.config["devices"]["processes"] == 1
+    assert (
+        two.config["devices"] == {**one.config["devices"], "processes": 2} and one.config["devices"]["processes"] == 1
+    )
     assert two.config["devices"]["count"] == 2
     assert set(two.histories) == set(one.histories) == {"original", "l2"}
     for name in one.histories:
@@ -144,7 +168,9 @@ def test_lost_process_stops_the_other(tmp_path):
     processes = pair(tmp_path, "lost", "--epochs", "200", "--heartbeat-timeout", "5")
     history = tmp_path / "lost" / "p0" / "run" / fileio.HISTORY_JSONL
     deadline = time.monotonic() + 180
-    while not (history.is_file() and history.read_text().count("\n") >= 4):  # 2 variants x 2 epochs: compiled, checkpointed
+    while not (
+        history.is_file() and history.read_text().count("\n") >= 4
+    ):  # 2 variants x 2 epochs: compiled, checkpointed
         assert processes[0].poll() is None and processes[1].poll() is None, text(tmp_path / "lost", "lost0")[-3000:]
         assert time.monotonic() < deadline, "no epoch within 180 s"
         time.sleep(0.1)
@@ -165,8 +191,14 @@ def test_lost_process_stops_the_other(tmp_path):
     "args, message",
     [
         (["--coordinator", "localhost:1", "--out", "x"], "--coordinator needs --num-processes, --process-id too"),
-        (["--num-processes", "2", "--process-id", "0", "--out", "x"], "--num-processes, --process-id needs --coordinator"),
-        (["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "0", "--out", "x"], "leave out"),
+        (
+            ["--num-processes", "2", "--process-id", "0", "--out", "x"],
+            "--num-processes, --process-id needs --coordinator",
+        ),
+        (
+            ["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "0", "--out", "x"],
+            "leave out",
+        ),
         (["--distributed"], "pass --out"),
         (["--heartbeat-timeout", "5", "--out", "x"], "--heartbeat-timeout is for many processes"),
     ],
@@ -199,8 +231,11 @@ def test_distributed_outside_a_cluster_says_so(tmp_path):
     """--distributed where JAX detects no cluster: exit 2 naming the cause, at once, nothing written."""
     result = subprocess.run(
         [sys.executable, SWEEP, "--synthetic", "--distributed", "--out", "run"],
-        cwd=tmp_path, env={k: v for k, v in environment().items() if not k.startswith(("SLURM_", "OMPI_"))},
-        capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env={k: v for k, v in environment().items() if not k.startswith(("SLURM_", "OMPI_"))},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and "cannot start the distributed runtime" in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -23,7 +23,10 @@ def synthetic():
 @pytest.fixture(scope="module")
 def specs():
     # two models that overfit within a few epochs, at different epochs
-    return V.with_seeds([V.VariantSpec("wide", (64, 64), learning_rate=3e-3), V.VariantSpec("narrow", (8, 8), learning_rate=1e-2)], [0, 1])
+    return V.with_seeds(
+        [V.VariantSpec("wide", (64, 64), learning_rate=3e-3), V.VariantSpec("narrow", (8, 8), learning_rate=1e-2)],
+        [0, 1],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,11 @@ def test_bad_patience_is_refused(bad):
 
 def test_a_sweep_with_patience_says_where_it_stopped(tmp_path):
     config = SweepConfig(
-        name="early", variants=(V.VariantSpec("wide", (32, 32), learning_rate=1e-2),), synthetic=True, epochs=15, patience=2
+        name="early",
+        variants=(V.VariantSpec("wide", (32, 32), learning_rate=1e-2),),
+        synthetic=True,
+        epochs=15,
+        patience=2,
     )
     stream = io.StringIO()
     result = run_sweep(config, tmp_path / "run", progress=False, stream=stream, tensorboard=False)

@@ -104,7 +104,11 @@ def test_vmap_shared_and_per_variant_indices():
     def loss(bag):
         return lambda t, r, c: jnp.sum(jnp.sin(bag(t, r, c, num_rows)))
 
-    for in_axes, args in [((0, None, None), (tables, *shared)), ((0, 0, 0), (tables, rows, cols)), ((0, 0, None), (tables, rows, shared[1]))]:
+    for in_axes, args in [
+        ((0, None, None), (tables, *shared)),
+        ((0, 0, 0), (tables, rows, cols)),
+        ((0, 0, None), (tables, rows, shared[1])),
+    ]:
         k, x = both(lambda bag: jax.vmap(jax.value_and_grad(loss(bag)), in_axes=in_axes))
         for a, b in zip(jax.tree.leaves(k(*args)), jax.tree.leaves(x(*args))):
             assert_equal_to_xla(a, b)
@@ -162,7 +166,9 @@ def test_public_entry_point_uses_the_kernel_on_cpu():
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=120
+    )
 
 
 @pytest.mark.process

@@ -58,6 +58,7 @@ def test_proximal_l1_gives_exact_zeros_and_penalties_do_not(finished):
     assert list(fractions) == [v.name for v in CONFIG.variants]
     assert fractions["l1_proximal"] > 0.01
     assert fractions["l1"] == 0 and fractions["weight_decay"] == 0 and fractions["original"] == 0
+
     # the penalty did act: l1's hidden kernels are smaller than the unpenalized model's
     def mean_abs(name):
         p = load_params(finished, name)["params"]
@@ -130,7 +131,12 @@ def test_report_prints_the_zeros_only_for_runs_with_proximal_l1(finished, tmp_pa
 
     no_prox = tmp_path / "no_prox"
     run_sweep(
-        CONFIG.select(["original", "l1"]), no_prox, figures=False, progress=False, tensorboard=False, stream=io.StringIO()
+        CONFIG.select(["original", "l1"]),
+        no_prox,
+        figures=False,
+        progress=False,
+        tensorboard=False,
+        stream=io.StringIO(),
     )
     assert not has_proximal_l1(no_prox) and has_proximal_l1(finished)
     assert report.main([str(no_prox), "--out", str(tmp_path / "b"), "--no-figures"]) == 0

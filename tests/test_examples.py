@@ -43,8 +43,16 @@ def example_runs() -> dict[str, subprocess.CompletedProcess]:
     else:
         names = list(RUNS)
     env = {**os.environ, "JAXREG_COMPILE_CACHE": "0", "PYTHONPATH": str(EXAMPLES.parent)}
-    calls = [dict(args=[sys.executable, str(EXAMPLES / f"{n}.py"), *RUNS[n]], capture_output=True, text=True, timeout=300,
-                  env=env) for n in names]
+    calls = [
+        dict(
+            args=[sys.executable, str(EXAMPLES / f"{n}.py"), *RUNS[n]],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        for n in names
+    ]
     return dict(zip(names, run_concurrently(*calls)))
 
 
@@ -72,7 +80,9 @@ def test_diabetes_regression_l2_sweep(example_runs):
     pytest.importorskip("sklearn", reason="scikit-learn (the examples extra) provides the diabetes data")
     lines = example_output(example_runs, "diabetes")
     mse = last_value(lines, "best validation MSE")
-    baseline = float(next(re.search(r"validation MSE (\d+\.\d+)", line).group(1) for line in lines if "training mean" in line))
+    baseline = float(
+        next(re.search(r"validation MSE (\d+\.\d+)", line).group(1) for line in lines if "training mean" in line)
+    )
     assert mse < 0.7 * baseline, (mse, baseline)  # a model that learned something, in the target's units
     assert "val MAE @ best" in "\n".join(lines)
 

@@ -88,7 +88,9 @@ def _env(xdg: Path, **extra: str) -> dict:
     """The command line with its own cache root holding this machine's CPU kernels (built once, elsewhere)."""
     drop = ("JAXREG_DATA", "XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
     env = {k: v for k, v in os.environ.items() if k not in drop and k != cache.COMPILE_CACHE_ENV}
-    env.update(XDG_CACHE_HOME=str(xdg), PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env.update(
+        XDG_CACHE_HOME=str(xdg), PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    )
     if cpu_kernels.cpu_kernels_available():
         library = cpu_kernels.build_cpu_kernels()
         (xdg / "jaxreg" / "kernels").mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,11 @@ def _env(xdg: Path, **extra: str) -> dict:
 def _sweep(out: Path, env: dict, *extra: str) -> str:
     proc = subprocess.run(
         [sys.executable, str(SWEEP), *SMALL_RUN, "--out", str(out), *extra],
-        env=env, capture_output=True, text=True, timeout=600, cwd=out.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=out.parent,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -108,7 +114,11 @@ def _sweep(out: Path, env: dict, *extra: str) -> str:
 
 def _compiled(stdout: str) -> tuple[int, int]:
     """(programs, loaded from the cache) of the run's "compiled N XLA computation(s) in X s" line."""
-    match = re.search(r"^compiled (\d+) XLA computation\(s\) in [\d.]+ s(?: \((\d+) loaded from the compilation cache\))?", stdout, re.M)
+    match = re.search(
+        r"^compiled (\d+) XLA computation\(s\) in [\d.]+ s(?: \((\d+) loaded from the compilation cache\))?",
+        stdout,
+        re.M,
+    )
     assert match, stdout
     return int(match[1]), int(match[2] or 0)
 
@@ -149,7 +159,10 @@ def test_cold_load_says_what_it_reads_only_when_asked(make_fake_imdb, tmp_path, 
     assert capsys.readouterr().err == ""  # library calls stay quiet
     data.load_imdb(archive, num_words=8, cache_dir=tmp_path / "loud", progress=True)
     err = capsys.readouterr().err
-    assert f"Reading and encoding the IMDB reviews of archive {archive} (first time; cached afterwards in {tmp_path / 'loud'})" in err
+    assert (
+        f"Reading and encoding the IMDB reviews of archive {archive} (first time; cached afterwards in {tmp_path / 'loud'})"
+        in err
+    )
     assert "10/10" in err  # the bar over the reviews, ending full
     data.load_imdb(archive, num_words=8, cache_dir=tmp_path / "loud", progress=True)
     assert capsys.readouterr().err == ""  # a cache hit has nothing to say
@@ -193,7 +206,11 @@ def test_one_list_of_per_variant_numbers():
     numbers["decay_steps"] = 100.0
     reads = {"sgd": {"momentum", "decay_rate", "decay_steps"}, "adam": {"b1", "b2", "eps", "warmup_steps", "alpha"}}
     for optimizer, schedule in (("sgd", "exponential"), ("adam", "cosine")):
-        unread = {n for r in reads.values() for n in r} - reads[optimizer] - ({"decay_steps"} if schedule == "cosine" else set())
+        unread = (
+            {n for r in reads.values() for n in r}
+            - reads[optimizer]
+            - ({"decay_steps"} if schedule == "cosine" else set())
+        )
         given = {k: v for k, v in numbers.items() if k not in unread}
         spec = VariantSpec("v", optimizer=optimizer, schedule=schedule, **given)
         values = {k: float(v) for k, v in spec.hyperparameters()._asdict().items() if k in given}

@@ -19,13 +19,22 @@ import numpy as np
 import pytest
 
 from jaxreg import data, events, fileio, plots, runfolder, selection
-from jaxreg.history import METRICS, csv_lines, has_test, history_fields, metric_names, read_history, stack, write_history
-from jaxreg.history import test_names as names_of_test_columns  # a name starting with test_ is collected as a test
-from jaxreg.runs import load_run
-from jaxreg.summaries import early_stopping, early_stopping_table, read_summary, summarize, write_summary
 from jaxreg import sweep as sweep_module
 from jaxreg import variants as V
 from jaxreg.dataset import DataError, Dataset, Split, from_arrays
+from jaxreg.history import (
+    METRICS,
+    csv_lines,
+    has_test,
+    history_fields,
+    metric_names,
+    read_history,
+    stack,
+    write_history,
+)
+from jaxreg.history import test_names as names_of_test_columns  # a name starting with test_ is collected as a test
+from jaxreg.runs import load_run
+from jaxreg.summaries import early_stopping, early_stopping_table, read_summary, summarize, write_summary
 from jaxreg.sweep import SweepConfig, SweepInterrupted, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +44,18 @@ CONFIGS = (V.VariantSpec("narrow", (4,)), V.VariantSpec("l2", (8,), l2=1e-3))  #
 VARIANTS = V.with_seeds(CONFIGS, SEEDS)
 SETTINGS = V.RunSettings(epochs=EPOCHS, batch_size=64)
 OLD_FIELDS = (  # history.jsonl's and history.csv's fields before test splits, in their order
-    "variant", "seed", "epoch", "loss", "data_loss", "penalty", "accuracy",
-    "val_loss", "val_data_loss", "val_penalty", "val_accuracy", "diverged",
+    "variant",
+    "seed",
+    "epoch",
+    "loss",
+    "data_loss",
+    "penalty",
+    "accuracy",
+    "val_loss",
+    "val_data_loss",
+    "val_penalty",
+    "val_accuracy",
+    "diverged",
 )
 
 
@@ -73,9 +92,12 @@ def test_synthetic_test_split_leaves_the_other_splits_and_checksum_as_they_were(
         np.testing.assert_array_equal(a.x.indices, b.x.indices)
         np.testing.assert_array_equal(a.y, b.y)
     assert without.checksum != with_test.checksum
-    assert without.checksum == data.synthetic_dataset(
-        n_train=300, n_validation=150, num_words=300, n_signal_words=20, label_noise=0.2, seed=2
-    ).checksum
+    assert (
+        without.checksum
+        == data.synthetic_dataset(
+            n_train=300, n_validation=150, num_words=300, n_signal_words=20, label_noise=0.2, seed=2
+        ).checksum
+    )
     assert "test 200 reviews (test)" in with_test.describe() and "test" not in without.describe().split("\n")[0][-30:]
 
 
@@ -160,9 +182,19 @@ def test_the_test_split_does_not_change_training(runs):
 
 
 def test_best_epoch_and_divergence_ignore_the_test_columns():
-    row = {"loss": 0.5, "data_loss": 0.5, "penalty": 0.0, "accuracy": 0.8,
-           "val_loss": 0.6, "val_data_loss": 0.6, "val_penalty": 0.0, "val_accuracy": 0.7,
-           "test_loss": math.nan, "test_data_loss": 1e30, "test_accuracy": math.nan}
+    row = {
+        "loss": 0.5,
+        "data_loss": 0.5,
+        "penalty": 0.0,
+        "accuracy": 0.8,
+        "val_loss": 0.6,
+        "val_data_loss": 0.6,
+        "val_penalty": 0.0,
+        "val_accuracy": 0.7,
+        "test_loss": math.nan,
+        "test_data_loss": 1e30,
+        "test_accuracy": math.nan,
+    }
     tracker = V.best_epoch_tracker(threshold=1e6)
     assert tracker(row)
     assert tracker({**row, "val_data_loss": 0.5, "test_loss": math.inf})  # still improving, not diverged
@@ -174,8 +206,12 @@ def test_best_epoch_and_divergence_ignore_the_test_columns():
 
 def test_resume_refuses_a_snapshot_with_other_columns(runs):
     snapshots = []
-    V.run(VARIANTS, dataclasses.replace(_data(), test=None), dataclasses.replace(SETTINGS, epochs=1),
-          on_epoch=lambda e, row, take: snapshots.append(take()))
+    V.run(
+        VARIANTS,
+        dataclasses.replace(_data(), test=None),
+        dataclasses.replace(SETTINGS, epochs=1),
+        on_epoch=lambda e, row, take: snapshots.append(take()),
+    )
     with pytest.raises(V.VariantError, match="the snapshot's history has the columns"):
         V.run(VARIANTS, _data(), SETTINGS, resume=snapshots[-1])
 
@@ -283,7 +319,9 @@ def test_early_stopping_figure(runs, tmp_path):
 
 # --- the sweep: run folder, resume, report ---------------------------------------------
 
-CONFIG = SweepConfig("honest", CONFIGS, epochs=EPOCHS, seeds=len(SEEDS), batch_size=64, synthetic=True)  # the runs' program
+CONFIG = SweepConfig(
+    "honest", CONFIGS, epochs=EPOCHS, seeds=len(SEEDS), batch_size=64, synthetic=True
+)  # the runs' program
 
 
 def _sweep(out, monkeypatch, dataset, **kwargs):

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import os
 import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -83,7 +81,11 @@ def test_a_flipped_byte_in_params_is_refused_naming_the_file(finished, tmp_path)
         load_params(out, "original", 0)
     (out / (params_file("original", 0) + ".sha256")).unlink()  # an older run: no sidecar, no check
     unchecked = load_params(out, "original", 0)
-    flat = [(a, b) for layer in intact["params"] for a, b in zip(intact["params"][layer].values(), unchecked["params"][layer].values())]
+    flat = [
+        (a, b)
+        for layer in intact["params"]
+        for a, b in zip(intact["params"][layer].values(), unchecked["params"][layer].values())
+    ]
     assert not all(np.array_equal(a, b) for a, b in flat)  # what loading without the check would give
 
 
@@ -200,7 +202,9 @@ def test_a_linked_lock_file_is_not_followed(tmp_path):
     outside = tmp_path / "elsewhere" / "target"
     outside.parent.mkdir()  # following the link would create the file there
     runfolder.lock_path(tmp_path / "run").symlink_to(outside)
-    with pytest.raises(SweepError, match=r"^cannot lock the output folder .*run \(.*\.run\.lock\): Too many levels of symbolic links"):
+    with pytest.raises(
+        SweepError, match=r"^cannot lock the output folder .*run \(.*\.run\.lock\): Too many levels of symbolic links"
+    ):
         tiny_sweep(tmp_path / "run")
     assert not outside.exists() and not (tmp_path / "run").exists()
 
@@ -248,7 +252,9 @@ def test_a_truncated_cpu_kernel_library_is_rebuilt_with_one_warning(tmp_path):
     assert cpu_kernels.build_cpu_kernels(tmp_path) == library  # the copy is taken as built
     intact = library.read_bytes()
     library.write_bytes(intact[: len(intact) // 2])  # dlopen of this file dies of a bus error
-    with pytest.warns(UserWarning, match=r"kernel library .* is damaged \(checksum mismatch\); rebuilding it") as record:
+    with pytest.warns(
+        UserWarning, match=r"kernel library .* is damaged \(checksum mismatch\); rebuilding it"
+    ) as record:
         again = cpu_kernels.build_cpu_kernels(tmp_path)
     assert len(record) == 1 and again == library
     rebuilt = library.read_bytes()
@@ -287,7 +293,10 @@ def test_a_truncated_compiled_program_is_removed_with_one_warning(tmp_path, monk
 
     from jaxreg import cache
 
-    saved = {name: getattr(jax.config, name) for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    saved = {
+        name: getattr(jax.config, name)
+        for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    }
     monkeypatch.delenv(cache.COMPILE_CACHE_ENV, raising=False)
     folder = tmp_path / "xla"
     try:

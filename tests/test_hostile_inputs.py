@@ -109,8 +109,14 @@ def _run_cli(argv, capsys, monkeypatch) -> tuple[int, list[str]]:
 
 HEAD = "from jaxreg.sweep import SweepConfig\nfrom jaxreg.variants import VariantSpec\nimport sys\n"
 PRESET_CASES = {
-    "variant ..": (HEAD + "def get_config():\n    return SweepConfig('x', (VariantSpec('..'),))\n", "variant name '..'"),
-    "config ../x": (HEAD + "def get_config():\n    return SweepConfig('../x', (VariantSpec('a'),))\n", "config name '../x'"),
+    "variant ..": (
+        HEAD + "def get_config():\n    return SweepConfig('x', (VariantSpec('..'),))\n",
+        "variant name '..'",
+    ),
+    "config ../x": (
+        HEAD + "def get_config():\n    return SweepConfig('../x', (VariantSpec('a'),))\n",
+        "config name '../x'",
+    ),
     "exits while loading": (HEAD + "sys.exit(0)\n", r"line 4: called sys.exit\(0\)"),
     "get_config exits": (HEAD + "def get_config():\n    sys.exit(0)\n", r"line 5: get_config\(\) called sys.exit\(0\)"),
 }
@@ -186,8 +192,13 @@ def test_the_largest_class_count_is_accepted():
 
 @pytest.mark.parametrize(
     "x, arg",
-    [([[[1, 2]]] * 4, "x[0]"), ([[[1, 2], [3]]] * 4, "x[0]"), ([[1, [2]]] * 4, "x[0]"), ([[[]]] * 4, "x[0]"),
-     ([[1], [2], [[3, 4]], [5]], "x[2]")],
+    [
+        ([[[1, 2]]] * 4, "x[0]"),
+        ([[[1, 2], [3]]] * 4, "x[0]"),
+        ([[1, [2]]] * 4, "x[0]"),
+        ([[[]]] * 4, "x[0]"),
+        ([[1], [2], [[3, 4]], [5]], "x[2]"),
+    ],
 )
 def test_nested_index_lists_are_one_line_naming_the_row(x, arg):
     with pytest.raises(DataError, match=rf"^{re.escape(arg)} must be a flat list of integer column indices"):
@@ -220,7 +231,10 @@ class FourArguments(nn.Module):
 
 
 def test_a_model_class_instead_of_an_instance_is_refused_at_construction():
-    with pytest.raises(VariantError, match=r"^variant 'own': model=Three \(a class\) is not a usable model .*pass an instance, Three\(\.\.\.\)"):
+    with pytest.raises(
+        VariantError,
+        match=r"^variant 'own': model=Three \(a class\) is not a usable model .*pass an instance, Three\(\.\.\.\)",
+    ):
         VariantSpec("own", model=Three)
 
 
@@ -253,9 +267,13 @@ def test_outputs_that_do_not_fit_the_task_are_one_line_before_training():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(seed=0.9), r"^seed=0\.9 must be an integer"), (dict(seed=True), r"^seed=True must be an integer"),
-     (dict(seed=-1), r"^seed=-1 must be an integer"), (dict(variant=3), r"^variant=3 must be"),
-     (dict(which="last"), r"^which='last' must be one of")],
+    [
+        (dict(seed=0.9), r"^seed=0\.9 must be an integer"),
+        (dict(seed=True), r"^seed=True must be an integer"),
+        (dict(seed=-1), r"^seed=-1 must be an integer"),
+        (dict(variant=3), r"^variant=3 must be"),
+        (dict(which="last"), r"^which='last' must be one of"),
+    ],
 )
 def test_load_params_refuses_a_seed_that_is_not_an_integer(tmp_path, kwargs, match):
     arguments = {"variant": "a", "seed": 0, "which": "final", **kwargs}

@@ -88,11 +88,18 @@ def test_variant_spec_accepts_the_documented_edges():
 
 @pytest.mark.parametrize(
     "changes",
-    [{"epochs": True}, {"epochs": 10**7}, {"batch_size": 2.0}, {"eval_batch_size": 2**31}, {"loss": "hinge"},
-     {"product": "fast"}, {"variant_loop": ["map"]}],
+    [
+        {"epochs": True},
+        {"epochs": 10**7},
+        {"batch_size": 2.0},
+        {"eval_batch_size": 2**31},
+        {"loss": "hinge"},
+        {"product": "fast"},
+        {"variant_loop": ["map"]},
+    ],
 )
 def test_run_settings_refuses_by_field(changes):
-    (field, value), = changes.items()
+    ((field, value),) = changes.items()
     with pytest.raises(ValueError, match=rf"RunSettings\.{field} .*got {re.escape(repr(value))}"):
         RunSettings(**changes)
 
@@ -246,11 +253,22 @@ GOOD_HEAD = (
 PRESET_ERRORS = {
     "syntax error": (GOOD_HEAD + "def get_config(:\n    pass\n", 4, "invalid syntax"),
     "non-UTF-8 bytes": (GOOD_HEAD + "NAME = 'caf\xe9'\n", 4, "'utf-8' codec can't decode byte 0xe9"),
-    "failing import": (GOOD_HEAD + "import no_such_module_xyz\n", 4, "ModuleNotFoundError: No module named 'no_such_module_xyz'"),
-    "get_config raises": (GOOD_HEAD + "def get_config():\n    return 1 / 0\n", 5, "get_config\\(\\) failed: ZeroDivisionError"),
+    "failing import": (
+        GOOD_HEAD + "import no_such_module_xyz\n",
+        4,
+        "ModuleNotFoundError: No module named 'no_such_module_xyz'",
+    ),
+    "get_config raises": (
+        GOOD_HEAD + "def get_config():\n    return 1 / 0\n",
+        5,
+        "get_config\\(\\) failed: ZeroDivisionError",
+    ),
     "wrong type": (GOOD_HEAD + "def get_config():\n    return {'name': 'x'}\n", 4, "returned dict, not a SweepConfig"),
-    "bad variant": (GOOD_HEAD + "def get_config():\n    return SweepConfig('x', (VariantSpec('a', learning_rate=1e39),))\n", 5,
-                    "learning_rate=1e\\+39"),
+    "bad variant": (
+        GOOD_HEAD + "def get_config():\n    return SweepConfig('x', (VariantSpec('a', learning_rate=1e39),))\n",
+        5,
+        "learning_rate=1e\\+39",
+    ),
     "no get_config": (GOOD_HEAD + "get_config = 3\n", None, "defines no get_config"),
 }
 
@@ -276,7 +294,9 @@ def test_broken_preset_file_is_one_line_with_file_and_line(case, tmp_path, monke
 
 def test_more_devices_than_variants_is_refused_before_anything(tmp_path, monkeypatch, capsys):
     code, lines = run_cli(
-        ["--synthetic", "--variants", "original,l2", "--devices", "1000", "--out", tmp_path / "run"], capsys, monkeypatch
+        ["--synthetic", "--variants", "original,l2", "--devices", "1000", "--out", tmp_path / "run"],
+        capsys,
+        monkeypatch,
     )
     assert code == 2 and len(lines) == 1, lines
     assert "devices=1000 is more than the 2 variant(s) of the largest program" in lines[0]
@@ -312,7 +332,9 @@ def _book_shapes(seeds: int, cpu_kernels: bool = True) -> list:
 
 
 def _imdb(batch_size=512, capacity=IMDB_TRAIN_CAPACITY) -> memory.DataShape:
-    return memory.DataShape(**IMDB, batch_size=batch_size, train_capacity=capacity, validation_capacity=IMDB_VALIDATION_CAPACITY)
+    return memory.DataShape(
+        **IMDB, batch_size=batch_size, train_capacity=capacity, validation_capacity=IMDB_VALIDATION_CAPACITY
+    )
 
 
 def test_estimate_lets_the_book_with_16_seeds_run_on_24_gb():
@@ -384,7 +406,9 @@ def test_memory_refusal_writes_nothing(flags, fragment, tmp_path, monkeypatch, c
 def test_memory_refusal_names_the_widths(tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda devices: (10**6, "host RAM"))
     config = SweepConfig("t", (VariantSpec("wide", (4096, 4096)),), synthetic=True)
-    with pytest.raises(SweepError, match=r"needs an estimated .* host RAM has 0.0 GB free; .*widths up to \(4096, 4096\)"):
+    with pytest.raises(
+        SweepError, match=r"needs an estimated .* host RAM has 0.0 GB free; .*widths up to \(4096, 4096\)"
+    ):
         sweep.run_sweep(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -437,7 +461,9 @@ def test_batch_capacity_does_not_change_the_results(synthetic, path, monkeypatch
     are another compiled program. A padding pair that counted would move the results by far more."""
     if path == "xla-sparse":
         monkeypatch.setattr(runplan, "cpu_kernels_on", lambda devices: False)  # where the plan decides
-    settings = RunSettings(epochs=2, batch_size=64, eval_batch_size=64, product="dense" if path == "dense" else "sparse")
+    settings = RunSettings(
+        epochs=2, batch_size=64, eval_batch_size=64, product="dense" if path == "dense" else "sparse"
+    )
     variants = [VariantSpec("plain", (8, 8)), VariantSpec("penalized", (8, 8), l1=1e-3, dropout_rate=0.3)]
     (bucket,) = V.plan(V.with_seeds(variants, (0, 1)))  # one program for both: half the compiles
     exact = BucketProgram(bucket, synthetic, settings)

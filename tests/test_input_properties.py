@@ -19,13 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import write_fake_imdb
 from jaxreg import variants as V
-from jaxreg.data import MAX_NUM_WORDS, DataError, load_imdb
 from jaxreg.config import MAXIMA, SweepConfig, SweepError
+from jaxreg.data import MAX_NUM_WORDS, DataError, load_imdb
 from jaxreg.sweep import check_device_count
 from jaxreg.variants import RunSettings, VariantError, VariantSpec
-
-from conftest import write_fake_imdb
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "experiments" / "sweep.py"
@@ -99,7 +98,9 @@ def test_variant_spec_seed(seed):
 
 
 @FEW
-@given(widths=st.one_of(st.lists(st.integers(min_value=-3, max_value=2**17), max_size=4).map(tuple), integers, st.none()))
+@given(
+    widths=st.one_of(st.lists(st.integers(min_value=-3, max_value=2**17), max_size=4).map(tuple), integers, st.none())
+)
 def test_variant_spec_widths(widths):
     try:
         spec = VariantSpec("v", widths=widths)
@@ -162,7 +163,13 @@ def test_load_imdb_num_words(fake_archive, num_words):
 @given(value=integers)
 def test_load_imdb_holdout_arguments(fake_archive, field, value):
     try:
-        dataset = load_imdb(fake_archive, validation="holdout", **{field: value}, **({"holdout_size": 2} if field == "seed" else {}), use_cache=False)
+        dataset = load_imdb(
+            fake_archive,
+            validation="holdout",
+            **{field: value},
+            **({"holdout_size": 2} if field == "seed" else {}),
+            use_cache=False,
+        )
     except DataError as e:
         assert repr(value) in str(e) or field == "holdout_size" and "holdout_size=" in str(e), str(e)
         return
@@ -203,8 +210,13 @@ def _load_cli():
 
 
 CLI = _load_cli()
-FLAGS = {"--epochs": "epochs", "--seeds": "seeds", "--batch-size": "batch_size", "--holdout-size": "holdout_size",
-         "--devices": "devices"}
+FLAGS = {
+    "--epochs": "epochs",
+    "--seeds": "seeds",
+    "--batch-size": "batch_size",
+    "--holdout-size": "holdout_size",
+    "--devices": "devices",
+}
 
 
 def _main(argv) -> tuple[int, list[str]]:
@@ -226,8 +238,13 @@ def _main(argv) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("flag", list(FLAGS))
 @FEW
-@given(text=st.one_of(st.integers(min_value=-(10**12), max_value=10**12).map(str), st.text(max_size=6),
-                      st.sampled_from(["1e3", "0x10", "inf", "nan", "", " 7 ", "2147483647", "1000001", "4097"])))
+@given(
+    text=st.one_of(
+        st.integers(min_value=-(10**12), max_value=10**12).map(str),
+        st.text(max_size=6),
+        st.sampled_from(["1e3", "0x10", "inf", "nan", "", " 7 ", "2147483647", "1000001", "4097"]),
+    )
+)
 def test_cli_flag_values(flag, text):
     """A flag value is accepted into the config unchanged, or main() exits 2 with one line."""
     argv = ["--synthetic", "--variants", "original", f"{flag}={text}"]

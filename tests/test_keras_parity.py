@@ -105,8 +105,13 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize(
     "name, l2, optimizer",
-    [("original", 0.0, "rmsprop"), ("l2", 1e-3, "rmsprop"), ("l2_adam", 1e-3, "adam"), ("original_adam", 0.0, "adam"),
-     ("l2_sgd_nesterov", 1e-3, "sgd_nesterov")],
+    [
+        ("original", 0.0, "rmsprop"),
+        ("l2", 1e-3, "rmsprop"),
+        ("l2_adam", 1e-3, "adam"),
+        ("original_adam", 0.0, "adam"),
+        ("l2_sgd_nesterov", 1e-3, "sgd_nesterov"),
+    ],
 )
 def test_one_epoch_matches_keras(data, name, l2, optimizer):
     ds, stacked, val, x_dense, y = data

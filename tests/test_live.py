@@ -51,14 +51,20 @@ def get_config():
 '''
 
 LIVE = SweepConfig(
-    "live", (VariantSpec("original", (4,)), VariantSpec("l2", (4,), l2=1e-3)), epochs=4, batch_size=256, seeds=2,
+    "live",
+    (VariantSpec("original", (4,)), VariantSpec("l2", (4,), l2=1e-3)),
+    epochs=4,
+    batch_size=256,
+    seeds=2,
     synthetic=True,
 )
 
 
 def _report(*args, env=None) -> subprocess.CompletedProcess:
     """python experiments/report.py ARGS, a new process."""
-    return subprocess.run([sys.executable, str(REPORT), *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPORT), *map(str, args)], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @functools.cache
@@ -122,8 +128,13 @@ def test_a_running_run_can_be_watched(tmp_path, cli_env):
     preset.write_text(WATCHED_PRESET)
     out, env = tmp_path / "run", cli_env
     args = ["--preset", preset, "--synthetic", "--no-progress", "--no-figures", "--out", out]
-    run = subprocess.Popen([sys.executable, str(SWEEP), *map(str, args)], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, str(SWEEP), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for_epochs(run, out, 2)
         run.send_signal(signal.SIGSTOP)  # hold it mid-run (possibly mid-write) while we read
@@ -241,9 +252,13 @@ def test_history_lines_during_a_run_are_the_final_records(uninterrupted, tmp_pat
     final_csv = (uninterrupted / fileio.HISTORY_CSV).read_text().splitlines()
     for epochs, (jsonl, csv) in enumerate(snapshots, start=1):
         assert jsonl.endswith("\n") and csv.endswith("\n")
-        assert [json.loads(line) for line in jsonl.splitlines()] == sorted((r for r in final if r["epoch"] <= epochs), key=key)
+        assert [json.loads(line) for line in jsonl.splitlines()] == sorted(
+            (r for r in final if r["epoch"] <= epochs), key=key
+        )
         lines = csv.splitlines()
-        assert lines[0] == final_csv[0] and sorted(lines[1:]) == sorted(row for row in final_csv[1:] if int(row.split(",")[2]) <= epochs)
+        assert lines[0] == final_csv[0] and sorted(lines[1:]) == sorted(
+            row for row in final_csv[1:] if int(row.split(",")[2]) <= epochs
+        )
     assert not (out / events.EVENTS_DIR).exists()  # tensorboard=False
 
 
@@ -298,6 +313,9 @@ def test_report_before_the_first_epoch_says_so(uninterrupted, tmp_path):
     summary = (out / fileio.SUMMARY_MD).read_bytes()
     shown = _report_here(out)
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.splitlines() == [f"{out}: interrupted, 0/4 epochs", "interrupted, no epoch finished yet: nothing to summarize"]
+    assert shown.stdout.splitlines() == [
+        f"{out}: interrupted, 0/4 epochs",
+        "interrupted, no epoch finished yet: nothing to summarize",
+    ]
     assert (out / fileio.SUMMARY_MD).read_bytes() == summary
     assert runs.load_run(out).epochs_present == {}

@@ -74,6 +74,7 @@ def _logits_and_grads(widths, params, batch):
     }
     out = {}
     for name, (mlp, x) in feeds.items():
+
         def loss(p, mlp=mlp, x=x):
             per_example = losses.binary_cross_entropy(mlp.apply(p, x), batch.y, "keras")
             return jnp.sum(per_example * batch.weight) / jnp.sum(batch.weight)

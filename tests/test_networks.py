@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from jaxreg import penalties
+from jaxreg.batches import SparseBatch
 from jaxreg.data import synthetic_dataset
 from jaxreg.dropout import dropout
-from jaxreg.batches import SparseBatch
 from jaxreg.model import MLP, MultiHotDense, multi_hot_matmul
 from jaxreg.networks import Network, default_penalized
 from jaxreg.train import Hyperparameters, StepConfig, check_stages, init_state, penalty, train_step
@@ -143,7 +143,10 @@ def test_a_number_whose_stage_is_off_is_refused_not_ignored(dataset):
 
     train = dataset.train
     order = np.arange(64)
-    batch = jax.tree.map(lambda a: a[0], batches.make_batches(train.x, train.y, order, 64, batches.capacity(train.x.lengths, [order], 64)))
+    batch = jax.tree.map(
+        lambda a: a[0],
+        batches.make_batches(train.x, train.y, order, 64, batches.capacity(train.x.lengths, [order], 64)),
+    )
     with pytest.raises(ValueError, match="use_penalty"):
         train_step(state, batch, jax.random.key(1), hp, config=config)
     check_stages(StepConfig(widths=(4, 4)), hp)  # on: fine

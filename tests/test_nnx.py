@@ -83,8 +83,11 @@ def test_an_nnx_module_trains_as_the_equivalent_linen_module(dataset):
     own = nnx_model(NNXMLP, NUM_WORDS, hidden=8)
     linen = Network(init_fn=own.init, apply_fn=LinenMLP(8).apply)
     common = dict(l2=1e-3, dropout_rate=0.3)
-    result = run(with_seeds([VariantSpec("nnx", model=own, **common), VariantSpec("linen", model=linen, **common)], [0, 1]),
-                 dataset, SETTINGS)
+    result = run(
+        with_seeds([VariantSpec("nnx", model=own, **common), VariantSpec("linen", model=linen, **common)], [0, 1]),
+        dataset,
+        SETTINGS,
+    )
     assert len(result.buckets) == 2 and result.buckets[0]["model"] == "NNXMLP(300, hidden=8)"
     for seed in (0, 1):
         a, b = result.history[("linen", seed)], result.history[("nnx", seed)]
@@ -138,7 +141,11 @@ def test_listed_layers_are_parameters_under_string_keys_and_penalized():
     params = own.init(jax.random.key(0), jnp.zeros((1, NUM_WORDS), jnp.float32))
     assert set(params["params"]["layers"]) == {"0", "1"}
     mask = penalties.kernel_mask(params, own.penalize)
-    assert mask["params"]["layers"]["1"]["kernel"] and mask["params"]["first"]["kernel"] and not mask["params"]["output"]["kernel"]
+    assert (
+        mask["params"]["layers"]["1"]["kernel"]
+        and mask["params"]["first"]["kernel"]
+        and not mask["params"]["output"]["kernel"]
+    )
     moved = jax.tree.map(lambda p: p + 0.5, params)  # the parameters given are the ones used, list entries included
     reference = NNXLayers(NUM_WORDS, (8, 4, 2), rngs=nnx.Rngs(0))
     nnx.update(reference, nnx.State(jax.tree.map(lambda p: p + 0.5, nnx.to_pure_dict(nnx.state(reference, nnx.Param)))))
@@ -166,8 +173,11 @@ def test_an_nnx_dropout_layer_drops_out_in_training_only(dataset):
     assert not np.allclose(step1, evaluated) and not np.allclose(step1, step2), "each step's key draws its own mask"
     with pytest.raises(VariantError, match="dropout_rate=0.5 does not reach model NNXDropout"):
         VariantSpec("x", model=own, dropout_rate=0.5)
-    h = run([VariantSpec("drop", model=own), VariantSpec("none", model=nnx_model(NNXDropout, NUM_WORDS, 0.0))],
-            dataset, SETTINGS).history
+    h = run(
+        [VariantSpec("drop", model=own), VariantSpec("none", model=nnx_model(NNXDropout, NUM_WORDS, 0.0))],
+        dataset,
+        SETTINGS,
+    ).history
     assert h[("drop", 0)]["loss"][-1] < h[("drop", 0)]["loss"][0]
     assert not np.allclose(h[("drop", 0)]["loss"], h[("none", 0)]["loss"])
 
@@ -212,10 +222,22 @@ class NeedsLabels(nnx.Module):
 def test_unusable_nnx_models_are_refused_in_one_line(dataset):
     instance = NNXMLP(NUM_WORDS, 8, rngs=nnx.Rngs(0))
     refusals = [
-        (lambda: VariantSpec("x", model=instance), VariantError, r"NNXMLP is a Flax NNX module: pass jaxreg.nnx_model\(NNXMLP"),
-        (lambda: VariantSpec("x", model=NNXMLP), VariantError, r"NNXMLP is a Flax NNX module class: pass jaxreg.nnx_model"),
+        (
+            lambda: VariantSpec("x", model=instance),
+            VariantError,
+            r"NNXMLP is a Flax NNX module: pass jaxreg.nnx_model\(NNXMLP",
+        ),
+        (
+            lambda: VariantSpec("x", model=NNXMLP),
+            VariantError,
+            r"NNXMLP is a Flax NNX module class: pass jaxreg.nnx_model",
+        ),
         (lambda: nnx_model(WithBatchNorm), TypeError, "WithBatchNorm holds NNX state of type BatchStat"),
-        (lambda: nnx_model(NNXMLP, NUM_WORDS), TypeError, r"building NNXMLP\(\.\.\., rngs=nnx.Rngs\(key\)\) failed: TypeError"),
+        (
+            lambda: nnx_model(NNXMLP, NUM_WORDS),
+            TypeError,
+            r"building NNXMLP\(\.\.\., rngs=nnx.Rngs\(key\)\) failed: TypeError",
+        ),
         (lambda: nnx_model(NeedsLabels), TypeError, "needs labels, which jaxreg does not pass"),
         (lambda: nnx_model(NNXMLP, [NUM_WORDS], hidden=8), TypeError, "hashable"),
         (lambda: nnx_model(NNXMLP, NUM_WORDS, hidden=8, rngs=nnx.Rngs(0)), TypeError, "takes no rngs"),

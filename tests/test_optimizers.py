@@ -73,21 +73,36 @@ def _optax_params(config, hp, reference, batch_list, params):
 LR = 3e-3
 CASES = {  # name: (StepConfig changes, Hyperparameters, optax's optimizer)
     "sgd_momentum": (dict(optimizer="sgd"), dict(learning_rate=0.5, momentum=0.9), optax.sgd(0.5, momentum=0.9)),
-    "sgd_nesterov": (dict(optimizer="sgd", nesterov=True), dict(learning_rate=0.5, momentum=0.8),
-                     optax.sgd(0.5, momentum=0.8, nesterov=True)),
-    "adam": (dict(optimizer="adam"), dict(learning_rate=LR, b1=0.8, b2=0.99, eps=1e-6),
-             optax.adam(LR, b1=0.8, b2=0.99, eps=1e-6)),
-    "lion": (dict(optimizer="lion"), dict(learning_rate=LR / 10, b1=0.9, b2=0.99),
-             optax.lion(LR / 10, b1=0.9, b2=0.99, weight_decay=0.0)),
-    "adam_exponential": (dict(optimizer="adam", schedule="exponential"),
-                         dict(learning_rate=LR, decay_rate=0.5, decay_steps=4.0),
-                         optax.adam(optax.exponential_decay(LR, transition_steps=4, decay_rate=0.5), eps=1e-7)),
-    "sgd_cosine_warmup": (dict(optimizer="sgd", schedule="cosine"),
-                          dict(learning_rate=0.5, momentum=0.9, warmup_steps=3.0, decay_steps=8.0, alpha=0.1),
-                          optax.sgd(optax.warmup_cosine_decay_schedule(0.0, 0.5, 3, 8, end_value=0.05), momentum=0.9)),
-    "adam_piecewise": (dict(optimizer="adam", schedule="piecewise"),
-                       dict(learning_rate=LR, boundaries=(3, 6), scales=(0.5, 0.1)),
-                       optax.adam(optax.piecewise_constant_schedule(LR, {3: 0.5, 6: 0.1}), eps=1e-7)),
+    "sgd_nesterov": (
+        dict(optimizer="sgd", nesterov=True),
+        dict(learning_rate=0.5, momentum=0.8),
+        optax.sgd(0.5, momentum=0.8, nesterov=True),
+    ),
+    "adam": (
+        dict(optimizer="adam"),
+        dict(learning_rate=LR, b1=0.8, b2=0.99, eps=1e-6),
+        optax.adam(LR, b1=0.8, b2=0.99, eps=1e-6),
+    ),
+    "lion": (
+        dict(optimizer="lion"),
+        dict(learning_rate=LR / 10, b1=0.9, b2=0.99),
+        optax.lion(LR / 10, b1=0.9, b2=0.99, weight_decay=0.0),
+    ),
+    "adam_exponential": (
+        dict(optimizer="adam", schedule="exponential"),
+        dict(learning_rate=LR, decay_rate=0.5, decay_steps=4.0),
+        optax.adam(optax.exponential_decay(LR, transition_steps=4, decay_rate=0.5), eps=1e-7),
+    ),
+    "sgd_cosine_warmup": (
+        dict(optimizer="sgd", schedule="cosine"),
+        dict(learning_rate=0.5, momentum=0.9, warmup_steps=3.0, decay_steps=8.0, alpha=0.1),
+        optax.sgd(optax.warmup_cosine_decay_schedule(0.0, 0.5, 3, 8, end_value=0.05), momentum=0.9),
+    ),
+    "adam_piecewise": (
+        dict(optimizer="adam", schedule="piecewise"),
+        dict(learning_rate=LR, boundaries=(3, 6), scales=(0.5, 0.1)),
+        optax.adam(optax.piecewise_constant_schedule(LR, {3: 0.5, 6: 0.1}), eps=1e-7),
+    ),
 }
 
 
@@ -108,19 +123,27 @@ def test_penalties_and_decoupled_decay_work_with_every_optimizer(data, optimizer
     """Coupled L2 + L1 (in the loss), decoupled decay before the learning rate: optax's chain with its
     add_decayed_weights on the same kernels (adamw: exactly optax.adamw)."""
     config = dataclasses.replace(BASE, optimizer=optimizer, use_penalty=True, use_weight_decay=True)
-    numbers = dict(learning_rate=LR, l1=1e-4, l2=1e-3, weight_decay=0.05, **({"momentum": 0.5} if optimizer == "sgd" else {}))
+    numbers = dict(
+        learning_rate=LR, l1=1e-4, l2=1e-3, weight_decay=0.05, **({"momentum": 0.5} if optimizer == "sgd" else {})
+    )
     hp = Hyperparameters.create(**numbers)
     start, ours = _jaxreg_params(config, hp, data[1])
     mask = penalties.kernel_mask(start, config.penalize)
-    direction = {"sgd": optax.trace(0.5), "adam": optax.scale_by_adam(eps=1e-7), "adamw": None,
-                 "lion": optax.scale_by_lion(b1=0.9, b2=0.999)}[optimizer]
+    direction = {
+        "sgd": optax.trace(0.5),
+        "adam": optax.scale_by_adam(eps=1e-7),
+        "adamw": None,
+        "lion": optax.scale_by_lion(b1=0.9, b2=0.999),
+    }[optimizer]
     if optimizer == "adamw":
         reference = optax.adamw(LR, eps=1e-7, weight_decay=0.05, mask=mask)
     else:
         reference = optax.chain(direction, optax.add_decayed_weights(0.05, mask), optax.scale_by_learning_rate(LR))
     theirs = _optax_params(config, hp, reference, data[1], start)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=optimizer), ours, theirs)
-    without = _jaxreg_params(dataclasses.replace(config, use_weight_decay=False), hp._replace(weight_decay=0.0), data[1])[1]
+    without = _jaxreg_params(
+        dataclasses.replace(config, use_weight_decay=False), hp._replace(weight_decay=0.0), data[1]
+    )[1]
     assert np.abs(ours["params"]["hidden_1"]["kernel"]).sum() < np.abs(without["params"]["hidden_1"]["kernel"]).sum()
 
 
@@ -155,12 +178,18 @@ def _prox(threshold_at, mask):
 
 def test_variants_differing_only_in_numbers_share_a_program(data):
     numbers = [dict(learning_rate=1e-3, b1=0.9), dict(learning_rate=1e-2, b1=0.5, b2=0.99, eps=1e-5)]
-    adams = [VariantSpec(f"adam{i}", optimizer="adam", schedule="cosine", warmup_steps=i, decay_steps=100, **n)
-             for i, n in enumerate(numbers)]
-    others = [VariantSpec("sgd", optimizer="sgd", momentum=0.9), VariantSpec("nesterov", optimizer="sgd", nesterov=True),
-              VariantSpec("adam_const", optimizer="adam"), VariantSpec("rms", learning_rate=1e-2),
-              VariantSpec("pw1", optimizer="adam", schedule="piecewise", boundaries=(5,), scales=(0.1,)),
-              VariantSpec("pw2", optimizer="adam", schedule="piecewise", boundaries=(5, 9), scales=(0.1, 0.5))]
+    adams = [
+        VariantSpec(f"adam{i}", optimizer="adam", schedule="cosine", warmup_steps=i, decay_steps=100, **n)
+        for i, n in enumerate(numbers)
+    ]
+    others = [
+        VariantSpec("sgd", optimizer="sgd", momentum=0.9),
+        VariantSpec("nesterov", optimizer="sgd", nesterov=True),
+        VariantSpec("adam_const", optimizer="adam"),
+        VariantSpec("rms", learning_rate=1e-2),
+        VariantSpec("pw1", optimizer="adam", schedule="piecewise", boundaries=(5,), scales=(0.1,)),
+        VariantSpec("pw2", optimizer="adam", schedule="piecewise", boundaries=(5, 9), scales=(0.1, 0.5)),
+    ]
     buckets = plan(adams + others + [VariantSpec("rms2", learning_rate=3e-3)])
     assert sorted(len(b.configs) for b in buckets) == [1, 1, 1, 1, 1, 2, 2]
     grouped = {tuple(c.name for c in b.configs) for b in buckets}
@@ -184,8 +213,13 @@ def test_variants_differing_only_in_numbers_share_a_program(data):
 
 def test_rmsprop_keeps_the_fused_update_and_other_optimizers_take_optax():
     cpu = jax.devices("cpu")
-    [rms, adam, cosine] = plan([VariantSpec("rms"), VariantSpec("adam", optimizer="adam"),
-                                VariantSpec("cos", schedule="cosine", decay_steps=10)])
+    [rms, adam, cosine] = plan(
+        [
+            VariantSpec("rms"),
+            VariantSpec("adam", optimizer="adam"),
+            VariantSpec("cos", schedule="cosine", decay_steps=10),
+        ]
+    )
     settings = RunSettings()
     fused = {b.configs[0].name: runplan.execution(b, settings, cpu).step.fused_update for b in (rms, adam, cosine)}
     if runplan.cpu_kernels_on(cpu):
@@ -211,7 +245,13 @@ def test_invalid_settings_are_refused_by_name():
         VariantSpec("v", schedule="piecewise", boundaries=(5, 7), scales=(1,))
     spec = VariantSpec("v", optimizer="adam", schedule="piecewise", boundaries=[5, 7], scales=[0.5, 0.1], b2=0.99)
     d = spec.to_dict()
-    assert (d["optimizer"], d["schedule"], d["boundaries"], d["scales"], d["b2"]) == ("adam", "piecewise", [5, 7], [0.5, 0.1], 0.99)
+    assert (d["optimizer"], d["schedule"], d["boundaries"], d["scales"], d["b2"]) == (
+        "adam",
+        "piecewise",
+        [5, 7],
+        [0.5, 0.1],
+        0.99,
+    )
     assert VariantSpec.from_dict({k: v for k, v in d.items() if k != "model"}) == spec
 
 
@@ -219,14 +259,18 @@ def test_resume_mid_schedule_equals_the_uninterrupted_run(tmp_path):
     """The schedule's step count lives in the optimizer state, which the checkpoint saves: bit for bit."""
     ds = synthetic_dataset(n_train=N_TRAIN, n_validation=BATCH, num_words=NUM_WORDS, seed=1)
     settings = RunSettings(epochs=3, batch_size=BATCH, eval_batch_size=BATCH)
-    vs = [VariantSpec(f"cos{i}", optimizer="adam", schedule="cosine", learning_rate=lr, warmup_steps=3, decay_steps=12)
-          for i, lr in enumerate((1e-2, 3e-3))]
+    vs = [
+        VariantSpec(f"cos{i}", optimizer="adam", schedule="cosine", learning_rate=lr, warmup_steps=3, decay_steps=12)
+        for i, lr in enumerate((1e-2, 3e-3))
+    ]
     snapshots = []
     full = run(vs, ds, settings, on_epoch=lambda e, row, snap: snapshots.append(snap()) if e == 0 else None).history
     run_plan = runplan.plan_run(plan(vs), ds, settings, jax.devices()[:1])
     checkpoint.save_checkpoint(tmp_path, snapshots[0])
     restored = checkpoint.load_checkpoint(tmp_path, run_plan)
-    counts = [int(np.ravel(c)[0]) for c in jax.tree.leaves(restored.states[0].opt_state) if np.asarray(c).dtype == np.int32]
+    counts = [
+        int(np.ravel(c)[0]) for c in jax.tree.leaves(restored.states[0].opt_state) if np.asarray(c).dtype == np.int32
+    ]
     assert counts and all(c == 5 for c in counts), counts  # one epoch of 5 steps, mid-warmup-and-decay
     resumed = run(vs, ds, settings, resume=restored).history
     for key in full:
@@ -239,10 +283,14 @@ def test_schedules_match_optax_schedules():
     counts = jnp.arange(0, 30)
     cases = {
         "exponential": (dict(decay_rate=0.3, decay_steps=7.0), optax.exponential_decay(0.1, 7, 0.3)),
-        "cosine": (dict(warmup_steps=5.0, decay_steps=20.0, alpha=0.2),
-                   optax.warmup_cosine_decay_schedule(0.0, 0.1, 5, 20, end_value=0.02)),
-        "piecewise": (dict(boundaries=(4, 10, 11), scales=(0.5, 2.0, 0.1)),
-                      optax.piecewise_constant_schedule(0.1, {4: 0.5, 10: 2.0, 11: 0.1})),
+        "cosine": (
+            dict(warmup_steps=5.0, decay_steps=20.0, alpha=0.2),
+            optax.warmup_cosine_decay_schedule(0.0, 0.1, 5, 20, end_value=0.02),
+        ),
+        "piecewise": (
+            dict(boundaries=(4, 10, 11), scales=(0.5, 2.0, 0.1)),
+            optax.piecewise_constant_schedule(0.1, {4: 0.5, 10: 2.0, 11: 0.1}),
+        ),
     }
     for kind, (numbers, reference) in cases.items():
         hp = Hyperparameters.create(learning_rate=0.1, **numbers)
@@ -253,16 +301,24 @@ def test_schedules_match_optax_schedules():
 def test_hparams_and_axes_name_the_optimizer_and_schedule():
     from jaxreg import config, events, plots
 
-    spec = VariantSpec("v", optimizer="sgd", nesterov=True, momentum=0.9, schedule="piecewise", boundaries=(10, 20),
-                       scales=(0.5, 0.1))
+    spec = VariantSpec(
+        "v", optimizer="sgd", nesterov=True, momentum=0.9, schedule="piecewise", boundaries=(10, 20), scales=(0.5, 0.1)
+    )
     h = events.hparams_of(spec.to_dict(), 0)
     assert (h["optimizer"], h["momentum"], h["nesterov"], h["schedule"], h["boundaries"], h["scales"]) == (
-        "sgd", 0.9, True, "piecewise", "10,20", "0.5,0.1"
+        "sgd",
+        0.9,
+        True,
+        "piecewise",
+        "10,20",
+        "0.5,0.1",
     )
     assert len(events.header_records(h)) > 0
     older = {k: v for k, v in spec.to_dict().items() if k not in events.OPTIMIZER_HPARAM_FIELDS}  # a folder from before
     assert "schedule" not in events.hparams_of(older, 0)
-    assert {"learning_rate", "momentum", "b1", "b2", "eps", "warmup_steps"} <= set(config.AXES) <= set(plots.AXIS_LABELS)
+    assert (
+        {"learning_rate", "momentum", "b1", "b2", "eps", "warmup_steps"} <= set(config.AXES) <= set(plots.AXIS_LABELS)
+    )
 
 
 def test_adamw_vs_l2_preset_plans_two_programs():
@@ -283,7 +339,8 @@ def test_memory_estimate_counts_adams_two_moments():
     settings = RunSettings(epochs=2, batch_size=BATCH)
     state = {}
     for optimizer in ("keras2", "adam"):
-        run_plan = runplan.plan_run(plan([VariantSpec("v", optimizer=optimizer)]), ds, settings, jax.devices()[:1],
-                                    estimate_memory=True)
+        run_plan = runplan.plan_run(
+            plan([VariantSpec("v", optimizer=optimizer)]), ds, settings, jax.devices()[:1], estimate_memory=True
+        )
         state[optimizer] = run_plan.memory.state
     assert state["adam"] > state["keras2"]

@@ -20,11 +20,11 @@ import pytest
 
 from jaxreg import batches as batching
 from jaxreg import fileio, losses, outfolders, runfolder
-from jaxreg.runs import load_run
 from jaxreg import sweep as sweep_module
 from jaxreg.data import densify
 from jaxreg.model import MLP, init_params, unpadded
 from jaxreg.params import load_params, params_file
+from jaxreg.runs import load_run
 from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError, load_dataset, run_sweep
 from jaxreg.tasks import Task
 from jaxreg.train import StepConfig, evaluate
@@ -140,7 +140,9 @@ def test_a_padded_variant_is_saved_at_its_true_widths(finished, validation):
 
 def test_a_variant_diverged_from_epoch_1_has_final_but_no_best_parameters(finished):
     assert load_params(finished, "exploding", seed=0)["params"]["hidden_0"]["kernel"].shape == (1000, 16)
-    with pytest.raises(SweepError, match=r"no best parameters for variant 'exploding', seed 0: .* does not exist \(its seed diverged"):
+    with pytest.raises(
+        SweepError, match=r"no best parameters for variant 'exploding', seed 0: .* does not exist \(its seed diverged"
+    ):
         load_params(finished, "exploding", seed=0, which="best")
 
 
@@ -149,7 +151,9 @@ def test_the_saved_files_are_in_the_manifest(finished):
     assert runfolder.recorded(finished) == on_disk
     expected = {params_file(n, s, "final") for n in SPECS for s in range(CONFIG.seeds)}
     expected |= {params_file(n, s, "best") for n, s in trained_keys()}
-    assert {f for f in on_disk if f.startswith("params/")} == expected | {f + ".sha256" for f in expected}  # with checksums
+    assert {f for f in on_disk if f.startswith("params/")} == expected | {
+        f + ".sha256" for f in expected
+    }  # with checksums
     assert params_file("smaller", 1, "best") == "params/smaller/seed_1.best.msgpack"
     assert params_file("a/../b", 0) == "params/a%2F..%2Fb/seed_0.final.msgpack"
     assert params_file("..", 0) == "params/%2E%2E/seed_0.final.msgpack"
@@ -205,7 +209,17 @@ def _load_cli():
     return module
 
 
-CLI = ["--synthetic", "--epochs", "2", "--variants", "original,smaller", "--batch-size", "256", "--no-figures", "--no-progress"]
+CLI = [
+    "--synthetic",
+    "--epochs",
+    "2",
+    "--variants",
+    "original,smaller",
+    "--batch-size",
+    "256",
+    "--no-figures",
+    "--no-progress",
+]
 
 
 def _runs(base: Path) -> list[str]:
@@ -330,5 +344,7 @@ def test_a_checkpoint_without_best_parameters_is_refused(tmp_path):
     payload["format"] = 2  # the format before the best-epoch parameters
     (out / CHECKPOINT_FILE).write_bytes(runfolder.with_checksum(flax.serialization.msgpack_serialize(payload)))
     fileio.write_json(out / fileio.STATUS_FILE, {"state": "interrupted", "epochs_done": 5, "epochs": 5})
-    with pytest.raises(SweepError, match=r"cannot resume from .*checkpoint.msgpack: format 2, expected 3; use --overwrite"):
+    with pytest.raises(
+        SweepError, match=r"cannot resume from .*checkpoint.msgpack: format 2, expected 3; use --overwrite"
+    ):
         quiet_sweep(out, resume=True)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import run_concurrently
-from jaxreg.runs import load_run
 from jaxreg import variants as V
+from jaxreg.runs import load_run
 
 SWEEP = Path(__file__).resolve().parent.parent / "experiments" / "sweep.py"
 
@@ -37,7 +37,9 @@ class Dev:
 
 
 def bucket(widths, n_configs=1, seeds=(0,)):
-    configs = tuple(V.VariantSpec(f"v{'x'.join(map(str, widths))}_{i}", widths=widths, l2=1e-4 * i) for i in range(n_configs))
+    configs = tuple(
+        V.VariantSpec(f"v{'x'.join(map(str, widths))}_{i}", widths=widths, l2=1e-4 * i) for i in range(n_configs)
+    )
     return V.Bucket(V.PaddingPolicy().widths(widths), "keras2", configs, tuple(seeds))
 
 
@@ -71,10 +73,13 @@ def test_one_device_or_shard_puts_every_bucket_on_all_devices():
     assert V.place_buckets(book, two, "shard") == [tuple(two), tuple(two)]
 
 
-@pytest.mark.parametrize("placement, devices, message", [
-    ("scatter", [Dev(0)], "placement must be one of"),
-    ("spread", [], "no devices"),
-])
+@pytest.mark.parametrize(
+    "placement, devices, message",
+    [
+        ("scatter", [Dev(0)], "placement must be one of"),
+        ("spread", [], "no devices"),
+    ],
+)
 def test_place_buckets_rejects_bad_input(placement, devices, message):
     with pytest.raises(ValueError, match=message):
         V.place_buckets([bucket((16, 16))], devices, placement)
@@ -127,9 +132,17 @@ def _runs(tmp_path, *runs: tuple[str, int, str]):
     """(layout, histories) of SCRIPT for each (label, n_devices, placement), the processes run at the same time."""
     flags = os.environ.get("XLA_FLAGS", "")  # keeps an instruction-set limit, if any
     calls = [
-        dict(args=[sys.executable, "-c", SCRIPT, str(tmp_path / f"{label}.npz"), placement], capture_output=True, text=True,
-             timeout=600, env={**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}",
-                               "JAX_PLATFORMS": "cpu"})
+        dict(
+            args=[sys.executable, "-c", SCRIPT, str(tmp_path / f"{label}.npz"), placement],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={
+                **os.environ,
+                "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}",
+                "JAX_PLATFORMS": "cpu",
+            },
+        )
         for label, n_devices, placement in runs
     ]
     out = []
@@ -165,8 +178,16 @@ def sweep_env(cli_env):
 def _sweeps(env, *runs: tuple[Path, list[str]]):
     """experiments/sweep.py --synthetic into each (out, extra flags), the processes run at the same time."""
     common = ["--synthetic", "--epochs", "3", "--no-progress", "--no-figures", "--no-tensorboard"]
-    calls = [dict(args=[sys.executable, str(SWEEP), *common, "--out", str(out), *extra], env=env, capture_output=True,
-                  text=True, timeout=600) for out, extra in runs]
+    calls = [
+        dict(
+            args=[sys.executable, str(SWEEP), *common, "--out", str(out), *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        for out, extra in runs
+    ]
     done = []
     for (out, _), result in zip(runs, run_concurrently(*calls)):
         assert result.returncode == 0, result.stderr[-4000:]
@@ -177,7 +198,9 @@ def _sweeps(env, *runs: tuple[Path, list[str]]):
 @pytest.mark.process
 def test_book_command_spreads_its_programs_and_trains_as_on_one_device(tmp_path, sweep_env):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    (default, run), (one, single) = _sweeps(sweep_env, (tmp_path / "default", []), (tmp_path / "one", ["--devices", "1"]))
+    (default, run), (one, single) = _sweeps(
+        sweep_env, (tmp_path / "default", []), (tmp_path / "one", ["--devices", "1"])
+    )
     assert run.config["devices"]["placement"] == "spread"
     assert run.config["devices"]["count"] == min(2, cores), "one host device per program, up to the usable cores"
     on = [tuple(p["devices"]) for p in run.config["plan"]]
@@ -186,7 +209,9 @@ def test_book_command_spreads_its_programs_and_trains_as_on_one_device(tmp_path,
         assert on[0] != on[1], "the 16-unit bucket and `bigger` on different devices"
         assert " on cpu:" in default.stdout.splitlines()[2], "the plan line names the devices"
     assert single.config["devices"] == {**single.config["devices"], "count": 1, "placement": "shard"}
-    assert set(run.histories) == set(single.histories) == {"original", "smaller", "bigger", "l2", "l1", "l1_l2", "dropout"}
+    assert (
+        set(run.histories) == set(single.histories) == {"original", "smaller", "bigger", "l2", "l1", "l1_l2", "dropout"}
+    )
     for name, h in single.histories.items():
         for metric in V.METRICS:
             np.testing.assert_array_equal(run.histories[name][metric], h[metric], err_msg=f"{name} {metric}")
@@ -200,7 +225,17 @@ def test_more_devices_than_programs_is_refused_when_spread(tmp_path, monkeypatch
     spec = importlib.util.spec_from_file_location("sweep_cli", SWEEP)
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    args = ["--synthetic", "--variants", "original,bigger", "--placement", "spread", "--devices", "3", "--out", str(tmp_path / "r")]
+    args = [
+        "--synthetic",
+        "--variants",
+        "original,bigger",
+        "--placement",
+        "spread",
+        "--devices",
+        "3",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     assert cli.main(args) == 2
     assert "devices=3 is more than the 2 program(s) of this run (placement spread" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from test_results import ORIGINAL, make_history
 
 from jaxreg import plots
 from jaxreg.history import stack
-from test_results import ORIGINAL, make_history
 
 BOOK = {
     "original": ORIGINAL,

@@ -65,7 +65,9 @@ def test_the_vocabulary_is_recorded_with_the_tokenizer_settings(run_folder):
     assert VOCABULARY_FILE in fileio.read_json(run_folder / "manifest.json")["files"]
     saved = fileio.read_json(run_folder / VOCABULARY_FILE)
     expected = data.synthetic_dataset(**SYNTHETIC).vocabulary
-    assert list(saved["words"]) == list(expected) and list(saved["words"].values()) == list(range(3, SYNTHETIC["num_words"]))
+    assert list(saved["words"]) == list(expected) and list(saved["words"].values()) == list(
+        range(3, SYNTHETIC["num_words"])
+    )
     assert saved["tokenizer"] == data.tokenizer_settings() and saved["num_words"] == SYNTHETIC["num_words"]
     assert saved["target"] == "binary"
 
@@ -131,18 +133,36 @@ def own_model(config: dict) -> dict:
         ("which", dict(which="last"), r"which='last' must be one of final, best"),
         ("one string", dict(texts="a film"), r"texts must be a list of strings, not one string: pass \[text\]"),
         ("not text", dict(texts=["a film", 3]), r"texts\[1\] is a int, not a string"),
-        ("no folder", dict(folder="nowhere"),
-         r".*nowhere is not a run folder \(no config.json\) nor a runs/<preset> folder with a LATEST file"),
-        ("no vocabulary", dict(delete=VOCABULARY_FILE),
-         r".* has no vocabulary.json, so new text cannot be encoded for its models: .*"),
-        ("no parameters", dict(delete="params/original/seed_0.best.msgpack"),
-         r"no best parameters for variant 'original', seed 0: .*"),
-        ("task", dict(change=(VOCABULARY_FILE, lambda v: {**v, "target": "regression"})),
-         r"predict is for binary tasks only; the run in .* has a regression task"),
-        ("tokenizer", dict(change=(VOCABULARY_FILE, lambda v: {**v, "tokenizer": {**v["tokenizer"], "version": 9}})),
-         r".* was written with tokenizer version 9 \(format 1\); this jaxreg .*"),
-        ("own model", dict(change=(fileio.CONFIG_FILE, own_model)),
-         r"variant 'original' is an own model \(Wide\(features=3\)\): predict applies the study.s MLP only; .*"),
+        (
+            "no folder",
+            dict(folder="nowhere"),
+            r".*nowhere is not a run folder \(no config.json\) nor a runs/<preset> folder with a LATEST file",
+        ),
+        (
+            "no vocabulary",
+            dict(delete=VOCABULARY_FILE),
+            r".* has no vocabulary.json, so new text cannot be encoded for its models: .*",
+        ),
+        (
+            "no parameters",
+            dict(delete="params/original/seed_0.best.msgpack"),
+            r"no best parameters for variant 'original', seed 0: .*",
+        ),
+        (
+            "task",
+            dict(change=(VOCABULARY_FILE, lambda v: {**v, "target": "regression"})),
+            r"predict is for binary tasks only; the run in .* has a regression task",
+        ),
+        (
+            "tokenizer",
+            dict(change=(VOCABULARY_FILE, lambda v: {**v, "tokenizer": {**v["tokenizer"], "version": 9}})),
+            r".* was written with tokenizer version 9 \(format 1\); this jaxreg .*",
+        ),
+        (
+            "own model",
+            dict(change=(fileio.CONFIG_FILE, own_model)),
+            r"variant 'original' is an own model \(Wide\(features=3\)\): predict applies the study.s MLP only; .*",
+        ),
     ],
 )
 def test_what_cannot_be_predicted_is_one_line(run_folder, tmp_path, capsys, case, arguments, message):
@@ -178,4 +198,6 @@ def test_the_book_s_original_model_reads_new_reviews(imdb_archive, tmp_path):
     p_positive, p_negative = jaxreg.predict(run, [positive, negative])
     assert p_positive > 0.5 > p_negative, (p_positive, p_negative)
     vocabulary = load_vocabulary(run)
-    assert vocabulary.num_words == 10_000 and vocabulary.words["the"] == 3  # Keras' offsets: the most frequent word is 3
+    assert (
+        vocabulary.num_words == 10_000 and vocabulary.words["the"] == 3
+    )  # Keras' offsets: the most frequent word is 3

@@ -35,7 +35,9 @@ def test_every_python_block_is_run_here():
 
 def test_run_folder_examples_run(tmp_path, monkeypatch, capsys):
     """The demo command of "The run folder" (in-process), then its load_run and load_params examples in that folder."""
-    (command,) = [line for block in code_blocks("The run folder", "bash") for line in block.splitlines() if line.strip()]
+    (command,) = [
+        line for block in code_blocks("The run folder", "bash") for line in block.splitlines() if line.strip()
+    ]
     argv = shlex.split(command)
     assert argv[:2] == ["python", "experiments/sweep.py"], command
     monkeypatch.chdir(tmp_path)
@@ -56,7 +58,9 @@ def test_run_folder_examples_run(tmp_path, monkeypatch, capsys):
     printed, predicted = capsys.readouterr().out.splitlines()
     accuracy = float(re.fullmatch(r"validation accuracy: ([\d.]+)", printed)[1])
     probabilities = [float(p) for p in re.fullmatch(r"\[\s*([\d.e-]+)\s+([\d.e-]+)\s*\]", predicted).groups()]
-    expected = scope["predict"](tmp_path / "runs" / "demo", ["w3 w17 w52", "w900"], variant="smaller", seed=0, which="best")
+    expected = scope["predict"](
+        tmp_path / "runs" / "demo", ["w3 w17 w52", "w900"], variant="smaller", seed=0, which="best"
+    )
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)  # as printed: 8 digits
     assert len(set(probabilities)) == 2 and all(0 < p < 1 for p in probabilities)
     assert scope["logits"].shape == (len(scope["validation"].y),)

@@ -135,7 +135,10 @@ def test_run_folder_round_trip(tmp_path):
     assert len(lines) == 2 * 2 * len(ORIGINAL)
     records = [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}")) for line in lines]
     assert records[0] == {
-        "variant": "original", "seed": 0, "epoch": 1, **{m: history[("original", 0)][m][0] for m in METRICS},
+        "variant": "original",
+        "seed": 0,
+        "epoch": 1,
+        **{m: history[("original", 0)][m][0] for m in METRICS},
         "diverged": False,
     }
     assert records[-1]["val_loss"] is None and records[-1]["diverged"] is True

@@ -33,7 +33,14 @@ TEST = {  # test data loss: never decides divergence (the 5e6 is ignored), choos
     "ties": {0: [0.5, 5e6, 0.44, 0.45], 1: [0.5, 0.47, 0.47, 0.48]},
 }
 # what the rule gives, worked out by hand (epochs from 1; None: no epoch counts)
-PER_SEED_BEST = {("crossing", 0): 2, ("crossing", 1): 4, ("nan", 0): 1, ("nan", 1): None, ("ties", 0): 2, ("ties", 1): 2}
+PER_SEED_BEST = {
+    ("crossing", 0): 2,
+    ("crossing", 1): 4,
+    ("nan", 0): 1,
+    ("nan", 1): None,
+    ("ties", 0): 2,
+    ("ties", 1): 2,
+}
 VARIANT_BEST = {"crossing": 2, "nan": None, "ties": 2}
 ORACLE = {("crossing", 0): 2, ("crossing", 1): 3, ("nan", 0): 1, ("nan", 1): None, ("ties", 0): 3, ("ties", 1): 2}
 
@@ -43,7 +50,9 @@ def _history() -> dict:
     for name, seeds in VAL.items():
         for seed, val in seeds.items():
             val, test = np.array(val), np.array(TEST[name][seed])
-            columns = dict(loss=np.full(4, 0.3), data_loss=np.full(4, 0.3), penalty=np.zeros(4), accuracy=np.full(4, 0.8))
+            columns = dict(
+                loss=np.full(4, 0.3), data_loss=np.full(4, 0.3), penalty=np.zeros(4), accuracy=np.full(4, 0.8)
+            )
             columns.update(val_loss=val, val_data_loss=val, val_penalty=np.zeros(4), val_accuracy=np.full(4, 0.7))
             columns.update(test_loss=test, test_data_loss=test, test_accuracy=np.full(4, 0.6))
             assert tuple(columns) == metric_names("accuracy", test=True)
@@ -105,8 +114,11 @@ def test_tensorboard_and_the_online_tracker_agree_per_seed():
 
 def test_the_progress_bar_shows_the_summarys_best(stacked):
     config = SweepConfig(
-        "agree", (variants.VariantSpec("crossing"), variants.VariantSpec("nan"), variants.VariantSpec("ties")),
-        epochs=4, seeds=2, divergence_threshold=THRESHOLD,
+        "agree",
+        (variants.VariantSpec("crossing"), variants.VariantSpec("nan"), variants.VariantSpec("ties")),
+        epochs=4,
+        seeds=2,
+        divergence_threshold=THRESHOLD,
     )
     progress = _Progress(config, 0, {}, enabled=False)
     history = _history()

@@ -79,9 +79,17 @@ def _runs(tmp_path, *runs: tuple[str, int]):
     """(layout, histories) of SCRIPT for each (label, n_devices), the processes run at the same time."""
     flags = os.environ.get("XLA_FLAGS", "")  # keeps an instruction-set limit, if any
     calls = [
-        dict(args=[sys.executable, "-c", SCRIPT, str(tmp_path / f"{label}.npz"), label], capture_output=True, text=True,
-             timeout=600, env={**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}",
-                               "JAX_PLATFORMS": "cpu"})
+        dict(
+            args=[sys.executable, "-c", SCRIPT, str(tmp_path / f"{label}.npz"), label],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={
+                **os.environ,
+                "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}",
+                "JAX_PLATFORMS": "cpu",
+            },
+        )
         for label, n_devices in runs
     ]
     done = []

@@ -72,7 +72,11 @@ def reference(cached_env, tmp_path_factory) -> tuple[str, float]:
 def _start(out: Path, env: dict, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", WITH_CTRL_C, str(SWEEP), *ARGS, "--out", str(out), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=out.parent,
     )
 
 
@@ -113,7 +117,11 @@ def _ended(proc: subprocess.Popen, code: int) -> tuple[str, str]:
 def _resume(out: Path, env: dict, reference: str, *extra: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(SWEEP), *ARGS, "--out", str(out), "--resume", *extra],
-        env=env, capture_output=True, text=True, timeout=300, cwd=out.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=out.parent,
     )
     assert proc.returncode == 0, proc.stderr
     assert _status(out)["state"] == "finished"

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_concurrently
 
+from conftest import run_concurrently
 from jaxreg import fileio, live, rendezvous, summaries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,9 @@ def test_a_busy_coordinator_port_is_one_line_and_exit_2(tmp_path):
         port = taken.getsockname()[1]
         result, seconds = run(command(port, 0), tmp_path)
     assert result.returncode == CLI.EXIT_BAD_INPUT, result.stderr
-    assert one_line(result.stderr).startswith(f"sweep.py: error: the coordinator port {port} cannot be bound on this machine (")
+    assert one_line(result.stderr).startswith(
+        f"sweep.py: error: the coordinator port {port} cannot be bound on this machine ("
+    )
     assert "choose another free port" in result.stderr and seconds < WITHIN and not (tmp_path / "run").exists()
 
 
@@ -99,9 +101,9 @@ def test_an_unreachable_coordinator_is_one_line_and_exit_4(tmp_path):
     result, seconds = run(command(port, 1), tmp_path)
     assert result.returncode == CLI.EXIT_PROCESS_LOST, result.stderr
     line = one_line(result.stderr)
-    assert line.startswith(f"sweep.py: error: cannot reach process 0 at the coordinator localhost:{port} within 3 s") and (
-        "Connection refused" in line
-    )
+    assert line.startswith(
+        f"sweep.py: error: cannot reach process 0 at the coordinator localhost:{port} within 3 s"
+    ) and ("Connection refused" in line)
     unknown, _ = run([*command(port, 1)[:-2], "--coordinator", f"no-such-host.invalid:{port}"], tmp_path)
     assert unknown.returncode == CLI.EXIT_BAD_INPUT
     assert one_line(unknown.stderr).startswith("sweep.py: error: the coordinator host 'no-such-host.invalid'")
@@ -119,7 +121,10 @@ def test_another_process_count_stops_both_with_one_line(tmp_path):
     )
     why = "process 1 was started with --num-processes 3, process 0 with 2"
     assert zero.returncode == CLI.EXIT_BAD_INPUT and one_line(zero.stderr) == f"sweep.py: error: {why}"
-    assert one.returncode == CLI.EXIT_BAD_INPUT and one_line(one.stderr) == f"sweep.py: error: process 0 refused to start: {why}"
+    assert (
+        one.returncode == CLI.EXIT_BAD_INPUT
+        and one_line(one.stderr) == f"sweep.py: error: process 0 refused to start: {why}"
+    )
 
 
 @pytest.mark.process
@@ -127,7 +132,9 @@ def test_another_process_count_stops_both_with_one_line(tmp_path):
 def test_a_signal_while_waiting_for_peers_ends_the_wait(tmp_path, signum, status):
     port = free_port()
     cmd = command(port, 0)[:-2] + ["--peer-timeout", "60"]
-    process = subprocess.Popen(cmd, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        cmd, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + WITHIN
         while not _listening(port):  # process 0 waits for its peer once it listens
@@ -269,7 +276,9 @@ def _check_stopped(out: Path, capsys, code: int, file: str, epochs_done: int) ->
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == CLI.EXIT_WRITE_FAILED, err
-    assert len(lines) == 1 and lines[0].startswith(f"sweep.py: error: cannot write {out / file}: No space left on device; "), err
+    assert len(lines) == 1 and lines[0].startswith(
+        f"sweep.py: error: cannot write {out / file}: No space left on device; "
+    ), err
     assert f"the checkpoint holds epoch {epochs_done}" in lines[0] and "--resume" in lines[0], err
     status = fileio.read_json(out / fileio.STATUS_FILE)
     assert status["state"] == "interrupted" and status["epochs_done"] == epochs_done, status
@@ -277,7 +286,9 @@ def _check_stopped(out: Path, capsys, code: int, file: str, epochs_done: int) ->
     assert not list(out.glob(".*.tmp"))
 
 
-def test_a_full_disk_while_writing_the_history_stops_then_resumes_bit_for_bit(uninterrupted, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_while_writing_the_history_stops_then_resumes_bit_for_bit(
+    uninterrupted, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         patch.setattr(live, "open", _FullDisk(fail_at=2), raising=False)  # epoch 2's lines

@@ -63,7 +63,12 @@ def sweep_env(cli_env):
 
 def sweep(*args, env, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SWEEP), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+        [sys.executable, str(SWEEP), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
     )
 
 
@@ -205,10 +210,28 @@ def _tree_digest(path: Path) -> str:
 
 
 BAD_INPUTS = [
-    "unknown preset", "missing preset file", "unknown variant", "negative epochs", "zero seeds", "zero batch size",
-    "zero devices", "not an integer", "bad choice", "holdout with synthetic", "no data", "missing data path",
-    "corrupt archive", "unwritable out", "finished run", "unfinished run", "foreign folder", "resume and overwrite",
-    "legacy folder", "legacy overwrite", "config.json only", "bad divergence threshold",
+    "unknown preset",
+    "missing preset file",
+    "unknown variant",
+    "negative epochs",
+    "zero seeds",
+    "zero batch size",
+    "zero devices",
+    "not an integer",
+    "bad choice",
+    "holdout with synthetic",
+    "no data",
+    "missing data path",
+    "corrupt archive",
+    "unwritable out",
+    "finished run",
+    "unfinished run",
+    "foreign folder",
+    "resume and overwrite",
+    "legacy folder",
+    "legacy overwrite",
+    "config.json only",
+    "bad divergence threshold",
 ]
 NO_OVERWRITE_HINT = ("foreign folder", "legacy folder", "legacy overwrite", "config.json only")
 
@@ -245,12 +268,26 @@ def _bad_input_cases(tmp: Path) -> dict:
         "corrupt archive": (["--data", tmp / "garbage.tar.gz"], "truncated or corrupt", new),
         "unwritable out": (["--synthetic", "--out", tmp / "a_file" / "run"], "is not a folder", tmp / "a_file"),
         "finished run": (["--synthetic", "--out", tmp / "finished"], "--overwrite", tmp / "finished"),
-        "unfinished run": (["--synthetic", "--out", tmp / "unfinished"], "2/5 epochs done); pass --resume", tmp / "unfinished"),
-        "foreign folder": (["--synthetic", "--out", tmp / "foreign", "--overwrite"], "not a jaxreg run folder", tmp / "foreign"),
+        "unfinished run": (
+            ["--synthetic", "--out", tmp / "unfinished"],
+            "2/5 epochs done); pass --resume",
+            tmp / "unfinished",
+        ),
+        "foreign folder": (
+            ["--synthetic", "--out", tmp / "foreign", "--overwrite"],
+            "not a jaxreg run folder",
+            tmp / "foreign",
+        ),
         "resume and overwrite": (["--synthetic", "--resume", "--overwrite"], "contradict", new),
-        "legacy folder": (["--synthetic", "--out", tmp / "legacy", "--resume"], "a run of an older jaxreg", tmp / "legacy"),
+        "legacy folder": (
+            ["--synthetic", "--out", tmp / "legacy", "--resume"],
+            "a run of an older jaxreg",
+            tmp / "legacy",
+        ),
         "legacy overwrite": (
-            ["--synthetic", "--out", tmp / "legacy", "--overwrite"], "neither resumes nor overwrites", tmp / "legacy"
+            ["--synthetic", "--out", tmp / "legacy", "--overwrite"],
+            "neither resumes nor overwrites",
+            tmp / "legacy",
         ),
         "config.json only": (["--synthetic", "--out", tmp / "mine", "--overwrite"], "no manifest.json", tmp / "mine"),
         "bad divergence threshold": (["--synthetic", "--divergence-threshold", "-1"], "divergence_threshold=-1.0", new),
@@ -302,9 +339,25 @@ def test_help_explains_every_flag(capsys):
         code = exited.code
     proc = subprocess.CompletedProcess(["--help"], code, capsys.readouterr().out, "")
     assert proc.returncode == 0
-    for flag in ("--preset", "--epochs", "--seeds", "--batch-size", "--data", "--synthetic", "--out", "--validation",
-                 "--devices", "--variants", "--product", "--variant-loop", "--resume", "--overwrite", "--no-figures", "--keep-checkpoint",
-                 "--divergence-threshold"):
+    for flag in (
+        "--preset",
+        "--epochs",
+        "--seeds",
+        "--batch-size",
+        "--data",
+        "--synthetic",
+        "--out",
+        "--validation",
+        "--devices",
+        "--variants",
+        "--product",
+        "--variant-loop",
+        "--resume",
+        "--overwrite",
+        "--no-figures",
+        "--keep-checkpoint",
+        "--divergence-threshold",
+    ):
         assert flag in proc.stdout
     assert "JAXREG_DATA" in proc.stdout and "book" in proc.stdout
 
@@ -328,7 +381,9 @@ def test_divergence_is_reported_and_the_others_train_on(tiny_run):
     rows = {r["name"]: r for r in run.summary}
     assert rows["exploding"]["diverged"] == "0@1" and rows["exploding"]["best_epoch"] is None
     assert rows["original"]["diverged"] == "" and rows["original"]["best_epoch"] >= 1
-    assert run.status["state"] == "finished" and run.status["diverged"] == [{"variant": "exploding", "seed": 0, "epoch": 1}]
+    assert run.status["state"] == "finished" and run.status["diverged"] == [
+        {"variant": "exploding", "seed": 0, "epoch": 1}
+    ]
     assert run.config["devices"]["count"] == 2 and run.config["config"]["devices"] == 2
     assert "| exploding" in proc.stdout and "seed 0 @ 1" in proc.stdout
 
@@ -406,9 +461,11 @@ SMALL = SweepConfig(
 )
 
 
-def small_sweep(out, **kwargs) -> "object":
+def small_sweep(out, **kwargs) -> object:
     """SMALL in-process (compiled once per test session), quietly."""
-    return run_sweep(kwargs.pop("config", SMALL), out, progress=kwargs.pop("progress", False), stream=io.StringIO(), **kwargs)
+    return run_sweep(
+        kwargs.pop("config", SMALL), out, progress=kwargs.pop("progress", False), stream=io.StringIO(), **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -432,7 +489,9 @@ def test_manifest_lists_every_file_jaxreg_wrote(small_run):
     written = sorted(str(p.relative_to(small_run)) for p in small_run.rglob("*") if p.is_file())
     assert runfolder.recorded(small_run) == written
     assert {"manifest.json", "config.json", "checkpoint.msgpack", "figures/vs_original.png"} <= set(written)
-    assert not list(small_run.parent.glob(".*lock")) and not list(small_run.glob(".*"))  # the lock file went with the run
+    assert not list(small_run.parent.glob(".*lock")) and not list(
+        small_run.glob(".*")
+    )  # the lock file went with the run
 
 
 def test_overwrite_removes_only_jaxregs_files(small_run, tmp_path):
@@ -494,7 +553,9 @@ HOLD_THE_LOCK = (
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path, capsys):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(out)], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         code = _load_cli().main(["--synthetic", "--no-progress", "--out", str(out)])
@@ -535,9 +596,24 @@ def test_a_lock_file_deleted_by_its_holder_is_not_taken(tmp_path, monkeypatch):
 def test_two_runs_into_one_folder(tiny_preset, sweep_env, tmp_path, capsys):
     """A second run, --overwrite or --resume while a run writes the folder: refused, the first run unharmed."""
     out = tmp_path / "run"
-    args = ["--preset", str(tiny_preset), "--synthetic", "--no-progress", "--epochs", "3", "--no-figures", "--out", str(out)]
-    first = subprocess.Popen([sys.executable, str(SWEEP), *args, "--devices", "2"], env=sweep_env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    args = [
+        "--preset",
+        str(tiny_preset),
+        "--synthetic",
+        "--no-progress",
+        "--epochs",
+        "3",
+        "--no-figures",
+        "--out",
+        str(out),
+    ]
+    first = subprocess.Popen(
+        [sys.executable, str(SWEEP), *args, "--devices", "2"],
+        env=sweep_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while True:
         try:
@@ -623,7 +699,10 @@ def test_divergence_threshold_on_the_command_line(tmp_path, capsys):
     args = ["--preset", str(preset), "--synthetic", "--no-progress", "--no-figures", "--out", str(tmp_path / "run")]
     assert _load_cli().main([*args, "--divergence-threshold", "0.01"]) == 3
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == "sweep.py: diverged (NaN, infinite or a loss above 0.01): original (seed 0, epoch 1), l2 (seed 0, epoch 1)"
+    assert (
+        last
+        == "sweep.py: diverged (NaN, infinite or a loss above 0.01): original (seed 0, epoch 1), l2 (seed 0, epoch 1)"
+    )
 
 
 @pytest.mark.process

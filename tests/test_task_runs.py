@@ -7,8 +7,8 @@ import pytest
 
 import jaxreg
 from jaxreg import events, fileio, history, plots
-from jaxreg.summaries import summarize, summary_table
 from jaxreg.model import MLP
+from jaxreg.summaries import summarize, summary_table
 
 SETTINGS = jaxreg.RunSettings(epochs=6, batch_size=32, eval_batch_size=128)
 
@@ -39,13 +39,18 @@ def regression():
     x = rng.normal(size=(300, 5)).astype(np.float32)
     y = (x @ np.array([1.0, -2.0, 0.5, 0.0, 0.0]) + 0.1 * rng.normal(size=300)).astype(np.float32)
     data = jaxreg.from_arrays(x, y, holdout=0.25, seed=0)
-    variants = [jaxreg.VariantSpec("plain", (16, 16), learning_rate=1e-2), jaxreg.VariantSpec("l2", (16, 16), l2=1e-2, learning_rate=1e-2)]
+    variants = [
+        jaxreg.VariantSpec("plain", (16, 16), learning_rate=1e-2),
+        jaxreg.VariantSpec("l2", (16, 16), l2=1e-2, learning_rate=1e-2),
+    ]
     return data, jaxreg.run(variants, data, jaxreg.RunSettings(epochs=6, batch_size=16, eval_batch_size=128))
 
 
 def test_a_multiclass_run_learns_and_reports_accuracy(multiclass):
     data, result = multiclass
-    assert data.target == "multiclass" and data.num_classes == 4 and result.task == jaxreg.Task("multiclass", "keras", 4)
+    assert (
+        data.target == "multiclass" and data.num_classes == 4 and result.task == jaxreg.Task("multiclass", "keras", 4)
+    )
     for key, h in result.history.items():
         assert set(h) == set(history.metric_names("accuracy")), key
         assert h["val_accuracy"][-1] > 0.7 and h["loss"][-1] < h["loss"][0], key

@@ -35,7 +35,9 @@ def test_modes_agree_where_nothing_is_clipped():
     logits = jax.random.normal(jax.random.key(2), (32, 4))
     labels = jax.random.randint(jax.random.key(3), (32,), 0, 4)
     np.testing.assert_allclose(
-        losses.softmax_cross_entropy(logits, labels, "keras"), losses.softmax_cross_entropy(logits, labels, "logits"), rtol=1e-5
+        losses.softmax_cross_entropy(logits, labels, "keras"),
+        losses.softmax_cross_entropy(logits, labels, "logits"),
+        rtol=1e-5,
     )
 
 
@@ -50,7 +52,10 @@ def test_metrics_per_task():
     binary = Task()
     np.testing.assert_array_equal(binary.metric_per_example(jnp.array([0.5, -0.5]), jnp.array([1.0, 1.0])), [1.0, 0.0])
     assert (multiclass.outputs, regression.outputs, binary.outputs) == (3, 1, 1)
-    assert history.metric_names(regression.metric)[3] == "mae" and history.metric_names(binary.metric)[-1] == "val_accuracy"
+    assert (
+        history.metric_names(regression.metric)[3] == "mae"
+        and history.metric_names(binary.metric)[-1] == "val_accuracy"
+    )
 
 
 def test_contradictory_task_settings_are_refused_with_the_field_named():

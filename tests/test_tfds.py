@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data import reference_multi_hot, reference_tokens
 
 from jaxreg import data
 from jaxreg.data import DataError, densify, load_imdb
-
-from test_data import reference_multi_hot, reference_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "experiments" / "sweep.py"
@@ -104,7 +103,9 @@ def test_a_tfds_failure_is_one_data_error(tfds, monkeypatch):
         raise ConnectionError("no route to host\nmore lines")
 
     monkeypatch.setattr(tfds, "load", offline)
-    with pytest.raises(DataError, match=r"could not load imdb_reviews \(ConnectionError: no route to host\); .*internet"):
+    with pytest.raises(
+        DataError, match=r"could not load imdb_reviews \(ConnectionError: no route to host\); .*internet"
+    ):
         load_imdb(source="tfds", use_cache=False)
 
 
@@ -144,7 +145,17 @@ def test_cli_runs_on_tfds_mock_data(tfds, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("JAXREG_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "two.py").write_text(TWO_EPOCHS)
-    args = ["--preset", "two.py", "--data", "tfds", "--devices", "1", "--no-progress", "--no-figures", "--no-tensorboard"]
+    args = [
+        "--preset",
+        "two.py",
+        "--data",
+        "tfds",
+        "--devices",
+        "1",
+        "--no-progress",
+        "--no-figures",
+        "--no-tensorboard",
+    ]
     code = _load_cli().main([*args, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 0, err

@@ -94,7 +94,7 @@ def _init(config, true_widths=None, seed=0):
     return _cached_init(key_config, true_widths, seed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_init(config, true_widths, seed):
     return _jit_init_state(jax.random.key(seed), config, NUM_WORDS, true_widths)
 
@@ -150,8 +150,17 @@ def epoch_vs_steps(ds):
         new_state, metrics = step(states[-1], _batch(stacked, i), key, hp, config=ALL_STAGES)
         states.append(new_state)
         step_metrics.append(jax.tree.map(float, metrics))
-    return dict(hp=hp, stacked=stacked, order=order, key=key, epoch_state=epoch_state, means=means,
-                states=states, step_metrics=step_metrics, by_hand=np.array(by_hand))
+    return dict(
+        hp=hp,
+        stacked=stacked,
+        order=order,
+        key=key,
+        epoch_state=epoch_state,
+        means=means,
+        states=states,
+        step_metrics=step_metrics,
+        by_hand=np.array(by_hand),
+    )
 
 
 def test_partial_last_batch_loss_and_epoch_mean_are_exact(epoch_vs_steps):
@@ -376,11 +385,17 @@ def test_fused_step_without_the_kernels_says_so(monkeypatch):
 
 def test_fused_update_is_refused_where_it_would_not_be_exact():
     unsupported_cases = (
-        dict(optimizer="keras3"), dict(optimizer="adam"), dict(schedule="cosine"), dict(use_weight_decay=True),
-        dict(use_l1_proximal=True), dict(product="dense"),
+        dict(optimizer="keras3"),
+        dict(optimizer="adam"),
+        dict(schedule="cosine"),
+        dict(use_weight_decay=True),
+        dict(use_l1_proximal=True),
+        dict(product="dense"),
     )
     for unsupported in unsupported_cases:
-        with pytest.raises(ValueError, match="fused_update needs the study's MLP, product='sparse', optimizer='keras2'"):
+        with pytest.raises(
+            ValueError, match="fused_update needs the study's MLP, product='sparse', optimizer='keras2'"
+        ):
             dataclasses.replace(KERAS, fused_update=True, **unsupported)
     assert train.fused_update_supports(KERAS) and not train.fused_update_supports(ALL_STAGES)
 

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from jaxreg import variants
-from jaxreg.tasks import Task
 from jaxreg.data import synthetic_dataset
+from jaxreg.tasks import Task
 from jaxreg.variants import (
     METRICS,
     Bucket,
@@ -37,10 +37,10 @@ from jaxreg.variants import (
     VariantError,
     VariantSpec,
     choose_product,
-    sequential_on,
     padded_widths,
     plan,
     run,
+    sequential_on,
     with_seeds,
 )
 
@@ -97,7 +97,11 @@ def compilation_cache(tmp_path_factory):
     """Compile identical bucket programs once: each run() builds new programs, and many runs here repeat shapes."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     saved = {name: getattr(jax.config, name) for name in names}
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -272,7 +276,12 @@ def test_wide_widths_are_not_padded_into_each_other():
 
 
 def test_different_depths_never_share():
-    vs = [VariantSpec("one", (16,)), VariantSpec("two", (16, 16)), VariantSpec("three", (16, 16, 16)), VariantSpec("small", (1, 1))]
+    vs = [
+        VariantSpec("one", (16,)),
+        VariantSpec("two", (16, 16)),
+        VariantSpec("three", (16, 16, 16)),
+        VariantSpec("small", (1, 1)),
+    ]
     buckets = plan(vs)
     assert sorted((b.widths, tuple(c.name for c in b.configs)) for b in buckets) == [
         ((16,), ("one",)),
@@ -316,12 +325,19 @@ def test_plan_keeps_decoupled_stages_apart():
     buckets = plan([WIDE, WIDE_DECAY, WIDE_L2, WIDE_PROXIMAL, NARROW])
     grids = sorted((tuple(c.name for c in b.configs), b.widths) for b in buckets)
     assert grids == [(("wide", "wide_l2", "narrow"), (16, 16)), (("wide_decay", "wide_proximal"), (16, 16))]
-    fused = {tuple(c.name for c in b.configs): b.step_config(Task(), "sparse", cpu_kernels=True).fused_update for b in buckets}
+    fused = {
+        tuple(c.name for c in b.configs): b.step_config(Task(), "sparse", cpu_kernels=True).fused_update
+        for b in buckets
+    }
     assert fused == {("wide", "wide_l2", "narrow"): True, ("wide_decay", "wide_proximal"): False}
 
 
 def test_plan_splits_other_seed_sets_and_optimizers():
-    vs = [*with_seeds([WIDE], [0, 1]), *with_seeds([WIDE_L2], [0]), *with_seeds([SHALLOW, VariantSpec("k2", (8,))], [0, 1])]
+    vs = [
+        *with_seeds([WIDE], [0, 1]),
+        *with_seeds([WIDE_L2], [0]),
+        *with_seeds([SHALLOW, VariantSpec("k2", (8,))], [0, 1]),
+    ]
     grids = sorted((b.widths, b.optimizer, tuple(c.name for c in b.configs), b.seeds) for b in plan(vs))
     assert grids == [
         ((16,), "keras2", ("k2",), (0, 1)),
@@ -374,7 +390,9 @@ def test_execution_is_decided_once_and_reported():
     assert e.describe() == {"model": "MLP(16, 16)", "task": {"kind": "binary", "loss": "keras", "num_classes": None},
                             "product": "sparse", "variant_loop": "map" if e.sequential else "vmap",
                             "cpu_kernels": kernels, "fused_update": kernels}  # fmt: skip
-    program = BucketProgram(bucket, synthetic_dataset(n_train=64, n_validation=16, num_words=200), RunSettings(epochs=1))
+    program = BucketProgram(
+        bucket, synthetic_dataset(n_train=64, n_validation=16, num_words=200), RunSettings(epochs=1)
+    )
     assert program.execution == e and program.config == e.step
     with pytest.raises(ValueError, match="variant_loop"):
         RunSettings(variant_loop="loop")
@@ -473,7 +491,9 @@ def test_resume_equals_uninterrupted(dataset, reference):
     assert snap.epochs_done == SNAPSHOT_AFTER
     assert all(len(h["loss"]) == SNAPSHOT_AFTER for h in snap.history.values())
     seen = []
-    resumed = run(reference["variants"], dataset, SETTINGS, resume=snap, on_epoch=lambda e, row, s: seen.append(e)).history
+    resumed = run(
+        reference["variants"], dataset, SETTINGS, resume=snap, on_epoch=lambda e, row, s: seen.append(e)
+    ).history
     assert seen == list(range(SNAPSHOT_AFTER, SETTINGS.epochs))
     assert_equal(resumed, reference["history"], list(reference["history"]))
 
@@ -563,5 +583,7 @@ def test_with_variant_loop_map_a_variant_alone_equals_it_in_a_bucket(dataset):
     # vmapped: the target's own bucket is the program that trains it (other buckets are other programs)
     (bucket,) = [b for b in plan(neighbours) if target in b.variants]
     assert len(bucket.configs) > 1
-    vmapped = run(list(bucket.variants), dataset, dataclasses.replace(SETTINGS, variant_loop="vmap")).history[("target", 1)]
+    vmapped = run(list(bucket.variants), dataset, dataclasses.replace(SETTINGS, variant_loop="vmap")).history[
+        ("target", 1)
+    ]
     assert_close({"t": vmapped}, {"t": together}, ["t"])

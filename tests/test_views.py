@@ -2,10 +2,9 @@
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
-
-import jax
 
 from jaxreg import data, views
 from jaxreg import dataset as ds_mod
@@ -137,6 +136,8 @@ def test_a_view_larger_than_the_training_split_is_refused(synthetic):
 
 def test_label_noise_needs_class_labels():
     rng = np.random.default_rng(0)
-    regression = ds_mod.from_arrays(rng.normal(size=(200, 5)).astype(np.float32), rng.normal(size=200), holdout=50, seed=0)
+    regression = ds_mod.from_arrays(
+        rng.normal(size=(200, 5)).astype(np.float32), rng.normal(size=200), holdout=50, seed=0
+    )
     with pytest.raises(V.VariantError, match="variant 'r'.*label_noise=0.2 needs class labels"):
         V.run([V.VariantSpec("r", (8,), label_noise=0.2)], regression, SETTINGS)

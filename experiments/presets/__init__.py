@@ -15,8 +15,14 @@ from jaxreg.config import SweepConfig, SweepError
 from jaxreg.variants import VariantError
 
 PRESETS = {
-    "book": "book.py", "capacity": "capacity.py", "l2-grid": "l2_grid.py", "dropout-grid": "dropout_grid.py", "decay-vs-l2": "decay_vs_l2.py",
-    "learning-curve": "learning_curve.py", "label-noise": "label_noise.py", "double-descent": "double_descent.py",
+    "book": "book.py",
+    "capacity": "capacity.py",
+    "l2-grid": "l2_grid.py",
+    "dropout-grid": "dropout_grid.py",
+    "decay-vs-l2": "decay_vs_l2.py",
+    "learning-curve": "learning_curve.py",
+    "label-noise": "label_noise.py",
+    "double-descent": "double_descent.py",
     "adamw-vs-l2": "adamw_vs_l2.py",
 }
 
@@ -30,7 +36,9 @@ def load(name_or_path: str) -> SweepConfig:
         if not path.is_file():
             raise SweepError(f"preset file {name_or_path!r} does not exist")
     else:
-        raise SweepError(f"unknown preset {name_or_path!r}; choose one of {', '.join(PRESETS)}, or pass a config .py file")
+        raise SweepError(
+            f"unknown preset {name_or_path!r}; choose one of {', '.join(PRESETS)}, or pass a config .py file"
+        )
     spec = importlib.util.spec_from_file_location(f"jaxreg_preset_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:

@@ -25,10 +25,16 @@ DECAY = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # the paper's per-step decay lam (weight
 
 def variants() -> tuple[VariantSpec, ...]:
     plain = [VariantSpec(f"adam_lr{lr:g}", optimizer="adam", learning_rate=lr) for lr in LEARNING_RATES]
-    coupled = [VariantSpec(f"adam_l2_lr{lr:g}_c{c:g}", optimizer="adam", learning_rate=lr, l2=c)
-               for lr in LEARNING_RATES for c in L2]
-    decoupled = [VariantSpec(f"adamw_lr{lr:g}_lam{lam:g}", optimizer="adamw", learning_rate=lr, weight_decay=lam / lr)
-                 for lr in LEARNING_RATES for lam in DECAY]
+    coupled = [
+        VariantSpec(f"adam_l2_lr{lr:g}_c{c:g}", optimizer="adam", learning_rate=lr, l2=c)
+        for lr in LEARNING_RATES
+        for c in L2
+    ]
+    decoupled = [
+        VariantSpec(f"adamw_lr{lr:g}_lam{lam:g}", optimizer="adamw", learning_rate=lr, weight_decay=lam / lr)
+        for lr in LEARNING_RATES
+        for lam in DECAY
+    ]
     return tuple(plain + coupled + decoupled)
 
 

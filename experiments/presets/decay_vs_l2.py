@@ -54,8 +54,14 @@ def get_config() -> SweepConfig:
         variants=(
             VariantSpec("original", **mlp),
             *(VariantSpec(f"l2_{c:g}", **mlp, l2=c) for c in L2),
-            *(VariantSpec(f"weight_decay_{matched_weight_decay(c):g}", **mlp, weight_decay=matched_weight_decay(c)) for c in L2),
+            *(
+                VariantSpec(f"weight_decay_{matched_weight_decay(c):g}", **mlp, weight_decay=matched_weight_decay(c))
+                for c in L2
+            ),
             *(VariantSpec(f"l1_{c:g}", **mlp, l1=c) for c in L1),
-            *(VariantSpec(f"l1_proximal_{matched_l1_proximal(c):g}", **mlp, l1_proximal=matched_l1_proximal(c)) for c in L1),
+            *(
+                VariantSpec(f"l1_proximal_{matched_l1_proximal(c):g}", **mlp, l1_proximal=matched_l1_proximal(c))
+                for c in L1
+            ),
         ),
     )

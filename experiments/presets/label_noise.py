@@ -21,7 +21,11 @@ def get_config() -> SweepConfig:
         name="label-noise",
         description=__doc__.strip().splitlines()[2],
         variants=(
-            *(VariantSpec(f"{model}_noise{p:g}", widths=widths, label_noise=p) for model, widths in MODELS.items() for p in NOISE),
+            *(
+                VariantSpec(f"{model}_noise{p:g}", widths=widths, label_noise=p)
+                for model, widths in MODELS.items()
+                for p in NOISE
+            ),
             VariantSpec("bigger_noise1", widths=(1024, 1024), label_noise=1.0),
         ),
         axis="label_noise",

@@ -25,6 +25,8 @@ def get_config() -> SweepConfig:
     return SweepConfig(
         name="learning-curve",
         description=__doc__.strip().splitlines()[2],
-        variants=tuple(VariantSpec(f"{model}_n{n}", **fields, train_size=n) for model, fields in MODELS.items() for n in SIZES),
+        variants=tuple(
+            VariantSpec(f"{model}_n{n}", **fields, train_size=n) for model, fields in MODELS.items() for n in SIZES
+        ),
         axis="train_size",
     )
