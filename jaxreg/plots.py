@@ -466,3 +466,101 @@ def make_figures(histories: Mapping, folder, axis: tuple | None = None) -> list[
         EARLY_STOPPING_FIGURE: lambda path: plot_early_stopping(histories, path),
     }
     return [draw[name](folder / name) for name in figure_files(names, axis_name, tested(histories))]
+
+
+# --- a metric over a 2-D grid, one heatmap per family (e.g. Adam + L2 against AdamW) ------------
+
+HEATMAP_ROWS = (
+    ("val_data_loss", "best", "best validation data loss"),
+    ("val_data_loss", "final", "final validation data loss"),
+    ("val_error", "best", "validation error at the best epoch"),
+    ("val_error", "final", "final validation error"),
+)
+
+
+def grid_cell_value(h, metric: str, which: str) -> float:
+    """Mean over seeds of `metric` at the variant's best or final epoch (`plotted_epoch`); "val_error" is
+    1 - val_accuracy. NaN where there is no such epoch or a seed has diverged there."""
+    epoch = plotted_epoch(h, which)
+    if epoch is None:
+        return math.nan
+    values = 1.0 - masked(h, "val_accuracy") if metric == "val_error" else masked(h, metric)
+    return float(values[:, epoch].mean())
+
+
+def grid_matrices(histories: Mapping, cells: Mapping[str, tuple], metric: str, which: str) -> dict:
+    """{family: (x values, y values, matrix[y, x])} of `grid_cell_value`; `cells` maps a variant to
+    (family, x, y); a cell no variant fills is NaN. A variant may appear in several families
+    (cells' value a list of such triples), e.g. an unregularized reference at strength 0 in both."""
+    out: dict = {}
+    for name, triples in cells.items():
+        for family, x, y in [triples] if isinstance(triples[0], str) else triples:
+            out.setdefault(family, {})[(float(x), float(y))] = grid_cell_value(histories[name], metric, which)
+    matrices = {}
+    for family, points in out.items():
+        xs, ys = sorted({x for x, _ in points}), sorted({y for _, y in points})
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for (x, y), value in points.items():
+            grid[ys.index(y), xs.index(x)] = value
+        matrices[family] = (xs, ys, grid)
+    return matrices
+
+
+def _heatmap(ax, xs, ys, grid, vmin, vmax, cmap):
+    """One panel: cells coloured on a shared scale, each cell's value written in it, and per column (x)
+    the row with the lowest value boxed (where the best y lies for each x)."""
+    image = ax.imshow(grid, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    middle = (vmin + vmax) / 2
+    for (i, j), value in np.ndenumerate(grid):
+        if np.isfinite(value):
+            color = "black" if value > middle else "white"  # viridis: dark at the low end
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize="small", color=color)
+    for j in range(grid.shape[1]):
+        column = grid[:, j]
+        if np.isfinite(column).any():
+            i = int(np.nanargmin(column))
+            ax.add_patch(_box(j, i))
+    ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+    ax.set_yticks(range(len(ys)), [f"{y:g}" if y else "0 (none)" for y in ys])
+    return image
+
+
+def _box(j: int, i: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="C3", linewidth=2.2)
+
+
+def plot_grid_heatmaps(
+    histories: Mapping,
+    cells: Mapping[str, tuple],
+    path,
+    x_label: str,
+    y_labels: Mapping[str, str] | str,
+    rows: Sequence[tuple[str, str, str]] = HEATMAP_ROWS,
+    title: str | None = None,
+) -> Path:
+    """Heatmaps of a metric over a 2-D grid (x, y), one column of panels per family and one row per
+    (metric, "best"|"final", label) in `rows` (default: best and final validation data loss and
+    validation error); each row shares one colour scale. Red boxes: the lowest value per x.
+
+    `cells`: {variant: (family, x, y)} or a list of such triples (`grid_matrices`). `y_labels`: one
+    y-axis label, or one per family (e.g. "L2 penalty c" and "decay per step lam").
+    """
+    per_row = [(grid_matrices(histories, cells, metric, which), label) for metric, which, label in rows]
+    families = list(per_row[0][0])
+    fig = Figure(figsize=(4.6 * len(families) + 1.2, 3.9 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(families), squeeze=False)
+    for r, (matrices, label) in enumerate(per_row):
+        finite = np.concatenate([m[2][np.isfinite(m[2])] for m in matrices.values()] + [np.zeros(0)])
+        vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+        for c, family in enumerate(families):
+            xs, ys, grid = matrices[family]
+            image = _heatmap(axes[r, c], xs, ys, grid, vmin, vmax, "viridis")
+            axes[r, c].set_title(f"{family}: {label}", fontsize="medium")
+            axes[r, c].set_xlabel(x_label)
+            axes[r, c].set_ylabel(y_labels if isinstance(y_labels, str) else y_labels.get(family, ""))
+        fig.colorbar(image, ax=list(axes[r]), shrink=0.9, label=label)
+    note = _seed_note(histories).split(",")[0]
+    fig.suptitle(f"{title or 'A metric over the grid'} ({note}; red box: lowest per column)")
+    return _save(fig, path)

@@ -151,3 +151,65 @@ def test_legends_sit_outside_the_panels(tmp_path, monkeypatch, draw):
         plots.plot_curves(histories, tmp_path / "c.png", values, "l2")
     fig = saved[-1]
     assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+
+
+def test_grid_heatmaps_put_each_variant_in_its_cell(tmp_path, monkeypatch):
+    """Two families on a learning rate x strength grid (adamw-vs-l2's figure): every cell holds its
+    variant's mean best validation data loss, a reference at strength 0 appears in both, the lowest
+    cell per column is boxed, and each row of panels shares one colour scale."""
+    saved = _capture_figure(monkeypatch)
+    rates, strengths = (1e-4, 1e-3, 1e-2), (1e-5, 1e-3)
+    curves, cells = {}, {}
+    for i, lr in enumerate(rates):
+        curves[f"plain_{i}"] = np.add(ORIGINAL, 0.5)
+        cells[f"plain_{i}"] = [("L2", lr, 0.0), ("decay", lr, 0.0)]
+        for j, c in enumerate(strengths):
+            for k, family in enumerate(("L2", "decay")):
+                name = f"{family}_{i}_{j}"
+                curves[name] = np.add(ORIGINAL, 0.01 * (i + 3 * j + 10 * k))  # the lowest: strength 1e-5
+                cells[name] = (family, lr, c)
+    histories = stack(make_history(curves, seeds=(0, 1)))
+    matrices = plots.grid_matrices(histories, cells, "val_data_loss", "best")
+    xs, ys, grid = matrices["decay"]
+    assert xs == list(rates) and ys == [0.0, *strengths] and grid.shape == (3, 3)
+    best = min(ORIGINAL) + 0.005  # make_history: seed s adds 0.01 s, mean over seeds 0 and 1
+    np.testing.assert_allclose(grid[1], best + 0.01 * (np.arange(3) + 10), rtol=1e-6)
+    np.testing.assert_allclose(grid[0], best + 0.5, rtol=1e-6)  # the shared reference
+    np.testing.assert_allclose(matrices["L2"][2][0], grid[0], rtol=0)
+    path = plots.plot_grid_heatmaps(
+        histories, cells, tmp_path / "grid.png", "learning rate", {"L2": "c", "decay": "lam"}
+    )
+    assert_real_png(path)
+    fig = saved[-1]
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 2 * len(plots.HEATMAP_ROWS)
+    top = [ax.get_images()[0].get_clim() for ax in panels[:2]]
+    assert top[0] == top[1]  # one scale per row
+    boxes = [(p.get_x() + 0.5, p.get_y() + 0.5) for p in panels[1].patches]
+    assert sorted(boxes) == [(0.0, 1.0), (1.0, 1.0), (2.0, 1.0)]  # strength 1e-5 is best in every column
+
+
+def test_grid_heatmaps_script_places_the_adamw_vs_l2_preset():
+    """experiments/grid_heatmaps.py on adamw-vs-l2's variants: two families of 5 x 5, AdamW's decay shown as the
+    paper's per-step lam (weight_decay x learning rate, exactly the preset's DECAY values), plain Adam at 0 in both."""
+    import dataclasses
+    import importlib.util
+    from pathlib import Path
+
+    from experiments.presets import adamw_vs_l2 as preset
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "grid_heatmaps.py"
+    spec = importlib.util.spec_from_file_location("grid_heatmaps", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    recorded = [dataclasses.asdict(v) for v in preset.variants()]
+    cells, labels = script.grid_cells(recorded)
+    assert list(labels) == ["Adam + L2 penalty", "AdamW + decoupled decay"]
+    decayed = {y for name, triples in cells.items() for family, _, y in triples if family.startswith("AdamW")}
+    assert decayed == {0.0, *preset.DECAY}  # lam / lr * lr is lam again, one row per lam
+    penalized = {y for triples in cells.values() for family, _, y in triples if family.startswith("Adam +")}
+    assert penalized == {0.0, *preset.L2}
+    plain = [name for name in cells if name.startswith("adam_lr")]
+    assert len(plain) == 5 and all(len(cells[n]) == 2 for n in plain)
+    with pytest.raises(ValueError, match="one regularizer per variant"):
+        script.strength({"name": "both", "l2": 1e-3, "weight_decay": 1.0, "learning_rate": 1e-3})
