@@ -8,6 +8,9 @@ validation on 25,000 test reviews), one bucket at a time through variants.Bucket
   one more variant, (t_n - t_1) / (n - 1), relative to t_1;
 * width: one (w, w) model for w = 1, 2, 4, ..., 1024;
 * seeds: n seeds of the original (16, 16) config, each seed with its own batches;
+* optimizers16: n = 1 and 16 variants of the 16-unit model with RMSprop ("keras2", jaxreg's
+  fused CPU step; "keras3", the same optimizer through optax, not fused) and with Adam ("adam",
+  optax), every bucket's epochs run in turn, and the per-variant epoch ratio Adam / RMSprop;
 * the machine's limits: median GFLOP/s of plain float32 matmuls in JAX (2048^3, the dense
   first layer 512x10000 @ 10000x1024, its kernel gradient 10000x512 @ 512x1024, the hidden
   layer 512x1024 @ 1024x1024), copy bandwidth (x + 1 over a 256 MB array, read + write
@@ -43,6 +46,7 @@ Run (from the repository root, venv active):
     python benchmarks/scaling.py --quick --json /tmp/scaling.json   # a few minutes
     python benchmarks/scaling.py                                    # all sizes (long on 2 cores)
     python benchmarks/scaling.py --sections limits,width --product sparse
+    python benchmarks/scaling.py --sections optimizers16 --epochs 10       # Adam against RMSprop
 
 The report (Markdown) goes to stdout, progress to stderr.
 """
@@ -58,19 +62,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-SECTIONS = ("limits", "variants16", "variants1024", "width", "seeds")
+SECTIONS = ("limits", "variants16", "variants1024", "width", "seeds", "optimizers16")
 FULL = {
     "variants16": [1, 2, 4, 8, 16, 32],
+    "optimizers16": [1, 16],
     "variants1024": [1, 2, 4],
     "width": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
     "seeds": [1, 2, 4, 8],
 }
 QUICK = {
     "variants16": [1, 4, 16],
+    "optimizers16": [1, 16],
     "variants1024": [1, 2],
     "width": [1, 16, 128, 1024],
     "seeds": [1, 4],
 }
+# optimizers16: RMSprop with jaxreg's fused CPU step (keras2), Keras 3's RMSprop through optax (not fused), optax's Adam
+OPTIMIZERS = ("keras2", "keras3", "adam")
 BATCH_SIZE = 512
 EVAL_BATCH_SIZE = 1024
 FLOAT = 4  # bytes
@@ -318,6 +326,50 @@ def sweep(section: str, sizes, ds, args, stats, limits) -> list[dict]:
     return rows
 
 
+def optimizer_specs(optimizer: str, n: int) -> list:
+    from jaxreg.variants import VariantSpec
+
+    return [VariantSpec(f"l2_{i}", (16, 16), l2=1e-4 * (i + 1), optimizer=optimizer) for i in range(n)]
+
+
+def compare_optimizers(sizes, ds, args) -> list[dict]:
+    """Per size n: the median epoch of n 16-unit variants with each of OPTIMIZERS, all buckets' epochs run
+    in turn (`side_by_side`), and Adam's per-variant epoch over RMSprop's."""
+    C.log(f"[optimizers16] side by side: {args.epochs} epochs of {', '.join(OPTIMIZERS)} x n = {sizes} in turn ...")
+    together = side_by_side(
+        {(opt, n): optimizer_specs(opt, n) for n in sizes for opt in OPTIMIZERS}, ds, args.epochs, args.product
+    )
+    rows = []
+    for n in sizes:
+        times = {opt: together[(opt, n)] for opt in OPTIMIZERS}
+        rows.append({"n": n, "epoch_s": times, "ratio": times["adam"] / times["keras2"]})
+        C.log(f"[optimizers16] n={n}: " + ", ".join(f"{o} {t:.3f} s/epoch" for o, t in times.items()))
+    return rows
+
+
+def optimizer_table(rows) -> str:
+    header = [
+        "variants",
+        "RMSprop keras2 (fused) s/epoch",
+        "RMSprop keras3 (optax) s/epoch",
+        "Adam s/epoch",
+        "per variant: keras2 / Adam",
+        "Adam / keras2",
+        "Adam / keras3",
+    ]
+    table = [
+        [
+            r["n"],
+            *(f"{r['epoch_s'][opt]:.3f}" for opt in OPTIMIZERS),
+            f"{r['epoch_s']['keras2'] / r['n']:.4f} / {r['epoch_s']['adam'] / r['n']:.4f}",
+            f"{r['ratio']:.2f}x",
+            f"{r['epoch_s']['adam'] / r['epoch_s']['keras3']:.2f}x",
+        ]
+        for r in rows
+    ]
+    return C.markdown_table(header, table)
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -389,6 +441,12 @@ def report(args, info, stats, limits, results) -> str:
     }
     for section, rows in results.items():
         if section == "limits" or not rows:
+            continue
+        if section == "optimizers16":
+            lines.append("\n### RMSprop against Adam, variants of the 16-unit model (different l2, same seed)\n")
+            lines.append(
+                optimizer_table(rows) + f"\n\nMedians of {args.epochs} epochs per bucket, all buckets in turn."
+            )
             continue
         lines.append(f"\n### {titles[section]}\n")
         label = {"width": "w", "seeds": "seeds"}.get(section, "variants")
@@ -479,7 +537,13 @@ def main(argv=None) -> int:
         first = ds.train.x.take(epoch_order(0, 0, len(ds.train))[:BATCH_SIZE])
         rows = np.repeat(np.arange(BATCH_SIZE, dtype=np.int32), np.diff(first.indptr))
         limits = measure_limits(args.repeats, (rows, first.indices.astype(np.int32)))
-    results = {s: sweep(s, sizes[s], ds, args, stats, limits) for s in sections if s != "limits"}
+    results = {
+        s: compare_optimizers(sizes[s], ds, args)
+        if s == "optimizers16"
+        else sweep(s, sizes[s], ds, args, stats, limits)
+        for s in sections
+        if s != "limits"
+    }
     text = report(args, info, stats, limits, results)
     print(text)
     C.write_json(
