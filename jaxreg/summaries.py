@@ -359,3 +359,76 @@ def read_summary(path) -> list[dict]:
 
 
 # --- run folders -----------------------------------------------------------------------
+
+
+# --- configurations compared over seeds, paired (same seed: same initialization, same batches) ----
+
+TIE_STANDARD_ERRORS = 2.0  # a configuration is as good as the best within this many standard errors
+
+
+def seed_values(h: Mapping[str, np.ndarray], which: str = "best") -> np.ndarray:
+    """Per seed, the validation data loss at the variant's best epoch (`selection.variant_best_epoch`, the
+    lowest mean over seeds, as summary.md's column) or at its final one; NaN where a seed has diverged there."""
+    values = masked(h, "val_data_loss")
+    epoch = selection.variant_best_epoch(h) if which == "best" else values.shape[1] - 1
+    return np.full(values.shape[0], np.nan) if epoch is None else values[:, epoch]
+
+
+def paired_tie(values: np.ndarray, best: np.ndarray, standard_errors: float = TIE_STANDARD_ERRORS) -> bool:
+    """Whether `values` [seeds] is indistinguishable from `best` [seeds], paired by seed: the mean of the
+    differences is at most `standard_errors` x its standard error (std over seeds / sqrt(seeds)). With one
+    seed there is no noise estimate: only a value at or below the best ties. Never with a NaN."""
+    differences = np.asarray(values, dtype=np.float64) - np.asarray(best, dtype=np.float64)
+    if differences.size == 0 or not np.isfinite(differences).all():
+        return False
+    n = differences.size
+    error = differences.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
+    return bool(differences.mean() <= standard_errors * error)
+
+
+def ties_with_best(values: Mapping) -> tuple:
+    """(the key of the lowest mean, {key: `paired_tie` with it}) of {key: values [seeds]}, seeds in the same
+    order in every entry; entries with a NaN never tie and are never the best ((None, all False) if all have)."""
+    means = {k: float(np.mean(v)) for k, v in values.items() if np.isfinite(v).all() and np.size(v)}
+    if not means:
+        return None, {k: False for k in values}
+    best = min(means, key=means.get)
+    return best, {k: paired_tie(v, values[best]) for k, v in values.items()}
+
+
+def check_same_seeds(histories: Mapping) -> None:
+    """ValueError unless every variant has the same seeds (what a paired comparison pairs)."""
+    seeds = {tuple(np.asarray(h["seeds"]).tolist()) for h in histories.values() if "seeds" in h}
+    if len(seeds) > 1:
+        raise ValueError(f"a paired comparison needs the same seeds in every variant; found {sorted(seeds)}")
+
+
+def top_configurations_table(histories: Mapping, which: str = "best", n: int = 10) -> str:
+    """A Markdown table of the `n` variants with the lowest mean `seed_values`: mean ± std over seeds, the paired
+    difference to the best (mean ± std over seeds) and whether it is indistinguishable from it (`paired_tie`)."""
+    check_same_seeds(histories)
+    values = {name: seed_values(h, which) for name, h in histories.items()}
+    best, ties = ties_with_best(values)
+    if best is None:
+        values = {}
+    ranked = sorted((k for k in values if np.isfinite(values[k]).all()), key=lambda k: float(np.mean(values[k])))
+    rows = [
+        [
+            str(rank),
+            name,
+            str(values[name].size),
+            _pm(*_mean_std(values[name])),
+            _pm(*_mean_std(values[name] - values[best])),
+            "yes" if ties[name] else "no",
+        ]
+        for rank, name in enumerate(ranked[:n], start=1)
+    ]
+    header = (
+        "rank",
+        "configuration",
+        "seeds",
+        f"{which} val data loss",
+        "paired difference to the best",
+        f"within {TIE_STANDARD_ERRORS:g} SE of the best",
+    )
+    return _markdown(header, rows)
