@@ -46,7 +46,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxreg import batches as batching
-from jaxreg import distributed, tasks, views
+from jaxreg import distributed, memory, tasks, views
 from jaxreg.history import METRICS, metric_names, test_names  # noqa: F401  (METRICS: a classification run's columns, as before)
 from jaxreg.model import unpadded
 from jaxreg.runplan import (  # noqa: F401  (the planning names stay importable from here)
@@ -458,7 +458,23 @@ def _planned(variants, dataset, settings: RunSettings, mesh, meshes, policy: Pad
         raise VariantError(
             f"run: give mesh or one mesh per bucket ({len(buckets)} here), not both; got {len(meshes)} meshes"
         )
-    return plan_run(buckets, dataset, settings, [tuple(m.devices.flat) for m in meshes], "given"), list(meshes)
+    devices = [tuple(m.devices.flat) for m in meshes]
+    run_plan = plan_run(buckets, dataset, settings, devices, "given", estimate_memory=True)
+    _check_fits(run_plan, dataset, sorted({d for bucket in devices for d in bucket}, key=lambda d: d.id))
+    return run_plan, list(meshes)
+
+
+def _check_fits(run_plan: RunPlan, dataset, devices) -> None:
+    """VariantError, one line, when the plan's memory estimate exceeds the devices' free memory: before anything
+    is allocated (a run_sweep plan is checked by the sweep, with advice on its flags)."""
+    available, where = memory.available_bytes(devices)
+    estimate = run_plan.memory
+    if available and estimate.total > available:
+        raise VariantError(
+            f"run: the variants need an estimated {memory.gigabytes(estimate.total)} but {where} has "
+            f"{memory.gigabytes(available)} free; most of it is the {estimate.driver} "
+            f"(num_words={dataset.num_words}, {len(run_plan.keys)} model(s))"
+        )
 
 
 @dataclasses.dataclass

@@ -190,6 +190,16 @@ def test_the_largest_class_count_is_accepted():
     assert from_arrays(X4, [0, 1, 0, 1], num_classes=MAX_CLASSES).num_classes == MAX_CLASSES
 
 
+def test_a_huge_column_index_is_refused_by_run_before_anything_is_allocated():
+    """A column index near 2**31 makes 2**31 input columns: the first layer alone would take about 140 GB."""
+    data = from_arrays([[1, 2], [2**31 - 2], [3], [4]], [0, 1, 0, 1], validation=([[1]], [1]))
+    start = time.perf_counter()
+    with pytest.raises(VariantError, match=r"^run: the variants need an estimated .* GB but .* free") as raised:
+        jaxreg.run([jaxreg.VariantSpec("a", (16, 16))], data, jaxreg.RunSettings(epochs=1))
+    assert "num_words=2147483647" in str(raised.value) and "\n" not in str(raised.value)
+    assert time.perf_counter() - start < 10
+
+
 @pytest.mark.parametrize(
     "x, arg",
     [
