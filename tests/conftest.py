@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxreg import cache
@@ -96,6 +98,34 @@ def _python_processes_are_marked(request, monkeypatch):
         start(self, args, *more, **kwargs)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", checked)
+
+
+def scripts_on_devices(tmp_path: Path, script: str, *runs: tuple[str, int, str]) -> list[tuple[dict, dict]]:
+    """(layout, arrays) saved by `python -c script OUT.npz ARG` for each (label, n_devices, ARG), run at the same time.
+
+    Each process gets n_devices CPU devices (keeping an instruction-set limit already in XLA_FLAGS) and saves
+    an .npz whose "layout" entry is JSON; `arrays` holds the other entries."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    calls = [
+        dict(
+            args=[sys.executable, "-c", script, str(tmp_path / f"{label}.npz"), arg],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={
+                **os.environ,
+                "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}",
+                "JAX_PLATFORMS": "cpu",
+            },
+        )
+        for label, n_devices, arg in runs
+    ]
+    out = []
+    for (label, _, _), result in zip(runs, run_concurrently(*calls)):
+        assert result.returncode == 0, result.stderr[-4000:]
+        with np.load(tmp_path / f"{label}.npz") as saved:
+            out.append((json.loads(str(saved["layout"])), {k: saved[k] for k in saved.files if k != "layout"}))
+    return out
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ program it runs alone, whatever the other device does meanwhile.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 import textwrap
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_concurrently
+from conftest import run_concurrently, scripts_on_devices
 from jaxreg import variants as V
 from jaxreg.runs import load_run
 
@@ -128,34 +127,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _runs(tmp_path, *runs: tuple[str, int, str]):
-    """(layout, histories) of SCRIPT for each (label, n_devices, placement), the processes run at the same time."""
-    flags = os.environ.get("XLA_FLAGS", "")  # keeps an instruction-set limit, if any
-    calls = [
-        dict(
-            args=[sys.executable, "-c", SCRIPT, str(tmp_path / f"{label}.npz"), placement],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={
-                **os.environ,
-                "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}",
-                "JAX_PLATFORMS": "cpu",
-            },
-        )
-        for label, n_devices, placement in runs
-    ]
-    out = []
-    for (label, _, _), result in zip(runs, run_concurrently(*calls)):
-        assert result.returncode == 0, result.stderr[-4000:]
-        with np.load(tmp_path / f"{label}.npz") as saved:
-            out.append((json.loads(str(saved["layout"])), {k: saved[k] for k in saved.files if k != "layout"}))
-    return out
-
-
 @pytest.mark.process
 def test_spread_over_two_devices_equals_one_device_bit_for_bit(tmp_path):
-    (layout, spread), (single_layout, single) = _runs(tmp_path, ("spread", 2, "spread"), ("single", 1, "spread"))
+    runs = ("spread", 2, "spread"), ("single", 1, "spread")
+    (layout, spread), (single_layout, single) = scripts_on_devices(tmp_path, SCRIPT, *runs)
     assert len(layout["devices"]) == 2
     assert sorted(map(tuple, layout["ran_on"])) == sorted(map(tuple, [[d] for d in layout["devices"]])), (
         "the two buckets, each on its own device"

@@ -10,16 +10,12 @@ the sharded program batches the variants differently.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import textwrap
 
 import chex
-import numpy as np
 import pytest
 
-from conftest import run_concurrently
+from conftest import scripts_on_devices
 
 pytestmark = [
     pytest.mark.numerics,  # rerun by .ci/run with XLA held to a second instruction set
@@ -77,27 +73,8 @@ SCRIPT = textwrap.dedent(
 
 def _runs(tmp_path, *runs: tuple[str, int]):
     """(layout, histories) of SCRIPT for each (label, n_devices), the processes run at the same time."""
-    flags = os.environ.get("XLA_FLAGS", "")  # keeps an instruction-set limit, if any
-    calls = [
-        dict(
-            args=[sys.executable, "-c", SCRIPT, str(tmp_path / f"{label}.npz"), label],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={
-                **os.environ,
-                "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_devices}",
-                "JAX_PLATFORMS": "cpu",
-            },
-        )
-        for label, n_devices in runs
-    ]
     done = []
-    for (label, _), result in zip(runs, run_concurrently(*calls)):
-        assert result.returncode == 0, result.stderr[-4000:]
-        with np.load(tmp_path / f"{label}.npz") as saved:
-            layout = json.loads(str(saved["layout"]))
-            arrays = {k: saved[k] for k in saved.files if k != "layout"}
+    for layout, arrays in scripts_on_devices(tmp_path, SCRIPT, *[(label, n, label) for label, n in runs]):
         histories = {}
         for name, values in arrays.items():
             _, variant, seed, metric = name.split("/")
