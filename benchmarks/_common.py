@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -54,15 +55,31 @@ def load_dataset(args):
     return load_imdb(args.data, cache_dir=args.cache_dir)
 
 
+# The grid preset's names (experiments/presets/grid.py variant_name): 'w16_l2=0.001_do=0.5'.
+GRID_NAME = re.compile(r"w(\d+)_l2=([0-9.e+-]+)_do=([0-9.]+)")
+
+
+def model_settings(name: str) -> tuple[tuple[int, ...], float, float, float]:
+    """(hidden widths, l1, l2, dropout rate) of a study model or of a grid preset name ('w16_l2=0.001_do=0.5')."""
+    if name in STUDY_MODELS:
+        return STUDY_MODELS[name]
+    match = GRID_NAME.fullmatch(name)
+    if match is None:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(STUDY_MODELS)}, 'all' or a grid name")
+    width = int(match.group(1))
+    return (width, width), 0.0, float(match.group(2)), float(match.group(3))
+
+
 def parse_models(text: str | None) -> list[str]:
-    """'original,bigger' -> ['original', 'bigger'] (study order kept); None or 'all' -> all seven."""
+    """'original,bigger' -> ['original', 'bigger'] (study order kept, then grid names as given); 'all' -> all seven."""
     if text is None or text == "all":
         return list(STUDY_MODELS)
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in STUDY_MODELS]
-    if unknown or not names:
-        raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(STUDY_MODELS)} or 'all'")
-    return [n for n in STUDY_MODELS if n in names]
+    if not names:
+        raise SystemExit("no model named; choose from the study's models, 'all' or grid names")
+    for name in names:
+        model_settings(name)  # refuses unknown names
+    return [n for n in STUDY_MODELS if n in names] + [n for n in names if n not in STUDY_MODELS]
 
 
 def study_variants(names: Sequence[str], optimizer: str = "keras3", seed: int = 0):
@@ -71,7 +88,7 @@ def study_variants(names: Sequence[str], optimizer: str = "keras3", seed: int = 
 
     out = []
     for name in names:
-        widths, l1, l2, rate = STUDY_MODELS[name]
+        widths, l1, l2, rate = model_settings(name)
         out.append(VariantSpec(name, widths, l1=l1, l2=l2, dropout_rate=rate, optimizer=optimizer, seed=seed))
     return out
 

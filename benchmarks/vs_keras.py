@@ -107,7 +107,7 @@ def keras_child(args) -> dict:
             self.seconds.append(time.perf_counter() - self.start)
 
     def build(name):
-        widths, l1, l2, rate = C.STUDY_MODELS[name]
+        widths, l1, l2, rate = C.model_settings(name)
         reg = (
             keras.regularizers.L1L2(l1=l1, l2=l2)
             if l1 and l2

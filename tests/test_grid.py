@@ -166,3 +166,32 @@ def test_grid_figures_script_on_a_small_synthetic_grid(tmp_path, capsys):
     run = runs.load_run(folder)
     assert grid_plots.is_grid(grid_plots.grid_factors(run.config["variants"]))
     assert not grid_plots.is_grid(grid_plots.grid_factors([v.to_dict() for v in variants[:2]]))
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keras_sample_is_the_grid_presets_own_configurations():
+    """benchmarks/grid_vs_keras.py builds its Keras sample from the preset's names; the names parse back to
+    the preset's widths, L2 and dropout (so the timed Keras models are the grid's), and the extrapolation
+    is per width: models of that width x (overhead + epochs x median epoch), summed."""
+    bench = _load_benchmark("grid_vs_keras")
+    config = presets.load("grid")
+    by_name = {v.name: v for v in config.variants}
+    names = bench.sample_names(1e-3, 0.5)
+    assert len(names) == 7 and set(names) <= set(by_name)
+    for name in names:
+        widths, l1, l2, rate = bench.C.model_settings(name)
+        v = by_name[name]
+        assert (widths, l1, l2, rate) == (v.widths, v.l1, v.l2, v.dropout_rate)
+    with pytest.raises(SystemExit, match="unknown model"):
+        bench.C.model_settings("w16_l2=x_do=0.5")
+    models = {n: {"overhead_s": 2.0, "median_epoch_s": 0.5 + i} for i, n in enumerate(names)}
+    total, rows = bench.keras_grid_seconds(models, epochs=20)
+    per_width = 1008 // 7
+    assert total == pytest.approx(sum(per_width * (2.0 + 20 * (0.5 + i)) for i in range(7)))
+    assert [r[-1] for r in rows] == [per_width] * 7
