@@ -9,6 +9,7 @@ Diverged epochs are left out. Uses matplotlib's object API (no pyplot, no global
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from jaxreg.history import has_test, is_penalized, task_metric
 from jaxreg.selection import masked, variant_best_epoch
+from jaxreg.specs import shared_and_own_settings
 from jaxreg.summaries import early_stopping
 
 REFERENCE_COLOR = "0.45"
@@ -70,6 +72,27 @@ def _log_scale_if_decades(ax, decades: float = 2.0) -> None:
         ax.set_ylabel(ax.get_ylabel() + ", log scale")
 
 
+def _training(
+    names: Sequence[str], training: Mapping | None, groups: Mapping | None = None
+) -> tuple[str, dict[str, str]]:
+    """(a subtitle line naming the optimizer and schedule every plotted variant shares, {variant or group: its
+    label's addition, what only it has}) from {variant: `specs.describe_training`}; ("", {}) without it."""
+    if not training:
+        return "", {}
+    note, own = shared_and_own_settings({n: training.get(n, ("", "")) for n in names}, groups, brief=True)
+    return (f"every variant: {note}" if note else ""), own
+
+
+def _labelled(name: str, own: Mapping[str, str]) -> str:
+    """A legend's label: the name, and the optimizer and schedule settings only it has (`_training`)."""
+    return f"{name} ({own[name]})" if own.get(name) and own[name] != name else name
+
+
+def _titled(title: str, note: str, width: int = 120) -> str:
+    """A title with a note (`_training`'s shared settings) under it, wrapped at `width` characters."""
+    return f"{title}\n{textwrap.fill(note, width)}" if note else title
+
+
 def _epochs(h) -> np.ndarray:
     return np.arange(1, h["loss"].shape[1] + 1)
 
@@ -105,9 +128,13 @@ def _save(fig: Figure, path) -> Path:
     return path
 
 
-def plot_against_reference(histories: Mapping, path, reference: str = "original") -> Path:
-    """One panel per variant: its validation loss against the reference's, per epoch (the book's comparisons)."""
+def plot_against_reference(
+    histories: Mapping, path, reference: str = "original", training: Mapping | None = None
+) -> Path:
+    """One panel per variant: its validation loss against the reference's, per epoch (the book's comparisons).
+    `training`: {variant: `specs.describe_training`}, for the subtitle and legends (`_training`)."""
     others = [n for n in histories if n != reference]
+    note, own = _training(list(histories), training)
     ref = histories[reference]
     cols = min(3, len(others))
     rows = math.ceil(len(others) / cols)
@@ -119,24 +146,30 @@ def plot_against_reference(histories: Mapping, path, reference: str = "original"
         _line(ax, h, "val_data_loss", f"{name}: val data loss" if is_penalized(h) else f"{name}: val loss", "C0")
         if is_penalized(h):
             _line(ax, h, "val_loss", f"{name}: Keras val_loss (+ penalty)", "C3", "--", marker=None)
-        ax.set_title(f"{name} vs {reference}")
+        # under the title the settings this variant has and not every one (the reference's: in the figure's title)
+        ax.set_title(f"{name} vs {reference}" + (f"\n{textwrap.fill(own[name], 48)}" if own.get(name) else ""))
         ax.set_ylabel(f"validation loss ({loss_name(histories)})")
         _epoch_axis(ax, len(_epochs(ref)))
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(others) :]:
         ax.set_visible(False)
     gap = "\n" if cols == 1 else " "  # one panel is too narrow for the title on one line
-    fig.suptitle(f"Validation loss of each variant against {reference}{gap}({_seed_note(histories)})")
+    width = max(48, 11 * 4 * cols)  # characters a line of the figure's width holds
+    title = _titled(f"Validation loss of each variant against {reference}{gap}({_seed_note(histories)})", note, width)
+    fig.suptitle(_titled(title, f"{reference}: {own[reference]}" if own.get(reference) else "", width))
     return _save(fig, path)
 
 
-def plot_train_val(histories: Mapping, path, names: Sequence[str] = ("original", "bigger")) -> Path:
+def plot_train_val(
+    histories: Mapping, path, names: Sequence[str] = ("original", "bigger"), training: Mapping | None = None
+) -> Path:
     """Validation (left) and training (right) loss of the given models, as the book compares original and bigger."""
+    note, own = _training(names, training)
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2, sharex=True)
     for i, name in enumerate(names):
-        _line(left, histories[name], "val_data_loss", name, _color(i))
-        _line(right, histories[name], "loss", name, _color(i))
+        _line(left, histories[name], "val_data_loss", _labelled(name, own), _color(i))
+        _line(right, histories[name], "loss", _labelled(name, own), _color(i))
     left.set_title("Validation loss")
     right.set_title("Training loss (Keras: running mean over the epoch)")
     for ax in (left, right):
@@ -144,15 +177,26 @@ def plot_train_val(histories: Mapping, path, names: Sequence[str] = ("original",
         _epoch_axis(ax, len(_epochs(histories[names[0]])))
         _log_scale_if_decades(ax)
         ax.legend()
-    fig.suptitle(f"{' vs '.join(names)}: training and validation loss ({_seed_note(histories)})")
+    fig.suptitle(_titled(f"{' vs '.join(names)}: training and validation loss ({_seed_note(histories)})", note))
     return _save(fig, path)
 
 
-def plot_curves(histories: Mapping, path, values: Mapping[str, float] | None = None, axis: str | None = None) -> Path:
+def plot_curves(
+    histories: Mapping,
+    path,
+    values: Mapping[str, float] | None = None,
+    axis: str | None = None,
+    training: Mapping | None = None,
+) -> Path:
     """Every variant's validation data loss per epoch in one panel; colored by `values` when given."""
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.subplots()
     names = list(histories)
+    note, own = _training(names, training)
+    columns = 2 if len(names) > 16 else 1
+    longest = max(
+        len(_labelled(n, own)) for n in names
+    )  # the legend beside the panel widens the figure, not the legend
+    fig = Figure(figsize=(8 + 0.065 * columns * max(0, longest - 12), 5), layout="constrained")
+    ax = fig.subplots()
     if values:
         from matplotlib import colormaps
 
@@ -161,7 +205,8 @@ def plot_curves(histories: Mapping, path, values: Mapping[str, float] | None = N
     else:
         colors = [_color(i) for i in range(len(names))]
     for i, (name, color) in enumerate(zip(names, colors)):  # past 10 colors, dashed: no two lines look alike
-        _line(ax, histories[name], "val_data_loss", name, color, "-" if values or i < 10 else "--", marker=None)
+        style = "-" if values or i < 10 else "--"
+        _line(ax, histories[name], "val_data_loss", _labelled(name, own), color, style, marker=None)
     ax.set_ylabel(f"validation data loss ({loss_name(histories)}, no penalty)")
     _epoch_axis(ax, len(_epochs(histories[names[0]])))
     _log_scale_if_decades(ax)
@@ -169,10 +214,11 @@ def plot_curves(histories: Mapping, path, values: Mapping[str, float] | None = N
         *ax.get_legend_handles_labels(),
         loc="outside right upper",
         fontsize="small",
-        ncols=2 if len(names) > 16 else 1,
+        ncols=columns,
         title=AXIS_LABELS.get(axis) if axis else None,
     )
-    fig.suptitle(f"Validation data loss per epoch ({_seed_note(histories)})")
+    # over the panel, not the figure: a title over the figure ran into the legend beside the panel
+    ax.set_title(_titled(f"Validation data loss per epoch\n({_seed_note(histories)})", note, 70))
     return _save(fig, path)
 
 
@@ -193,7 +239,9 @@ def _at_epoch(histories, names, metric: str, which: str):
     return map(np.asarray, (mean, lo, hi))
 
 
-def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str, path) -> Path:
+def plot_against_axis(
+    histories: Mapping, values: Mapping[str, float], axis: str, path, training: Mapping | None = None
+) -> Path:
     """Best and final validation data loss against the swept value (log x for widths and strengths).
 
     A second panel shows Keras' val_loss (data loss + penalty) where it differs, so that the
@@ -259,9 +307,8 @@ def plot_against_axis(histories: Mapping, values: Mapping[str, float], axis: str
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
     note = _seed_note(histories).replace("band", "error bars")
     separator = " " if len(panels) > 1 else "\n"  # one panel is too narrow for the title on one line
-    fig.suptitle(
-        f"Best and final validation loss against {AXIS_LABELS.get(axis, axis).split(' w ')[0]}{separator}({note})"
-    )
+    title = f"Best and final validation loss against {AXIS_LABELS.get(axis, axis).split(' w ')[0]}{separator}({note})"
+    fig.suptitle(_titled(title, _training(names, training)[0], 80 * len(panels)))
     return _save(fig, path)
 
 
@@ -295,11 +342,17 @@ def _series_line(ax, histories, names, values, metric: str, which: str, label: s
 
 
 def plot_series_against_axis(
-    histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], axis: str, path
+    histories: Mapping,
+    values: Mapping[str, float],
+    series: Mapping[str, str],
+    axis: str,
+    path,
+    training: Mapping | None = None,
 ) -> Path:
     """Best (left) and final (right) validation data loss against the swept value, one line per
     series (e.g. per model in a learning curve); bands: min-max over seeds."""
     groups = _series(values, series)
+    shared, own = _training(list(values), training, groups)
     fig = Figure(figsize=(13, 5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, which, title in zip(
@@ -307,30 +360,37 @@ def plot_series_against_axis(
     ):
         every_x = []
         for i, (label, names) in enumerate(groups.items()):
-            every_x.append(_series_line(ax, histories, names, values, "val_data_loss", which, label, _color(i)))
+            line = _labelled(label, own)
+            every_x.append(_series_line(ax, histories, names, values, "val_data_loss", which, line, _color(i)))
         _set_axis_scale(ax, axis, np.unique(np.concatenate(every_x)))
         ax.set_title(f"Validation data loss {title}")
         ax.set_ylabel(f"validation data loss ({loss_name(histories)})")
         ax.legend(fontsize="small")
     note = _seed_note(histories)
-    fig.suptitle(f"Validation loss against {AXIS_LABELS.get(axis, axis)} ({note})")
+    fig.suptitle(_titled(f"Validation loss against {AXIS_LABELS.get(axis, axis)} ({note})", shared))
     return _save(fig, path)
 
 
 def plot_fit_against_axis(
-    histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], axis: str, path
+    histories: Mapping,
+    values: Mapping[str, float],
+    series: Mapping[str, str],
+    axis: str,
+    path,
+    training: Mapping | None = None,
 ) -> Path:
     """Training (solid) and validation (dashed) loss and metric at the final epoch against the
     swept value, one color per series: how far each model fits its (noisy) training labels and
     what that does on the untouched validation labels. Bands: min-max over seeds."""
     groups = _series(values, series)
+    shared, own = _training(list(values), training, groups)
     metric = task_metric(next(iter(histories.values())))
     fig = Figure(figsize=(13, 5), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, (train_metric, what) in zip(axes, (("loss", "loss"), (metric, metric))):
         every_x = []
         for i, (label, names) in enumerate(groups.items()):
-            color = _color(i)
+            color, label = _color(i), _labelled(label, own)
             every_x.append(
                 _series_line(ax, histories, names, values, train_metric, "final", f"{label}: training", color, "-", "o")
             )
@@ -344,9 +404,8 @@ def plot_fit_against_axis(
         ax.set_ylabel(what if what != "loss" else f"loss ({loss_name(histories)})")
         ax.legend(fontsize="small")
     epochs = next(iter(histories.values()))["loss"].shape[1]
-    fig.suptitle(
-        f"Training and validation fit after {epochs} epochs against {AXIS_LABELS.get(axis, axis)} ({_seed_note(histories)})"
-    )
+    title = f"Training and validation fit after {epochs} epochs against {AXIS_LABELS.get(axis, axis)}"
+    fig.suptitle(_titled(f"{title} ({_seed_note(histories)})", shared))
     return _save(fig, path)
 
 
@@ -358,7 +417,7 @@ def tested(histories: Mapping) -> bool:
     return any(has_test(h) for h in histories.values())
 
 
-def plot_early_stopping(histories: Mapping, path) -> Path:
+def plot_early_stopping(histories: Mapping, path, training: Mapping | None = None) -> Path:
     """The book's protocol against honest early stopping, per variant (histories with test columns).
 
     Left: the test data loss at the epoch chosen on the test set (the book: its validation set
@@ -367,6 +426,7 @@ def plot_early_stopping(histories: Mapping, path) -> Path:
     sample std as error bars. The gap on the left is the book's protocol's optimism.
     """
     names = [n for n in histories if has_test(histories[n])]
+    shared, own = _training(names, training)
     per_variant = [early_stopping(histories[n]) for n in names]
     x = np.arange(len(names), dtype=np.float64)
     fig = Figure(figsize=(max(8.0, 0.9 * len(names) + 5), 4.6), layout="constrained")
@@ -403,7 +463,8 @@ def plot_early_stopping(histories: Mapping, path) -> Path:
             )
     left.margins(y=0.15)
     for ax in (left, right):
-        ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+        ticks = [f"{n}\n{own[n]}" if own.get(n) else n for n in names]  # what only it has, under its name
+        ax.set_xticks(x, ticks, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
         ax.set_xlim(-0.6, len(names) - 0.4)
         ax.grid(alpha=0.3, axis="y")
     left.set_ylabel(f"test data loss ({loss_name(histories)}) at the chosen epoch")
@@ -414,7 +475,9 @@ def plot_early_stopping(histories: Mapping, path) -> Path:
     n = max(h["loss"].shape[0] for h in histories.values())
     note = f"mean of {n} seeds, error bars: sample std over seeds" if n > 1 else "1 seed"
     fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
-    fig.suptitle(f"Early stopping on the test set (the book) against held-out validation (honest)\n({note})")
+    fig.suptitle(
+        _titled(f"Early stopping on the test set (the book) against held-out validation (honest)\n({note})", shared)
+    )
     return _save(fig, path)
 
 
@@ -436,7 +499,7 @@ def figure_files(names: Sequence[str], axis_name: str | None = None, tested: boo
     ]
 
 
-def make_figures(histories: Mapping, folder, axis: tuple | None = None) -> list[Path]:
+def make_figures(histories: Mapping, folder, axis: tuple | None = None, training: Mapping | None = None) -> list[Path]:
     """The figures that fit these variants (`figure_files`); returns their paths.
 
     Always val_loss_curves.png. With `axis` (name, {variant: value}[, {variant: series}]):
@@ -445,6 +508,8 @@ def make_figures(histories: Mapping, folder, axis: tuple | None = None) -> list[
     against "original", else
     the first variant) and, with both "original" and "bigger", original_vs_bigger.png. With
     test columns (data with a test split): honest_early_stopping.png (`plot_early_stopping`).
+    `training` ({variant: `specs.describe_training`}, e.g. `specs.training_descriptions(variants)`): every
+    figure names the optimizer and schedule, in its subtitle what all share, in its legends what differs.
     """
     folder = Path(folder)
     names = list(histories)
@@ -453,17 +518,21 @@ def make_figures(histories: Mapping, folder, axis: tuple | None = None) -> list[
     several = len(set(series.get(n, n) for n in names)) > 1 if series else False
     reference = "original" if "original" in histories else names[0]
     against = (
-        (lambda path: plot_series_against_axis(histories, values, series, axis_name, path))
+        (lambda path: plot_series_against_axis(histories, values, series, axis_name, path, training))
         if several
-        else (lambda path: plot_against_axis(histories, values, axis_name, path))
+        else (lambda path: plot_against_axis(histories, values, axis_name, path, training))
     )
     draw = {
-        "val_loss_curves.png": lambda path: plot_curves(histories, path, None if several else values, axis_name),
+        "val_loss_curves.png": lambda path: plot_curves(
+            histories, path, None if several else values, axis_name, training
+        ),
         f"val_loss_vs_{axis_name}.png": against,
-        f"fit_vs_{axis_name}.png": lambda path: plot_fit_against_axis(histories, values, series, axis_name, path),
-        f"vs_{reference}.png": lambda path: plot_against_reference(histories, path, reference),
-        "original_vs_bigger.png": lambda path: plot_train_val(histories, path),
-        EARLY_STOPPING_FIGURE: lambda path: plot_early_stopping(histories, path),
+        f"fit_vs_{axis_name}.png": lambda path: plot_fit_against_axis(
+            histories, values, series, axis_name, path, training
+        ),
+        f"vs_{reference}.png": lambda path: plot_against_reference(histories, path, reference, training),
+        "original_vs_bigger.png": lambda path: plot_train_val(histories, path, training=training),
+        EARLY_STOPPING_FIGURE: lambda path: plot_early_stopping(histories, path, training),
     }
     return [draw[name](folder / name) for name in figure_files(names, axis_name, tested(histories))]
 
@@ -539,13 +608,15 @@ def plot_grid_heatmaps(
     y_labels: Mapping[str, str] | str,
     rows: Sequence[tuple[str, str, str]] = HEATMAP_ROWS,
     title: str | None = None,
+    training: Mapping | None = None,
 ) -> Path:
     """Heatmaps of a metric over a 2-D grid (x, y), one column of panels per family and one row per
     (metric, "best"|"final", label) in `rows` (default: best and final validation data loss and
     validation error); each row shares one colour scale. Red boxes: the lowest value per x.
 
     `cells`: {variant: (family, x, y)} or a list of such triples (`grid_matrices`). `y_labels`: one
-    y-axis label, or one per family (e.g. "L2 penalty c" and "decay per step lam").
+    y-axis label, or one per family (e.g. "L2 penalty c" and "decay per step lam"). `training`:
+    {variant: `specs.describe_training`}; the subtitle names what every variant shares.
     """
     per_row = [(grid_matrices(histories, cells, metric, which), label) for metric, which, label in rows]
     families = list(per_row[0][0])
@@ -562,5 +633,6 @@ def plot_grid_heatmaps(
             axes[r, c].set_ylabel(y_labels if isinstance(y_labels, str) else y_labels.get(family, ""))
         fig.colorbar(image, ax=list(axes[r]), shrink=0.9, label=label)
     note = _seed_note(histories).split(",")[0]
-    fig.suptitle(f"{title or 'A metric over the grid'} ({note}; red box: lowest per column)")
+    shared = _training([n for n in cells if n in histories], training)[0]
+    fig.suptitle(_titled(f"{title or 'A metric over the grid'} ({note}; red box: lowest per column)", shared))
     return _save(fig, path)

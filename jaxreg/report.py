@@ -19,6 +19,7 @@ from pathlib import Path
 
 from jaxreg import fileio, runfolder, runs
 from jaxreg.errors import SweepError
+from jaxreg.specs import training_descriptions
 from jaxreg.summaries import summarize, write_summary
 
 REPORT_MANIFEST = "report.json"
@@ -94,7 +95,8 @@ def _write(run, histories, summaries, epochs: int, dest: Path, figures: bool, ma
     threshold = run.divergence_threshold
     written = list(write_summary(dest, summaries, title=title(run, epochs), divergence_threshold=threshold))
     if figures:
-        written += plots.make_figures(histories, dest / fileio.FIGURES_DIR, axis=axis)
+        training = training_descriptions(run.config.get("variants", []))
+        written += plots.make_figures(histories, dest / fileio.FIGURES_DIR, axis=axis, training=training)
     return written
 
 
@@ -164,7 +166,7 @@ def report(folder, out=None, figures: bool = True) -> Report:
     histories, epochs = common_epochs(run.histories)
     if not epochs:
         return Report(run, [], 0, [], None, f"{run.state}, no epoch finished yet: nothing to summarize")
-    summaries = summarize(histories)
+    summaries = summarize(histories, training=training_descriptions(run.config.get("variants", [])))
     if out is not None:
         dest = Path(out)
         check_destination(dest)

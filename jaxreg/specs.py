@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -266,3 +266,111 @@ def model_description(model: Network | None) -> str | None:
 def with_seeds(variants: Iterable[VariantSpec], seeds: Sequence[int]) -> list[VariantSpec]:
     """Every variant once per seed."""
     return [dataclasses.replace(v, seed=int(s)) for v in variants for s in seeds]
+
+
+# --- how a variant's optimizer and schedule are named in summaries, figures and tables ----------------------------
+
+OPTIMIZER_LABELS = {"keras2": "RMSprop(keras2)", "keras3": "RMSprop(keras3)"}  # others by their name; no spaces
+NUMBER_LABELS = {"learning_rate": "lr", "weight_decay": "wd", "warmup_steps": "warmup"}  # others by their field
+STEP_COUNTS = ("decay_steps", "warmup_steps", "boundaries")  # written as whole numbers where they are
+
+
+def compact_number(x: float) -> str:
+    """A number in the fewest characters of "%g" and a short exponent form: 1e-3 (not 0.001), 0.999, 100, 3e-4."""
+    plain = f"{x:g}"
+    if x == 0 or not np.isfinite(x):
+        return plain
+    mantissa, exponent = f"{x:.5e}".split("e")
+    short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return short if len(short) < len(plain) else plain
+
+
+def _number_text(field: str, value) -> str:
+    def one(x):
+        return str(int(x)) if field in STEP_COUNTS and float(x).is_integer() else compact_number(float(x))
+
+    text = ",".join(one(x) for x in value) if isinstance(value, (list, tuple)) else one(value)
+    return f"{NUMBER_LABELS.get(field, field)}={text}"
+
+
+# the parts a number at its default gives ("b1=0.9", "eps=1e-7", "alpha=0", ...): a legend may leave them out
+DEFAULT_PARTS = frozenset(
+    _number_text(f, VariantSpec.__dataclass_fields__[f].default)
+    for f in ("momentum", "b1", "b2", "eps", "weight_decay", "decay_rate", "warmup_steps", "alpha")
+)
+
+
+def _setting(variant, field: str):
+    """A field of a VariantSpec or of a recorded variant (config.json's dict; a field it lacks: the default)."""
+    if isinstance(variant, VariantSpec):
+        return getattr(variant, field)
+    default = VariantSpec.__dataclass_fields__[field].default
+    return variant.get(field, default)
+
+
+def optimizer_parts(variant) -> tuple[str, ...]:
+    """The optimizer's name and every number it reads (`optim.OPTIMIZER_NUMBERS`), learning rate first; its
+    decoupled weight decay (a stage of the update) where it has one, e.g. ("adamw", "lr=1e-3", ..., "wd=0.1")."""
+    name = _setting(variant, "optimizer")
+    fields = ("learning_rate", *optim.OPTIMIZER_NUMBERS.get(name, ()))
+    if name == "adamw" or _setting(variant, "weight_decay"):
+        fields += ("weight_decay",)
+    nesterov = ("nesterov",) if _setting(variant, "nesterov") else ()
+    return (OPTIMIZER_LABELS.get(name, name), *(_number_text(f, _setting(variant, f)) for f in fields), *nesterov)
+
+
+def schedule_parts(variant) -> tuple[str, ...]:
+    """The learning-rate schedule's name and every number it reads (`optim.SCHEDULE_NUMBERS`), in steps."""
+    name = _setting(variant, "schedule")
+    return (name, *(_number_text(f, _setting(variant, f)) for f in optim.SCHEDULE_NUMBERS.get(name, ())))
+
+
+def describe_training(variant) -> tuple[str, str]:
+    """(optimizer, schedule) of a VariantSpec or recorded variant, compact, e.g. ("adam lr=1e-3 b1=0.9 b2=0.999
+    eps=1e-7", "cosine warmup=2 decay_steps=100 alpha=0"): the one description that summaries, figures and
+    tables show (`training_descriptions`); parts separated by single spaces, none with a space inside."""
+    return " ".join(optimizer_parts(variant)), " ".join(schedule_parts(variant))
+
+
+def training_descriptions(variants) -> dict[str, tuple[str, str]]:
+    """{variant name: `describe_training`} of VariantSpecs or recorded variants (config.json's)."""
+    return {_setting(v, "name"): describe_training(v) for v in variants}
+
+
+def common_and_distinct(parts: Mapping[str, Sequence[str]]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """(the parts every entry has, in the first entry's order; {key: its other parts}) of {key: parts}: what a
+    figure's subtitle says once and what its legend says per line."""
+    lists = [tuple(p) for p in parts.values()]
+    common = tuple(p for p in (lists[0] if lists else ()) if all(p in other for other in lists[1:]))
+    return common, {key: tuple(p for p in value if p not in common) for key, value in parts.items()}
+
+
+def shared_and_own_settings(
+    training: Mapping[str, tuple[str, str]], groups: Mapping[str, Sequence[str]] | None = None, brief: bool = False
+) -> tuple[str, dict[str, str]]:
+    """(what every entry shares, e.g. "adam b1=0.9 b2=0.999 eps=1e-7; schedule constant", {entry: the parts
+    only some have, e.g. "lr=1e-3"}) of {variant: `describe_training`}: a figure's subtitle and what its legend
+    adds per line (optimizer, then schedule: "adam, cosine warmup=2 ..."). `groups` ({label: variant names},
+    e.g. the series of an axis): entries are the groups, each described by what its variants share. ("", {})
+    without `training`. `brief`: an entry's own parts without numbers at their defaults (DEFAULT_PARTS), for
+    legends ("adam lr=1e-3", not "adam lr=1e-3 b1=0.9 b2=0.999 eps=1e-7"); the shared parts stay whole."""
+    if not training:
+        return "", {}
+    groups = groups if groups is not None else {name: [name] for name in training}
+    described = {label: [training.get(n, ("", "")) for n in names] for label, names in groups.items()}
+    shared = {}
+    for label, pairs in described.items():
+        optimizer, _ = common_and_distinct({i: o.split() for i, (o, _) in enumerate(pairs)})
+        schedule, _ = common_and_distinct({i: s.split() for i, (_, s) in enumerate(pairs)})
+        shared[label] = (optimizer, schedule)
+    optimizer, optimizer_own = common_and_distinct({k: o for k, (o, _) in shared.items()})
+    schedule, schedule_own = common_and_distinct({k: s for k, (_, s) in shared.items()})
+    note = "; ".join(
+        text for text in (" ".join(optimizer), "schedule " + " ".join(schedule) if schedule else "") if text
+    )
+
+    def kept(parts):
+        return " ".join(p for p in parts if not (brief and p in DEFAULT_PARTS))
+
+    own = {k: (kept(optimizer_own[k]), kept(schedule_own[k])) for k in shared}
+    return note, {k: ", ".join(text for text in texts if text) for k, texts in own.items()}

@@ -50,6 +50,9 @@ class VariantSummary:
     diverged: tuple[tuple[int, int], ...]  # (seed, first diverged epoch from 1)
     penalized: bool  # val_loss (Keras) includes a non-zero penalty, so it differs from val_data_loss
     metric: str = "accuracy"  # the task's metric: accuracy (classification) or mae (regression)
+    # the variant's optimizer and learning-rate schedule as `specs.describe_training` names them ("" unknown)
+    optimizer: str = ""
+    schedule: str = ""
     # With a test split (history columns test_*; `early_stopping`), per seed, then mean/std over seeds:
     tested: bool = False  # the history has test columns; the fields below are NaN without
     chosen_epoch_mean: float = math.nan  # the epoch each seed's validation chooses (its lowest val data loss)
@@ -126,13 +129,18 @@ def _tested_summary(h: Mapping[str, np.ndarray]) -> dict:
 
 
 def summarize(
-    histories, tolerance: float = OVERFITTING_TOLERANCE, divergence_threshold: float | None = None
+    histories,
+    tolerance: float = OVERFITTING_TOLERANCE,
+    divergence_threshold: float | None = None,
+    training: Mapping[str, tuple[str, str]] | None = None,
 ) -> list[VariantSummary]:
     """The summary of every variant (definitions in the module docstring and `jaxreg.selection`).
 
     Divergence as the histories mark it ("diverged", set by `stack`), or, given
-    `divergence_threshold`, marked again with that threshold (e.g. to re-read a run).
+    `divergence_threshold`, marked again with that threshold (e.g. to re-read a run). `training`:
+    {variant: (optimizer, schedule)} as `specs.training_descriptions` names them, for the tables.
     """
+    training = training or {}
     out = []
     for name, h in histories.items():
         if divergence_threshold is not None:
@@ -166,6 +174,8 @@ def summarize(
                 ),
                 penalized=is_penalized(h),
                 metric=metric,
+                optimizer=training.get(name, ("", ""))[0],
+                schedule=training.get(name, ("", ""))[1],
                 **_tested_summary(h),
             )
         )
@@ -216,11 +226,31 @@ SUMMARY_COLUMNS = (
 )
 
 
+TRAINING_FIELDS = ("optimizer", "schedule")  # VariantSummary's description of how a variant trains
+
+
+def differing_training(summaries: Sequence[VariantSummary]) -> tuple[str, ...]:
+    """The TRAINING_FIELDS whose description differs between the variants: the table's own columns."""
+    return tuple(f for f in TRAINING_FIELDS if len({getattr(s, f) for s in summaries}) > 1)
+
+
+def shared_training_line(summaries: Sequence[VariantSummary]) -> str:
+    """One line naming the optimizer and schedule every variant shares (those that differ are columns);
+    "" when they differ or are unknown."""
+    differing = differing_training(summaries)
+    shared = [f"{f} {getattr(summaries[0], f)}" for f in TRAINING_FIELDS if summaries and f not in differing]
+    shared = [text for text in shared if text.split(" ", 1)[1]]
+    return f"Every variant: {'; '.join(shared)}." if shared else ""
+
+
 def summary_table(summaries: Sequence[VariantSummary]) -> str:
-    """A Markdown table (readable as plain text too) with one row per variant."""
+    """A Markdown table (readable as plain text too) with one row per variant; an optimizer and a schedule
+    column where the variants differ in them, else one line above the table naming the shared ones."""
+    differing = differing_training(summaries)
     rows = [
         [
             s.name,
+            *(getattr(s, f) for f in differing),
             str(s.seeds),
             "-" if s.best_epoch is None else str(s.best_epoch),
             _pm(s.best_val_data_loss_mean, s.best_val_data_loss_std),
@@ -233,7 +263,10 @@ def summary_table(summaries: Sequence[VariantSummary]) -> str:
         ]
         for s in summaries
     ]
-    return _markdown(summary_columns(summaries[0].metric if summaries else "accuracy"), rows)
+    header = summary_columns(summaries[0].metric if summaries else "accuracy")
+    table = _markdown((header[0], *differing, *header[1:]), rows)
+    line = shared_training_line(summaries)
+    return f"{line}\n\n{table}" if line else table
 
 
 TEST_METRIC_HEADERS = {"accuracy": "test acc there", "mae": "test MAE there"}
@@ -324,6 +357,8 @@ def write_summary(
     fields = [f.name for f in dataclasses.fields(VariantSummary)]
     if not any(s.tested for s in summaries):  # summary.csv as before a test split existed
         fields = fields[: fields.index("tested")]
+    if not any(getattr(s, f) for s in summaries for f in TRAINING_FIELDS):  # and before optimizers were named
+        fields = [f for f in fields if f not in TRAINING_FIELDS]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -344,7 +379,7 @@ def read_summary(path) -> list[dict]:
         for row in csv.DictReader(f):
             parsed = {}
             for k, v in row.items():
-                if k in ("name", "diverged", "metric"):
+                if k in ("name", "diverged", "metric", *TRAINING_FIELDS):
                     parsed[k] = v
                 elif k in ("penalized", "tested"):
                     parsed[k] = v == "True"

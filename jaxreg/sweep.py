@@ -64,6 +64,7 @@ from jaxreg.live import LiveLog
 from jaxreg.runfolder import folder_state  # noqa: F401
 from jaxreg.runplan import RunPlan, plan_run
 from jaxreg.runs import load_run
+from jaxreg.specs import training_descriptions
 from jaxreg.summaries import (
     early_stopping_notes,
     early_stopping_table,
@@ -348,7 +349,8 @@ def _finish(
     """Write the results of a finished run; epochs_run: epochs trained (fewer than config.epochs after early stopping)."""
     epochs_run = config.epochs if epochs_run is None else epochs_run
     histories = stack(history, [v.name for v in config.variants], config.divergence_threshold)
-    summaries = summarize(histories)
+    training = training_descriptions(config.variants)
+    summaries = summarize(histories, training=training)
     runfolder.record(folder, fileio.HISTORY_JSONL, fileio.HISTORY_CSV, fileio.SUMMARY_MD, fileio.SUMMARY_CSV)
     write_history(folder, histories)
     stopped_early = f" (early stopping: {epochs_run} of {config.epochs})" if epochs_run < config.epochs else ""
@@ -361,7 +363,7 @@ def _finish(
         axis = (config.axis, config.axis_values(), config.axis_series()) if config.axis else None
         names = plots.figure_files(list(histories), axis[0] if axis else None, tested=plots.tested(histories))
         runfolder.record(folder, *(f"{fileio.FIGURES_DIR}/{name}" for name in names))
-        paths = plots.make_figures(histories, folder / fileio.FIGURES_DIR, axis=axis)
+        paths = plots.make_figures(histories, folder / fileio.FIGURES_DIR, axis=axis, training=training)
     diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
     fileio.write_json(
         folder / fileio.STATUS_FILE,
@@ -400,7 +402,7 @@ def print_summary(
 
 def _reload_finished(folder: Path, stream) -> SweepResult:
     run = load_run(folder)
-    summaries = summarize(run.histories)
+    summaries = summarize(run.histories, training=training_descriptions(run.config.get("variants", [])))
     diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
     figures = sorted((folder / fileio.FIGURES_DIR).glob("*.png"))
     print(f"{folder} already holds a finished run (use --overwrite to run it again).", file=stream)
@@ -812,7 +814,7 @@ def _train_and_finish(
     history = outcome.history
     if not writer.writes:
         histories = stack(history, [v.name for v in config.variants], config.divergence_threshold)
-        summaries = summarize(histories)
+        summaries = summarize(histories, training=training_descriptions(config.variants))
         diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
         return SweepResult(folder, histories, summaries, diverged, [], start)
     epochs_run = len(next(iter(next(iter(history.values())).values())))
