@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="the folder to write into (default RUN/figures)")
     args = p.parse_args(argv)
     from jaxreg import grid_plots, load_run, report
+    from jaxreg.specs import training_descriptions
 
     run = load_run(args.run)
     histories, epochs = report.common_epochs(run.histories)
@@ -52,7 +53,14 @@ def main(argv=None) -> int:
         return 2
     out = args.out or Path(args.run) / "figures"
     name = run.config.get("config", {}).get("name", "run")
-    paths = grid_plots.make_grid_figures(histories, factors, out, title=f"{name}, {epochs} epochs")
+    training = training_descriptions(run.config.get("variants", []))
+    try:
+        paths = grid_plots.make_grid_figures(
+            histories, factors, out, title=f"{name}, {epochs} epochs", training=training
+        )
+    except ValueError as e:  # variants that differ in optimizer or schedule
+        print(f"grid_figures.py: {args.run}: {e}", file=sys.stderr)
+        return 2
     tables = top_tables(histories)
     (out / TOP_TABLE).write_text(f"# {name}, {epochs} epochs\n\n{tables}")
     print(tables)

@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="the PNG to write (default RUN/figures/grid_heatmaps.png)")
     args = p.parse_args(argv)
     from jaxreg import load_run, plots, report
+    from jaxreg.specs import training_descriptions
 
     run = load_run(args.run)
     histories, epochs = report.common_epochs(run.histories)
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
     out = args.out or Path(args.run) / "figures" / "grid_heatmaps.png"
     name = run.config.get("config", {}).get("name", "run")
     title = f"{name}, {epochs} epochs: learning rate x strength"
-    plots.plot_grid_heatmaps(histories, cells, out, "learning rate", labels, title=title)
+    training = training_descriptions(run.config["variants"])
+    plots.plot_grid_heatmaps(histories, cells, out, "learning rate", labels, title=title, training=training)
     print(f"\nWrote {out}")
     return 0
 

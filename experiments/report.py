@@ -64,11 +64,13 @@ def main(argv=None) -> int:
     axis = report.run_axis(run)
     if made.summaries and axis and len(set((axis[2] or {}).values())) > 1:
         from jaxreg.axis_tables import axis_table
+        from jaxreg.specs import training_descriptions
 
         histories, _ = report.common_epochs(run.histories)
         for quantity, what in (("best", "best validation data loss"), ("final", "final validation data loss")):
             print(f"\n{what} against {axis[0]} (rows: series; mean ± std over seeds)\n")
-            print(axis_table(histories, axis[1], axis[2], quantity, axis[0]))
+            training = training_descriptions(run.config.get("variants", []))
+            print(axis_table(histories, axis[1], axis[2], quantity, axis[0], training))
     if run.finished and has_proximal_l1(run.folder):
         try:
             print("\n" + exact_zeros_table(exact_zero_fractions(run.folder)))

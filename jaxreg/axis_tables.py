@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxreg.history import task_metric
 from jaxreg.selection import masked, variant_best_epoch
+from jaxreg.specs import shared_and_own_settings
 
 
 def _series(values: Mapping[str, float], series: Mapping[str, str]) -> dict[str, dict[float, str]]:
@@ -56,10 +57,20 @@ def cell(h: Mapping[str, np.ndarray], quantity: str, level: float = 0.99) -> str
 
 
 def axis_table(
-    histories: Mapping, values: Mapping[str, float], series: Mapping[str, str], quantity: str, axis: str, **kw
+    histories: Mapping,
+    values: Mapping[str, float],
+    series: Mapping[str, str],
+    quantity: str,
+    axis: str,
+    training: Mapping | None = None,
+    **kw,
 ) -> str:
-    """A markdown table of `cell(quantity)`: rows are series, columns the axis values (sorted)."""
+    """A markdown table of `cell(quantity)`: rows are series, columns the axis values (sorted). `training`
+    ({variant: `specs.describe_training`}): a row's label adds the optimizer and schedule settings its series
+    has and the others have not (`specs.shared_and_own_settings`), e.g. "adam_l2 (adam)" against "sgd_l2 (sgd)"."""
     groups = _series(values, series)
+    members = {label: list(by_value.values()) for label, by_value in groups.items()}
+    _, own = shared_and_own_settings({n: training.get(n, ("", "")) for n in values} if training else {}, members, True)
     columns = sorted({v for g in groups.values() for v in g})
     head = (
         f"| {axis} | "
@@ -69,5 +80,6 @@ def axis_table(
     lines = [head, "|---" * (len(columns) + 1) + "|"]
     for label, by_value in groups.items():
         cells = [cell(histories[by_value[v]], quantity, **kw) if v in by_value else "" for v in columns]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        shown = f"{label} ({own[label]})" if own.get(label) and own[label] != label else label
+        lines.append(f"| {shown} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from jaxreg.plots import DPI
+from jaxreg.specs import shared_and_own_settings
 from jaxreg.summaries import TIE_STANDARD_ERRORS, check_same_seeds, seed_values, ties_with_best
 
 FACTORS = ("width", "l2", "dropout_rate")
@@ -91,7 +92,9 @@ def _heatmap_panel(ax, grid, tied, best, vmin, vmax):
     return image
 
 
-def plot_loss_heatmaps(histories: Mapping, factors: Mapping[str, tuple], path, title: str = "grid") -> Path:
+def plot_loss_heatmaps(
+    histories: Mapping, factors: Mapping[str, tuple], path, title: str = "grid", note: str = ""
+) -> Path:
     """grid_loss_heatmaps.png (see the module's docstring): one row per WHICH, one panel per width."""
     widths, l2s, rates = grid_levels(factors)
     fig = Figure(figsize=(2.5 * len(widths) + 1.4, 3.2 * len(WHICH) + 0.6), layout="constrained")
@@ -115,7 +118,7 @@ def plot_loss_heatmaps(histories: Mapping, factors: Mapping[str, tuple], path, t
     n = cube.shape[-1]
     fig.suptitle(
         f"{title}: validation data loss, mean of {n} seed(s)\nred: the best cell; dashed: within "
-        f"{TIE_STANDARD_ERRORS:g} SE of it (paired over seeds)"
+        f"{TIE_STANDARD_ERRORS:g} SE of it (paired over seeds)" + _note_line(note)
     )
     return _save(fig, path)
 
@@ -141,7 +144,9 @@ def main_effects(cube: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-def plot_main_effects(histories: Mapping, factors: Mapping[str, tuple], path, title: str = "grid") -> Path:
+def plot_main_effects(
+    histories: Mapping, factors: Mapping[str, tuple], path, title: str = "grid", note: str = ""
+) -> Path:
     """grid_main_effects.png: one panel per factor, best and final validation data loss, seed bands."""
     levels = grid_levels(factors)
     fig = Figure(figsize=(13, 4.2), layout="constrained")
@@ -153,7 +158,9 @@ def plot_main_effects(histories: Mapping, factors: Mapping[str, tuple], path, ti
         _categorical_axis(ax, axis, levels[axis])
     axes[0].set_ylabel("validation data loss")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
-    fig.suptitle(f"{title}: main effects, each averaged over the other two factors (band: min-max over seeds)")
+    fig.suptitle(
+        f"{title}: main effects, each averaged over the other two factors (band: min-max over seeds)" + _note_line(note)
+    )
     return _save(fig, path)
 
 
@@ -165,7 +172,9 @@ def interactions(cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return dropout_benefit, l2_benefit
 
 
-def plot_interactions(histories: Mapping, factors: Mapping[str, tuple], path, title: str = "grid") -> Path:
+def plot_interactions(
+    histories: Mapping, factors: Mapping[str, tuple], path, title: str = "grid", note: str = ""
+) -> Path:
     """grid_interactions.png: rows best and final loss; left dropout's benefit against width (a line per
     rate), right L2's benefit against dropout (a line per c); above 0: the remedy helps."""
     widths, l2s, rates = grid_levels(factors)
@@ -187,15 +196,40 @@ def plot_interactions(histories: Mapping, factors: Mapping[str, tuple], path, ti
             ax.legend(fontsize="small")
     axes[0, 0].set_title("dropout's benefit against width (averaged over L2)")
     axes[0, 1].set_title("L2's benefit against dropout (averaged over width)")
-    fig.suptitle(f"{title}: interactions, paired by seed (above 0: the remedy helps; band: min-max over seeds)")
+    fig.suptitle(
+        f"{title}: interactions, paired by seed (above 0: the remedy helps; band: min-max over seeds)"
+        + _note_line(note)
+    )
     return _save(fig, path)
 
 
-def make_grid_figures(histories: Mapping, factors: Mapping[str, tuple], folder, title: str = "grid") -> list[Path]:
-    """The three FIGURES of a width x L2 x dropout grid in `folder`; returns their paths."""
+def training_line(factors: Mapping[str, tuple], training: Mapping | None) -> str:
+    """The line under the figures' titles naming the optimizer and schedule every variant on the grid shares
+    ("" without `training`); ValueError where they differ: a cell would mix them, and a factor's effect with them."""
+    note, own = shared_and_own_settings({n: training.get(n, ("", "")) for n in factors} if training else {})
+    differing = {name: text for name, text in own.items() if text}
+    if differing:
+        shown = "; ".join(f"{name}: {text}" for name, text in list(differing.items())[:3])
+        raise ValueError(
+            f"the grid's variants differ in optimizer or schedule ({shown}, ...): its figures vary width, L2 and "
+            "dropout only; select variants that share them"
+        )
+    return f"every variant: {note}" if note else ""
+
+
+def _note_line(note: str) -> str:
+    return f"\n{note}" if note else ""
+
+
+def make_grid_figures(
+    histories: Mapping, factors: Mapping[str, tuple], folder, title: str = "grid", training: Mapping | None = None
+) -> list[Path]:
+    """The three FIGURES of a width x L2 x dropout grid in `folder`; returns their paths. `training`:
+    {variant: `specs.describe_training`}, the optimizer and schedule (`training_line`) under each title."""
     folder = Path(folder)
+    note = training_line(factors, training)
     draw = (plot_loss_heatmaps, plot_main_effects, plot_interactions)
-    return [plot(histories, factors, folder / name, title) for plot, name in zip(draw, FIGURES)]
+    return [plot(histories, factors, folder / name, title, note) for plot, name in zip(draw, FIGURES)]
 
 
 def _save(fig: Figure, path) -> Path:
