@@ -463,8 +463,7 @@ def plot_early_stopping(histories: Mapping, path, training: Mapping | None = Non
             )
     left.margins(y=0.15)
     for ax in (left, right):
-        ticks = [f"{n}\n{own[n]}" if own.get(n) else n for n in names]  # what only it has, under its name
-        ax.set_xticks(x, ticks, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+        ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
         ax.set_xlim(-0.6, len(names) - 0.4)
         ax.grid(alpha=0.3, axis="y")
     left.set_ylabel(f"test data loss ({loss_name(histories)}) at the chosen epoch")
@@ -475,9 +474,10 @@ def plot_early_stopping(histories: Mapping, path, training: Mapping | None = Non
     n = max(h["loss"].shape[0] for h in histories.values())
     note = f"mean of {n} seeds, error bars: sample std over seeds" if n > 1 else "1 seed"
     fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
-    fig.suptitle(
-        _titled(f"Early stopping on the test set (the book) against held-out validation (honest)\n({note})", shared)
-    )
+    title = _titled(f"Early stopping on the test set (the book) against held-out validation (honest)\n({note})", shared)
+    # what each variant has and not every one, in the title: too long for a tick label
+    each = "; ".join(f"{n}: {own[n]}" for n in names if own.get(n))
+    fig.suptitle(_titled(title, each, int(11 * fig.get_figwidth())))
     return _save(fig, path)
 
 

@@ -241,3 +241,15 @@ def test_a_sweep_writes_them_into_summary_and_figures(tmp_path, monkeypatch):
     rows = summaries.read_summary(tmp_path / "run" / fileio.SUMMARY_CSV)
     assert [r["optimizer"] for r in rows] == [describe_training(v)[0] for v in config.variants]
     assert "adam (adam lr=0.01)" in _legend_texts(saved[0])
+
+
+def test_the_early_stopping_figure_names_each_variants_settings_in_its_title(tmp_path, monkeypatch):
+    saved = _capture_figure(monkeypatch)
+    history = make_history(BOOK)
+    for columns in history.values():
+        for metric in ("loss", "data_loss", "accuracy", "penalty"):
+            columns[f"test_{metric}"] = columns[f"val_{metric}"]
+    plots.plot_early_stopping(stack(history), tmp_path / "e.png", training_descriptions(MIXED))
+    title = saved[-1].get_suptitle().replace("\n", " ")
+    assert "l2: sgd lr=0.1 momentum=0.9 nesterov, constant;" in title and "bigger: adam lr=3e-4 b2=0.95" in title
+    assert [t.get_text() for t in saved[-1].axes[0].get_xticklabels()] == list(BOOK)  # ticks stay the names
