@@ -24,7 +24,14 @@ STRENGTHS = {  # field -> (family suffix, y-axis label)
     "weight_decay": ("decoupled decay", "decay per step lam (= weight_decay x lr)"),
     "l1_proximal": ("proximal L1", "proximal L1 strength"),
 }
-OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "lion": "Lion", "adam_keras": "Adam (Keras)"}
+OPTIMIZER_NAMES = {
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "sgd": "SGD",
+    "sgdw": "SGDW",
+    "lion": "Lion",
+    "adam_keras": "Adam (Keras)",
+}
 
 
 def strength(variant: dict) -> tuple[str | None, float]:

@@ -34,6 +34,8 @@ RMSPROP_MODES = ("keras2", "keras3")
 #   adam       optax.adam: eps added to sqrt of the bias-corrected second moment
 #   adam_keras Keras 3 Adam: m / (sqrt(v) + eps) with the bias corrections folded into the step size
 #   adamw      adam with the decoupled decay stage always on (its strength: weight_decay), as optax.adamw
+#   sgdw       sgd (momentum, no Nesterov) with the decoupled decay stage always on: Loshchilov and Hutter's SGDW,
+#              w -= lr * (t + weight_decay * w), the decay outside the momentum (sgd + l2: inside it)
 #   lion       optax.lion (Chen et al. 2023): sign of an interpolated momentum
 OPTIMIZER_NUMBERS = {
     "keras2": (),
@@ -43,10 +45,11 @@ OPTIMIZER_NUMBERS = {
     "adam_keras": ("b1", "b2", "eps"),
     "adamw": ("b1", "b2", "eps"),
     "lion": ("b1", "b2"),
+    "sgdw": ("momentum",),
 }
 OPTIMIZERS = tuple(OPTIMIZER_NUMBERS)
 # Arrays each keeps per parameter (its moments), for the memory estimate
-OPTIMIZER_SLOTS = {"keras2": 1, "keras3": 1, "sgd": 1, "adam": 2, "adam_keras": 2, "adamw": 2, "lion": 1}
+OPTIMIZER_SLOTS = {"keras2": 1, "keras3": 1, "sgd": 1, "adam": 2, "adam_keras": 2, "adamw": 2, "lion": 1, "sgdw": 1}
 # Learning-rate schedules (of the optimizer's step count) and the numbers each reads:
 #   constant     learning_rate
 #   exponential  learning_rate * decay_rate ** (step / decay_steps)        (optax.exponential_decay)
@@ -110,7 +113,7 @@ def scale_by_optimizer(name: str, hp, nesterov: bool = False) -> optax.GradientT
     """The optimizer's direction before decay and the learning rate (see OPTIMIZER_NUMBERS); hp's numbers may be traced."""
     if name in RMSPROP_MODES:
         return scale_by_keras_rms(name)
-    if name == "sgd":
+    if name in ("sgd", "sgdw"):
         return optax.trace(decay=hp.momentum, nesterov=nesterov)
     if name in ("adam", "adamw"):
         return optax.scale_by_adam(b1=hp.b1, b2=hp.b2, eps=hp.eps)

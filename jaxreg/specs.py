@@ -273,6 +273,7 @@ def with_seeds(variants: Iterable[VariantSpec], seeds: Sequence[int]) -> list[Va
 OPTIMIZER_LABELS = {"keras2": "RMSprop(keras2)", "keras3": "RMSprop(keras3)"}  # others by their name; no spaces
 NUMBER_LABELS = {"learning_rate": "lr", "weight_decay": "wd", "warmup_steps": "warmup"}  # others by their field
 STEP_COUNTS = ("decay_steps", "warmup_steps", "boundaries")  # written as whole numbers where they are
+DECOUPLED_OPTIMIZERS = ("adamw", "sgdw")  # whose name says decoupled decay: their `wd` is named even at 0
 
 
 def compact_number(x: float) -> str:
@@ -313,7 +314,7 @@ def optimizer_parts(variant) -> tuple[str, ...]:
     decoupled weight decay (a stage of the update) where it has one, e.g. ("adamw", "lr=1e-3", ..., "wd=0.1")."""
     name = _setting(variant, "optimizer")
     fields = ("learning_rate", *optim.OPTIMIZER_NUMBERS.get(name, ()))
-    if name == "adamw" or _setting(variant, "weight_decay"):
+    if name in DECOUPLED_OPTIMIZERS or _setting(variant, "weight_decay"):
         fields += ("weight_decay",)
     nesterov = ("nesterov",) if _setting(variant, "nesterov") else ()
     return (OPTIMIZER_LABELS.get(name, name), *(_number_text(f, _setting(variant, f)) for f in fields), *nesterov)

@@ -61,7 +61,7 @@ def test_the_description_names_every_number_the_optimizer_and_schedule_read(opti
     parts = described_optimizer.split() + described_schedule.split()
     for field in numbers:
         assert _text(field, settings[field]) in parts, (field, parts)
-    assert ("wd=0" in parts) == (optimizer == "adamw")  # adamw's decay is its own; others name it where set
+    assert ("wd=0" in parts) == (optimizer in ("adamw", "sgdw"))  # their decay is their own; others name it where set
     assert describe_training(spec.to_dict()) == (described_optimizer, described_schedule)  # config.json's record
 
 

@@ -24,6 +24,7 @@ PRESETS = {
     "label-noise": "label_noise.py",
     "double-descent": "double_descent.py",
     "adamw-vs-l2": "adamw_vs_l2.py",
+    "sgdw-vs-l2": "sgdw_vs_l2.py",
     "grid": "grid.py",
 }
 
