@@ -31,13 +31,14 @@ import jaxlib
 from jaxreg import cache, machine
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("embedding_bag.cc", "rmsprop.cc")
-HEADERS = ("common.h", "bag.h")
+SOURCES = ("embedding_bag.cc", "rmsprop.cc", "adam.cc")
+HEADERS = ("common.h", "bag.h", "fused_step.h")
 # XLA FFI target name -> the library's handler symbol
 TARGETS = {
     "jaxreg_bag_forward": "JaxregBagForward",
     "jaxreg_bag_backward": "JaxregBagBackward",
     "jaxreg_rmsprop_step": "JaxregRmspropStep",
+    "jaxreg_adam_step": "JaxregAdamStep",
 }
 # -ffp-contract=off: fused multiply-adds only where the source asks (where XLA makes them),
 # so results equal XLA's bit for bit; -fno-math-errno lets sqrt vectorize.

@@ -219,57 +219,132 @@ def make_optimizer(
     return optax.chain(*parts)
 
 
-FUSED_STEP_TARGET = "jaxreg_rmsprop_step"
+# The fused CPU step of the first layer's table (jaxreg/csrc: rmsprop.cc, adam.cc): the optimizers it
+# computes, its XLA FFI target, and the optimizer-state moments it updates (found in the state by name).
+FUSED_TARGETS = {
+    "keras2": "jaxreg_rmsprop_step",
+    "adam": "jaxreg_adam_step",
+    "adam_keras": "jaxreg_adam_step",
+    "adamw": "jaxreg_adam_step",
+}
+FUSED_OPTIMIZERS = tuple(FUSED_TARGETS)
+FUSED_MOMENTS = {"keras2": ("nu",), "adam": ("mu", "nu"), "adam_keras": ("mu", "nu"), "adamw": ("mu", "nu")}
+# The per-variant numbers each kernel reads, in its order (rmsprop.cc's and adam.cc's enum Scalar):
+# `rate` is the learning rate at this step (its schedule's value), c1 and c2 Adam's bias corrections.
+FUSED_SCALARS = {
+    "jaxreg_rmsprop_step": ("l1", "l2", "rate"),
+    "jaxreg_adam_step": ("l1", "l2", "b1", "b2", "eps", "weight_decay", "neg_rate", "c1", "c2"),
+}
+
+
+def fused_step_supports(name: str, *, weight_decay: bool, l1_proximal: bool) -> bool:
+    """Whether the fused CPU step computes optimizer `name`'s chain (make_optimizer) for the table:
+    RMSprop "keras2" and the Adams, any schedule, no proximal stage; decoupled decay with the Adams."""
+    return name in FUSED_TARGETS and not l1_proximal and (not weight_decay or name != "keras2")
+
+
+def _rate_at_step(schedule: str, hp, opt_state):
+    """The learning rate make_optimizer's chain multiplies this step's update by (negated there), from the
+    schedule stage's step count in `opt_state` (the chain's state before the step)."""
+    rate = learning_rate_schedule(schedule, hp)
+    if not callable(rate):
+        return rate
+    [count] = [s.count for s in opt_state if isinstance(s, optax.ScaleByScheduleState)]
+    return rate(count)
+
+
+def _adam_corrections(name: str, hp, opt_state):
+    """Adam's bias corrections at this step, from the direction's step count (the chain's first stage), with
+    the operations of its update: optax.scale_by_adam's 1 / (1 - b^t) (XLA turns its divisions into these
+    reciprocals' products), or Keras' sqrt(1 - b2^t) / (1 - b1^t) and an unused 1."""
+    count = optax.safe_int32_increment(opt_state[0].count)
+    if name == "adam_keras":
+        t = count.astype(jnp.float32)
+        return jnp.sqrt(1 - jnp.power(hp.b2, t)) / (1 - jnp.power(hp.b1, t)), jnp.ones((), jnp.float32)
+    return 1 / (1 - hp.b1**count), 1 / (1 - hp.b2**count)
+
+
+def fused_step_scalars(name: str, schedule: str, hp, opt_state) -> jax.Array:
+    """The kernel's per-variant numbers (FUSED_SCALARS) for this step: hp's, and those that depend on
+    the step count, from the incoming optimizer state as the optax chain computes them (so a resumed
+    run, whose state holds the counts, continues exactly)."""
+    rate = _rate_at_step(schedule, hp, opt_state)
+    if name == "keras2":
+        numbers = (hp.l1, hp.l2, rate)
+    else:
+        c1, c2 = _adam_corrections(name, hp, opt_state)
+        numbers = (hp.l1, hp.l2, hp.b1, hp.b2, hp.eps, hp.weight_decay, -1 * rate, c1, c2)
+    return jnp.stack([jnp.asarray(x, jnp.float32) for x in numbers])
+
+
+def _check_fused_backend(what: str) -> None:
+    if not cpu_kernels.cpu_kernels_available():
+        raise RuntimeError(f"{what} needs jaxreg's CPU kernels, which are unavailable here (see jaxreg.cpu_kernels)")
+    if jax.default_backend() != "cpu":  # no fallback: the optax chain is the path off the CPU
+        raise RuntimeError(f"{what} is a CPU kernel; the default backend here is {jax.default_backend()!r}")
+
+
+def fused_table_step(name, w, moments, d_out, rows, cols, scalars, mask=None, *, penalty=True, weight_decay=False):
+    """One step of optimizer `name` (FUSED_OPTIMIZERS) with the Keras L1 + L2 penalty on an embedding bag's
+    table, as one CPU kernel. Returns (w', moments', sum|w|, sum w^2).
+
+    `w` is the table of `embedding_bag.embedding_bag(w, rows, cols, d_out.shape[-2])` and `d_out`
+    the loss's gradient with respect to that bag's output: the table's data gradient is summed
+    inside the kernel, block by block, and never stored. `moments`: the optimizer state's arrays
+    for w (FUSED_MOMENTS), `scalars` from `fused_step_scalars`. w' and moments' equal what
+    make_optimizer's chain gives for that penalized table (bag backward, plus the penalty's
+    gradient, times the unit `mask` if any, the chain, optax.apply_updates) with no proximal
+    stage, to float32 round-off (bit for bit where the kernel's fused multiply-adds fall where
+    XLA's do, see jaxreg/csrc/fused_step.h); the sums of the incoming w are the penalty's value,
+    summed in another order than XLA (~1e-7). Written by hand because XLA:CPU runs this update as
+    ~14 passes over the table where this kernel needs 4 (RMSprop) or 6 (Adam); needs
+    `cpu_kernels.cpu_kernels_available()`. vmaps (any number, any operands) become one call.
+    """
+    _check_fused_backend(f"the fused {name} step")
+    if name not in FUSED_TARGETS or (weight_decay and name == "keras2"):
+        raise ValueError(f"no fused step for optimizer {name!r} with weight_decay={weight_decay}")
+    target = FUSED_TARGETS[name]
+    attrs = (("penalty", bool(penalty)), ("masked", mask is not None))
+    if target == "jaxreg_adam_step":
+        attrs += (("decay", bool(weight_decay)), ("keras", name == "adam_keras"))
+    mask_arg = jnp.zeros((1,) * w.ndim, jnp.float32) if mask is None else mask
+    step = _fused_call(target, len(moments), attrs)
+    w, moments, sums = step(w, tuple(moments), d_out, rows, cols, mask_arg, scalars)
+    return w, moments, sums[..., 0], sums[..., 1]
 
 
 def keras_rmsprop_step(w, nu, d_out, rows, cols, l1, l2, learning_rate, mask=None, *, penalty: bool = True):
-    """One Keras-2 RMSprop step with the Keras L1 + L2 penalty on an embedding bag's table, as one CPU kernel.
-
-    `w` is the table of `embedding_bag.embedding_bag(w, rows, cols, d_out.shape[-2])` and
-    `d_out` the loss's gradient with respect to that bag's output: the table's data gradient
-    (the bag's backward of d_out) is summed inside the kernel, block by block, and never
-    stored. Returns (w', nu', sum|w|, sum w^2). w' and nu' equal, bit for bit, what jaxreg's
-    optax path gives for a penalized table (bag backward, plus the penalty's gradient, times
-    the unit `mask` if any, `keras_rmsprop(learning_rate)`, optax.apply_updates) with no decay
-    or proximal stage; the sums of the incoming w are the penalty's value, summed in another
-    order than XLA (so equal to ~1e-7). Written by hand because XLA:CPU runs the update as
-    ~14 passes over the table where this kernel needs 4 (jaxreg/csrc/rmsprop.cc); needs
-    `cpu_kernels.cpu_kernels_available()`. vmaps (any number, any operands) become one call.
-    """
-    if not cpu_kernels.cpu_kernels_available():
-        raise RuntimeError(
-            "keras_rmsprop_step needs jaxreg's CPU kernels, which are unavailable here (see jaxreg.cpu_kernels)"
-        )
-    if jax.default_backend() != "cpu":  # no fallback: the optax chain is the path off the CPU
-        raise RuntimeError(f"keras_rmsprop_step is a CPU kernel; the default backend here is {jax.default_backend()!r}")
-    f32 = jnp.float32
-    mask_arg = jnp.zeros((1,) * w.ndim, f32) if mask is None else mask
-    scalars = (jnp.asarray(v, f32) for v in (l1, l2, learning_rate))
-    w, nu, sums = _fused_step(bool(penalty), mask is not None)(w, nu, d_out, rows, cols, mask_arg, *scalars)
-    return w, nu, sums[..., 0], sums[..., 1]
+    """One Keras-2 RMSprop step with the Keras L1 + L2 penalty on an embedding bag's table, as one CPU
+    kernel (`fused_table_step` "keras2" at `learning_rate`). Returns (w', nu', sum|w|, sum w^2)."""
+    _check_fused_backend("keras_rmsprop_step")
+    scalars = jnp.stack([jnp.asarray(v, jnp.float32) for v in (l1, l2, learning_rate)])
+    w, (nu,), sum_abs, sum_sq = fused_table_step("keras2", w, (nu,), d_out, rows, cols, scalars, mask, penalty=penalty)
+    return w, nu, sum_abs, sum_sq
 
 
 @functools.cache
-def _fused_step(penalty: bool, masked: bool):
-    """The kernel's call, with its own vmap rule: w and nu (updated in place, so the result's
-    shape) get the batch axis in full, the other operands as an axis of size 1 where they
-    are shared, so variants that share a batch share its pairs (grouped once per call).
+def _fused_call(target: str, n_moments: int, attrs: tuple):
+    """The kernel's call, with its own vmap rule: w and the moments (updated in place, so the
+    result's shape) get the batch axis in full, the other operands as an axis of size 1 where
+    they are shared, so variants that share a batch share its pairs (grouped once per call).
     Nested vmaps apply the rule once per level."""
 
     @jax.custom_batching.custom_vmap
-    def step(w, nu, d_out, rows, cols, mask, l1, l2, lr):
+    def step(w, moments, d_out, rows, cols, mask, scalars):
         f32 = jnp.float32
-        sums = jax.ShapeDtypeStruct(w.shape[:-2] + (2,), f32)
-        out = (jax.ShapeDtypeStruct(w.shape, f32), jax.ShapeDtypeStruct(w.shape, f32), sums)
-        call = jax.ffi.ffi_call(FUSED_STEP_TARGET, out, input_output_aliases={0: 0, 1: 1})
-        return call(w, nu, d_out, rows, cols, mask, l1, l2, lr, penalty=penalty, masked=masked)
+        table = jax.ShapeDtypeStruct(w.shape, f32)
+        out = (table,) * (1 + n_moments) + (jax.ShapeDtypeStruct(w.shape[:-2] + (2,), f32),)
+        call = jax.ffi.ffi_call(target, out, input_output_aliases={i: i for i in range(1 + n_moments)})
+        w, *moments, sums = call(w, *moments, d_out, rows, cols, mask, scalars, **dict(attrs))
+        return w, tuple(moments), sums
 
     @step.def_vmap
-    def _(axis_size, in_batched, w, nu, *rest):
+    def _(axis_size, in_batched, w, moments, *rest):
         def full(x, batched):
             return x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
 
         shared = (x if batched else x[None] for x, batched in zip(rest, in_batched[2:]))
-        return step(full(w, in_batched[0]), full(nu, in_batched[1]), *shared), (True, True, True)
+        moments = tuple(full(m, b) for m, b in zip(moments, in_batched[1]))
+        return step(full(w, in_batched[0]), moments, *shared), (True, (True,) * n_moments, True)
 
     return step

@@ -84,8 +84,8 @@ class Bucket:
 
     def step_config(self, task: tasks.Task, product: str, cpu_kernels: bool = False) -> StepConfig:
         """The bucket's static step choices; with the CPU kernels the first layer's update is
-        fused where the optimizer allows it (see StepConfig.fused_update: RMSprop "keras2" at a
-        constant rate, so every other optimizer or schedule takes the optax chain)."""
+        fused where the optimizer allows it (train.fused_update_supports: RMSprop "keras2" and the
+        Adams, no proximal L1; every other optimizer takes the optax chain)."""
         config = StepConfig(
             widths=self.widths or DEFAULT_WIDTHS,
             product=product,

@@ -83,7 +83,8 @@ class StepConfig:
     gives bit-identical results, it only costs time); `variants.Bucket.step_config` derives
     them from the variants, and a step refuses a non-zero number whose stage is off.
     fused_update: `fused_train_step` (see there; the MLP only, with the CPU kernels, sparse
-    batches and product, optimizer "keras2" at a constant rate, no decay and no proximal stage).
+    batches and product, optimizer "keras2", "adam", "adam_keras" or "adamw" at any schedule,
+    no proximal stage, decoupled decay with the Adams only: `fused_update_supports`).
     """
 
     widths: tuple[int, ...] = (16, 16)
@@ -115,9 +116,9 @@ class StepConfig:
             raise ValueError(f"StepConfig.nesterov is for optimizer 'sgd', got optimizer={self.optimizer!r}")
         if self.fused_update and not fused_update_supports(self):
             raise ValueError(
-                "StepConfig.fused_update needs the study's MLP, product='sparse', optimizer='keras2', schedule='constant' "
-                f"and no weight decay or proximal L1 stage, got network={self.network!r}, product={self.product!r}, "
-                f"optimizer={self.optimizer!r}, schedule={self.schedule!r}, "
+                "StepConfig.fused_update needs the study's MLP, product='sparse', an optimizer of "
+                f"{optim.FUSED_OPTIMIZERS} and no proximal L1 stage (nor weight decay with 'keras2'), "
+                f"got network={self.network!r}, product={self.product!r}, optimizer={self.optimizer!r}, "
                 f"use_weight_decay={self.use_weight_decay}, use_l1_proximal={self.use_l1_proximal}"
             )
 
@@ -135,14 +136,13 @@ class StepConfig:
 
 
 def fused_update_supports(config: StepConfig) -> bool:
-    """Whether `optim.keras_rmsprop_step` computes exactly this config's optimizer (see StepConfig)."""
+    """Whether `optim.fused_table_step` computes exactly this config's optimizer (see StepConfig)."""
     return (
         config.network is None
         and config.product == "sparse"
-        and config.optimizer == "keras2"
-        and config.schedule == "constant"
-        and not config.use_weight_decay
-        and not config.use_l1_proximal
+        and optim.fused_step_supports(
+            config.optimizer, weight_decay=config.use_weight_decay, l1_proximal=config.use_l1_proximal
+        )
     )
 
 
@@ -304,12 +304,14 @@ def train_step(
 def fused_train_step(
     state: TrainState, batch: Batch, key: jax.Array, hp: Hyperparameters, *, config: StepConfig, unit_mask=None
 ):
-    """`train_step` with the MLP's first-layer kernel stepped by one CPU kernel (`optim.keras_rmsprop_step`).
+    """`train_step` with the MLP's first-layer kernel stepped by one CPU kernel (`optim.fused_table_step`).
 
     The kernel takes that leaf's data gradient from the gradient of the first layer's product
-    (so the 10,000-row gradient is never stored), adds its penalty's gradient and steps RMSprop,
-    all in one pass; the optax chain steps every other leaf. Same parameters as train_step bit
-    for bit on one machine; the penalty's value sums in another order (~1e-7).
+    (so the 10,000-row gradient is never stored), adds its penalty's gradient and steps the
+    optimizer (RMSprop or Adam, its moments found in the optimizer state by name), all in one
+    pass; the optax chain steps every other leaf and the step counts, and its own work for the
+    fused leaf is unused (XLA drops it). The same parameters as train_step to float32 round-off;
+    the penalty's value sums in another order (~1e-7).
     """
     if not isinstance(batch.x, SparseBatch):
         raise ValueError("StepConfig.fused_update needs sparse batches (batches.SparseBatch)")
@@ -325,24 +327,26 @@ def fused_train_step(
     updates, opt_state = optimizer(config, hp, state.params).update(
         _masked(loss_grads, unit_mask), state.opt_state, state.params
     )
-    params = optax.apply_updates(state.params, updates)  # XLA drops the chain's own (unused) work for the fused leaf
-    rms_nu = optax.tree_utils.tree_get(state.opt_state, "nu")  # RMSprop's accumulator, found by name
-    w, nu, sum_abs, sum_sq = optim.keras_rmsprop_step(
+    params = optax.apply_updates(state.params, updates)
+    names = optim.FUSED_MOMENTS[config.optimizer]
+    w, moments, sum_abs, sum_sq = optim.fused_table_step(
+        config.optimizer,
         _at(state.params, FUSED_PATH),
-        _at(rms_nu, FUSED_PATH),
+        tuple(_at(optax.tree_utils.tree_get(state.opt_state, name), FUSED_PATH) for name in names),
         d_first_product,
         batch.x.rows,
         batch.x.cols,
-        hp.l1,
-        hp.l2,
-        hp.learning_rate,
+        optim.fused_step_scalars(config.optimizer, config.schedule, hp, state.opt_state),
         None if unit_mask is None else _at(unit_mask, FUSED_PATH),
         penalty=config.use_penalty,
+        weight_decay=config.use_weight_decay,
     )
     params = _replaced(params, FUSED_PATH, w)
-    opt_state = optax.tree_utils.tree_set(
-        opt_state, nu=_replaced(optax.tree_utils.tree_get(opt_state, "nu"), FUSED_PATH, nu)
-    )
+    fused_moments = {
+        name: _replaced(optax.tree_utils.tree_get(opt_state, name), FUSED_PATH, moment)
+        for name, moment in zip(names, moments)
+    }
+    opt_state = optax.tree_utils.tree_set(opt_state, **fused_moments)
     if config.use_penalty:
         pen = pen + (hp.l1 * sum_abs + hp.l2 * sum_sq)
         loss = data_loss + pen

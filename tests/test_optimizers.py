@@ -211,19 +211,25 @@ def test_variants_differing_only_in_numbers_share_a_program(data):
     assert len(traces) == 1
 
 
-def test_rmsprop_keeps_the_fused_update_and_other_optimizers_take_optax():
+def test_the_fused_update_takes_rmsprop_and_the_adams_and_others_take_optax():
     cpu = jax.devices("cpu")
-    [rms, adam, cosine] = plan(
-        [
-            VariantSpec("rms"),
-            VariantSpec("adam", optimizer="adam"),
-            VariantSpec("cos", schedule="cosine", decay_steps=10),
-        ]
-    )
+    specs = [
+        VariantSpec("rms"),
+        VariantSpec("adam", optimizer="adam"),
+        VariantSpec("cos", schedule="cosine", decay_steps=10),
+        VariantSpec("adamw", optimizer="adamw", weight_decay=0.1),
+        VariantSpec("adam_keras", optimizer="adam_keras"),
+        VariantSpec("sgd", optimizer="sgd"),
+        VariantSpec("lion", optimizer="lion"),
+        VariantSpec("keras3", optimizer="keras3"),
+        VariantSpec("rms_decay", weight_decay=0.1),
+        VariantSpec("adam_prox", optimizer="adam", l1_proximal=1e-3),
+    ]
     settings = RunSettings()
-    fused = {b.configs[0].name: runplan.execution(b, settings, cpu).step.fused_update for b in (rms, adam, cosine)}
+    fused = {b.configs[0].name: runplan.execution(b, settings, cpu).step.fused_update for b in plan(specs)}
+    assert set(fused) == {s.name for s in specs}
     if runplan.cpu_kernels_on(cpu):
-        assert fused == {"rms": True, "adam": False, "cos": False}
+        assert {name for name, f in fused.items() if f} == {"rms", "adam", "cos", "adamw", "adam_keras"}
     else:
         assert not any(fused.values())
 
@@ -255,17 +261,25 @@ def test_invalid_settings_are_refused_by_name():
     assert VariantSpec.from_dict({k: v for k, v in d.items() if k != "model"}) == spec
 
 
-def test_resume_mid_schedule_equals_the_uninterrupted_run(tmp_path):
-    """The schedule's step count lives in the optimizer state, which the checkpoint saves: bit for bit."""
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_resume_mid_schedule_equals_the_uninterrupted_run(tmp_path, optimizer):
+    """The schedule's step count lives in the optimizer state, which the checkpoint saves: bit for bit.
+    On a CPU with jaxreg's kernels, through the fused first-layer step (its bias corrections and
+    scheduled rate come from those counts)."""
     ds = synthetic_dataset(n_train=N_TRAIN, n_validation=BATCH, num_words=NUM_WORDS, seed=1)
     settings = RunSettings(epochs=3, batch_size=BATCH, eval_batch_size=BATCH)
+    decay = {"weight_decay": 0.1} if optimizer == "adamw" else {}
     vs = [
-        VariantSpec(f"cos{i}", optimizer="adam", schedule="cosine", learning_rate=lr, warmup_steps=3, decay_steps=12)
+        VariantSpec(
+            f"cos{i}", optimizer=optimizer, schedule="cosine", learning_rate=lr, warmup_steps=3, decay_steps=12, **decay
+        )
         for i, lr in enumerate((1e-2, 3e-3))
     ]
     snapshots = []
     full = run(vs, ds, settings, on_epoch=lambda e, row, snap: snapshots.append(snap()) if e == 0 else None).history
     run_plan = runplan.plan_run(plan(vs), ds, settings, jax.devices()[:1])
+    if runplan.cpu_kernels_on(jax.devices()[:1]):
+        assert all(b.execution.step.fused_update for b in run_plan.buckets), "the fused step is what resumes"
     checkpoint.save_checkpoint(tmp_path, snapshots[0])
     restored = checkpoint.load_checkpoint(tmp_path, run_plan)
     counts = [

@@ -87,9 +87,13 @@ _jit_init_state = jax.jit(train.init_state, static_argnums=(1, 2, 3))
 
 
 def _init(config, true_widths=None, seed=0):
-    """init_state, compiled once per distinct (widths, optimizer stages): configs that differ otherwise share it."""
+    """init_state, compiled once per distinct (widths, optimizer and its stages): configs that differ otherwise share it."""
     key_config = StepConfig(
-        config.widths, use_weight_decay=config.use_weight_decay, use_l1_proximal=config.use_l1_proximal
+        config.widths,
+        optimizer=config.optimizer,
+        schedule=config.schedule,
+        use_weight_decay=config.use_weight_decay,
+        use_l1_proximal=config.use_l1_proximal,
     )
     return _cached_init(key_config, true_widths, seed)
 
@@ -303,14 +307,42 @@ FUSED_CASES = {  # name: (unfused config, hyperparameters, true widths (padding)
     "penalty_and_dropout": (KERAS, Hyperparameters.create(l1=1e-3, l2=1e-2, dropout_rate=0.5), None),
     "no_penalty_stage": (dataclasses.replace(KERAS, use_penalty=False), Hyperparameters.create(), None),
     "padded_units": (KERAS, Hyperparameters.create(l1=1e-3, l2=1e-2), (2, 3)),
+    "rmsprop_exponential": (
+        dataclasses.replace(KERAS, schedule="exponential"),
+        Hyperparameters.create(l1=1e-3, l2=1e-2, decay_rate=0.5, decay_steps=3.0),
+        None,
+    ),
+    "adam_penalty_and_dropout": (
+        dataclasses.replace(KERAS, optimizer="adam"),
+        Hyperparameters.create(l1=1e-3, l2=1e-2, dropout_rate=0.5, learning_rate=3e-3, b1=0.8, b2=0.99, eps=1e-6),
+        None,
+    ),
+    "adam_no_penalty_piecewise": (
+        dataclasses.replace(KERAS, optimizer="adam", use_penalty=False, schedule="piecewise"),
+        Hyperparameters.create(learning_rate=3e-3, boundaries=(4.0, 9.0), scales=(0.5, 0.2)),
+        None,
+    ),
+    "adam_keras_padded_units": (
+        dataclasses.replace(KERAS, optimizer="adam_keras"),
+        Hyperparameters.create(l1=1e-3, l2=1e-2, learning_rate=3e-3, b2=0.99),
+        (2, 3),
+    ),
+    "adamw_cosine_padded_units": (
+        dataclasses.replace(KERAS, optimizer="adamw", use_weight_decay=True, schedule="cosine"),
+        Hyperparameters.create(
+            l2=1e-2, weight_decay=0.1, learning_rate=1e-2, warmup_steps=2.0, decay_steps=7.0, alpha=0.1
+        ),
+        (3, 2),
+    ),
 }
 
 
 # The fused kernel makes fused multiply-adds where XLA's code generator makes them on AVX2
-# (bit for bit there, measured on AMD EPYC Zen 3); where XLA contracts other products (another
-# instruction set: AVX-512, or XLA held to SSE4.2 while the kernel keeps its FMAs) a few
+# (bit for bit there for RMSprop, measured on AMD EPYC Zen 3); where XLA contracts other products
+# (another instruction set: AVX-512, or XLA held to SSE4.2 while the kernel keeps its FMAs) a few
 # elements per step round differently. Measured after these 2 epochs with XLA at SSE4.2:
-# 6-10% of the kernel's elements differ, by at most 3e-8 (about one float32 ulp per step).
+# 6-10% of the kernel's elements differ, by at most 3e-8 (about one float32 ulp per step); Adam
+# (AVX-512, Zen 4, 3 epochs): at most 1.5e-8 absolute on weights that moved by 0.01-0.04.
 FUSED_RTOL, FUSED_ATOL = 1e-5, 1e-7
 
 
@@ -332,6 +364,10 @@ def test_fused_update_equals_the_optax_path_to_float32_round_off(ds, case):
             history.append(metrics)
         runs[c.fused_update] = (s, history)
     (plain, plain_history), (kernel, kernel_history) = runs[False], runs[True]
+    jaxpr = jax.make_jaxpr(functools.partial(train.train_epoch, config=fused))(
+        state, stacked, jax.random.key(0), hp, unit_mask=unit_mask
+    )
+    assert optim.FUSED_TARGETS[config.optimizer] in str(jaxpr), "the fused step runs the kernel"
     assert not np.allclose(kernel.params["params"]["hidden_0"]["kernel"], state.params["params"]["hidden_0"]["kernel"])
     chex.assert_trees_all_close(kernel.params, plain.params, rtol=FUSED_RTOL, atol=FUSED_ATOL)
     chex.assert_trees_all_close(kernel.opt_state, plain.opt_state, rtol=FUSED_RTOL, atol=FUSED_ATOL)
@@ -356,9 +392,12 @@ def test_fused_update_under_vmap_equals_each_variant_alone(ds):
     hps = [Hyperparameters.create(l1=1e-3, l2=1e-2), Hyperparameters.create(l2=3e-2, learning_rate=2e-3)]
     stacked, _ = _batches(ds.train)
     state, unit_mask = _init(KERAS, (2, 3))
-    alone = [step(state, _batch(stacked, 0), jax.random.key(0), hp, config=fused, unit_mask=unit_mask)[0] for hp in hps]
+    fused_step = jax.jit(train.fused_train_step, static_argnames="config")
+    alone = [
+        fused_step(state, _batch(stacked, 0), jax.random.key(0), hp, config=fused, unit_mask=unit_mask)[0] for hp in hps
+    ]
     stacked_hp = jax.tree.map(lambda *x: jnp.stack(x), *hps)
-    one_step = functools.partial(train.train_step, batch=_batch(stacked, 0), key=jax.random.key(0), config=fused)
+    one_step = functools.partial(train.fused_train_step, batch=_batch(stacked, 0), key=jax.random.key(0), config=fused)
     # the initial state and the mask are shared (unbatched): the kernel gets them broadcast
     together = jax.jit(jax.vmap(lambda s, hp, m: one_step(s, hp=hp, unit_mask=m)[0], in_axes=(None, 0, None)))(
         state, stacked_hp, unit_mask
@@ -371,12 +410,44 @@ def test_fused_update_under_vmap_equals_each_variant_alone(ds):
         )
 
 
+@needs_kernels
+def test_fused_adam_under_vmap_equals_each_variant_alone(ds):
+    """AdamW with a schedule, every number different per variant (b1, b2, eps, rate, decay, penalty), in
+    one vmapped kernel call over 3 steps (so the bias corrections and the schedule's rate move):
+    each variant equals its own unbatched run, to float32 round-off as above."""
+    config = dataclasses.replace(KERAS, optimizer="adamw", use_weight_decay=True, schedule="exponential")
+    fused = dataclasses.replace(config, fused_update=True)
+    numbers = dict(decay_rate=0.5, decay_steps=2.0)
+    hps = [
+        Hyperparameters.create(l1=1e-3, l2=1e-2, learning_rate=3e-3, weight_decay=0.1, **numbers),
+        Hyperparameters.create(l2=3e-2, learning_rate=1e-2, b1=0.5, b2=0.9, eps=1e-5, weight_decay=0.3, **numbers),
+    ]
+    stacked, _ = _batches(ds.train)
+    state, unit_mask = _init(config, (2, 3))
+
+    def three_steps(s, hp):
+        for i in range(3):
+            s, _ = train.fused_train_step(
+                s, _batch(stacked, i), jax.random.key(0), hp, config=fused, unit_mask=unit_mask
+            )
+        return s
+
+    alone = [jax.jit(three_steps)(state, hp) for hp in hps]
+    together = jax.jit(jax.vmap(three_steps, in_axes=(None, 0)))(state, jax.tree.map(lambda *x: jnp.stack(x), *hps))
+    kernels = [np.asarray(one.params["params"]["hidden_0"]["kernel"]) for one in alone]
+    assert not np.allclose(kernels[0], kernels[1], rtol=100 * FUSED_RTOL, atol=100 * FUSED_ATOL)
+    for i, one in enumerate(alone):
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], together), one, rtol=FUSED_RTOL, atol=FUSED_ATOL)
+
+
 def test_fused_step_without_the_kernels_says_so(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "cpu_kernels_available", lambda: False)
     w = jnp.zeros((10, 4))
     pairs = jnp.zeros((3,), jnp.int16)
     with pytest.raises(RuntimeError, match="needs jaxreg's CPU kernels"):
         optim.keras_rmsprop_step(w, w, jnp.zeros((2, 4)), pairs, pairs, 0.0, 0.0, 1e-3)
+    with pytest.raises(RuntimeError, match="the fused adam step needs jaxreg's CPU kernels"):
+        optim.fused_table_step("adam", w, (w, w), jnp.zeros((2, 4)), pairs, pairs, jnp.zeros(9))
     monkeypatch.setattr(cpu_kernels, "cpu_kernels_available", lambda: True)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # seen on an H200: XLA's NOT_FOUND otherwise
     with pytest.raises(RuntimeError, match="is a CPU kernel; the default backend here is 'gpu'"):
@@ -386,18 +457,19 @@ def test_fused_step_without_the_kernels_says_so(monkeypatch):
 def test_fused_update_is_refused_where_it_would_not_be_exact():
     unsupported_cases = (
         dict(optimizer="keras3"),
-        dict(optimizer="adam"),
-        dict(schedule="cosine"),
-        dict(use_weight_decay=True),
+        dict(optimizer="sgd"),
+        dict(optimizer="lion"),
+        dict(use_weight_decay=True),  # with RMSprop: rmsprop.cc has no decay
+        dict(optimizer="adam", use_l1_proximal=True),
         dict(use_l1_proximal=True),
         dict(product="dense"),
     )
     for unsupported in unsupported_cases:
-        with pytest.raises(
-            ValueError, match="fused_update needs the study's MLP, product='sparse', optimizer='keras2'"
-        ):
+        with pytest.raises(ValueError, match="fused_update needs the study's MLP, product='sparse', an optimizer of"):
             dataclasses.replace(KERAS, fused_update=True, **unsupported)
     assert train.fused_update_supports(KERAS) and not train.fused_update_supports(ALL_STAGES)
+    for supported in (dict(optimizer="adamw", use_weight_decay=True), dict(optimizer="adam_keras", schedule="cosine")):
+        assert train.fused_update_supports(dataclasses.replace(KERAS, **supported)), supported
 
 
 # Golden values: the Keras loss (data loss + penalty, dropout active) of the first 3 train steps
