@@ -35,7 +35,7 @@ if keras.backend.backend() != "jax":
         f"keras was imported with the {keras.backend.backend()!r} backend before this module", allow_module_level=True
     )
 
-from jaxreg import batches, losses, train  # noqa: E402
+from jaxreg import batches, cpu_kernels, losses, train  # noqa: E402
 from jaxreg.data import densify, synthetic_dataset  # noqa: E402
 from jaxreg.train import Hyperparameters, StepConfig  # noqa: E402
 
@@ -48,7 +48,13 @@ CONFIG = StepConfig(
 LAYERS = ("hidden_0", "hidden_1", "output")
 
 init_state = jax.jit(train.init_state, static_argnums=(1, 2))
-step = jax.jit(train.train_step, static_argnames="config")
+
+
+def _step(state, batch, key, hp, *, config):
+    return train.step_function(config)(state, batch, key, hp, config=config)  # the fused step where config asks
+
+
+step = jax.jit(_step, static_argnames="config")
 evaluate = jax.jit(train.evaluate, static_argnames="config")
 
 
@@ -95,6 +101,11 @@ OPTIMIZERS = {
         dict(learning_rate=2e-3, b1=0.8, b2=0.99, eps=1e-6),
         lambda: keras.optimizers.Adam(learning_rate=2e-3, beta_1=0.8, beta_2=0.99, epsilon=1e-6),
     ),
+    "adam_fused": (  # jaxreg's fused CPU step of the first layer (jaxreg/csrc/adam.cc)
+        dict(optimizer="adam_keras", fused_update=True),
+        dict(learning_rate=2e-3, b1=0.8, b2=0.99, eps=1e-6),
+        lambda: keras.optimizers.Adam(learning_rate=2e-3, beta_1=0.8, beta_2=0.99, epsilon=1e-6),
+    ),
     "sgd_nesterov": (
         dict(optimizer="sgd", nesterov=True),
         dict(learning_rate=0.05, momentum=0.9),
@@ -110,12 +121,15 @@ OPTIMIZERS = {
         ("l2", 1e-3, "rmsprop"),
         ("l2_adam", 1e-3, "adam"),
         ("original_adam", 0.0, "adam"),
+        ("l2_adam_fused", 1e-3, "adam_fused"),
         ("l2_sgd_nesterov", 1e-3, "sgd_nesterov"),
     ],
 )
 def test_one_epoch_matches_keras(data, name, l2, optimizer):
     ds, stacked, val, x_dense, y = data
     changes, numbers, keras_optimizer = OPTIMIZERS[optimizer]
+    if changes.get("fused_update") and (jax.default_backend() != "cpu" or not cpu_kernels.cpu_kernels_available()):
+        pytest.skip("the fused step is a CPU kernel: needs the CPU backend and a C++ compiler")
     config = dataclasses.replace(CONFIG, **changes)
     keras.utils.set_random_seed(0)
     model = _keras_model(l2, keras_optimizer())
