@@ -10,7 +10,8 @@ validation on 25,000 test reviews), one bucket at a time through variants.Bucket
 * seeds: n seeds of the original (16, 16) config, each seed with its own batches;
 * optimizers16: n = 1 and 16 variants of the 16-unit model with RMSprop ("keras2", jaxreg's
   fused CPU step; "keras3", the same optimizer through optax, not fused) and with Adam ("adam",
-  optax), every bucket's epochs run in turn, and the per-variant epoch ratio Adam / RMSprop;
+  jaxreg's fused CPU step; "adam_optax", the same through optax's chain, not fused), every
+  bucket's epochs run in turn, and the per-variant epoch ratio Adam / RMSprop (fused / fused);
 * the machine's limits: median GFLOP/s of plain float32 matmuls in JAX (2048^3, the dense
   first layer 512x10000 @ 10000x1024, its kernel gradient 10000x512 @ 512x1024, the hidden
   layer 512x1024 @ 1024x1024), copy bandwidth (x + 1 over a 256 MB array, read + write
@@ -77,8 +78,10 @@ QUICK = {
     "width": [1, 16, 128, 1024],
     "seeds": [1, 4],
 }
-# optimizers16: RMSprop with jaxreg's fused CPU step (keras2), Keras 3's RMSprop through optax (not fused), optax's Adam
-OPTIMIZERS = ("keras2", "keras3", "adam")
+# optimizers16: RMSprop with jaxreg's fused CPU step (keras2), Keras 3's RMSprop through optax (not fused), optax's
+# Adam with jaxreg's fused CPU step (adam) and through optax's chain (adam_optax: the same bucket, fused step off)
+OPTIMIZERS = ("keras2", "keras3", "adam", "adam_optax")
+UNFUSED = {"adam_optax": "adam"}  # a row name -> the optimizer it runs with the fused step turned off
 BATCH_SIZE = 512
 EVAL_BATCH_SIZE = 1024
 FLOAT = 4  # bytes
@@ -250,12 +253,13 @@ def measure_point(specs, ds, epochs: int, product: str) -> dict:
     return out
 
 
-def side_by_side(specs_by_n: dict, ds, epochs: int, product: str) -> dict:
+def side_by_side(specs_by_n: dict, ds, epochs: int, product: str, unfused=()) -> dict:
     """{n: median epoch time} with every size's epochs run in turn (1, 2, 4, ..., 1, 2, 4, ...).
 
     The points of `sweep` run one after the other, minutes apart, and this shared machine
     drifts by 10-30% over minutes; a marginal cost is a ratio of two points, so it is taken
-    from epochs interleaved like this, which all see the same conditions.
+    from epochs interleaved like this, which all see the same conditions. Keys in `unfused`
+    run their bucket with the fused first-layer step turned off (the optax chain).
     """
     import jax
 
@@ -267,7 +271,8 @@ def side_by_side(specs_by_n: dict, ds, epochs: int, product: str) -> dict:
     runs = {}
     for n, specs in specs_by_n.items():
         (bucket,) = V.plan(specs)
-        program = V.BucketProgram(bucket, ds, settings)
+        program = V.BucketProgram(_without_fused_step(bucket, ds, settings) if n in unfused else bucket, ds, settings)
+        C.log(f"  {n}: optimizer {program.config.optimizer}, fused first-layer step {program.config.fused_update}")
         state, mask = program.init()
         batches = program.train_batches(0)
         state, metrics = program.epoch(state, mask, batches)  # compile
@@ -280,6 +285,18 @@ def side_by_side(specs_by_n: dict, ds, epochs: int, product: str) -> dict:
             jax.block_until_ready(metrics)
             run["times"].append(time.perf_counter() - start)
     return {n: C.median(run["times"]) for n, run in runs.items()}
+
+
+def _without_fused_step(bucket, ds, settings):
+    """The bucket's plan on the default devices with the fused first-layer step off (the optax chain)."""
+    import dataclasses
+
+    from jaxreg import runplan
+    from jaxreg import variants as V
+
+    planned = runplan.plan_run([bucket], ds, settings, [tuple(V.variant_mesh().devices.flat)], "given").buckets[0]
+    step = dataclasses.replace(planned.execution.step, fused_update=False)
+    return dataclasses.replace(planned, execution=dataclasses.replace(planned.execution, step=step))
 
 
 def section_specs(section: str, n: int) -> list:
@@ -329,6 +346,7 @@ def sweep(section: str, sizes, ds, args, stats, limits) -> list[dict]:
 def optimizer_specs(optimizer: str, n: int) -> list:
     from jaxreg.variants import VariantSpec
 
+    optimizer = UNFUSED.get(optimizer, optimizer)
     return [VariantSpec(f"l2_{i}", (16, 16), l2=1e-4 * (i + 1), optimizer=optimizer) for i in range(n)]
 
 
@@ -336,8 +354,13 @@ def compare_optimizers(sizes, ds, args) -> list[dict]:
     """Per size n: the median epoch of n 16-unit variants with each of OPTIMIZERS, all buckets' epochs run
     in turn (`side_by_side`), and Adam's per-variant epoch over RMSprop's."""
     C.log(f"[optimizers16] side by side: {args.epochs} epochs of {', '.join(OPTIMIZERS)} x n = {sizes} in turn ...")
+    unfused = {(opt, n) for n in sizes for opt in UNFUSED}
     together = side_by_side(
-        {(opt, n): optimizer_specs(opt, n) for n in sizes for opt in OPTIMIZERS}, ds, args.epochs, args.product
+        {(opt, n): optimizer_specs(opt, n) for n in sizes for opt in OPTIMIZERS},
+        ds,
+        args.epochs,
+        args.product,
+        unfused,
     )
     rows = []
     for n in sizes:
@@ -352,10 +375,11 @@ def optimizer_table(rows) -> str:
         "variants",
         "RMSprop keras2 (fused) s/epoch",
         "RMSprop keras3 (optax) s/epoch",
-        "Adam s/epoch",
-        "per variant: keras2 / Adam",
-        "Adam / keras2",
-        "Adam / keras3",
+        "Adam (fused) s/epoch",
+        "Adam (optax) s/epoch",
+        "per variant: keras2 / Adam (fused)",
+        "Adam / keras2 (fused / fused)",
+        "Adam / keras3 (optax / optax)",
     ]
     table = [
         [
@@ -363,7 +387,7 @@ def optimizer_table(rows) -> str:
             *(f"{r['epoch_s'][opt]:.3f}" for opt in OPTIMIZERS),
             f"{r['epoch_s']['keras2'] / r['n']:.4f} / {r['epoch_s']['adam'] / r['n']:.4f}",
             f"{r['ratio']:.2f}x",
-            f"{r['epoch_s']['adam'] / r['epoch_s']['keras3']:.2f}x",
+            f"{r['epoch_s']['adam_optax'] / r['epoch_s']['keras3']:.2f}x",
         ]
         for r in rows
     ]
