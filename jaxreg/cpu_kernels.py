@@ -3,8 +3,8 @@
 Two ideas XLA:CPU runs far below the machine's memory speed, both in a 16-unit model's
 epoch: the sparse first layer (`embedding_bag`: XLA's gather and scatter move one element at
 a time, ~1.5 GB/s) and the first layer's gradient and optimizer step
-(`optim.keras_rmsprop_step`: XLA writes a gradient table and splits the step into ~14
-passes over the array, where one pass does). They are compiled once per
+(`optim.fused_table_step`, RMSprop or Adam: XLA writes a gradient table and splits the step
+into ~14 passes over the array, where one pass does). They are compiled once per
 source, jax/jaxlib version, compiler flags and CPU with the system's C++ compiler against
 the installed jaxlib's FFI headers, and cached (`jaxreg.cache.cache_dir("kernels")`:
 ~/.cache/jaxreg/kernels, or $XDG_CACHE_HOME/jaxreg/kernels) with a `.sha256` beside each library
