@@ -55,6 +55,8 @@ def grid_run_seconds(folder: Path | None) -> float | None:
     status = json.loads((folder / "status.json").read_text())
     if status.get("state") != "finished":
         raise SystemExit(f"{folder} is not a finished run (state {status.get('state')!r})")
+    if status.get("resumed_from_epoch"):  # its seconds count only the part after the resume
+        raise SystemExit(f"{folder} was resumed: its status.json times only the resumed part; give --grid-seconds")
     return float(status["seconds"])
 
 
@@ -78,7 +80,7 @@ def report(args, keras: dict, jaxreg: dict, grid_seconds: float | None) -> str:
     ]
     if grid_seconds is not None:
         lines.append(
-            f"- jaxreg, the whole grid preset measured ({args.grid_run}): {grid_seconds / 60:.1f} min; "
+            f"- jaxreg, the whole grid preset measured ({args.grid_run or 'given'}): {grid_seconds / 60:.1f} min; "
             f"Keras extrapolated / jaxreg measured: {keras_total / grid_seconds:.0f}x"
         )
     return "\n".join(lines) + "\n"
@@ -93,11 +95,14 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--grid-run", type=Path, help="a finished `--preset grid` run folder: its wall time is reported"
     )
+    parser.add_argument(
+        "--grid-seconds", type=float, help="the grid preset's wall time, measured otherwise (e.g. time)"
+    )
     parser.add_argument("--json", type=Path, help="write both children's results here")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the median epoch leaves out the first)")
-    grid_seconds = grid_run_seconds(args.grid_run)
+    grid_seconds = args.grid_seconds if args.grid_seconds is not None else grid_run_seconds(args.grid_run)
     args.models = sample_names(args.l2, args.dropout)
     # what vs_keras' children read from their command line
     args.seed, args.cache_dir, args.keras_dtype, args.bucket_epochs = 0, args.cache_dir, "float32", 0
