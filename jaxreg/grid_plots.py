@@ -2,14 +2,15 @@
 
 From stacked histories and each variant's place on the grid (`grid_factors`), three figures:
   grid_loss_heatmaps.png  L2 x dropout, one panel per width, rows: best and final validation data
-                          loss (seed means, one colour scale per row); red box: the best cell of the
-                          whole grid; dashed box: cells indistinguishable from it (paired over seeds,
+                          loss (seed means, one colour scale per row, from the best cell to the
+                          median one: `colour_range`); red box: the best cell of the whole grid;
+                          dashed box: cells indistinguishable from it (paired over seeds,
                           `summaries.paired_tie`).
   grid_main_effects.png   each factor's main effect: the loss averaged over the other two factors,
                           mean over seeds, band min-max over seeds.
   grid_interactions.png   dropout's benefit (loss without dropout minus with) against width, and L2's
                           benefit (loss without L2 minus with) against dropout, paired by seed, each
-                          averaged over the third factor; band min-max over seeds.
+                          averaged over the third factor; bars min-max over seeds.
 Uses matplotlib's object API (no pyplot).
 """
 
@@ -45,8 +46,15 @@ def grid_levels(factors: Mapping[str, tuple]) -> tuple[list[float], ...]:
 
 
 def is_grid(factors: Mapping[str, tuple]) -> bool:
-    """Whether the variants vary every factor (at least two values each): a grid these figures fit."""
-    return bool(factors) and all(len(values) > 1 for values in grid_levels(factors))
+    """Whether the variants form a full factorial grid these figures fit: every factor at two values or more,
+    every cell filled by exactly one variant (the book's variants vary all three factors too, but one at a time)."""
+    levels = grid_levels(factors)
+    cells = len(set(factors.values()))
+    return (
+        bool(factors)
+        and all(len(values) > 1 for values in levels)
+        and cells == len(factors) == np.prod([len(values) for values in levels])
+    )
 
 
 def seed_cube(histories: Mapping, factors: Mapping[str, tuple], which: str) -> np.ndarray:
@@ -73,6 +81,16 @@ def cube_ties(cube: np.ndarray) -> tuple[tuple | None, np.ndarray]:
 
 def _tick_label(x: float) -> str:
     return f"{x:g}" if x else "0"
+
+
+def colour_range(values: np.ndarray) -> tuple[float, float]:
+    """(vmin, vmax) of a heatmap row: the best cell to the median one. A few bad cells (a 2-unit model with
+    dropout 0.7) would otherwise stretch the scale so that every cell worth comparing has one colour; the
+    worse half saturates (the colour bar's arrow) and every cell still shows its value."""
+    if not values.size:
+        return 0.0, 1.0
+    low, median = float(values.min()), float(np.median(values))
+    return low, median if median > low else float(values.max())
 
 
 def _heatmap_panel(ax, grid, tied, best, vmin, vmax):
@@ -104,7 +122,7 @@ def plot_loss_heatmaps(
         best, tied = cube_ties(cube)
         means = np.nanmean(cube, axis=-1) if np.isfinite(cube).any() else np.full(cube.shape[:-1], np.nan)
         finite = means[np.isfinite(means)]
-        vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+        vmin, vmax = colour_range(finite)
         for c, width in enumerate(widths):
             ax = axes[r, c]
             best_here = (best[2], best[1]) if best is not None and best[0] == c else None  # (dropout, l2)
@@ -114,11 +132,12 @@ def plot_loss_heatmaps(
             ax.set_yticks(range(len(rates)), [_tick_label(y) for y in rates])
             ax.set_xlabel(FACTOR_LABELS["l2"], fontsize="small")
         axes[r, 0].set_ylabel(FACTOR_LABELS["dropout_rate"])
-        fig.colorbar(image, ax=list(axes[r]), shrink=0.9, label=label)
+        capped = finite.size and vmax < finite.max()
+        fig.colorbar(image, ax=list(axes[r]), shrink=0.9, label=label, extend="max" if capped else "neither")
     n = cube.shape[-1]
     fig.suptitle(
-        f"{title}: validation data loss, mean of {n} seed(s)\nred: the best cell; dashed: within "
-        f"{TIE_STANDARD_ERRORS:g} SE of it (paired over seeds)" + _note_line(note)
+        f"{title}: validation data loss, mean of {n} seed(s); colour capped at each row's median cell\nred: the best "
+        f"cell; dashed: within {TIE_STANDARD_ERRORS:g} SE of it (paired over seeds)" + _note_line(note)
     )
     return _save(fig, path)
 
@@ -128,6 +147,20 @@ def _band_line(ax, x, per_seed: np.ndarray, label: str, color, style: str = "-o"
     ax.plot(x, np.nanmean(per_seed, axis=-1), style, color=color, label=label, markersize=3.5, linewidth=1.6)
     if per_seed.shape[-1] > 1:
         ax.fill_between(x, np.nanmin(per_seed, axis=-1), np.nanmax(per_seed, axis=-1), color=color, alpha=0.18, lw=0)
+
+
+def _dodged_line(ax, x, per_seed: np.ndarray, label: str, k: int, count: int) -> None:
+    """The k-th of `count` lines on one categorical axis: mean over seeds ([points, seeds]) and, with several
+    seeds, min-max bars, shifted sideways so that the bars of neighbouring lines do not hide each other
+    (overlapping bands of five lines read as one blur)."""
+    shifted = np.asarray(x, dtype=np.float64) + 0.08 * (k - (count - 1) / 2)
+    mean = np.nanmean(per_seed, axis=-1)
+    bars = None
+    if per_seed.shape[-1] > 1:
+        bars = np.stack([mean - np.nanmin(per_seed, axis=-1), np.nanmax(per_seed, axis=-1) - mean])
+    ax.errorbar(
+        shifted, mean, yerr=bars, fmt="-o", color=f"C{k}", label=label, markersize=3.5, linewidth=1.6, capsize=2.5
+    )
 
 
 def _categorical_axis(ax, axis: int, levels: Sequence[float]) -> None:
@@ -184,9 +217,9 @@ def plot_interactions(
         dropout_benefit, l2_benefit = interactions(seed_cube(histories, factors, which))
         left, right = axes[r]
         for k, rate in enumerate(rates[1:]):
-            _band_line(left, np.arange(len(widths)), dropout_benefit[:, k], f"dropout {rate:g}", f"C{k}")
+            _dodged_line(left, np.arange(len(widths)), dropout_benefit[:, k], f"dropout {rate:g}", k, len(rates) - 1)
         for k, c in enumerate(l2s[1:]):
-            _band_line(right, np.arange(len(rates)), l2_benefit[k], f"L2 {c:g}", f"C{k}")
+            _dodged_line(right, np.arange(len(rates)), l2_benefit[k], f"L2 {c:g}", k, len(l2s) - 1)
         _categorical_axis(left, 0, widths)
         _categorical_axis(right, 2, rates)
         left.set_ylabel(f"{label}:\nwithout dropout minus with")
@@ -197,7 +230,7 @@ def plot_interactions(
     axes[0, 0].set_title("dropout's benefit against width (averaged over L2)")
     axes[0, 1].set_title("L2's benefit against dropout (averaged over width)")
     fig.suptitle(
-        f"{title}: interactions, paired by seed (above 0: the remedy helps; band: min-max over seeds)"
+        f"{title}: interactions, paired by seed (above 0: the remedy helps; bars: min-max over seeds)"
         + _note_line(note)
     )
     return _save(fig, path)

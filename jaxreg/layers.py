@@ -52,7 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # a run folder's contents, written and read: live history, TensorBoard, parameters, vocabulary, load_run, predict
     ("run files", ("runs", "events", "live", "params", "vocabulary", "predictions")),
     # the study: its config and command-line options, figures, tables, reports, and the sweep that runs it all
-    ("study", ("config", "cli", "agreement", "axis_tables", "plots", "grid_plots", "report", "sweep")),
+    ("study", ("config", "cli", "agreement", "axis_tables", "plots", "grid_plots", "run_figures", "report", "sweep")),
 )
 
 

@@ -83,20 +83,25 @@ def run_axis(run: runs.Run):
 def _write(run, histories, summaries, epochs: int, dest: Path, figures: bool, manifest: bool) -> list[Path]:
     names = [fileio.SUMMARY_MD, fileio.SUMMARY_CSV]
     axis = run_axis(run)
+    training = training_descriptions(run.config.get("variants", []))
     if figures:
-        from jaxreg import plots  # matplotlib only here
+        from jaxreg import plots, run_figures  # matplotlib only here
 
-        files = plots.figure_files(list(histories), axis[0] if axis else None, plots.tested(histories))
+        grid = run_figures.run_grid(run.config.get("variants", []), list(histories), training)
+        files = run_figures.figure_files(list(histories), axis and axis[0], plots.tested(histories), grid)
         figure_names = [f"{fileio.FIGURES_DIR}/{n}" for n in files]
     if manifest:
         runfolder.record(dest, *names, *(figure_names if figures else []))
     else:
         _record_report(dest, *names, *(figure_names if figures else []))
     threshold = run.divergence_threshold
-    written = list(write_summary(dest, summaries, title=title(run, epochs), divergence_threshold=threshold))
+    written = list(
+        write_summary(dest, summaries, title=title(run, epochs), divergence_threshold=threshold, histories=histories)
+    )
     if figures:
-        training = training_descriptions(run.config.get("variants", []))
-        written += plots.make_figures(histories, dest / fileio.FIGURES_DIR, axis=axis, training=training)
+        name = run.config.get("config", {}).get("name", run.folder.name)
+        figure_title = f"{name}, {epochs} epochs"
+        written += run_figures.make_figures(histories, dest / fileio.FIGURES_DIR, axis, training, grid, figure_title)
     return written
 
 

@@ -345,11 +345,15 @@ def write_summary(
     title: str = "",
     tolerance: float = OVERFITTING_TOLERANCE,
     divergence_threshold: float = DIVERGENCE_THRESHOLD,
+    histories: Mapping | None = None,
 ):
-    """summary.md (table + definitions) and summary.csv (every field, empty for missing values)."""
+    """summary.md (table + definitions) and summary.csv (every field, empty for missing values). With the stacked
+    `histories` of a run that `ranks_configurations`, summary.md opens with the ten best configurations."""
     folder = Path(folder)
     notes = summary_notes(tolerance, divergence_threshold)
-    md = (f"# {title}\n\n" if title else "") + summary_table(summaries) + "\n\n" + notes + "\n"
+    top = top_configurations_sections(histories) if histories is not None and ranks_configurations(histories) else ""
+    every = f"## All {len(summaries)} variants\n\n" if top else ""
+    md = (f"# {title}\n\n" if title else "") + top + every + summary_table(summaries) + "\n\n" + notes + "\n"
     tested = early_stopping_table(summaries)
     if tested:
         md += "\n## Honest early stopping: the test loss at the epoch chosen on validation and on test\n\n"
@@ -467,3 +471,39 @@ def top_configurations_table(histories: Mapping, which: str = "best", n: int = 1
         f"within {TIE_STANDARD_ERRORS:g} SE of the best",
     )
     return _markdown(header, rows)
+
+
+TOP_CONFIGURATIONS = 10  # summary.md's ranking of the best configurations: this many rows
+
+
+def ranks_configurations(histories: Mapping) -> bool:
+    """Whether summary.md ranks the best configurations (`top_configurations_sections`): with two seeds or more
+    (a paired comparison needs a noise estimate), the same seeds in every variant (what it pairs), and more
+    variants than the ranking has rows (with fewer, the summary table already shows every one at a glance)."""
+    seeds = {tuple(np.asarray(h["seeds"]).tolist()) for h in histories.values() if "seeds" in h}
+    return len(histories) > TOP_CONFIGURATIONS and len(seeds) == 1 and len(next(iter(seeds))) >= 2
+
+
+def tie_count(histories: Mapping, which: str = "best") -> int:
+    """How many variants (the best among them) are indistinguishable from the best (`ties_with_best`)."""
+    _, ties = ties_with_best({name: seed_values(h, which) for name, h in histories.items()})
+    return sum(ties.values())
+
+
+def top_configurations_sections(histories: Mapping, n: int = TOP_CONFIGURATIONS) -> str:
+    """Markdown sections: the `n` best configurations by best and by final validation data loss
+    (`top_configurations_table`), and how a tie with the best is decided."""
+    sections = [
+        f"## The {n} best configurations by {which} validation data loss\n\n"
+        + top_configurations_table(histories, which, n)
+        + f"\n\n{tie_count(histories, which)} of {len(histories)} configurations are within "
+        f"{TIE_STANDARD_ERRORS:g} SE of the best.\n\n"
+        for which in ("best", "final")
+    ]
+    note = (
+        f"Mean ± std over seeds; paired difference: per seed (same initialization, same batches), the "
+        f"configuration minus the best, mean ± std over seeds; within {TIE_STANDARD_ERRORS:g} SE: that mean is at "
+        f"most {TIE_STANDARD_ERRORS:g} standard errors (std / sqrt(seeds)) above 0, indistinguishable from the "
+        "best within the seed noise.\n\n"
+    )
+    return "".join(sections) + note

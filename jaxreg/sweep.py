@@ -355,15 +355,18 @@ def _finish(
     write_history(folder, histories)
     stopped_early = f" (early stopping: {epochs_run} of {config.epochs})" if epochs_run < config.epochs else ""
     title = f"{config.name}: {epochs_run} epochs{stopped_early} x {config.seeds} seed(s)"
-    write_summary(folder, summaries, title=title, divergence_threshold=config.divergence_threshold)
+    write_summary(folder, summaries, title=title, divergence_threshold=config.divergence_threshold, histories=histories)
     paths = []
     if figures:
-        from jaxreg import plots  # matplotlib is only needed here
+        from jaxreg import plots, run_figures  # matplotlib is only needed here
 
         axis = (config.axis, config.axis_values(), config.axis_series()) if config.axis else None
-        names = plots.figure_files(list(histories), axis[0] if axis else None, tested=plots.tested(histories))
+        grid = run_figures.run_grid([v.to_dict() for v in config.variants], list(histories), training)
+        names = run_figures.figure_files(list(histories), axis and axis[0], plots.tested(histories), grid)
         runfolder.record(folder, *(f"{fileio.FIGURES_DIR}/{name}" for name in names))
-        paths = plots.make_figures(histories, folder / fileio.FIGURES_DIR, axis=axis, training=training)
+        paths = run_figures.make_figures(
+            histories, folder / fileio.FIGURES_DIR, axis, training, grid, f"{config.name}, {epochs_run} epochs"
+        )
     diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
     fileio.write_json(
         folder / fileio.STATUS_FILE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 from pathlib import Path
@@ -12,10 +13,10 @@ import pytest
 from test_plots import assert_real_png
 
 from experiments import presets
-from jaxreg import grid_plots, runplan, runs, summaries
+from jaxreg import fileio, grid_plots, plots, report, run_figures, runfolder, runplan, runs, summaries
 from jaxreg.config import SweepConfig
 from jaxreg.data import synthetic_dataset
-from jaxreg.specs import name_problem
+from jaxreg.specs import name_problem, training_descriptions
 from jaxreg.sweep import run_sweep
 from jaxreg.variants import VariantSpec, plan
 
@@ -122,6 +123,7 @@ def test_heatmaps_mark_the_best_cell_and_its_ties(tmp_path, monkeypatch):
     dropout_benefit, l2_benefit = grid_plots.interactions(cube)
     assert dropout_benefit.shape == (2, 1, 3) and l2_benefit.shape == (1, 2, 3)
     np.testing.assert_allclose(dropout_benefit[0, 0], 0.03, rtol=1e-9)
+    assert grid_plots.colour_range(np.array([0.3, 0.9, 0.31, 0.32])) == pytest.approx((0.3, 0.315))  # to the median
     paths = grid_plots.make_grid_figures(histories, factors, tmp_path)
     assert [p.name for p in paths] == list(grid_plots.FIGURES)
     for p in paths:
@@ -143,29 +145,102 @@ def _script(name: str):
     return module
 
 
-def test_grid_figures_script_on_a_small_synthetic_grid(tmp_path, capsys):
-    """widths {2, 8} x L2 {0, 1e-3} x dropout {0, 0.5} x 2 seeds x 2 epochs, trained in-process (one program:
-    both widths pad to 16), then experiments/grid_figures.py draws its three figures and the top-10 table."""
-    variants = tuple(
-        VariantSpec(f"w{w}_l2={c:g}_do={r:g}", widths=(w, w), l2=c, dropout_rate=r)
-        for w in (2, 8)
-        for c in (0.0, 1e-3)
-        for r in (0.0, 0.5)
-    )
-    config = SweepConfig(name="small-grid", variants=variants, synthetic=True, epochs=2, seeds=2, axis="width")
-    folder = tmp_path / "run"
-    run_sweep(config, folder, progress=False, stream=io.StringIO(), tensorboard=False, figures=False)
-    assert _script("grid_figures").main([str(folder)]) == 0
-    written = sorted(p.name for p in (folder / "figures").iterdir())
-    assert written == sorted([*grid_plots.FIGURES, "grid_top.md"])
+SMALL_GRID = tuple(
+    VariantSpec(f"w{w}_l2={c:g}_do={r:g}", widths=(w, w), l2=c, dropout_rate=r)
+    for w in (2, 4, 8)
+    for c in (0.0, 1e-3)
+    for r in (0.0, 0.5)
+)
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """widths {2, 4, 8} x L2 {0, 1e-3} x dropout {0, 0.5} (12 configurations: more than summary.md's ten best)
+    x 2 seeds x 2 epochs, swept along width as the preset is, trained in-process (one program: the widths pad
+    to 16), with its summary and figures."""
+    config = SweepConfig(name="small-grid", variants=SMALL_GRID, synthetic=True, epochs=2, seeds=2, axis="width")
+    folder = tmp_path_factory.mktemp("grid") / "run"
+    run_sweep(config, folder, progress=False, stream=io.StringIO(), tensorboard=False)
+    return folder
+
+
+def test_a_grid_run_gets_the_grid_figures_and_the_ten_best_configurations(grid_run):
+    """Its figures are the three grid figures (no curves of every variant, no points per width), recorded in the
+    manifest; summary.md opens with the ten best of its 12 configurations by best and by final validation
+    loss, with the paired ties, before the table of all of them."""
+    assert sorted(p.name for p in (grid_run / "figures").iterdir()) == sorted(grid_plots.FIGURES)
     for name in grid_plots.FIGURES:
-        assert_real_png(folder / "figures" / name)
-    table = (folder / "figures" / "grid_top.md").read_text()
-    assert table.count("| 1    |") == 2 and table.count("\n| 8    |") == 2  # 8 configurations, best and final
-    assert "within 2 SE of the best" in capsys.readouterr().out
-    run = runs.load_run(folder)
-    assert grid_plots.is_grid(grid_plots.grid_factors(run.config["variants"]))
-    assert not grid_plots.is_grid(grid_plots.grid_factors([v.to_dict() for v in variants[:2]]))
+        assert_real_png(grid_run / "figures" / name)
+    assert {f"figures/{name}" for name in grid_plots.FIGURES} <= set(runfolder.recorded(grid_run))
+    md = (grid_run / fileio.SUMMARY_MD).read_text()
+    best = md.index("## The 10 best configurations by best validation data loss")
+    final = md.index("## The 10 best configurations by final validation data loss")
+    assert md.startswith("# small-grid: 2 epochs x 2 seed(s)\n\n## The 10 best") and best < final
+    assert final < md.index("## All 12 variants") < md.index("| variant ")
+    for section in (md[best:final], md[final : md.index("## All 12 variants")]):
+        rows = [line for line in section.splitlines() if line.startswith("| ") and "rank" not in line]
+        assert [row.split("|")[1].strip() for row in rows] == [str(k) for k in range(1, 11)]
+        assert rows[0].split("|")[-2].strip() == "yes" and "0.0000 ± 0.0000" in rows[0]
+        assert {row.split("|")[-2].strip() for row in rows} <= {"yes", "no"}
+        ties = sum(row.split("|")[-2].strip() == "yes" for row in rows)
+        assert "of 12 configurations are within 2 SE of the best." in section
+        assert int(section.split(" of 12 configurations")[0].rsplit("\n", 1)[-1]) >= ties
+    assert "within 2 SE of the best |" in md and "paired difference to the best" in md
+
+
+def test_report_on_a_grid_run_writes_what_the_sweep_wrote(grid_run, tmp_path):
+    """report.py decides the figures and the summary as the sweep does (run_figures, write_summary): the same
+    files, the same summary.md and summary.csv."""
+    made = report.report(grid_run, tmp_path / "again")
+    written = sorted(str(p.relative_to(tmp_path / "again")) for p in made.written)
+    assert written == sorted([fileio.SUMMARY_MD, fileio.SUMMARY_CSV, *(f"figures/{n}" for n in grid_plots.FIGURES)])
+    for name in (fileio.SUMMARY_MD, fileio.SUMMARY_CSV):
+        assert (tmp_path / "again" / name).read_bytes() == (grid_run / name).read_bytes()
+
+
+def test_only_a_full_grid_of_one_optimizer_gets_the_grid_figures():
+    """The book's variants vary width, L2 and dropout too, but one at a time: per-variant figures. So does a
+    grid with a cell missing, with a cell twice, with a variant of another optimizer or a (w, 2w) model."""
+    records = [v.to_dict() for v in SMALL_GRID]
+    names = [v.name for v in SMALL_GRID]
+    grid = run_figures.run_grid(records, names, training_descriptions(SMALL_GRID))
+    assert grid == {v.name: (float(v.widths[0]), v.l2, v.dropout_rate) for v in SMALL_GRID}
+    assert run_figures.figure_files(names, "width", False, grid) == list(grid_plots.FIGURES)
+    preset = presets.load("grid")
+    assert len(run_figures.run_grid([v.to_dict() for v in preset.variants], [v.name for v in preset.variants])) == 168
+    book = presets.load("book")
+    book_records, book_names = [v.to_dict() for v in book.variants], [v.name for v in book.variants]
+    assert len({r["l2"] for r in book_records}) > 1 and len({r["dropout_rate"] for r in book_records}) > 1
+    assert run_figures.run_grid(book_records, book_names) is None
+    assert run_figures.figure_files(book_names) == plots.figure_files(book_names)
+    assert run_figures.run_grid(records[1:], names[1:]) is None  # a cell missing
+    twice = {**records[0], "name": "again", "l1": 1e-4}
+    assert run_figures.run_grid([*records, twice], [*names, "again"]) is None  # a cell twice
+    other = [dataclasses.replace(SMALL_GRID[0], optimizer="adam"), *SMALL_GRID[1:]]
+    assert run_figures.run_grid(records, names, training_descriptions(other)) is None
+    assert run_figures.run_grid([{**records[0], "widths": [2, 4]}, *records[1:]], names) is None
+    assert run_figures.run_grid(records, [*names, "unrecorded"]) is None
+
+
+def test_summary_ranks_configurations_with_seeds_and_more_than_ten_of_them():
+    """The rule in one place (summaries.ranks_configurations): two seeds or more, the same in every variant,
+    and more variants than the ten rows; else summary.md is as before."""
+    two_seeds = _stacked({f"v{k}": [0.3 + 0.01 * k, 0.31 + 0.01 * k] for k in range(11)})
+    assert summaries.ranks_configurations(two_seeds)
+    assert not summaries.ranks_configurations(dict(list(two_seeds.items())[:10]))
+    assert not summaries.ranks_configurations(_stacked({f"v{k}": [0.3 + 0.01 * k] for k in range(11)}))
+    shifted = {**two_seeds, "v0": {**two_seeds["v0"], "seeds": np.array([5, 6])}}
+    assert not summaries.ranks_configurations(shifted)
+
+
+def test_grid_figures_script_draws_the_runs_grid_figures(grid_run, tmp_path, capsys):
+    """experiments/grid_figures.py draws the figures the run has (run_figures) and prints summary.md's tables."""
+    assert _script("grid_figures").main([str(grid_run), "--out", str(tmp_path / "figs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(grid_plots.FIGURES)
+    printed = capsys.readouterr().out
+    assert summaries.top_configurations_sections(runs.load_run(grid_run).histories) in printed
+    assert grid_plots.is_grid(grid_plots.grid_factors(runs.load_run(grid_run).config["variants"]))
+    assert not grid_plots.is_grid(grid_plots.grid_factors([v.to_dict() for v in SMALL_GRID[:2]]))
 
 
 def _load_benchmark(name: str):
