@@ -105,7 +105,7 @@ def _heatmap_panel(ax, grid, tied, best, vmin, vmax):
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="C3", linewidth=2.4))
         elif tied[i, j]:
             ax.add_patch(
-                Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, edgecolor="C1", linewidth=1.8, linestyle="--")
+                Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="C1", linewidth=1.8, linestyle="--")
             )
     return image
 
