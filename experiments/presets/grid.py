@@ -7,8 +7,8 @@ of WIDTHS carries every L2 penalty c of L2 (Keras' c * sum(w^2) on the hidden ke
 dropout rate of DROPOUT (after each hidden layer). Variants differing only in these numbers share
 a program, so the run trains one program per padded width: widths up to 16 train padded to 16
 units (runplan.PaddingPolicy), so 2, 4, 8 and 16 share one program and 32, 64, 128 get one each
-(4 programs). `python experiments/grid_figures.py RUN` draws its heatmaps, main effects and
-interactions and the table of the ten best configurations.
+(4 programs). The run draws its heatmaps, main effects and interactions (jaxreg.run_figures) and
+summary.md opens with the ten best configurations; `python experiments/grid_figures.py RUN` redraws them.
 """
 
 from jaxreg.config import SweepConfig
