@@ -10,7 +10,7 @@ python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.
 for seeds in 1 16; do
   start=$(date +%s.%N)
   python3 experiments/sweep.py --data "$DATA" --seeds "$seeds" --out "/tmp/book_s$seeds" \
-    --no-figures --no-progress --checkpoint-every 20 --overwrite > "$OUT/book_s$seeds.log" 2>&1
+    --no-figures --no-progress --checkpoint-seconds 600 --overwrite > "$OUT/book_s$seeds.log" 2>&1
   rc=$?
   end=$(date +%s.%N)
   echo "book preset, $seeds seed(s): exit $rc, wall $(python3 -c "print(f'{$end - $start:.1f}')") s" | tee -a "$OUT/summary.txt"

@@ -79,13 +79,12 @@ RUN_OPTIONS = (
         ),
     ),
     (
-        "--checkpoint-every",
+        "--checkpoint-seconds",
         dict(
-            type=int,
-            default=1,
-            metavar="N",
-            help="write the resume checkpoint every N epochs and at the end (default 1; raise it when an epoch "
-            "is faster than writing every model's weights, e.g. many seeds of `bigger` on a GPU)",
+            type=float,
+            metavar="S",
+            help="save the resume checkpoint once S seconds have passed since the last one (default {checkpoint}; 0: after "
+            "every epoch); the end of the run and Ctrl-C or SIGTERM save too, so --resume loses no finished epoch",
         ),
     ),
     ("--no-figures", dict(action="store_true", help="skip the PNG figures")),
@@ -149,12 +148,13 @@ def _presets():
 def build_parser() -> argparse.ArgumentParser:
     """The command line: RUN_OPTIONS, SweepConfig's option fields (jaxreg.cli), CLUSTER_OPTIONS."""
     from jaxreg import cli, distributed
+    from jaxreg.sweep import DEFAULT_CHECKPOINT_SECONDS
 
     p = _Parser(
         prog="sweep.py",
         description="Train a whole overfitting/underfitting study (every variant x seed in one vmapped program) "
         "into a run folder: config.json, history.jsonl/.csv and tensorboard/ (after every epoch), summary.md/.csv, "
-        "figures/*.png, params/ (each variant's final and best-epoch parameters), checkpoint.msgpack (while it runs).",
+        "figures/*.png, params/ (each variant's final and best-epoch parameters), checkpoint/ (while it runs).",
         epilog="Exit status: 0 done, 2 bad input, 3 some variant diverged (NaN/inf, or a loss above "
         "--divergence-threshold), 4 another process of a distributed run stopped or did not come, 5 writing a run "
         "file failed (e.g. a full disk), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; an interrupted "
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "presets": ", ".join(_presets().PRESETS),
         "heartbeat": distributed.DEFAULT_HEARTBEAT_TIMEOUT,
         "peer_timeout": distributed.DEFAULT_PEER_TIMEOUT,
+        "checkpoint": DEFAULT_CHECKPOINT_SECONDS,
     }
     for flag, settings in RUN_OPTIONS:
         p.add_argument(flag, **{**settings, "help": settings["help"].format(**filled)})
@@ -384,7 +385,7 @@ def _main(argv: list) -> int:
             figures=not args.no_figures,
             progress=not args.no_progress,
             tensorboard=not args.no_tensorboard,
-            checkpoint_every=args.checkpoint_every,
+            **({} if args.checkpoint_seconds is None else {"checkpoint_seconds": args.checkpoint_seconds}),
             keep_checkpoint=args.keep_checkpoint,
             stream=sys.stdout,  # today's, not the one run_sweep's default captured at import
         )

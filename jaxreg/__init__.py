@@ -34,7 +34,7 @@ Modules, one idea each (their layers: docs/architecture.md):
   fileio     atomic file writes, JSON, the names of a run folder's files; errors: SweepError
   history    a history's columns, the stacked form, history.jsonl/.csv
   summaries  per-variant summaries, their tables and summary.md/.csv
-  runfolder  a run folder's manifest, writer lock and checksummed checkpoint
+  runfolder  a run folder's manifest, writer lock and checks (the checkpoint: jaxreg.checkpoint)
   runs       a run folder read back (load_run for notebooks)
   params     the trained parameters a run saves (final and best epoch), load_params
   vocabulary the words a run's model reads (vocabulary.json), new text encoded with them

@@ -20,12 +20,12 @@ DATA_FIELDS = (*LOCAL_FIELDS, "synthetic")
 _RECORD = 2 + 32 + 32  # ready, finished, sha256 of the data checksum, sha256 of the options
 
 
-def options_digest(config: SweepConfig, checkpoint_every: int) -> bytes:
+def options_digest(config: SweepConfig, checkpoint_seconds: float) -> bytes:
     """sha256 of what every process must run alike: the resolved config but for its data's location, how
-    often it checkpoints (a collective) and the code (jaxreg's version and sources, `rendezvous.code_version`)."""
+    often it checkpoints (saves are collectives) and the code (jaxreg's version and sources, `rendezvous.code_version`)."""
     options = {k: v for k, v in config.to_dict().items() if k not in DATA_FIELDS}
     text = json.dumps(
-        {"config": options, "checkpoint_every": checkpoint_every, "code": rendezvous.code_version()}, sort_keys=True
+        {"config": options, "checkpoint_seconds": checkpoint_seconds, "code": rendezvous.code_version()}, sort_keys=True
     )
     return hashlib.sha256(text.encode()).digest()
 
@@ -44,9 +44,9 @@ class Agreement:
 
     STAGES = 2
 
-    def __init__(self, config: SweepConfig | None = None, checkpoint_every: int = 1):
+    def __init__(self, config: SweepConfig | None = None, checkpoint_seconds: float = 0):
         self.stages_done = 0
-        self.config, self.checkpoint_every = config, checkpoint_every
+        self.config, self.checkpoint_seconds = config, checkpoint_seconds
 
     def __call__(self, ready: bool, finished: bool = False, data_checksum: str | None = None) -> np.ndarray:
         """[processes, 66] uint8 records: ready, finished, the two 32-byte digests (zeros when None or not ready)."""
@@ -56,7 +56,7 @@ class Agreement:
         if data_checksum is not None:
             record[2:34] = np.frombuffer(hashlib.sha256(data_checksum.encode()).digest(), np.uint8)
         if ready and self.config is not None and distributed.many():
-            record[34:] = np.frombuffer(options_digest(self.config, self.checkpoint_every), np.uint8)
+            record[34:] = np.frombuffer(options_digest(self.config, self.checkpoint_seconds), np.uint8)
         return distributed.exchange(record)
 
     def refuse(self) -> None:
@@ -77,7 +77,7 @@ class Agreement:
         differ = [i for i, r in enumerate(records) if (r[34:] != records[0][34:]).any()]
         if differ:
             raise SweepError(
-                f"process(es) {differ} run other options than process 0 (their resolved config, --checkpoint-every or "
+                f"process(es) {differ} run other options than process 0 (their resolved config, --checkpoint-seconds or "
                 "jaxreg's code differs); give every process the same options (only --process-id and paths may differ)"
             )
         differ = [i for i, r in enumerate(records) if (r[2:34] != records[0][2:34]).any()]

@@ -9,9 +9,11 @@ is jax.device_get. With more processes:
   (jax.make_array_from_callback: each process fills its own devices' shards; device_put of a
   NumPy array onto another process's devices fails);
 - `gather` brings global arrays to every process as NumPy (replicated by one compiled
-  identity), so process 0 has the metrics, the state for the checkpoint and the parameters;
+  identity), so process 0 has the metrics and the parameters (a checkpoint is saved by each
+  process from its own shards, `jaxreg.checkpoint`);
+- `agreed` gives every process process 0's decision (whether to save a checkpoint now);
 - `exchange` gives every process each one's small host record (whether it can start);
-- `broadcast_bytes` sends process 0's bytes (the checkpoint to resume from) to all;
+- `broadcast_bytes` sends process 0's bytes (which checkpoint to resume from) to all;
 - `hosts` counts the machines the processes run on (learned once, at `initialize`), so that a
   machine's RAM is counted once however many processes share it.
 
@@ -224,6 +226,15 @@ def gather(tree):
 
 def _identity(tree):
     return tree
+
+
+def agreed(flag: bool) -> bool:
+    """Process 0's `flag` on every process (a decision taken on process 0's clock, e.g. to save a checkpoint)."""
+    if not many():
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))
 
 
 def exchange(record: np.ndarray) -> np.ndarray:

@@ -21,7 +21,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "machine",
             "cache",
             "compiletime",
-            "msgpack_stream",
             "rendezvous",
         ),
     ),

@@ -1,11 +1,12 @@
-"""A run folder's bookkeeping: the manifest of jaxreg's files, the writer's lock, checksummed files.
+"""A run folder's bookkeeping: the manifest of jaxreg's files, the writer's lock, the checks before a run.
 
 manifest.json   {"format": 1, "files": [paths relative to the folder, "/"-separated]}: every file
                 jaxreg writes into the folder, the manifest included. A file is recorded (the
                 manifest rewritten atomically) *before* it is first written, so the manifest never
                 misses one. `remove_recorded` deletes exactly these files and the folders they leave
-                empty, never a file the user added. A folder without a manifest is not a jaxreg run
-                folder, or one written by an older jaxreg.
+                empty, never a file the user added; a recorded folder (the checkpoint directory,
+                whose files orbax names) is jaxreg's whole and is deleted with everything in it. A
+                folder without a manifest is not a jaxreg run folder, or one written by an older jaxreg.
 .<name>.lock    beside the run folder, in its parent (`lock_path`), so that two runs creating the same
                 new folder exclude each other too. `exclusive` holds an OS lock (flock) on it for a
                 whole run and deletes the file when the run ends; the OS releases the lock when the
@@ -15,29 +16,24 @@ manifest.json   {"format": 1, "files": [paths relative to the folder, "/"-separa
                 take too: deleting the lock file by hand cannot let a second run into a folder in use.
 symbolic links  jaxreg never writes, replaces or deletes through one: a run folder holding a symbolic
                 link is refused (`check_no_links`) before anything is written.
-checksummed     a header line "jaxreg-sha256 <hex digest of the rest>" and then the payload (the
-                checkpoint): `verified` refuses flipped bytes instead of loading them;
-                `write_checksummed` writes one from pieces, never holding the payload whole.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 import filelock
 
 from jaxreg.errors import SweepError
 from jaxreg.fileio import CONFIG_FILE, STATUS_FILE, read_json, write_json
 
-CHECKPOINT_FILE = "checkpoint.msgpack"  # its format: jaxreg.checkpoint
+CHECKPOINT_DIR = "checkpoint"  # an orbax checkpoint directory, its format: jaxreg.checkpoint
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
-CHECKSUM_HEADER = b"jaxreg-sha256 "
 
 
 class LockError(Exception):
@@ -46,14 +42,6 @@ class LockError(Exception):
     def __init__(self, path: Path, in_use: bool, reason: str = ""):
         self.path, self.in_use, self.reason = path, in_use, reason
         super().__init__(f"{path}: {'held by another process' if in_use else reason}")
-
-
-class NoChecksum(ValueError):
-    """The data has no checksum header: an older jaxreg's file, or its first line is damaged."""
-
-
-class ChecksumMismatch(ValueError):
-    """The payload does not match its checksum: the file was damaged after it was written."""
 
 
 # --- manifest ----------------------------------------------------------------------------
@@ -104,6 +92,19 @@ def unrecord(folder, *names) -> None:
         write_json(folder / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "files": files})
 
 
+def files_as_recorded(folder) -> list[str]:
+    """The folder's files as the manifest names them, sorted: each file's path, but a recorded folder's files
+    as that folder's one entry (what `recorded` gives when the manifest misses nothing and lists nothing gone)."""
+    folder = Path(folder)
+    folders = {f for f in recorded(folder) or [] if (folder / f).is_dir()}
+    found = set()
+    for p in folder.rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(folder).as_posix()
+            found.add(next((f for f in folders if rel.startswith(f + "/")), rel))
+    return sorted(found | {f for f in folders if not any((folder / f).iterdir())})
+
+
 def _temporaries(path: Path) -> list[Path]:
     """What fileio.atomic_write leaves of `path` when its process is killed while writing."""
     if not path.parent.is_dir():
@@ -134,6 +135,8 @@ def remove_recorded(folder) -> None:
             tmp.unlink(missing_ok=True)
         if path.is_file() or path.is_symlink():
             path.unlink()
+        elif path.is_dir():  # a recorded folder (the checkpoint): jaxreg's whole
+            shutil.rmtree(path)
     parents = {p for f in files for p in (folder / f).parents if p != folder and folder in p.parents}
     for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):  # not empty, or already gone
@@ -274,52 +277,6 @@ def _flock_held(path: Path, fcntl) -> bool:
         os.close(fd)
 
 
-# --- checksums ---------------------------------------------------------------------------
-
-
-def _digest(payload: bytes) -> bytes:
-    return hashlib.sha256(payload).hexdigest().encode("ascii")
-
-
-def with_checksum(payload: bytes) -> bytes:
-    """The payload behind a header line with its sha256."""
-    return checksum_header(payload) + payload
-
-
-def checksum_header(payload: bytes) -> bytes:
-    """The header line `with_checksum` puts before the payload (to write the two apart, without joining them)."""
-    return CHECKSUM_HEADER + _digest(payload) + b"\n"
-
-
-def write_checksummed(f: BinaryIO, pieces: Iterable[bytes | memoryview]) -> None:
-    """Write `with_checksum(b"".join(pieces))` into the binary file `f` (seekable), without joining the pieces.
-
-    The header has a fixed width (a sha256 hex digest), so a blank one is written first, the
-    pieces are hashed as they are written, and the header is filled in at the end: the payload
-    (the checkpoint, ~135 MB for the book preset) never has to be in memory as one object."""
-    start = f.tell()
-    width = len(CHECKSUM_HEADER) + 2 * hashlib.sha256().digest_size + 1
-    f.write(b" " * width)
-    digest = hashlib.sha256()
-    for piece in pieces:
-        digest.update(piece)
-        f.write(piece)
-    end = f.tell()
-    f.seek(start)
-    f.write(CHECKSUM_HEADER + digest.hexdigest().encode("ascii") + b"\n")
-    f.seek(end)
-
-
-def verified(data: bytes) -> bytes:
-    """The payload of `with_checksum(payload)`; NoChecksum or ChecksumMismatch if it is not intact."""
-    header, newline, payload = data.partition(b"\n")
-    if not newline or not header.startswith(CHECKSUM_HEADER):
-        raise NoChecksum("no checksum header")
-    if header[len(CHECKSUM_HEADER) :] != _digest(payload):
-        raise ChecksumMismatch("checksum mismatch")
-    return payload
-
-
 # --- checks before a run uses a folder --------------------------------------------------
 
 
@@ -420,12 +377,12 @@ def check_folder(folder: Path, settings: Mapping, resume: bool, overwrite: bool,
     check_no_links(folder, "--out")
     if state in ("unfinished", "finished") and resume:
         compare_configs(folder, settings, ignored)
-    if state == "unfinished" and resume and not (folder / CHECKPOINT_FILE).is_file():
+    if state == "unfinished" and resume and not checkpoint_steps(folder):
         done = epochs_done(folder)
         if done:
             raise SweepError(
                 f"cannot resume {folder}: {STATUS_FILE} says {done} epoch(s) done but "
-                f"{CHECKPOINT_FILE} is missing; use --overwrite to start again"
+                f"{CHECKPOINT_DIR}/ holds no complete checkpoint; use --overwrite to start again"
             )
     if state in ("unfinished", "finished"):
         try:
@@ -436,6 +393,15 @@ def check_folder(folder: Path, settings: Mapping, resume: bool, overwrite: bool,
                 f"cannot {action} {folder}: {e}; delete the folder yourself or choose another --out"
             ) from e
     return state
+
+
+def checkpoint_steps(folder: Path) -> list[int]:
+    """The complete steps in the run folder's checkpoint directory, sorted: folders named by their epochs
+    done (orbax renames a step into place once it is whole; a killed save leaves only a temporary)."""
+    root = Path(folder) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def epochs_done(folder: Path) -> int:

@@ -9,10 +9,11 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.history`, `jaxreg.
   config.json          the resolved config, variant list, plan (with each program's devices), versions,
                        devices (count, placement), data
   status.json          running / interrupted / finished (+ diverged variants, seconds, compile_seconds)
-  checkpoint.msgpack   after every epoch: each bucket's TrainState, best-epoch parameters and
-                       the history so far, behind a sha256 header line (`runfolder.with_checksum`);
-                       deleted (and dropped from the manifest) once the run has finished, unless
-                       `keep_checkpoint=True`
+  checkpoint/          an orbax checkpoint, saved every `checkpoint_seconds` (after the epoch that
+                       passes them), at the end and on an interrupt: each bucket's TrainState,
+                       best-epoch parameters and the history so far, with a sha256 of every file
+                       (`jaxreg.checkpoint`); deleted (and dropped from the manifest) once the run
+                       has finished, unless `keep_checkpoint=True`
   history.jsonl/.csv   appended after every epoch (`jaxreg.live`), rewritten at the end
   tensorboard/         TensorBoard events per variant and seed, after every epoch (`jaxreg.events`)
   params/<variant>/seed_<s>.final.msgpack, .best.msgpack   at the end: the trained parameters
@@ -21,9 +22,9 @@ the checkpoint: `jaxreg.checkpoint`; the other files: `jaxreg.history`, `jaxreg.
                        encoded with (`jaxreg.vocabulary`, `jaxreg.predict`)
   summary.md/.csv, figures/*.png   at the end
 
-Checkpoints are written atomically (temporary file, then os.replace) on a background thread
-while the next epoch trains (`checkpoint.CheckpointWriter`), so a run killed at any moment
-can continue with `resume=True` and ends with exactly the history of an uninterrupted run. A finished folder
+Checkpoints are saved asynchronously while the next epoch trains and committed atomically
+(orbax renames a finished step into place; `checkpoint.Checkpoints`), so a run killed at any
+moment can continue with `resume=True` and ends with exactly the history of an uninterrupted run. A finished folder
 is never overwritten without `overwrite=True`, which
 deletes only the files the manifest lists. One run at a time writes a folder: run_sweep
 holds the folder's lock (`runfolder.exclusive`) from checking the folder to its last write.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
+import json
 import math
 import os
 import platform
@@ -55,13 +57,12 @@ from jaxreg import compiletime, distributed, fileio, machine, memory, runfolder,
 from jaxreg import params as saved_params
 from jaxreg import variants as V
 from jaxreg.agreement import Agreement, training_note
-from jaxreg.checkpoint import CHECKPOINT_FILE, CheckpointWriter, load_checkpoint, read_checkpoint, save_checkpoint
-from jaxreg.checks import is_int
+from jaxreg.checkpoint import Checkpoints, latest_step, load_checkpoint, remove_checkpoint, save_checkpoint, verify
 from jaxreg.config import LOCAL_FIELDS, SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.history import has_test, metric_names, stack, write_history
 from jaxreg.live import LiveLog
-from jaxreg.runfolder import folder_state  # noqa: F401
+from jaxreg.runfolder import CHECKPOINT_DIR, folder_state  # noqa: F401
 from jaxreg.runplan import RunPlan, plan_run
 from jaxreg.runs import load_run
 from jaxreg.specs import training_descriptions
@@ -76,6 +77,9 @@ from jaxreg.summaries import (
 from jaxreg.vocabulary import VOCABULARY_FILE, save_vocabulary
 
 SYNTHETIC = dict(n_train=2000, n_validation=1000, num_words=1000)
+# Seconds between checkpoints: a CPU book run (~1 min of training) saves at the end only, a long GPU run
+# every 2 minutes, losing at most that much to a killed process (an interrupt saves first).
+DEFAULT_CHECKPOINT_SECONDS = 120
 
 
 class SweepInterrupted(SweepError):
@@ -84,7 +88,7 @@ class SweepInterrupted(SweepError):
     def __init__(self, folder: Path, epochs_done: int, epochs: int):
         self.folder, self.epochs_done, self.epochs = folder, epochs_done, epochs
         if epochs_done:
-            message = f"interrupted after epoch {epochs_done}/{epochs}; checkpoint: {folder / CHECKPOINT_FILE}"
+            message = f"interrupted after epoch {epochs_done}/{epochs}; checkpoint: {folder / CHECKPOINT_DIR}"
         else:
             message = f"interrupted during the first epoch; no checkpoint yet in {folder} (resuming starts at epoch 1)"
         super().__init__(message)
@@ -421,7 +425,7 @@ def run_sweep(
     overwrite: bool = False,
     figures: bool = True,
     progress: bool = True,
-    checkpoint_every: int = 1,
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
     stream=sys.stdout,
     tensorboard: bool = True,
     keep_checkpoint: bool = False,
@@ -432,7 +436,8 @@ def run_sweep(
     description, the plan and at the end the summary table to `stream`; the progress bar
     goes to stderr. SweepError at once if another process is writing the folder.
     history.jsonl/.csv and (unless `tensorboard=False`) TensorBoard events grow every epoch. The
-    resume checkpoint is deleted once the run has finished, unless `keep_checkpoint`.
+    resume checkpoint is saved when `checkpoint_seconds` have passed since the last one (0: after every
+    epoch), at the end and when interrupted; it is deleted once the run has finished, unless `keep_checkpoint`.
 
     In a run of many processes (`jaxreg.distributed`) every process calls run_sweep with the
     same arguments: process 0 alone checks and locks the folder, writes into it and prints;
@@ -440,10 +445,12 @@ def run_sweep(
     training all processes agree that each could start and read the same data (else each
     raises SweepError); a process lost later raises ProcessLost in the others.
     """
-    if not is_int(checkpoint_every) or checkpoint_every < 1:
-        raise SweepError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 1")
+    if isinstance(checkpoint_seconds, bool) or not isinstance(checkpoint_seconds, (int, float)):
+        raise SweepError(f"checkpoint_seconds={checkpoint_seconds!r} must be a number of seconds >= 0")
+    if not 0 <= checkpoint_seconds < math.inf:
+        raise SweepError(f"checkpoint_seconds={checkpoint_seconds!r} must be a number of seconds >= 0")
     folder = Path(out)
-    agreement = Agreement(config, checkpoint_every)
+    agreement = Agreement(config, checkpoint_seconds)
     try:
         if not distributed.is_writer():
             return _run_locked(
@@ -453,7 +460,7 @@ def run_sweep(
                 overwrite,
                 False,
                 False,
-                checkpoint_every,
+                checkpoint_seconds,
                 io.StringIO(),
                 False,
                 keep_checkpoint,
@@ -472,7 +479,7 @@ def run_sweep(
                     overwrite,
                     figures,
                     progress,
-                    checkpoint_every,
+                    checkpoint_seconds,
                     stream,
                     tensorboard,
                     keep_checkpoint,
@@ -491,8 +498,8 @@ def run_sweep(
         raise
 
 
-def _wait_quietly(writer: CheckpointWriter) -> None:
-    """Let a checkpoint being written finish; a failed write only leaves the previous checkpoint."""
+def _wait_quietly(writer: Checkpoints) -> None:
+    """Let a checkpoint being saved finish; a failed save only leaves the previous checkpoint."""
     try:
         writer.wait()
     except Exception:  # noqa: BLE001
@@ -505,11 +512,11 @@ def _remove_checkpoint(folder: Path, stream) -> None:
     The run has succeeded by then, so a failure is a note, not an error.
     """
     try:
-        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
-        runfolder.unrecord(folder, CHECKPOINT_FILE)
+        remove_checkpoint(folder)
+        runfolder.unrecord(folder, CHECKPOINT_DIR)
     except OSError as e:
         print(
-            f"note: cannot delete the checkpoint {folder / CHECKPOINT_FILE} ({e.strerror or e}); delete it yourself",
+            f"note: cannot delete the checkpoint {folder / CHECKPOINT_DIR} ({e.strerror or e}); delete it yourself",
             file=stream,
         )
 
@@ -521,7 +528,7 @@ def _run_locked(
     overwrite,
     figures,
     progress,
-    checkpoint_every,
+    checkpoint_seconds,
     stream,
     tensorboard=True,
     keep_checkpoint=False,
@@ -531,7 +538,9 @@ def _run_locked(
     agree on the folder, plan the run once, check a resume, prepare the folder, train and finish."""
     agreement = agreement or Agreement()
     writes = distributed.is_writer()
-    state = runfolder.check_folder(folder, config.to_dict(), resume, overwrite, LOCAL_FIELDS) if writes else None
+    # the device count may change on resume (`_check_devices` says when)
+    ignored = (*LOCAL_FIELDS, "devices")
+    state = runfolder.check_folder(folder, config.to_dict(), resume, overwrite, ignored) if writes else None
     reload = writes and state == "finished" and resume
     records = agreement(True, finished=reload)  # stage "folder": before anything heavy
     if reload:
@@ -541,12 +550,12 @@ def _run_locked(
     Agreement.check(records, data=False)
     prepared = _prepare(config, progress)
     resuming = writes and state == "unfinished" and resume
-    checkpoint = _resumable_checkpoint(folder, prepared, stream) if resuming else None
+    step = _resumable_checkpoint(folder, prepared, stream) if resuming else None
     Agreement.check(agreement(True, data_checksum=prepared.dataset.checksum))  # stage "start"
-    snapshot = _load_snapshot(folder, prepared, checkpoint, stream)
+    snapshot, shared = _load_snapshot(folder, prepared, step, stream)
     if writes:
         _prepare_folder(folder, state, resume, overwrite, prepared.environment)
-    outputs = _Outputs(figures, progress, checkpoint_every, stream, tensorboard, keep_checkpoint)
+    outputs = _Outputs(figures, progress, checkpoint_seconds, stream, tensorboard, keep_checkpoint, shared)
     return _train(config, folder, prepared, snapshot, outputs)
 
 
@@ -580,55 +589,75 @@ def _prepare(config: SweepConfig, progress: bool) -> _Prepared:
     return _Prepared(variants, dataset, devices, run_plan, available, where, environment)
 
 
-def _resumable_checkpoint(folder: Path, prepared: _Prepared, stream) -> bytes | None:
-    """Process 0, resuming an unfinished run: SweepError unless the data, device count and placement are
-    the saved run's; the checkpoint file's bytes (None without one). Notes another instruction set."""
+def _resumable_checkpoint(folder: Path, prepared: _Prepared, stream) -> int | None:
+    """Process 0, resuming an unfinished run: SweepError unless the data and the placement are the saved run's
+    and its checkpoint is intact; the checkpoint's step (epochs done; None without one). Notes another
+    instruction set."""
     saved = fileio.read_json(folder / fileio.CONFIG_FILE)
-    dataset, devices = prepared.dataset, prepared.devices
+    dataset = prepared.dataset
     checksum = saved.get("data", {}).get("checksum")
     if checksum != dataset.checksum:
         raise SweepError(
             f"cannot resume {folder}: the data differs from the saved run's (checksum "
             f"{str(checksum)[:16]}..., now {dataset.checksum[:16]}...)"
         )
-    count = saved.get("devices", {}).get("count")
-    if count != len(devices):
-        raise SweepError(
-            f"cannot resume {folder}: it ran on {count} device(s), now {len(devices)}; pass --devices {count}"
-        )
-    was = saved.get("devices", {}).get("placement", "shard")  # before placements, runs were sharded
-    if len(devices) > 1 and was != prepared.plan.placement:  # on one device both are the same
-        raise SweepError(
-            f"cannot resume {folder}: its programs were placed {was!r}, now {prepared.plan.placement!r}; pass --placement {was}"
-        )
-    checkpoint = read_checkpoint(folder) if (folder / CHECKPOINT_FILE).is_file() else None
+    _check_devices(folder, saved, prepared)
+    step = latest_step(folder)
+    if step is not None:
+        verify(folder / CHECKPOINT_DIR / str(step))
     started_on = saved.get("machine", {}).get("instruction_set")
-    if devices[0].platform == "cpu" and started_on != machine.instruction_set():
+    if prepared.devices[0].platform == "cpu" and started_on != machine.instruction_set():
         print(
             f"note: {folder} was started with XLA:CPU on {started_on}, now {machine.instruction_set()}: "
             "the resumed epochs differ from an uninterrupted run by float32 round-off (amplified by training), not bit for bit",
             file=stream,
         )
-    return checkpoint
+    return step
 
 
-def _load_snapshot(folder: Path, prepared: _Prepared, checkpoint: bytes | None, stream):
-    """The RunSnapshot to resume from (None: start at epoch 1), read into the run plan's structure; with many
-    processes, process 0's checkpoint bytes are sent to all. A run started without test columns goes on without them."""
+def _check_devices(folder: Path, saved: dict, prepared: _Prepared) -> None:
+    """SweepError unless the resumed run compiles the saved run's programs: the same device count and placement,
+    or, with any count, every program on one device before and now (each bucket's program is then the
+    same one-device program wherever it runs; a sharded bucket's program changes with its device count)."""
+    devices = prepared.devices
+    count = saved.get("devices", {}).get("count")
+    one_each = all(len(b.get("devices", ())) == 1 for b in saved.get("plan", [])) and all(
+        len(b.devices) == 1 for b in prepared.plan.buckets
+    )
+    if count != len(devices) and not one_each:
+        raise SweepError(
+            f"cannot resume {folder}: it ran with programs sharded over {count} device(s), now {len(devices)}; "
+            f"pass --devices {count}"
+        )
+    was = saved.get("devices", {}).get("placement", "shard")  # before placements, runs were sharded
+    if len(devices) > 1 and count == len(devices) and was != prepared.plan.placement:  # on one device both are the same
+        raise SweepError(
+            f"cannot resume {folder}: its programs were placed {was!r}, now {prepared.plan.placement!r}; pass --placement {was}"
+        )
+
+
+def _load_snapshot(folder: Path, prepared: _Prepared, step: int | None, stream):
+    """(the RunSnapshot to resume from, None to start at epoch 1; the folder every process saves checkpoints in),
+    restored into the run plan's shardings: each process reads its own shards of process 0's folder (a shared
+    file system). A run started without test columns goes on without them."""
     if distributed.many():
-        checkpoint = distributed.broadcast_bytes(b"" if checkpoint is None else checkpoint) or None
+        sent = (
+            json.dumps({"folder": os.path.abspath(folder), "step": step}).encode() if distributed.is_writer() else None
+        )
+        shared = json.loads(distributed.broadcast_bytes(sent))
         note = training_note(folder)  # a collective: every process takes part
         if not distributed.is_writer():
             print(note, file=sys.stderr, flush=True)
-    if checkpoint is None:
-        return None
-    snapshot = load_checkpoint(folder, prepared.plan, checkpoint)
+        folder, step = Path(shared["folder"]), shared["step"]
+    if step is None:
+        return None, folder
+    snapshot = load_checkpoint(folder, prepared.plan, step, check=False)  # process 0 has verified it
     saved_columns = next(iter(snapshot.history.values()), {})
     if prepared.dataset.test is not None and not has_test(saved_columns):
         # a run started before test splits were evaluated: it goes on as it began, without test columns
         prepared.dataset = dataclasses.replace(prepared.dataset, test=None)
         print(f"note: {folder} was started without test columns; it is resumed without them", file=stream)
-    return snapshot
+    return snapshot, folder
 
 
 def _prepare_folder(folder: Path, state: str, resume: bool, overwrite: bool, environment: dict) -> None:
@@ -641,7 +670,7 @@ def _prepare_folder(folder: Path, state: str, resume: bool, overwrite: bool, env
             runfolder.remove_temporaries(folder)  # left by a process killed while writing
         folder.mkdir(parents=True, exist_ok=True)
         if not (resume and state == "unfinished"):
-            runfolder.record(folder, fileio.CONFIG_FILE, fileio.STATUS_FILE, CHECKPOINT_FILE)
+            runfolder.record(folder, fileio.CONFIG_FILE, fileio.STATUS_FILE, CHECKPOINT_DIR)
             fileio.write_json(folder / fileio.CONFIG_FILE, environment)
     except OSError as e:
         raise SweepError(f"cannot write the output folder {folder}: {e.strerror or e}") from e
@@ -653,30 +682,33 @@ class _Outputs:
 
     figures: bool
     progress: bool
-    checkpoint_every: int
+    checkpoint_seconds: float
     stream: object
     tensorboard: bool
     keep_checkpoint: bool
+    shared: Path | None = None  # the folder every process saves checkpoints in (process 0's); None: the run's
 
 
 class _EpochWriter:
-    """What follows each epoch: history lines and TensorBoard events (`live`), a checkpoint every
-    `checkpoint_every` epochs on a background thread, status.json, the progress bar; and the
-    folder's state when the run stops early. Process 0 writes; the others only take part in snapshots.
+    """What follows each epoch: history lines and TensorBoard events (`live`), a checkpoint once
+    `checkpoint_seconds` have passed since the last one (saved asynchronously while the next epoch
+    trains), status.json, the progress bar; and the folder's state when the run stops early. Process 0
+    writes the folder's files; every process saves its shards of a checkpoint (collectives).
     """
 
-    def __init__(self, config: SweepConfig, folder: Path, checkpoint_every: int, start: int):
-        self.config, self.folder, self.every = config, folder, checkpoint_every
+    def __init__(self, config: SweepConfig, folder: Path, outputs: _Outputs, start: int):
+        self.config, self.folder, self.seconds = config, folder, outputs.checkpoint_seconds
         self.writes = distributed.is_writer()
         self.done = start  # epochs the folder's checkpoint holds, as far as this process knows
         self.bar: _Progress | None = None
         self.live: LiveLog | None = None
-        # Process 0 writes checkpoints while the next epoch trains; `done` is only read after checkpoints.wait().
-        self.checkpoints = CheckpointWriter(
-            folder,
-            then=lambda epochs_done: self.write_status("running", epochs_done),
-            save=lambda *args: save_checkpoint(*args),  # looked up when called: tests replace it
-        )
+        self.latest = None  # the RunSnapshot of the last finished epoch (its arrays, not copies)
+        self.last_save = time.monotonic()
+        self.checkpoints = Checkpoints(outputs.shared or folder, then=self._saved)
+
+    def _saved(self, epochs_done: int) -> None:
+        self.done = epochs_done
+        self.write_status("running", epochs_done)
 
     def write_status(self, name: str, epochs_done: int, reason: str | None = None) -> None:
         if self.writes:
@@ -687,20 +719,34 @@ class _EpochWriter:
         """variants.run's on_epoch."""
         if self.writes:
             self.live.epoch(epoch, row)  # history lines and TensorBoard events, flushed
-        if (epoch + 1) % self.every == 0 or epoch + 1 == self.config.epochs:
-            taken = take_snapshot()  # gathers the state: every process takes it
-            if self.writes:
-                self.checkpoints.submit(taken)
-                if (
-                    epoch + 1 == self.config.epochs
-                ):  # nothing left to overlap with: its bytes go before the results are made
-                    self.checkpoints.wait()
-            else:
-                self.done = epoch + 1
+        self.latest = take_snapshot()  # references to the epoch's arrays: cheap
+        self.checkpoints.poll()
+        due = self.seconds == 0 or time.monotonic() - self.last_save >= self.seconds
+        if distributed.agreed(due):  # process 0's clock decides for all: a save is a collective
+            self.save_latest()
         self.bar.epoch_done(epoch, row)
 
+    def save_latest(self) -> None:
+        """Start saving the last finished epoch's snapshot, unless the checkpoint holds it already."""
+        if self.latest is not None:
+            self.last_save = time.monotonic()
+            save_checkpoint(self.checkpoints, self.latest)  # looked up when called: tests replace it
+
+    def save_before_stopping(self) -> None:
+        """On Ctrl-C, SIGTERM or a failed write of a run file: save the last finished epoch, so that --resume
+        loses none (where it can: a full disk fails this save too). One process only: with many, the others
+        are not at the same point to take part, and the last saved checkpoint stands."""
+        if distributed.many():
+            return
+        try:
+            self.checkpoints.wait()
+            if self.latest is not None:
+                self.checkpoints.save(self.latest)
+        except Exception:  # noqa: BLE001  (the previous checkpoint stands)
+            pass
+
     def checkpointed(self) -> int:
-        """Epochs the folder's checkpoint holds, once the writer has finished (process 0), else as far as known."""
+        """Epochs the folder's checkpoint holds, once the saves have finished."""
         _wait_quietly(self.checkpoints)
         self.done = self.checkpoints.written if self.checkpoints.written is not None else self.done
         return self.done
@@ -720,6 +766,7 @@ class _EpochWriter:
         write's temporary file is removed); the one-line error to raise."""
         what = f"{error.filename}" if error.filename else "a file of the run folder"
         reason = f"cannot write {what}: {error.strerror or error}"
+        self.save_before_stopping()
         self.checkpointed()
         try:
             done = self.stopped(reason)
@@ -737,11 +784,12 @@ def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, out
 
     From here on the folder is this run's: an interrupt at any moment, compiling, training or
     writing the results, leaves it "interrupted" (unless already "finished") and resumable."""
-    writer = _EpochWriter(config, folder, outputs.checkpoint_every, snapshot.epochs_done if snapshot else 0)
+    writer = _EpochWriter(config, folder, outputs, snapshot.epochs_done if snapshot else 0)
     try:
         return _train_and_finish(config, folder, prepared, snapshot, outputs, writer)
     except KeyboardInterrupt:
-        writer.checkpointed()  # the checkpoint being written completes; `done` then names it
+        writer.save_before_stopping()
+        writer.checkpointed()  # the checkpoint being saved completes; `done` then names it
         raise SweepInterrupted(folder, writer.stopped(), config.epochs) from None
     except Exception as e:
         if _write_error(e):
@@ -760,6 +808,8 @@ def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, out
     except BaseException:
         _wait_quietly(writer.checkpoints)
         raise
+    finally:
+        writer.checkpoints.close()
 
 
 # What a failed write of a run file raises (training reads no file): a full disk or quota, a read-only or failing disk.
@@ -810,6 +860,7 @@ def _train_and_finish(
             resume=snapshot,
             divergence_threshold=config.divergence_threshold,
         )
+    writer.save_latest()  # the end of training: nothing left to overlap with, so it completes before the results
     writer.checkpoints.wait()
     seconds = time.perf_counter() - t0
     writer.bar.close()

@@ -326,7 +326,13 @@ def _as_tuples(x):
 
 @dataclasses.dataclass
 class RunSnapshot:
-    """Everything needed to continue a run: epochs done, each bucket's state (host arrays), history so far."""
+    """Everything needed to continue a run: epochs done, each bucket's state and best-epoch params, history so far.
+
+    The arrays are the run's own jax.Arrays, sharded as they train (nothing is copied or gathered:
+    `jaxreg.checkpoint` saves each process's shards); no later epoch changes them, since no
+    program donates a buffer they hold. Fields other than the arrays (states, best) are JSON-ready
+    values, which a checkpoint stores as its metadata.
+    """
 
     epochs_done: int
     states: list
@@ -366,9 +372,11 @@ def _copied(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-@functools.partial(jax.jit, donate_argnums=0)
+@jax.jit
 def _keep_best(best, params, improved):
-    """Per leaf [seeds, configs, ...]: params where `improved` [seeds, configs], else best (whose buffers it reuses)."""
+    """Per leaf [seeds, configs, ...]: params where `improved` [seeds, configs], else best.
+
+    `best` is not donated: a RunSnapshot taken after the previous epoch still holds it (see RunSnapshot)."""
 
     def pick(b, p):
         return jnp.where(improved.reshape(improved.shape + (1,) * (p.ndim - 2)), p, b)
@@ -513,14 +521,8 @@ def _restore(progress: _RunState, resume: RunSnapshot, layout: list, columns) ->
             "the snapshot was taken for a different list of variants (buckets, names, order or seeds differ); "
             "resume with exactly the variants of the interrupted run"
         )
-    progress.states = [
-        (distributed.put(saved, jax.tree.map(lambda x: x.sharding, state)), mask)
-        for saved, (state, mask) in zip(resume.states, progress.states)
-    ]
-    progress.bests = [
-        distributed.put(saved, jax.tree.map(lambda x: x.sharding, best))
-        for saved, best in zip(resume.best, progress.bests)
-    ]
+    progress.states = [(_placed(saved, state), mask) for saved, (state, mask) in zip(resume.states, progress.states)]
+    progress.bests = [_placed(saved, best) for saved, best in zip(resume.best, progress.bests)]
     saved = next(iter(resume.history.values()), {})
     if set(saved) != set(columns):
         raise VariantError(
@@ -535,14 +537,23 @@ def _restore(progress: _RunState, resume: RunSnapshot, layout: list, columns) ->
                 progress.best_epochs[key] = e + 1
 
 
+def _placed(saved, like):
+    """`saved` laid out as `like`: jax.Arrays (a checkpoint restored for this plan) moved where needed, host
+    arrays put there (`distributed.put`)."""
+    shardings = jax.tree.map(lambda x: x.sharding, like)
+    if all(isinstance(x, jax.Array) for x in jax.tree.leaves(saved)):
+        return jax.device_put(saved, shardings)
+    return distributed.put(saved, shardings)
+
+
 def _train(programs: list, progress: _RunState, settings: RunSettings, on_epoch, layout: list) -> None:
     """The epochs from progress.epochs_done on: train, record, call on_epoch, stop early once every variant has stopped."""
 
     def snapshot(epochs_done):
-        copied = {key: {m: list(v) for m, v in h.items()} for key, h in progress.history.items()}
-        # distributed.gather: a collective with many processes, so every process takes the snapshot
-        states = [distributed.gather(s) for s, _ in progress.states]
-        return RunSnapshot(epochs_done, states, copied, layout, [distributed.gather(b) for b in progress.bests])
+        # the history lists only grow: a copy of their first epochs_done values is this epoch's
+        copied = {key: {m: list(v[:epochs_done]) for m, v in h.items()} for key, h in progress.history.items()}
+        states = [s for s, _ in progress.states]
+        return RunSnapshot(epochs_done, states, copied, layout, list(progress.bests))
 
     first = progress.epochs_done
     batches = [p.train_batches(first) for p in programs] if first < settings.epochs else []

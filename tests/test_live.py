@@ -182,7 +182,7 @@ def test_a_running_run_can_be_watched(tmp_path, cli_env):
     shown = _report(out, env=env)
     assert shown.returncode == 0 and f"{out}: interrupted, " in shown.stdout, shown.stderr
     assert "(interrupted)" in (out / fileio.SUMMARY_MD).read_text()  # lock free: written into the folder
-    assert runfolder.recorded(out) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert runfolder.recorded(out) == runfolder.files_as_recorded(out)
 
 
 def _run(out, **kwargs):
@@ -212,7 +212,7 @@ def test_a_resumed_run_writes_the_history_of_an_uninterrupted_one(uninterrupted,
     out = tmp_path / "run"
     _interrupt_after(monkeypatch, 3)
     with pytest.raises(SweepInterrupted):
-        _run(out, checkpoint_every=2)
+        _run(out)  # no checkpoint due before the end: the interrupt saves epoch 2
     stopped = runs.load_run(out)
     assert stopped.state == "interrupted" and stopped.status["epochs_done"] == 2
     assert stopped.epochs_present == {"original": 3, "l2": 3}  # the 3rd epoch's lines, past the checkpoint
@@ -233,7 +233,7 @@ def test_a_resumed_run_writes_the_history_of_an_uninterrupted_one(uninterrupted,
     for name in (fileio.HISTORY_JSONL, fileio.HISTORY_CSV):
         assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
     _assert_events_match_history(out, LIVE.epochs)  # each step once: the re-run epoch 3 is not doubled
-    assert runfolder.recorded(out) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert runfolder.recorded(out) == runfolder.files_as_recorded(out)
 
 
 def test_history_lines_during_a_run_are_the_final_records(uninterrupted, tmp_path, monkeypatch):
@@ -282,7 +282,7 @@ def test_report_on_a_finished_run_rewrites_its_files(uninterrupted, tmp_path):
     assert shown.stdout.startswith(f"{out}: finished, 4/4 epochs\n") and "| l2 " in shown.stdout
     assert {name: (out / name).read_bytes() for name in before} == before
     assert (out / fileio.FIGURES_DIR / "vs_original.png").is_file()
-    assert runfolder.recorded(out) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert runfolder.recorded(out) == runfolder.files_as_recorded(out)
 
 
 @pytest.mark.parametrize("kind", ["foreign", "missing", "empty"])

@@ -10,22 +10,22 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import re
 import threading
 from pathlib import Path
 
-import flax.serialization
 import jax
 import numpy as np
 import pytest
 
 from jaxreg import batches as batching
-from jaxreg import fileio, losses, outfolders, runfolder
+from jaxreg import checkpoint, fileio, losses, outfolders, runfolder
 from jaxreg import sweep as sweep_module
 from jaxreg.data import densify
 from jaxreg.model import MLP, init_params, unpadded
 from jaxreg.params import load_params, params_file
 from jaxreg.runs import load_run
-from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError, load_dataset, run_sweep
+from jaxreg.sweep import CHECKPOINT_DIR, SweepConfig, SweepError, load_dataset, run_sweep
 from jaxreg.tasks import Task
 from jaxreg.train import StepConfig, evaluate
 from jaxreg.variants import VariantSpec
@@ -163,16 +163,16 @@ def test_the_saved_files_are_in_the_manifest(finished):
 
 
 def test_the_checkpoint_is_gone_once_finished(finished):
-    assert not (finished / CHECKPOINT_FILE).exists()
-    assert CHECKPOINT_FILE not in runfolder.recorded(finished)
+    assert not (finished / CHECKPOINT_DIR).exists()
+    assert CHECKPOINT_DIR not in runfolder.recorded(finished)
     _, said = quiet_sweep(finished, resume=True)  # a finished run is still just reported
-    assert "already holds a finished run" in said and not (finished / CHECKPOINT_FILE).exists()
+    assert "already holds a finished run" in said and not (finished / CHECKPOINT_DIR).exists()
 
 
 def test_keep_checkpoint_keeps_it_and_resuming_keeps_the_best_so_far(finished, tmp_path, monkeypatch):
     kept = tmp_path / "kept"
     quiet_sweep(kept, keep_checkpoint=True)
-    assert (kept / CHECKPOINT_FILE).is_file() and CHECKPOINT_FILE in runfolder.recorded(kept)
+    assert (kept / CHECKPOINT_DIR).is_dir() and CHECKPOINT_DIR in runfolder.recorded(kept)
 
     # stopped right after the checkpoint of epoch 2, then resumed: the same history and parameters
     save = sweep_module.save_checkpoint
@@ -186,11 +186,11 @@ def test_keep_checkpoint_keeps_it_and_resuming_keeps_the_best_so_far(finished, t
     out = tmp_path / "resumed"
     monkeypatch.setattr(sweep_module, "save_checkpoint", save_then_stop)
     with pytest.raises(sweep_module.SweepInterrupted):
-        quiet_sweep(out)
+        quiet_sweep(out, checkpoint_seconds=0)
     monkeypatch.undo()
     _, said = quiet_sweep(out, resume=True)
     assert "resuming after epoch 2" in said
-    assert not (out / CHECKPOINT_FILE).exists()
+    assert not (out / CHECKPOINT_DIR).exists()
     for folder in (kept, out):
         assert (folder / fileio.HISTORY_JSONL).read_bytes() == (finished / fileio.HISTORY_JSONL).read_bytes()
         files = [f for f in runfolder.recorded(finished) if f.startswith("params/")]
@@ -262,7 +262,7 @@ def test_resume_without_out_continues_latest(tmp_path, monkeypatch, capfd):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sweep_module, "save_checkpoint", save_then_stop)
-    assert cli.main(CLI) == 130
+    assert cli.main(["--checkpoint-seconds", "0", *CLI]) == 130  # a checkpoint after epoch 1, then Ctrl-C
     monkeypatch.setattr(sweep_module, "save_checkpoint", save)
     folder = outfolders.latest_folder(Path("runs") / "book")
     assert f"--no-progress --out {folder} --resume" in capfd.readouterr().err  # the hint names the folder
@@ -336,15 +336,16 @@ def test_unpadded_undoes_the_padding_of_init_params():
         unpadded(alone, (16, 16))
 
 
-def test_a_checkpoint_without_best_parameters_is_refused(tmp_path):
+def test_a_checkpoint_of_another_format_is_refused(tmp_path):
     out = tmp_path / "run"
     quiet_sweep(out, keep_checkpoint=True)
-    payload = flax.serialization.msgpack_restore(runfolder.verified((out / CHECKPOINT_FILE).read_bytes()))
-    del payload["best"]
-    payload["format"] = 2  # the format before the best-epoch parameters
-    (out / CHECKPOINT_FILE).write_bytes(runfolder.with_checksum(flax.serialization.msgpack_serialize(payload)))
-    fileio.write_json(out / fileio.STATUS_FILE, {"state": "interrupted", "epochs_done": 5, "epochs": 5})
+    step = out / CHECKPOINT_DIR / str(CONFIG.epochs)
+    meta = fileio.read_json(step / "meta" / "metadata")
+    meta["format"] = 3  # checkpoint.msgpack's
+    fileio.write_json(step / "meta" / "metadata", meta)
+    checkpoint.write_digest(step)  # intact as files: refused for what they hold
+    fileio.write_json(out / fileio.STATUS_FILE, {"state": "interrupted", "epochs_done": 1, "epochs": CONFIG.epochs})
     with pytest.raises(
-        SweepError, match=r"cannot resume from .*checkpoint.msgpack: format 2, expected 3; use --overwrite"
+        SweepError, match=rf"cannot resume from {re.escape(str(step))}: format 3, expected 4; use --overwrite"
     ):
         quiet_sweep(out, resume=True)

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from jaxreg import fileio, history, machine, runfolder, runs
-from jaxreg.sweep import CHECKPOINT_FILE, SweepConfig, SweepError, run_sweep
+from jaxreg.sweep import CHECKPOINT_DIR, SweepConfig, SweepError, run_sweep
 from jaxreg.variants import VariantError, VariantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -427,7 +427,7 @@ def test_interrupted_and_killed_run_resumes_to_the_same_history(tiny_run, tiny_p
     assert proc.returncode == 130, stderr
     status = fileio.read_json(out / fileio.STATUS_FILE)
     assert status["state"] == "interrupted" and 1 <= status["epochs_done"] < 30, status
-    assert f"interrupted after epoch {status['epochs_done']}/30; checkpoint: {out / CHECKPOINT_FILE}" in stderr
+    assert f"interrupted after epoch {status['epochs_done']}/30; checkpoint: {out / CHECKPOINT_DIR}" in stderr
     assert f"resume with: python experiments/sweep.py {shlex.join(args)} --resume" in stderr
     stopped = runs.load_run(out)  # the history so far, written after every epoch
     assert stopped.state == "interrupted" and min(stopped.epochs_present.values()) >= status["epochs_done"]
@@ -486,9 +486,9 @@ def _set_status(folder: Path, state: str, epochs_done: int) -> None:
 
 
 def test_manifest_lists_every_file_jaxreg_wrote(small_run):
-    written = sorted(str(p.relative_to(small_run)) for p in small_run.rglob("*") if p.is_file())
+    written = runfolder.files_as_recorded(small_run)  # checkpoint/: one entry, its files named by orbax
     assert runfolder.recorded(small_run) == written
-    assert {"manifest.json", "config.json", "checkpoint.msgpack", "figures/vs_original.png"} <= set(written)
+    assert {"manifest.json", "config.json", "checkpoint", "figures/vs_original.png"} <= set(written)
     assert not list(small_run.parent.glob(".*lock")) and not list(
         small_run.glob(".*")
     )  # the lock file went with the run
@@ -640,42 +640,77 @@ def test_two_runs_into_one_folder(tiny_preset, sweep_env, tmp_path, capsys):
     assert (out / fileio.CONFIG_FILE).read_text() == config  # config.json and history of the same run
     run = runs.load_run(out)
     assert run.status["state"] == "finished" and run.histories["original"]["loss"].shape == (1, 3)
-    assert runfolder.recorded(out) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert runfolder.recorded(out) == runfolder.files_as_recorded(out)
 
 
-def test_a_corrupt_checkpoint_is_refused_on_resume(small_run, tmp_path):
-    out = _copy(small_run, tmp_path / "run")
-    _set_status(out, "interrupted", 1)
-    data = bytearray((out / CHECKPOINT_FILE).read_bytes())
+def _largest_array_file(step: Path) -> Path:
+    return max((p for p in (step / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip_bytes(step: Path) -> None:
+    path = _largest_array_file(step)
+    data = bytearray(path.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
-    (out / CHECKPOINT_FILE).write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
+
+
+def _truncate(step: Path) -> None:
+    path = _largest_array_file(step)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _flip_bytes,
+        _truncate,
+        lambda step: (step / "meta" / "metadata").unlink(),
+        lambda step: (step / "jaxreg-sha256.json").unlink(),
+    ],
+    ids=["flipped bytes", "truncated array file", "missing metadata", "missing digest"],
+)
+def test_a_corrupt_checkpoint_is_refused_on_resume(small_run, tmp_path, damage):
+    out = _copy(small_run, tmp_path / "run")
+    _set_status(out, "interrupted", 1)
+    step = out / CHECKPOINT_DIR / str(SMALL.epochs)
+    damage(step)
     before = _tree_digest(out)
-    message = f"checkpoint {out / CHECKPOINT_FILE} is corrupt (checksum mismatch); use --overwrite to start again"
-    with pytest.raises(SweepError, match=re.escape(message)):
+    with pytest.raises(SweepError) as refused:
         small_sweep(out, resume=True)
+    message = str(refused.value)
+    assert message.startswith(f"checkpoint {step} is corrupt or unreadable (") and "\n" not in message, message
+    assert message.endswith("; use --overwrite to start again"), message
     assert _tree_digest(out) == before
 
 
-def test_an_old_format_checkpoint_is_refused_on_resume(small_run, tmp_path):
+def test_an_uncommitted_step_is_not_read(small_run, tmp_path):
+    """A save killed before orbax renamed its step into place leaves `<step>.orbax-checkpoint-tmp`: the
+    run resumes from the step before it (here there is none, so from epoch 1, as status.json allows)."""
     out = _copy(small_run, tmp_path / "run")
+    step = out / CHECKPOINT_DIR / str(SMALL.epochs)
+    step.rename(step.with_name(f"{SMALL.epochs}.orbax-checkpoint-tmp"))
     _set_status(out, "interrupted", 1)
-    payload = runfolder.verified((out / CHECKPOINT_FILE).read_bytes())  # format 1 was this payload, no header
-    (out / CHECKPOINT_FILE).write_bytes(payload)
-    with pytest.raises(SweepError, match="has no checksum \\(an older jaxreg's format, or damaged\\); use --overwrite"):
+    with pytest.raises(SweepError, match="says 1 epoch\\(s\\) done but checkpoint/ holds no complete checkpoint"):
         small_sweep(out, resume=True)
+    _set_status(out, "interrupted", 0)
+    result = small_sweep(out, resume=True, figures=False)
+    assert result.resumed_from == 0 and fileio.read_json(out / fileio.STATUS_FILE)["state"] == "finished"
+    assert (out / fileio.HISTORY_JSONL).read_bytes() == (small_run / fileio.HISTORY_JSONL).read_bytes()
 
 
 def test_a_missing_checkpoint_is_refused_unless_no_epoch_was_done(small_run, tmp_path):
     out = _copy(small_run, tmp_path / "run")
-    (out / CHECKPOINT_FILE).unlink()
+    shutil.rmtree(out / CHECKPOINT_DIR)
     _set_status(out, "interrupted", 1)
-    with pytest.raises(SweepError, match=f"says 1 epoch\\(s\\) done but {CHECKPOINT_FILE} is missing; use --overwrite"):
+    with pytest.raises(
+        SweepError, match="says 1 epoch\\(s\\) done but checkpoint/ holds no complete checkpoint; use --overwrite"
+    ):
         small_sweep(out, resume=True)
     _set_status(out, "interrupted", 0)  # interrupted during the first epoch: starts again at epoch 1
     result = small_sweep(out, resume=True, figures=False)
     assert result.resumed_from == 0 and fileio.read_json(out / fileio.STATUS_FILE)["state"] == "finished"
-    assert not (out / CHECKPOINT_FILE).exists()  # deleted once finished
+    assert not (out / CHECKPOINT_DIR).exists()  # deleted once finished
 
 
 def test_divergence_threshold_flags_a_huge_finite_loss(tmp_path, capsys):
@@ -743,7 +778,7 @@ def test_real_data_sweep_end_to_end(imdb, imdb_archive, imdb_cache_dir, sweep_en
     figures = sorted(p.name for p in (out / fileio.FIGURES_DIR).iterdir())
     assert figures == ["val_loss_curves.png", "vs_original.png"]
     assert all((out / fileio.FIGURES_DIR / f).stat().st_size > 10_000 for f in figures)
-    assert not (out / CHECKPOINT_FILE).exists() and run.status["state"] == "finished"  # deleted once finished
+    assert not (out / CHECKPOINT_DIR).exists() and run.status["state"] == "finished"  # deleted once finished
 
 
 def test_resuming_on_another_instruction_set_says_it_is_not_bit_for_bit(small_run, tmp_path, monkeypatch):
