@@ -136,6 +136,10 @@ class Checkpoints:
         temporary = [p for p in self.root.glob(f"{step}.orbax-checkpoint-tmp*") if p.is_dir()]
         write_digest(temporary[0] if temporary else self.root / str(step))
 
+    def saving(self) -> bool:
+        """Whether a save is still being written (this process's view; no waiting, no collective)."""
+        return self._manager is not None and self._manager.is_saving_in_progress()
+
     def poll(self) -> None:
         """Note a save that has completed meanwhile (status.json follows), without waiting."""
         if self._pending is not None and not self._manager.is_saving_in_progress():
@@ -154,13 +158,15 @@ class Checkpoints:
             if self.then is not None:
                 self.then(pending)
 
-    def close(self) -> None:
-        if self._manager is not None:
+    def close(self, wait: bool = True) -> None:
+        """Finish the last save (unless not `wait`: a run of many processes that lost one, whose save would wait
+        for it at a barrier until the runtime aborts the process), then let the manager go."""
+        if self._manager is not None and wait:
             try:
                 self.wait()
             finally:
                 self._manager.close()
-                self._manager = None
+        self._manager = None
 
 
 def save_checkpoint(checkpoints: Checkpoints | Path, snapshot: V.RunSnapshot) -> bool:

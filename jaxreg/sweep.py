@@ -722,6 +722,9 @@ class _EpochWriter:
         self.latest = take_snapshot()  # references to the epoch's arrays: cheap
         self.checkpoints.poll()
         due = self.seconds == 0 or time.monotonic() - self.last_save >= self.seconds
+        # With many processes a save waits for the previous one, whose barriers wait for every process: not
+        # while it is still written, so that a lost process is found by the next collective, not by a barrier.
+        due = due and not (distributed.many() and self.checkpoints.saving())
         if distributed.agreed(due):  # process 0's clock decides for all: a save is a collective
             self.save_latest()
         self.bar.epoch_done(epoch, row)
@@ -756,6 +759,8 @@ class _EpochWriter:
         finished), with `reason` if given; returns the epochs checkpointed."""
         if self.bar is not None:
             self.bar.close()
+        if self.writes:  # a save completed on disk (renamed into place) though not yet waited for
+            self.done = max(self.done, latest_step(self.folder) or 0)
         if self.writes and folder_state(self.folder) != "finished":
             self.write_status("interrupted", self.done, reason)
         return self.done
@@ -785,6 +790,7 @@ def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, out
     From here on the folder is this run's: an interrupt at any moment, compiling, training or
     writing the results, leaves it "interrupted" (unless already "finished") and resumable."""
     writer = _EpochWriter(config, folder, outputs, snapshot.epochs_done if snapshot else 0)
+    lost = False
     try:
         return _train_and_finish(config, folder, prepared, snapshot, outputs, writer)
     except KeyboardInterrupt:
@@ -794,9 +800,10 @@ def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, out
     except Exception as e:
         if _write_error(e):
             raise writer.write_failed(e) from e
-        writer.checkpointed()  # no checkpoint is left half-handled by a thread that outlives the run
         if not distributed.many():
+            writer.checkpointed()  # no checkpoint is left half-handled by a thread that outlives the run
             raise
+        lost = True  # a save in flight waits for every process: not waited for (the last complete one stands)
         done = writer.stopped()
         if not distributed.lost_peer(e):
             raise
@@ -809,7 +816,7 @@ def _train(config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, out
         _wait_quietly(writer.checkpoints)
         raise
     finally:
-        writer.checkpoints.close()
+        writer.checkpoints.close(wait=not lost)
 
 
 # What a failed write of a run file raises (training reads no file): a full disk or quota, a read-only or failing disk.

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -112,3 +116,72 @@ def test_a_checkpoint_of_another_plan_is_one_line(taken, tmp_path):
     message = str(refused.value)
     assert message.startswith(f"cannot resume from {tmp_path / CHECKPOINT_DIR / '1'}: ") and "\n" not in message
     assert message.endswith("; use --overwrite to start again")
+
+
+# --- another device count on resume: a whole command, in subprocesses ------------------------------
+
+SWEEP = Path(__file__).resolve().parents[1] / "experiments" / "sweep.py"
+# two programs (bigger's widths differ), each whole on one device
+DEVICE_RUN = [
+    "--synthetic",
+    "--variants",
+    "original,bigger",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "256",
+    "--placement",
+    "spread",
+]
+DEVICE_RUN += ["--no-progress", "--no-figures", "--no-tensorboard", "--no-compile-cache"]
+# experiments/sweep.py with a Ctrl-C right after epoch 2's history lines (before its checkpoint could be taken)
+STOPPED_AFTER_EPOCH_2 = """
+import runpy, sys
+from jaxreg import live
+append = live.LiveLog.epoch
+def epoch_then_interrupt(self, e, row):
+    append(self, e, row)
+    if e + 1 == 2:
+        raise KeyboardInterrupt
+live.LiveLog.epoch = epoch_then_interrupt
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _sweep(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXREG_DATA", "JAX_PLATFORMS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(SWEEP.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
+    head = [sys.executable] + (["-c", script] if script else [])
+    return subprocess.run([*head, str(SWEEP), *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.process
+def test_a_run_on_two_devices_resumes_on_one_with_the_uninterrupted_history(tmp_path):
+    """Placement spread: each program is the same one-device program on either device count (bit for bit)."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    done = _sweep(*DEVICE_RUN, "--devices", "2", "--out", str(whole))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on 2 cpu device(s)" in done.stdout
+    interrupted = _sweep(*DEVICE_RUN, "--devices", "2", "--out", str(stopped), script=STOPPED_AFTER_EPOCH_2)
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    assert "interrupted after epoch 1/3" in interrupted.stderr  # the interrupt saved the last finished epoch
+    assert sorted(p.name for p in (stopped / CHECKPOINT_DIR).iterdir()) == ["1"]
+    resumed = _sweep(*DEVICE_RUN, "--devices", "1", "--out", str(stopped), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "on 1 cpu device(s)" in resumed.stdout and "resuming after epoch 1" in resumed.stdout
+    for name in ("history.jsonl", "summary.csv"):
+        assert (stopped / name).read_text() == (whole / name).read_text(), name
+
+
+@pytest.mark.process
+def test_a_sharded_run_is_not_resumed_on_another_device_count(tmp_path):
+    out = tmp_path / "run"
+    swaps = {"spread": "shard", "original,bigger": "original,smaller"}  # one program of two variants, sharded
+    sharded = [swaps.get(a, a) for a in DEVICE_RUN]
+    interrupted = _sweep(*sharded, "--devices", "2", "--out", str(out), script=STOPPED_AFTER_EPOCH_2)
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    refused = _sweep(*sharded, "--devices", "1", "--out", str(out), "--resume")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
+    assert "programs sharded over 2 device(s), now 1; pass --devices 2" in lines[0]

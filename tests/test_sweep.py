@@ -420,7 +420,8 @@ def test_interrupted_and_killed_run_resumes_to_the_same_history(tiny_run, tiny_p
     reference, reference_out = tiny_run
     assert reference.returncode == 3, reference.stderr
     out = tmp_path / "run"
-    args = ["--preset", str(tiny_preset), *TINY, "--out", str(out)]
+    # a checkpoint after every epoch: status.json's epochs_done, which _interrupt polls, follows the checkpoint
+    args = ["--preset", str(tiny_preset), *TINY, "--checkpoint-seconds", "0", "--out", str(out)]
     command = [sys.executable, str(SWEEP), *args]
 
     proc, stderr = _interrupt(command, sweep_env, signal.SIGINT, out, 0)  # Ctrl-C
