@@ -57,21 +57,37 @@ def params_file(variant: str, seed: int, which: str = "final") -> str:
     return f"{PARAMS_DIR}/{name}/seed_{int(seed)}.{which}.msgpack"
 
 
-def save_params(folder, trained: dict) -> list[str]:
-    """Write {(name, seed): variants.TrainedParams} into the folder, every file recorded in the manifest first."""
+def save_params(folder, trained, best_epochs: dict | None = None, record: bool = True) -> list[str]:
+    """Write {(name, seed): variants.TrainedParams} into the folder, every file recorded in the manifest first.
+
+    `trained` with `held_here()` (`variants.TrainedParamsMap`) writes only the variants this process's devices
+    hold, read one device's shard at a time: in a run of many processes each writes its own variants' files
+    (the run folder on a file system all of them see, as the checkpoint needs), so no host ever holds every
+    variant's parameters; the alternative, process 0 receiving one variant after another, would add a
+    collective per variant. best_epochs: {(name, seed): best epoch or None} of every variant (default: read
+    from `trained`), which names the files to record; record: whether this process writes the manifest
+    (process 0: before any process writes a file). Returns the files this process wrote."""
     folder = Path(folder)
-    files = {}
-    for (name, seed), t in trained.items():
-        files[params_file(name, seed, "final")] = t.final
-        if t.best is not None:
-            files[params_file(name, seed, "best")] = t.best
-    runfolder.record(folder, *(n for name in files for n in (name, name + CHECKSUM_SUFFIX)))
-    for name, tree in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        data = flax.serialization.msgpack_serialize(tree)
-        fileio.atomic_write(folder / name, data)
-        fileio.atomic_write(folder / (name + CHECKSUM_SUFFIX), checksum_line(data, Path(name).name))
-    return list(files)
+    if best_epochs is None and record:
+        best_epochs = {key: t.best_epoch for key, t in trained.items()}
+    if record:
+        names = [params_file(n, s, w) for (n, s), e in best_epochs.items() for w in WHICH if w == "final" or e]
+        runfolder.record(folder, *(n for name in names for n in (name, name + CHECKSUM_SUFFIX)))
+    written = []
+    for (name, seed), t in trained.held_here() if hasattr(trained, "held_here") else trained.items():
+        for which, tree in (("final", t.final), ("best", t.best)):
+            if tree is not None:
+                written.append(_write_checked(folder, params_file(name, seed, which), tree))
+    return written
+
+
+def _write_checked(folder: Path, name: str, tree) -> str:
+    """Write one parameters file (flax msgpack) and its `.sha256` sidecar, atomically; returns `name`."""
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    data = flax.serialization.msgpack_serialize(tree)
+    fileio.atomic_write(folder / name, data)
+    fileio.atomic_write(folder / (name + CHECKSUM_SUFFIX), checksum_line(data, Path(name).name))
+    return name
 
 
 def checksum_line(data: bytes, name: str) -> str:

@@ -873,6 +873,7 @@ def _train_and_finish(
     writer.bar.close()
     print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
     history = outcome.history
+    _save_params(outputs.shared or folder, outcome.params, writer.writes)
     if not writer.writes:
         histories = stack(history, [v.name for v in config.variants], config.divergence_threshold)
         summaries = summarize(histories, training=training_descriptions(config.variants))
@@ -887,11 +888,20 @@ def _train_and_finish(
         )
     writer.live.finish(epochs_run)
     save_vocabulary(folder, dataset)  # what new text is encoded with (jaxreg.predict); none for array data
-    saved_params.save_params(folder, outcome.params)
     result = _finish(folder, config, history, outputs.figures, seconds, start, stream, compiled.seconds, epochs_run)
     if not outputs.keep_checkpoint:
         _remove_checkpoint(folder, stream)
     return result
+
+
+def _save_params(folder: Path, params: V.TrainedParamsMap, writes: bool) -> None:
+    """params/: every process writes the variants its devices hold (`params.save_params`), after process 0 has
+    recorded every file in the manifest; all have written before process 0 goes on (collectives)."""
+    if writes:
+        saved_params.save_params(folder, {}, params.best_epochs, record=True)
+    distributed.agreed(True)
+    saved_params.save_params(folder, params, params.best_epochs, record=False)
+    distributed.agreed(True)
 
 
 def _available_memory(devices) -> tuple[int, str]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -390,13 +390,14 @@ class RunResult:
 
     history: {(name, seed): {metric: [epochs]}}, columns `metric_names(task.metric, test)`
     (test: the data has a test split, `Dataset.test`, evaluated every epoch and never used to choose);
-    params: {(name, seed): TrainedParams}; task: what was trained (`tasks.Task`); buckets:
+    params: {(name, seed): TrainedParams} (a `TrainedParamsMap`, read from the devices when asked); task:
+    what was trained (`tasks.Task`); buckets:
     per compiled program, its variants and seeds and which path ran (`Execution.describe`:
     model, product, vmap or map, CPU kernels, fused update), which changes with the machine.
     """
 
     history: dict
-    params: dict
+    params: Mapping
     task: tasks.Task
     buckets: list
 
@@ -600,18 +601,86 @@ def _record_epoch(programs: list, progress: _RunState, outputs: list, epoch: int
     return row
 
 
-def _trained_params(programs: list, progress: _RunState) -> dict:
-    """{(name, seed): TrainedParams}, each variant's final and best-epoch params cut to its true widths, on the host."""
-    trained = {}
-    for program, (state, _), best in zip(programs, progress.states, progress.bests):
-        final, best = distributed.gather(state.params), distributed.gather(best)
-        for si, seed in enumerate(program.bucket.seeds):
-            for ci, config in enumerate(program.bucket.configs):
+def _trained_params(programs: list, progress: _RunState) -> TrainedParamsMap:
+    """{(name, seed): TrainedParams}, read from the devices when asked (see TrainedParamsMap)."""
+    buckets = [
+        (program.bucket, state.params, best)
+        for program, (state, _), best in zip(programs, progress.states, progress.bests)
+    ]
+    return TrainedParamsMap(buckets, dict(progress.best_epochs))
 
-                def one(tree, si=si, ci=ci, widths=config.widths):
-                    tree = jax.tree.map(lambda x: x[si, ci], tree)
-                    return jax.tree.map(np.ascontiguousarray, tree if widths is None else unpadded(tree, widths))
 
-                epoch = progress.best_epochs[(config.name, seed)]
-                trained[(config.name, seed)] = TrainedParams(one(final), None if epoch is None else one(best), epoch)
-    return trained
+class TrainedParamsMap(Mapping):
+    """RunResult.params: {(name, seed): TrainedParams}, each variant's final and best-epoch params cut to its true
+    widths, as NumPy, read from the device shard that holds the variant when asked: nothing is gathered, so no
+    device or host ever holds every variant's parameters at once.
+
+    `held_here()` gives the variants whose shards this process holds, one device's shard at a time (what each
+    process of a run writes to params/); a variant held by another process is a KeyError-like LookupError here.
+    """
+
+    def __init__(self, buckets: list, best_epochs: dict):
+        self._buckets = buckets  # per bucket: (Bucket, final params [seeds, padded configs, ...], best params)
+        self._best_epochs = best_epochs
+        self._where = {
+            (config.name, seed): (b, si, ci)
+            for b, (bucket, _, _) in enumerate(buckets)
+            for si, seed in enumerate(bucket.seeds)
+            for ci, config in enumerate(bucket.configs)
+        }
+        self._host = (None, None)  # (bucket, device) and the host copy of its shard: the last one read
+
+    @property
+    def best_epochs(self) -> dict:
+        """{(name, seed): its best epoch (from 1) or None}, without reading any parameters."""
+        return dict(self._best_epochs)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __getitem__(self, key) -> TrainedParams:
+        b, si, ci = self._where[key]
+        for device, start, stop in _config_ranges(self._buckets[b][1]):
+            if start <= ci < stop:
+                return self._one(b, device, key, si, ci - start)
+        raise LookupError(f"{key}: its parameters are held by another process's devices")
+
+    def held_here(self):
+        """(key, TrainedParams) of every variant this process's devices hold, one device's shard on the host at a time."""
+        for b, (bucket, final, _) in enumerate(self._buckets):
+            for device, start, stop in _config_ranges(final):
+                for ci in range(start, min(stop, len(bucket.configs))):  # past the configs: inert padding copies
+                    for si, seed in enumerate(bucket.seeds):
+                        key = (bucket.configs[ci].name, seed)
+                        yield key, self._one(b, device, key, si, ci - start)
+        self._host = (None, None)
+
+    def _one(self, b: int, device, key, si: int, local: int) -> TrainedParams:
+        if self._host[0] != (b, device):  # this shard of every leaf, final and best, on the host
+            _, final, best = self._buckets[b]
+            self._host = ((b, device), (_shard_on_host(final, device), _shard_on_host(best, device)))
+        final, best = self._host[1]
+        widths = self._buckets[b][0].configs[self._where[key][2]].widths
+
+        def one(tree):
+            tree = jax.tree.map(lambda x: x[si, local], tree)
+            return jax.tree.map(np.ascontiguousarray, tree if widths is None else unpadded(tree, widths))
+
+        epoch = self._best_epochs[key]
+        return TrainedParams(one(final), None if epoch is None else one(best), epoch)
+
+
+def _config_ranges(tree) -> list:
+    """[(device, first config, end)] of the shards of this process's devices (one replica each), sharded over the
+    configs axis (axis 1) as `BucketProgram` places a state."""
+    shards = jax.tree.leaves(tree)[0].addressable_shards
+    starts = [(s, s.index[1].start or 0) for s in shards if s.replica_id == 0]
+    return [(s.device, start, start + s.data.shape[1]) for s, start in starts]
+
+
+def _shard_on_host(tree, device):
+    """The shard of every leaf of `tree` that `device` holds, as NumPy."""
+    return jax.tree.map(lambda x: np.asarray(next(s.data for s in x.addressable_shards if s.device == device)), tree)

@@ -349,3 +349,24 @@ def test_a_checkpoint_of_another_format_is_refused(tmp_path):
         SweepError, match=rf"cannot resume from {re.escape(str(step))}: format 3, expected 4; use --overwrite"
     ):
         quiet_sweep(out, resume=True)
+
+
+def test_a_sweep_gathers_no_state_and_writes_each_variants_files_from_its_shard(finished, tmp_path, monkeypatch):
+    """Neither the checkpoint nor params/ gathers the state: the only gathered arrays are the epochs' metrics
+    [seeds, configs]; each variant's files come from the shard that holds it, and equal the finished run's."""
+    from jaxreg import distributed
+
+    gathered = []
+    gather = distributed.gather
+
+    def recorded_gather(tree):
+        gathered.extend(x.shape for x in jax.tree.leaves(tree))
+        return gather(tree)
+
+    monkeypatch.setattr(distributed, "gather", recorded_gather)
+    out = tmp_path / "run"
+    quiet_sweep(out, checkpoint_seconds=0)
+    assert gathered and all(len(shape) == 2 for shape in gathered), sorted(set(gathered))
+    files = [f for f in runfolder.recorded(finished) if f.startswith("params/")]
+    assert [f for f in runfolder.recorded(out) if f.startswith("params/")] == files
+    assert all((out / f).read_bytes() == (finished / f).read_bytes() for f in files)
