@@ -128,6 +128,10 @@ def test_a_running_run_can_be_watched(tmp_path, cli_env):
     preset.write_text(WATCHED_PRESET)
     out, env = tmp_path / "run", cli_env
     args = ["--preset", preset, "--synthetic", "--no-progress", "--no-figures", "--out", out]
+    args += [
+        "--checkpoint-seconds",
+        "0",
+    ]  # status.json's epochs_done, which _wait_for_epochs polls, follows the checkpoint
     run = subprocess.Popen(
         [sys.executable, str(SWEEP), *map(str, args)],
         env=env,
