@@ -112,10 +112,6 @@ class Checkpoints:
             self._manager = ocp.CheckpointManager(self.root, options=options, item_names=("state", "meta"))
         return self._manager
 
-    def latest(self) -> int | None:
-        """The newest complete step (epochs_done) in the directory, None without one."""
-        return self._open().latest_step()
-
     def save(self, snapshot: V.RunSnapshot) -> bool:
         """Start saving the snapshot (not when the directory holds its epoch or a later one already); whether it did."""
         ocp = _ocp()
@@ -146,6 +142,7 @@ class Checkpoints:
             self.wait()
 
     def wait(self) -> None:
+        """Block until the last save is complete (then `then` runs); raises its error, if any."""
         if self._manager is None:
             return
         pending = self._pending
