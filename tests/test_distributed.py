@@ -2,10 +2,12 @@
 
 Two processes of experiments/sweep.py (one CPU device each, so the variant axis is sharded
 over a 2-device mesh across the processes) train the same synthetic sweep as one process
-with two devices. Each process has its own working folder and a relative --out, as if on
-two hosts without a shared file system: process 0 must write the whole run folder, process 1
-nothing at all. Another pair loses process 1 (SIGKILL) mid-run: process 0 must stop with exit
-status 4 and a line naming the cause, its folder left interrupted and resumable. The cluster
+with two devices. Each process has its own working folder and a relative --out: process 0
+writes the run folder; process 1 writes nothing into its own, only its shards of the checkpoint
+and its variants' params/ files into process 0's folder (a file system both see, as orbax
+needs). Another pair loses process 1 (SIGKILL) mid-run: process 0 must stop with exit status 4
+and a line naming the cause, its folder left interrupted; resumed by a new pair, the run ends
+with the history of an uninterrupted pair. The cluster
 flags are checked, and processes that cannot start, or read other data, stop together.
 """
 
@@ -185,6 +187,35 @@ def test_lost_process_stops_the_other(tmp_path):
     assert "another process stopped" in log and "--resume" in log, log[-3000:]
     status = json.loads((tmp_path / "lost" / "p0" / "run" / fileio.STATUS_FILE).read_text())
     assert status["state"] == "interrupted" and status["epochs_done"] >= 1, status
+
+
+@pytest.mark.process
+def test_a_pair_that_lost_a_process_resumes_to_the_uninterrupted_history(tmp_path):
+    """Sharded checkpoints: each process saved its shards; a new pair restores them and trains on, bit for bit
+    with an uninterrupted pair (the same programs on the same 2-device mesh, a resume)."""
+    longer = ["--epochs", "5", "--checkpoint-seconds", "0", "--heartbeat-timeout", "5"]
+    whole = pair(tmp_path, "whole", *longer)
+    processes = pair(tmp_path, "cut", *longer)
+    status = tmp_path / "cut" / "p0" / "run" / fileio.STATUS_FILE
+    deadline = time.monotonic() + 180
+    while not (status.is_file() and json.loads(status.read_text() or "{}").get("epochs_done", 0) >= 2):
+        assert processes[0].poll() is None and processes[1].poll() is None, text(tmp_path / "cut", "cut0")[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGKILL)
+    assert finish(processes[0], LOST_WITHIN + 60) == 4, text(tmp_path / "cut", "cut0")[-3000:]
+    processes[1].wait()
+    stopped = json.loads(status.read_text())
+    assert [finish(p, 240) for p in whole] == [0, 0], text(tmp_path / "whole", "whole0")[-3000:]
+    if stopped["epochs_done"] == 5:  # the pair finished its last save before the loss: nothing left to train
+        pytest.skip("process 1 was lost after the last checkpoint")
+    resumed = pair(tmp_path, "cut", *longer, "--resume")
+    codes = [finish(p, 240) for p in resumed]
+    assert codes == [0, 0], text(tmp_path / "cut", "cut0")[-3000:] + text(tmp_path / "cut", "cut1")[-3000:]
+    assert f"resuming after epoch {stopped['epochs_done']}" in text(tmp_path / "cut", "cut0")
+    for name in (fileio.HISTORY_JSONL, "summary.csv"):
+        cut, uncut = (tmp_path / d / "p0" / "run" / name for d in ("cut", "whole"))
+        assert cut.read_text() == uncut.read_text(), name
 
 
 @pytest.mark.parametrize(
