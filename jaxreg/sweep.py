@@ -30,7 +30,8 @@ deletes only the files the manifest lists. One run at a time writes a folder: ru
 holds the folder's lock (`runfolder.exclusive`) from checking the folder to its last write.
 
 Across processes and hosts (`jaxreg.distributed`): every process calls run_sweep alike;
-process 0 alone checks, locks and writes the folder, the others only train their share.
+process 0 alone checks, locks and writes the folder; the others train their share and write only
+their shards of the checkpoint and their variants' params/ files, into process 0's folder.
 """
 
 from __future__ import annotations
@@ -441,7 +442,8 @@ def run_sweep(
 
     In a run of many processes (`jaxreg.distributed`) every process calls run_sweep with the
     same arguments: process 0 alone checks and locks the folder, writes into it and prints;
-    the others train their share, write nothing and return the same histories. Before any
+    the others train their share, write only their shards of the checkpoint and their variants'
+    params/ files (into process 0's folder: a file system all processes see) and return the same histories. Before any
     training all processes agree that each could start and read the same data (else each
     raises SweepError); a process lost later raises ProcessLost in the others.
     """
@@ -534,7 +536,7 @@ def _run_locked(
     keep_checkpoint=False,
     agreement: Agreement | None = None,
 ) -> SweepResult:
-    """run_sweep's work, while process 0 holds the folder's lock (the other processes write nothing):
+    """run_sweep's work, while process 0 holds the folder's lock (the others write only their shards):
     agree on the folder, plan the run once, check a resume, prepare the folder, train and finish."""
     agreement = agreement or Agreement()
     writes = distributed.is_writer()
