@@ -9,6 +9,10 @@ Layout (CHECKPOINT_FORMAT 4), in the run folder's `checkpoint/` (`runfolder.CHEC
                                      RunSnapshot that is not an array (`_META_ENCODERS`)
   checkpoint/<epochs_done>/jaxreg-sha256.json   sha256 of every file above (`DIGEST_FILE`)
 
+A run in waves (`RunPlan.waves`) saves the wave in progress: its buckets' arrays, every variant's
+history and the wave's index (meta "wave", "waves": `RunSnapshot`), at step wave x WAVE_STEPS +
+epochs done in the wave (`step_of`), so that steps grow through the waves.
+
 Saves are orbax's asynchronous ones (`Checkpoints`, an `ocp.CheckpointManager` keeping one step):
 `save` returns once the arrays are on the host and the files are written while the next epoch
 trains. orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when every process
@@ -39,9 +43,11 @@ from jaxreg import variants as V
 from jaxreg.errors import SweepError
 from jaxreg.runfolder import CHECKPOINT_DIR, checkpoint_steps
 from jaxreg.runplan import RunPlan
+from jaxreg.specs import MAX_EPOCHS
 from jaxreg.train import init_state
 
 CHECKPOINT_FORMAT = 4  # 4: an orbax directory; 3 and older (checkpoint.msgpack) are not read
+WAVE_STEPS = MAX_EPOCHS + 1  # a run in waves: steps wave * WAVE_STEPS + epochs done (one wave: the epochs done)
 DIGEST_FILE = "jaxreg-sha256.json"
 _ARRAY_FIELDS = ("states", "best")  # RunSnapshot's array fields; every other field is JSON metadata
 _UNHASHED = ("commit_success.txt", "_CHECKPOINT_METADATA")  # orbax's own step files, (re)written around the rename
@@ -61,6 +67,16 @@ def _ocp():
 
     logging.getLogger("absl").setLevel(logging.WARNING)
     return ocp
+
+
+def step_of(snapshot: V.RunSnapshot) -> int:
+    """The snapshot's checkpoint step: its epochs done, after wave x WAVE_STEPS in a run in waves."""
+    return snapshot.wave * WAVE_STEPS + snapshot.epochs_done
+
+
+def epochs_of(step: int) -> int:
+    """The epochs done (in its wave) of a checkpoint step."""
+    return step % WAVE_STEPS
 
 
 def checkpoint_dir(folder: Path) -> Path:
@@ -117,13 +133,14 @@ class Checkpoints:
         ocp = _ocp()
         manager = self._open()
         self.wait()
-        if (manager.latest_step() or 0) >= snapshot.epochs_done:
+        step = step_of(snapshot)
+        if (manager.latest_step() or 0) >= step:
             return False
-        self._pending = snapshot.epochs_done
+        self._pending = step
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_arrays(snapshot)), meta=ocp.args.JsonSave(_meta(snapshot))
         )
-        manager.save(snapshot.epochs_done, args=args, force=True)
+        manager.save(step, args=args, force=True)
         return True
 
     def _digest_pending(self) -> None:
@@ -151,9 +168,9 @@ class Checkpoints:
         finally:
             self._pending = None  # read by _digest_pending until the save is over
         if pending is not None:
-            self.written = pending
+            self.written = epochs_of(pending)
             if self.then is not None:
-                self.then(pending)
+                self.then(epochs_of(pending))
 
     def close(self, wait: bool = True) -> None:
         """Finish the last save (unless not `wait`: a run of many processes that lost one, whose save would wait
@@ -229,11 +246,11 @@ def latest_step(folder: Path) -> int | None:
     return max(checkpoint_steps(folder), default=None)
 
 
-def _bucket_targets(run_plan: RunPlan) -> list:
-    """Per bucket: the abstract state dict of its TrainState [seeds, padded configs, ...] on the plan's devices,
-    sharded over the configs as `variants.BucketProgram` places it."""
+def _bucket_targets(run_plan: RunPlan, wave: int = 0) -> list:
+    """Per bucket of the wave: the abstract state dict of its TrainState [seeds, padded configs, ...] on the plan's
+    devices, sharded over the configs as `variants.BucketProgram` places it."""
     targets = []
-    for planned in run_plan.buckets:
+    for planned in run_plan.waves[wave].buckets:
         run, bucket = planned.execution, planned.bucket
         one = jax.eval_shape(
             lambda c=run.step, w=bucket.widths: init_state(jax.random.key(0), c, run_plan.num_words, w)[0]
@@ -257,19 +274,22 @@ def load_checkpoint(folder: Path, run_plan: RunPlan, step: int | None = None, ch
     if check:
         verify(step_dir)
     ocp = _ocp()
-    targets = _bucket_targets(run_plan)
-    abstract = {
-        "states": {str(i): flax.serialization.to_state_dict(t) for i, t in enumerate(targets)},
-        "best": {str(i): flax.serialization.to_state_dict(t.params) for i, t in enumerate(targets)},
-    }
     try:
         with ocp.CheckpointManager(root.absolute(), item_names=("state", "meta")) as manager:
             meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             saved_format = meta.get("format") if isinstance(meta, dict) else meta
             if saved_format != CHECKPOINT_FORMAT:
                 raise ValueError(f"format {saved_format!r}, expected {CHECKPOINT_FORMAT}")
-            if len(meta["plan"]) != len(targets):
-                raise ValueError(f"{len(meta['plan'])} buckets saved, this sweep has {len(targets)}")
+            if len(meta["plan"]) != len(run_plan.buckets):
+                raise ValueError(f"{len(meta['plan'])} buckets saved, this sweep has {len(run_plan.buckets)}")
+            wave = int(meta.get("wave", 0))  # the wave in progress of a run in waves
+            if not 0 <= wave < len(run_plan.waves):
+                raise ValueError(f"saved in wave {wave + 1}, this sweep has {len(run_plan.waves)} wave(s)")
+            targets = _bucket_targets(run_plan, wave)
+            abstract = {
+                "states": {str(i): flax.serialization.to_state_dict(t) for i, t in enumerate(targets)},
+                "best": {str(i): flax.serialization.to_state_dict(t.params) for i, t in enumerate(targets)},
+            }
             saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
         return _snapshot(meta, saved, targets, run_plan)
     except SweepError:

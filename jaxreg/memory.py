@@ -11,6 +11,9 @@
                first-layer rows with XLA's sparse product, narrow validation products;
   history      every epoch's metrics of every model as Python floats, three times (the
                history, a checkpoint snapshot's copy and its JSON text);
+  kept         in a run split into waves (`runplan.in_waves`) whose trained parameters are kept
+               until the end: the final and best parameters of the finished waves' models
+               (run_sweep writes them at each wave's end instead: 0 there);
 and `available_bytes(devices)` is what the devices report free (`memory_stats()`), else the
 host's available RAM (the smaller of /proc/meminfo's MemAvailable and the cgroup's limit).
 The data set itself is already loaded when the estimate is made, so it is not counted (it is
@@ -32,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,14 +108,21 @@ class Estimate:
     activations: int
     overhead: int
     history: int = 0
+    kept: int = 0
 
     @property
     def total(self) -> int:
-        return int(MARGIN * (self.state + self.batches + self.activations)) + self.overhead + self.history
+        return int(MARGIN * (self.state + self.batches + self.activations)) + self.overhead + self.history + self.kept
 
     @property
     def driver(self) -> str:
-        parts = {"state": self.state, "batches": self.batches, "activations": self.activations, "history": self.history}
+        parts = {
+            "state": self.state,
+            "batches": self.batches,
+            "activations": self.activations,
+            "history": self.history,
+            "kept": self.kept,
+        }
         return max(parts, key=parts.get)
 
 
@@ -149,8 +161,12 @@ def estimate(buckets: Sequence[BucketShape], data: DataShape, epochs: int = 0) -
     parts = [bucket_estimate(b, data) for b in buckets]
     total = Estimate(*(sum(getattr(p, f.name) for p in parts) for f in dataclasses.fields(Estimate)))
     models = sum(b.n_seeds * b.n_configs for b in buckets)
-    history = epochs * models * METRICS_PER_EPOCH * HISTORY_BYTES_PER_VALUE
-    return dataclasses.replace(total, history=history)
+    return dataclasses.replace(total, history=history_bytes(models, epochs))
+
+
+def history_bytes(models: int, epochs: int) -> int:
+    """The per-epoch history of `models` models over `epochs` epochs (see the module docstring)."""
+    return epochs * models * METRICS_PER_EPOCH * HISTORY_BYTES_PER_VALUE
 
 
 def _meminfo_available() -> int | None:
@@ -197,6 +213,44 @@ def available_bytes(devices) -> tuple[int, str]:
             return host_available_bytes(), "host RAM"
         free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
     return sum(free), f"{devices[0].platform} memory"
+
+
+def process_rss() -> int:
+    """This process's resident memory now (bytes): what it already holds (Python, jax, the data) before a run
+    allocates; 0 when unknown. A `--memory-limit` is a limit on the whole process, so this is taken off it."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the peak so far: an upper bound
+        return peak * (1 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):
+        return 0
+
+
+# Units of `parse_size`: decimal (as `gigabytes` prints) and binary.
+SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+SIZE_UNITS.update({"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30})
+SIZE_UNITS["tib"] = 2**40
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as "4GB", "4096MB", "1.5 GiB" or "4000000000" (bytes); ValueError naming the forms."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match and match.group(2).lower()
+    if not match or unit not in SIZE_UNITS:
+        raise ValueError(
+            f"{text!r} is not a size: give a number of bytes or a number with a unit, e.g. 4GB, 4096MB, 1.5GiB "
+            "(units: B, KB, MB, GB, TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024)"
+        )
+    size = int(float(match.group(1)) * SIZE_UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"{text!r}: a memory size must be more than 0 bytes")
+    return size
 
 
 def gigabytes(n: int) -> str:

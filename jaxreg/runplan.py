@@ -419,12 +419,29 @@ class BucketPlan:
 
 
 @dataclasses.dataclass(frozen=True)
+class Wave:
+    """Buckets, or pieces of buckets (some of a bucket's seeds or configs, run as the whole bucket runs:
+    `piece`), that train together, all their epochs, before the next wave starts; memory: its estimate."""
+
+    buckets: tuple[BucketPlan, ...]
+    memory: memory.Estimate | None = None
+
+    @property
+    def models(self) -> int:
+        return sum(b.models for b in self.buckets)
+
+    def layout(self) -> list:
+        return [b.layout() for b in self.buckets]
+
+
+@dataclasses.dataclass(frozen=True)
 class RunPlan:
     """Everything decided about a run before it trains, once (see the module docstring).
 
     buckets: in training order; task, sparse, num_words: of the data; placement: "spread" or
     "shard" (`place_buckets`), or "given" when the caller chose each bucket's devices; memory:
-    `jaxreg.memory`'s estimate when asked for (`plan_run(estimate_memory=True)`), else None.
+    `jaxreg.memory`'s estimate when asked for (`plan_run(estimate_memory=True)`), else None;
+    split: the waves when the run is split to fit its memory (`in_waves`), else () (one wave).
     """
 
     buckets: tuple[BucketPlan, ...]
@@ -434,6 +451,19 @@ class RunPlan:
     num_words: int
     placement: str
     memory: memory.Estimate | None = None
+    split: tuple[Wave, ...] = ()
+
+    @property
+    def waves(self) -> tuple[Wave, ...]:
+        """The waves the run trains one after the other: `split`, or all buckets in one wave."""
+        return self.split or (Wave(self.buckets, self.memory),)
+
+    @property
+    def peak_memory(self) -> memory.Estimate | None:
+        """The estimate of the largest wave (of the whole run when it is one wave)."""
+        if not self.split:
+            return self.memory
+        return max((w.memory for w in self.split), key=lambda e: e.total)
 
     @property
     def keys(self) -> list[tuple[str, int]]:
@@ -443,8 +473,37 @@ class RunPlan:
     def layout(self) -> list:
         return [b.layout() for b in self.buckets]
 
+    def wave_layout(self) -> list:
+        """Per wave, each piece's layout (`BucketPlan.layout`): what a RunSnapshot records of the waves."""
+        return [w.layout() for w in self.waves]
+
     def describe(self) -> list[dict]:
         return [b.describe() for b in self.buckets]
+
+    def bucket_of(self) -> dict[str, int]:
+        """{variant name: the index of its bucket in `buckets`} (a name is one config of one bucket)."""
+        return {c.name: i for i, b in enumerate(self.buckets) for c in b.bucket.configs}
+
+    def describe_waves(self) -> list[dict] | None:
+        """JSON-ready, for config.json's "waves" (None: one wave): per wave its estimate and pieces, each by
+        its bucket's index in `buckets`, variants and seeds; `resplit` rebuilds the waves from it."""
+        if not self.split:
+            return None
+        index = self.bucket_of()
+        return [
+            {
+                "estimate_bytes": None if w.memory is None else w.memory.total,
+                "pieces": [
+                    {
+                        "bucket": index[p.bucket.configs[0].name],
+                        "variants": [c.name for c in p.bucket.configs],
+                        "seeds": list(p.bucket.seeds),
+                    }
+                    for p in w.buckets
+                ],
+            }
+            for w in self.split
+        ]
 
 
 def data_facts(dataset, settings: RunSettings) -> tuple[tasks.Task, bool, int]:
@@ -487,6 +546,12 @@ def plan_run(
 
 def memory_estimate(run_plan: RunPlan, dataset) -> memory.Estimate:
     """jaxreg.memory's estimate for the plan's buckets (each on its devices), the data and its batch capacities."""
+    shapes = [b.memory_shape() for b in run_plan.buckets]
+    return memory.estimate(shapes, data_shape(run_plan, dataset), run_plan.settings.epochs)
+
+
+def data_shape(run_plan: RunPlan, dataset) -> memory.DataShape:
+    """What jaxreg.memory needs of the data under the plan's settings (batch capacities: the largest bucket's)."""
     settings = run_plan.settings
     train, val, test = dataset.train, dataset.validation, getattr(dataset, "test", None)
     capacities = [
@@ -494,7 +559,7 @@ def memory_estimate(run_plan: RunPlan, dataset) -> memory.Estimate:
         for seeds in {b.bucket.seeds for b in run_plan.buckets}
     ]
     evaluated = [s for s in (val, test) if s is not None]
-    data = memory.DataShape(
+    return memory.DataShape(
         num_words=run_plan.num_words,
         n_train=len(train),
         n_validation=sum(len(s) for s in evaluated),  # the test batches are evaluated alike
@@ -504,4 +569,159 @@ def memory_estimate(run_plan: RunPlan, dataset) -> memory.Estimate:
         validation_capacity=max(batching.eval_capacity(s.x, settings.eval_batch_size) or 0 for s in evaluated),
         index_bytes=2 if max(run_plan.num_words, settings.batch_size + 1) <= 32767 else 4,
     )
-    return memory.estimate([b.memory_shape() for b in run_plan.buckets], data, settings.epochs)
+
+
+# --- waves: a run split to fit its memory -------------------------------------------------------
+
+
+class DoesNotFit(VariantError):
+    """Even the smallest wave (one model, or with patience one variant's seeds) exceeds the memory budget.
+
+    estimate: that smallest wave's `memory.Estimate`; budget: the bytes it had to fit in."""
+
+    def __init__(self, estimate: memory.Estimate, budget: int, what: str):
+        self.estimate, self.budget, self.what = estimate, budget, what
+        super().__init__(
+            f"{what} alone needs an estimated {memory.gigabytes(estimate.total)}, more than the "
+            f"{memory.gigabytes(max(budget, 0))} it must fit in; most of it is the {estimate.driver}"
+        )
+
+
+def piece(planned: BucketPlan, configs: Sequence[VariantSpec], seeds: Sequence[int], devices) -> BucketPlan:
+    """Some of a bucket's configs and seeds on `devices`, run as the whole bucket runs (its Execution: the
+    same step, product, variant loop and kernels, whatever its neighbours), its configs padded to the devices."""
+    bucket = dataclasses.replace(planned.bucket, configs=tuple(configs), seeds=tuple(seeds))
+    run = dataclasses.replace(planned.execution, n_configs=len(sharded_configs(bucket, len(devices))))
+    return BucketPlan(bucket, tuple(devices), run, planned.parameters)
+
+
+def _run_devices(run_plan: RunPlan) -> list:
+    return sorted({d for b in run_plan.buckets for d in b.devices}, key=lambda d: d.id)
+
+
+def _placed_wave(run_plan: RunPlan, parts: Sequence[tuple[int, tuple, tuple]]) -> tuple[BucketPlan, ...]:
+    """The pieces (bucket index, configs, seeds) of one wave, placed as the run places its buckets: spread over
+    the run's devices by cost, or each on all of them (shard), or on its bucket's own devices (given)."""
+    whole = [run_plan.buckets[i] for i, _, _ in parts]
+    if run_plan.placement == "given":
+        placed = [b.devices for b in whole]
+    else:
+        costs = [len(c) * len(s) * b.parameters for b, (_, c, s) in zip(whole, parts)]
+        placed = place_buckets(whole, _run_devices(run_plan), run_plan.placement, costs=costs)
+    return tuple(piece(b, c, s, on) for b, (_, c, s), on in zip(whole, parts, placed))
+
+
+def _wave_estimate(run_plan: RunPlan, data: memory.DataShape, pieces, kept_models: Sequence) -> memory.Estimate:
+    """A wave's estimate: its pieces' programs, the whole run's history (kept for every model throughout)
+    and, when given, the final and best parameters of `kept_models` ((models, parameters) of finished waves)."""
+    estimate = memory.estimate([p.memory_shape() for p in pieces], data, 0)
+    history = memory.history_bytes(len(run_plan.keys), run_plan.settings.epochs)
+    kept = sum(2 * models * parameters * memory.FLOAT_BYTES for models, parameters in kept_models)
+    return dataclasses.replace(estimate, history=history, kept=kept)
+
+
+def _chunks(items: tuple, size: int) -> list[tuple]:
+    """`items` in consecutive chunks of at most `size`, as even as that allows (5 by 4: 3 + 2)."""
+    n = math.ceil(len(items) / size)
+    cut = [round(i * len(items) / n) for i in range(n + 1)]
+    return [items[cut[i] : cut[i + 1]] for i in range(n)]
+
+
+def _units(run_plan: RunPlan, data: memory.DataShape, budget: int) -> list[tuple[int, tuple, tuple]]:
+    """Every bucket as (bucket index, configs, seeds) pieces that each fit the budget alone: whole, else split
+    by seeds (all configs), else one seed by configs; with patience by configs, all seeds together (a variant's
+    seeds then stop together, so its history stays one length). DoesNotFit when the smallest cannot fit."""
+
+    def fits(i, configs, seeds):
+        return _wave_estimate(run_plan, data, _placed_wave(run_plan, [(i, configs, seeds)]), ()).total <= budget
+
+    def largest(n, fit):  # the largest k in 1..n with fit(k) (fit shrinks with k), else 0
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fit(mid) else (lo, mid - 1)
+        return lo
+
+    units = []
+    for i, planned in enumerate(run_plan.buckets):
+        configs, seeds = planned.bucket.configs, planned.bucket.seeds
+        if fits(i, configs, seeds):
+            units.append((i, configs, seeds))
+            continue
+        patience = run_plan.settings.patience is not None
+        k = 0 if patience else largest(len(seeds), lambda k: fits(i, configs, seeds[:k]))
+        if k:
+            units += [(i, configs, chunk) for chunk in _chunks(seeds, k)]
+            continue
+        group = seeds if patience else seeds[:1]
+        c = largest(len(configs), lambda c: fits(i, configs[:c], group))
+        if not c:
+            smallest = _wave_estimate(run_plan, data, _placed_wave(run_plan, [(i, configs[:1], group)]), ())
+            what = f"variant {configs[0].name!r} with its {len(group)} seed(s) (--patience keeps them in one wave)"
+            raise DoesNotFit(smallest, budget, what if patience else "one model")
+        units += [
+            (i, chunk, group_seeds) for group_seeds in _chunks(seeds, len(group)) for chunk in _chunks(configs, c)
+        ]
+    return units
+
+
+def in_waves(run_plan: RunPlan, dataset, budget: int, keep_params: bool = False) -> RunPlan:
+    """The plan split into waves that each fit `budget` bytes (its memory estimate, `jaxreg.memory`).
+
+    Buckets stay whole where they fit alone (`_units`), then go in order into waves as long as each
+    wave fits; the run is one wave when the whole plan fits. keep_params: the trained parameters of
+    finished waves stay on the host until the end (variants.run without on_params), counted in the
+    later waves. Raises DoesNotFit when even the smallest wave cannot fit.
+    """
+    run_plan = (
+        run_plan
+        if run_plan.memory is not None
+        else dataclasses.replace(run_plan, memory=memory_estimate(run_plan, dataset))
+    )
+    if run_plan.memory.total <= budget:
+        return dataclasses.replace(run_plan, split=())
+    data = data_shape(run_plan, dataset)
+    waves, current, kept = [], [], []
+    for unit in _units(run_plan, data, budget):
+        trial = current + [unit]
+        if current and _wave_estimate(run_plan, data, _placed_wave(run_plan, trial), kept).total > budget:
+            waves.append(current)
+            if keep_params:
+                kept += [(len(c) * len(s), run_plan.buckets[i].parameters) for i, c, s in current]
+            trial = [unit]
+        current = trial
+    waves.append(current)
+    return _with_waves(run_plan, data, waves, keep_params)
+
+
+def _with_waves(run_plan: RunPlan, data: memory.DataShape, waves: list, keep_params: bool) -> RunPlan:
+    """The plan with these waves (lists of (bucket index, configs, seeds)), each placed and estimated."""
+    split, kept = [], []
+    for parts in waves:
+        pieces = _placed_wave(run_plan, parts)
+        split.append(Wave(pieces, _wave_estimate(run_plan, data, pieces, kept)))
+        if keep_params:
+            kept += [(p.models, p.parameters) for p in pieces]
+    return dataclasses.replace(run_plan, split=tuple(split) if len(split) > 1 else ())
+
+
+def resplit(run_plan: RunPlan, dataset, described: list[dict] | None, keep_params: bool = False) -> RunPlan:
+    """The plan in the waves `described` (`RunPlan.describe_waves`, e.g. an interrupted run's config.json;
+    None: one wave). VariantError when they do not hold exactly the plan's variants and seeds."""
+    if not described:
+        return dataclasses.replace(run_plan, split=())
+    try:
+        waves = []
+        for wave in described:
+            parts = []
+            for p in wave["pieces"]:
+                bucket = run_plan.buckets[int(p["bucket"])].bucket
+                configs = {c.name: c for c in bucket.configs}
+                parts.append((int(p["bucket"]), tuple(configs[n] for n in p["variants"]), tuple(p["seeds"])))
+            waves.append(parts)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise VariantError(f"the saved waves do not match this run's buckets ({type(e).__name__}: {e})") from None
+    keys = sorted((c.name, s) for wave in waves for _, configs, seeds in wave for s in seeds for c in configs)
+    if keys != sorted(run_plan.keys):
+        raise VariantError("the saved waves hold other variants or seeds than this run")
+    return _with_waves(run_plan, data_shape(run_plan, dataset), waves, keep_params)

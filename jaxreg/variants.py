@@ -55,6 +55,7 @@ from jaxreg.runplan import (  # noqa: F401  (the planning names stay importable 
     VARIANT_LOOPS,
     Bucket,
     BucketPlan,
+    DoesNotFit,
     Execution,
     PaddingPolicy,
     RunPlan,
@@ -64,6 +65,7 @@ from jaxreg.runplan import (  # noqa: F401  (the planning names stay importable 
     cpu_kernels_on,
     decoupled_stages,
     execution,
+    in_waves,
     padded_widths,
     parameter_count,
     place_buckets,
@@ -339,6 +341,11 @@ class RunSnapshot:
     history: dict
     plan: list | None = None  # per bucket (widths, optimizer, config names, seeds), checked on resume
     best: list | None = None  # per bucket: the params of each variant's best epoch so far (like states' params)
+    # a run in waves (`RunPlan.waves`): the wave in progress (from 0), whose buckets `states` and `best` hold
+    # (epochs_done counts its epochs; the history holds every variant: finished waves whole, later ones empty),
+    # and per wave its buckets' layouts (`RunPlan.wave_layout`), checked on resume; None: not recorded (one wave)
+    wave: int = 0
+    waves: list | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,6 +421,8 @@ def run(
     resume: RunSnapshot | None = None,
     divergence_threshold: float = DIVERGENCE_THRESHOLD,
     plan: RunPlan | None = None,
+    on_wave: Callable[[int, int], None] | None = None,
+    on_params: Callable[[dict], None] | None = None,
 ) -> RunResult:
     """Train all variants for settings.epochs on `dataset`; returns a RunResult.
 
@@ -428,30 +437,55 @@ def run(
     checkpoint); `resume` continues from such a snapshot with the same history as an
     uninterrupted run.
 
-    With settings.patience the run ends early once every variant has stopped (`stopped`); the
-    histories then hold the epochs trained. Where each bucket runs: `plan`, the run's RunPlan
+    Waves: a plan split to fit its memory (`runplan.in_waves`; without `plan`, when the estimate
+    exceeds the devices' free memory) trains one wave after the other, each all its epochs, so
+    only one wave's states are alive; epochs count from 0 in every wave (`on_wave(index, count)`
+    is called as each starts, a row holds the wave's variants). Each wave's trained parameters
+    go to `on_params(params)` as it ends and are not kept (RunResult.params is then empty);
+    without it they are kept on the host until the end (counted in the plan's estimate; a run
+    resumed in a later wave returns only the waves it trained).
+
+    With settings.patience a wave ends early once every variant in it has stopped (`stopped`); the
+    histories then hold the epochs their wave trained. Where each bucket runs: `plan`, the run's RunPlan
     (`runplan.plan_run` of these variants, data and settings; e.g. jaxreg.sweep's), or else
     `mesh` (default: all devices) holds every bucket, or `meshes` gives one per bucket, in
     `plan`'s order (e.g. `variant_mesh` of each of `place_buckets`' device tuples): buckets on
     different devices then train at the same time.
     """
-    run_plan, meshes = _planned(variants, dataset, settings, mesh, meshes, policy, plan)
-    programs = [BucketProgram(b, dataset, settings, m) for b, m in zip(run_plan.buckets, meshes)]
+    run_plan = _planned(variants, dataset, settings, mesh, meshes, policy, plan, keep_params=on_params is None)
     columns = metric_names(run_plan.task.metric, test=getattr(dataset, "test", None) is not None)
-    progress = _start(programs, variants, columns, divergence_threshold)
+    progress = _start(variants, columns, divergence_threshold)
     if resume is not None:
-        _restore(progress, resume, run_plan.layout(), columns)
-    _train(programs, progress, settings, on_epoch, run_plan.layout())
+        _restore_history(progress, resume, run_plan, columns)
+    params, first = {}, progress.wave
+    for index in range(first, len(run_plan.waves)):
+        if on_wave is not None:
+            on_wave(index, len(run_plan.waves))
+        programs = [BucketProgram(b, dataset, settings) for b in run_plan.waves[index].buckets]
+        _start_wave(programs, progress, index, resume if index == first else None)
+        _train(programs, progress, settings, on_epoch, run_plan)
+        trained = _trained_params(programs, progress)
+        if on_params is not None:  # handed over, not kept: the next wave's arrays take their place
+            on_params(trained)
+        elif len(run_plan.waves) == 1:
+            params = trained  # read from the devices when asked
+        else:  # read to the host now: this wave's device arrays go
+            params.update({key: trained[key] for key in trained})
+        progress.states, progress.bests = [], []  # this wave's arrays go before the next wave's are made
+        del programs, trained
     history = {key: {k: np.asarray(v) for k, v in h.items()} for key, h in progress.history.items()}
     buckets = [
-        {"variants": [c.name for c in p.bucket.configs], "seeds": list(p.bucket.seeds), **p.execution.describe()}
-        for p in programs
+        {"variants": [c.name for c in b.bucket.configs], "seeds": list(b.bucket.seeds)} for b in run_plan.buckets
     ]
-    return RunResult(history, _trained_params(programs, progress), run_plan.task, buckets)
+    buckets = [{**d, **b.execution.describe()} for d, b in zip(buckets, run_plan.buckets)]
+    return RunResult(history, params, run_plan.task, buckets)
 
 
-def _planned(variants, dataset, settings: RunSettings, mesh, meshes, policy: PaddingPolicy, given: RunPlan | None):
-    """(the run's RunPlan, one mesh per bucket): `given`, checked against the variants and settings, or made here."""
+def _planned(
+    variants, dataset, settings: RunSettings, mesh, meshes, policy: PaddingPolicy, given: RunPlan | None, keep_params
+) -> RunPlan:
+    """The run's RunPlan: `given`, checked against the variants and settings, or made here on `mesh` or `meshes`
+    (one per bucket) and split into waves when its estimate exceeds the devices' free memory."""
     if given is not None:
         if mesh is not None or meshes is not None:
             raise VariantError("run: give a plan or mesh(es), not both (the plan holds each bucket's devices)")
@@ -459,7 +493,7 @@ def _planned(variants, dataset, settings: RunSettings, mesh, meshes, policy: Pad
             raise VariantError(f"run: the plan was made for other settings ({given.settings}), not {settings}")
         if sorted(given.keys) != sorted((v.name, v.seed) for v in variants):
             raise VariantError("run: the plan was made for another list of variants (names or seeds differ)")
-        return given, [variant_mesh(b.devices) for b in given.buckets]
+        return given
     buckets = plan(variants, policy)
     if meshes is None:
         meshes = [mesh if mesh is not None else variant_mesh()] * len(buckets)
@@ -469,27 +503,32 @@ def _planned(variants, dataset, settings: RunSettings, mesh, meshes, policy: Pad
         )
     devices = [tuple(m.devices.flat) for m in meshes]
     run_plan = plan_run(buckets, dataset, settings, devices, "given", estimate_memory=True)
-    _check_fits(run_plan, dataset, sorted({d for bucket in devices for d in bucket}, key=lambda d: d.id))
-    return run_plan, list(meshes)
+    return _fitted(
+        run_plan, dataset, sorted({d for bucket in devices for d in bucket}, key=lambda d: d.id), keep_params
+    )
 
 
-def _check_fits(run_plan: RunPlan, dataset, devices) -> None:
-    """VariantError, one line, when the plan's memory estimate exceeds the devices' free memory: before anything
-    is allocated (a run_sweep plan is checked by the sweep, with advice on its flags)."""
+def _fitted(run_plan: RunPlan, dataset, devices, keep_params: bool) -> RunPlan:
+    """The plan, in waves when its memory estimate exceeds the devices' free memory; VariantError, one line, when
+    even one model cannot fit, before anything is allocated (a run_sweep plan is fitted by the sweep, with advice)."""
     available, where = memory.available_bytes(devices)
     estimate = run_plan.memory
-    if available and estimate.total > available:
+    if not available or estimate.total <= available:
+        return run_plan
+    try:
+        return in_waves(run_plan, dataset, available, keep_params)
+    except DoesNotFit as e:
         raise VariantError(
             f"run: the variants need an estimated {memory.gigabytes(estimate.total)} but {where} has "
-            f"{memory.gigabytes(available)} free; most of it is the {estimate.driver} "
-            f"(num_words={dataset.num_words}, {len(run_plan.keys)} model(s))"
-        )
+            f"{memory.gigabytes(available)} free, and {e.what} alone needs {memory.gigabytes(e.estimate.total)}; "
+            f"most of it is the {e.estimate.driver} (num_words={dataset.num_words}, {len(run_plan.keys)} model(s))"
+        ) from None
 
 
 @dataclasses.dataclass
 class _RunState:
-    """A run's bookkeeping between epochs: per bucket its (state, unit mask) and best-epoch params,
-    the history so far, each variant's best-epoch tracker and best epoch, and the epochs done."""
+    """A run's bookkeeping: the history so far of every variant, each one's best-epoch tracker and best epoch;
+    and of the wave in training (`wave`), per bucket its (state, unit mask), best-epoch params and epochs done."""
 
     states: list
     bests: list
@@ -497,33 +536,56 @@ class _RunState:
     trackers: dict
     best_epochs: dict
     epochs_done: int = 0
+    wave: int = 0
 
 
-def _start(programs: list, variants, columns, divergence_threshold: float) -> _RunState:
-    """Fresh bookkeeping: every bucket initialized, empty histories, no best epoch yet."""
-    states = [p.init() for p in programs]
+def _start(variants, columns, divergence_threshold: float) -> _RunState:
+    """Fresh bookkeeping: empty histories, no best epoch yet, no wave started."""
     history = {(v.name, v.seed): {m: [] for m in columns} for v in variants}
     return _RunState(
-        states=states,
-        bests=[_copied(state.params) for state, _ in states],  # best so far: none yet, any tree will do
+        states=[],
+        bests=[],
         history=history,
         trackers={key: best_epoch_tracker(divergence_threshold) for key in history},
         best_epochs={key: None for key in history},
     )
 
 
-def _restore(progress: _RunState, resume: RunSnapshot, layout: list, columns) -> None:
-    """Continue from `resume`: its states, best params and history, checked against this run's plan and columns."""
+def _start_wave(programs: list, progress: _RunState, index: int, resume: RunSnapshot | None) -> None:
+    """Wave `index` begins: every bucket initialized, or restored from `resume` (a snapshot taken in this wave)."""
+    progress.wave, progress.epochs_done = index, 0
+    progress.states = [p.init() for p in programs]
+    progress.bests = [_copied(state.params) for state, _ in progress.states]  # best so far: none yet, any tree will do
+    if resume is None:
+        return
+    if len(resume.states) != len(programs) or len(resume.best) != len(programs):
+        raise VariantError(
+            f"the snapshot holds {len(resume.states)} bucket(s) of wave {index + 1}, this run's wave has {len(programs)}"
+        )
+    progress.states = [(_placed(saved, state), mask) for saved, (state, mask) in zip(resume.states, progress.states)]
+    progress.bests = [_placed(saved, best) for saved, best in zip(resume.best, progress.bests)]
+    progress.epochs_done = resume.epochs_done
+
+
+def _restore_history(progress: _RunState, resume: RunSnapshot, run_plan: RunPlan, columns) -> None:
+    """Continue from `resume`: its wave and history (the best-epoch bookkeeping replayed over it), checked against
+    this run's plan, waves and columns; its states are restored as its wave starts (`_start_wave`)."""
     if resume.best is None or len(resume.best) != len(resume.states):
         raise VariantError("the snapshot has no best-epoch parameters (RunSnapshot.best); take it with run's on_epoch")
-    other_plan = resume.plan is not None and _as_tuples(resume.plan) != _as_tuples(layout)
-    if len(resume.states) != len(progress.states) or other_plan:
+    other_plan = resume.plan is not None and _as_tuples(resume.plan) != _as_tuples(run_plan.layout())
+    waves = getattr(resume, "waves", None)
+    other_waves = waves is not None and _as_tuples(waves) != _as_tuples(run_plan.wave_layout())
+    wave = getattr(resume, "wave", 0)
+    if other_plan or not 0 <= wave < len(run_plan.waves):
         raise VariantError(
             "the snapshot was taken for a different list of variants (buckets, names, order or seeds differ); "
             "resume with exactly the variants of the interrupted run"
         )
-    progress.states = [(_placed(saved, state), mask) for saved, (state, mask) in zip(resume.states, progress.states)]
-    progress.bests = [_placed(saved, best) for saved, best in zip(resume.best, progress.bests)]
+    if other_waves:
+        raise VariantError(
+            f"the snapshot was taken in a run split into other waves ({len(waves or [0])}, now {len(run_plan.waves)}); "
+            "resume with the interrupted run's waves (the same memory limit)"
+        )
     saved = next(iter(resume.history.values()), {})
     if set(saved) != set(columns):
         raise VariantError(
@@ -531,9 +593,9 @@ def _restore(progress: _RunState, resume: RunSnapshot, layout: list, columns) ->
             "(a test split adds test_*); resume with the data of the interrupted run"
         )
     progress.history = {key: {m: list(resume.history[key][m]) for m in columns} for key in progress.history}
-    progress.epochs_done = resume.epochs_done
+    progress.wave = wave
     for key, h in progress.history.items():  # replay the best-epoch bookkeeping over the restored history
-        for e in range(progress.epochs_done):
+        for e in range(len(h[columns[0]])):
             if progress.trackers[key]({m: h[m][e] for m in columns}):
                 progress.best_epochs[key] = e + 1
 
@@ -547,16 +609,30 @@ def _placed(saved, like):
     return distributed.put(saved, shardings)
 
 
-def _train(programs: list, progress: _RunState, settings: RunSettings, on_epoch, layout: list) -> None:
-    """The epochs from progress.epochs_done on: train, record, call on_epoch, stop early once every variant has stopped."""
+def _train(programs: list, progress: _RunState, settings: RunSettings, on_epoch, run_plan: RunPlan) -> None:
+    """The wave's epochs from progress.epochs_done on: train, record, call on_epoch, stop early once every
+    variant of the wave has stopped."""
+    keys = [(c.name, s) for p in programs for s in p.bucket.seeds for c in p.bucket.configs]
+    in_wave = set(keys)
+    layout, waves, wave = run_plan.layout(), run_plan.wave_layout(), progress.wave
 
     def snapshot(epochs_done):
-        # the history lists only grow: a copy of their first epochs_done values is this epoch's
-        copied = {key: {m: list(v[:epochs_done]) for m, v in h.items()} for key, h in progress.history.items()}
+        # the wave's history lists only grow: a copy of their first epochs_done values is this epoch's
+        copied = {
+            key: {m: list(v[:epochs_done] if key in in_wave else v) for m, v in h.items()}
+            for key, h in progress.history.items()
+        }
         states = [s for s, _ in progress.states]
-        return RunSnapshot(epochs_done, states, copied, layout, list(progress.bests))
+        return RunSnapshot(epochs_done, states, copied, layout, list(progress.bests), wave=wave, waves=waves)
+
+    def all_stopped(epochs_done):
+        return settings.patience is not None and all(
+            stopped(progress.best_epochs[k], epochs_done, settings.patience) for k in keys
+        )
 
     first = progress.epochs_done
+    if all_stopped(first):  # a snapshot taken as the wave stopped: nothing left to train in it
+        return
     batches = [p.train_batches(first) for p in programs] if first < settings.epochs else []
     for epoch in range(first, settings.epochs):
         outputs = []
@@ -570,9 +646,7 @@ def _train(programs: list, progress: _RunState, settings: RunSettings, on_epoch,
         row = _record_epoch(programs, progress, outputs, epoch)
         if on_epoch is not None:
             on_epoch(epoch, row, lambda e=epoch: snapshot(e + 1))
-        if settings.patience is not None and all(
-            stopped(progress.best_epochs[k], epoch + 1, settings.patience) for k in progress.history
-        ):
+        if all_stopped(epoch + 1):
             break
 
 
