@@ -87,6 +87,23 @@ RUN_OPTIONS = (
             "every epoch); the end of the run and Ctrl-C or SIGTERM save too, so --resume loses no finished epoch",
         ),
     ),
+    (
+        "--memory-limit",
+        dict(
+            metavar="SIZE",
+            help="the most memory the whole process may use, e.g. 4GB, 4096MB or bytes: a run whose estimate does not "
+            "fit (less what the process holds before training) trains in waves of variants and seeds that do, one "
+            "after the other (default: the devices' free memory)",
+        ),
+    ),
+    (
+        "--plan",
+        dict(
+            action="store_true",
+            help="print the plan (programs, devices, waves) and its memory estimate per wave and program, then exit "
+            "without training or writing anything",
+        ),
+    ),
     ("--no-figures", dict(action="store_true", help="skip the PNG figures")),
     ("--no-progress", dict(action="store_true", help="no progress bar")),
     ("--no-tensorboard", dict(action="store_true", help="skip the TensorBoard event files (tensorboard/)")),
@@ -197,6 +214,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("with many processes pass --out, the same folder for all (process 0 writes it)")
     if given and args.distributed:
         p.error("--distributed detects the processes itself: leave out --coordinator, --num-processes and --process-id")
+    if args.plan and (given or args.distributed):
+        p.error("--plan shows one process's plan: leave out the options of many processes")
+    if args.memory_limit is not None:
+        from jaxreg.memory import parse_size
+
+        try:
+            args.memory_limit = parse_size(args.memory_limit)
+        except ValueError as e:
+            p.error(f"argument --memory-limit: {e}")
     for flag, value in (("--heartbeat-timeout", args.heartbeat_timeout), ("--peer-timeout", args.peer_timeout)):
         if value is not None and not (given or args.distributed):
             p.error(f"{flag} is for many processes: add --distributed or --coordinator ...")
@@ -376,6 +402,11 @@ def _main(argv: list) -> int:
         config = build_config(args)
         if args.coordinator is None and not args.distributed:  # many processes shard over their own devices
             _default_host_devices(config)
+        if args.plan:  # before any folder is made: --plan writes nothing
+            from jaxreg.sweep import plan_sweep
+
+            plan_sweep(config, args.memory_limit, stream=sys.stdout)
+            return 0
         out, fresh = _output_folder(args, config, outfolders)
         result = run_sweep(
             config,
@@ -387,6 +418,7 @@ def _main(argv: list) -> int:
             tensorboard=not args.no_tensorboard,
             **({} if args.checkpoint_seconds is None else {"checkpoint_seconds": args.checkpoint_seconds}),
             keep_checkpoint=args.keep_checkpoint,
+            memory_limit=args.memory_limit,
             stream=sys.stdout,  # today's, not the one run_sweep's default captured at import
         )
     except SweepInterrupted as e:

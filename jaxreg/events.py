@@ -146,7 +146,7 @@ class EventLog:
             kept = (
                 b"".join(
                     scalar_records(e + 1, {m: history[key][m][e] for m in columns(history[key])})
-                    for e in range(epochs_done)
+                    for e in range(len(next(iter(history[key].values()), [])))  # in waves: its own epochs
                 )
                 if key in history
                 else b""
@@ -165,10 +165,11 @@ class EventLog:
 
     def epoch(self, epoch: int, row: Mapping[tuple[str, int], Mapping[str, float]]) -> None:
         """Append an epoch (from 0) of `variants.run`'s row: every metric at step epoch + 1."""
-        for key in self.keys:
+        for key in (k for k in self.keys if k in row):  # in waves: the variants of the wave
             self._append(key, scalar_records(epoch + 1, {m: row[key][m] for m in columns(row[key])}))
 
     def finish(self, history: Mapping, epochs: int) -> None:
         """Append each run's best metrics (for the HParams plugin) and the end of its session."""
-        for key in self.keys:
-            self._append(key, _end_records(epochs, history[key], self.threshold))
+        for key in self.keys:  # in waves a wave that stopped early ends at its own last epoch
+            trained = len(next(iter(history[key].values()), [])) or epochs
+            self._append(key, _end_records(trained, history[key], self.threshold))

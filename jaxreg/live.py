@@ -31,9 +31,10 @@ class LiveLog:
         self.diverged: dict = {}
         self.history = {(v.name, v.seed): {m: [] for m in self.columns} for v in config.variant_specs()}
         runfolder.record(self.folder, fileio.HISTORY_JSONL, fileio.HISTORY_CSV)
-        kept = []
-        for epoch in range(epochs_done):
-            kept += self._add(epoch, {key: {m: h[m][epoch] for m in self.columns} for key, h in history.items()})
+        kept, first = [], self.columns[0]
+        for epoch in range(max((len(h[first]) for h in history.values()), default=0)):  # in waves: each its own epochs
+            row = {key: {m: h[m][epoch] for m in self.columns} for key, h in history.items() if len(h[first]) > epoch}
+            kept += self._add(epoch, row)
         test = has_test(self.columns)
         fileio.atomic_write(self.folder / fileio.HISTORY_JSONL, jsonl_lines(kept))
         fileio.atomic_write(self.folder / fileio.HISTORY_CSV, csv_lines(kept, header=True, test=test))

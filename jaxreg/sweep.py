@@ -64,7 +64,7 @@ from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.history import has_test, metric_names, stack, write_history
 from jaxreg.live import LiveLog
 from jaxreg.runfolder import CHECKPOINT_DIR, folder_state  # noqa: F401
-from jaxreg.runplan import RunPlan, plan_run
+from jaxreg.runplan import DoesNotFit, RunPlan, data_shape, in_waves, plan_run, resplit
 from jaxreg.runs import load_run
 from jaxreg.specs import training_descriptions
 from jaxreg.summaries import (
@@ -199,11 +199,60 @@ def select_devices(count: int | None, most: int | None = None) -> list:
     return devices[: count or len(devices)]
 
 
-def check_memory(config: SweepConfig, run_plan: RunPlan, available: int, where: str) -> None:
-    """SweepError naming what drives the plan's memory estimate when it exceeds the available memory (0: unknown)."""
+@dataclasses.dataclass(frozen=True)
+class MemoryBudget:
+    """What each wave of a run must fit in: the devices' free memory (`memory.available_bytes`; 0: unknown),
+    and a user's --memory-limit, a limit on the whole process, less what it already holds (`baseline`: Python,
+    jax and the data, measured as it plans). `total`: the bytes a wave's estimate may reach (0: no limit)."""
+
+    available: int
+    where: str
+    limit: int | None = None
+    baseline: int = 0
+
+    @property
+    def total(self) -> int:
+        if self.limit is None:
+            return self.available
+        room = max(self.limit - self.baseline, 1)
+        return min(room, self.available) if self.available else room
+
+    def limited_by_user(self) -> bool:
+        return self.limit is not None and (not self.available or self.limit - self.baseline <= self.available)
+
+    def describe(self) -> str:
+        """What the waves fit, for the plan line: "--memory-limit 4.0 GB" or "the 24.7 GB of host RAM free"."""
+        if self.limited_by_user():
+            return f"--memory-limit {memory.gigabytes(self.limit)}"
+        return f"the {memory.gigabytes(self.available)} of {self.where} free"
+
+    def held(self) -> str:
+        """What of a --memory-limit is left for the run: ", 3.6 GB after the 0.4 GB this process holds"."""
+        if not self.limited_by_user():
+            return ""
+        return f" of the {memory.gigabytes(self.total)} left after the {memory.gigabytes(self.baseline)} this process holds"
+
+    def room(self) -> str:
+        """Where the bytes run out, for a refusal: "host RAM has 1.0 GB free" or the limit less the baseline."""
+        if self.limited_by_user():
+            return (
+                f"--memory-limit {memory.gigabytes(self.limit)} leaves {memory.gigabytes(self.total)} after the "
+                f"{memory.gigabytes(self.baseline)} this process already holds (jax, the data)"
+            )
+        return f"{self.where} has {memory.gigabytes(self.available)} free"
+
+
+def fit_memory(config: SweepConfig, run_plan: RunPlan, dataset: Dataset, budget: MemoryBudget) -> RunPlan:
+    """The plan, split into waves (`runplan.in_waves`) when its memory estimate exceeds the budget; SweepError
+    naming what drives the estimate when even the smallest wave (one model) cannot fit."""
     estimate = run_plan.memory
-    if not available or estimate.total <= available:
-        return
+    if not budget.total or estimate.total <= budget.total:
+        return run_plan
+    try:
+        return in_waves(run_plan, dataset, budget.total)
+    except DoesNotFit as e:
+        smallest = e
+    one = smallest.estimate
     widest = max((b.execution.step for b in run_plan.buckets), key=lambda step: sum(step.widths))
     widest = widest.widths if widest.network is None else widest.network.name
     models = f"{len(config.variants)} variant(s) x {config.seeds} seed(s)"
@@ -215,11 +264,57 @@ def check_memory(config: SweepConfig, run_plan: RunPlan, available: int, where: 
         "activations": f"the activations of a batch (batch_size={config.batch_size}, widths up to {widest}, {models}); "
         "lower --batch-size or --seeds",
         "history": f"the per-epoch history (epochs={config.epochs}, {models}); lower --epochs or --seeds",
+        "overhead": "the compiled programs' own memory",
+        "kept": "the trained parameters kept until the end",
     }
     raise SweepError(
-        f"this run needs an estimated {memory.gigabytes(estimate.total)} but {where} has "
-        f"{memory.gigabytes(available)} free; most of it is {fixes[estimate.driver]}"
+        f"this run needs an estimated {memory.gigabytes(estimate.total)} but {budget.room()}; most of it is "
+        f"{fixes[one.driver]}; waves cannot fit it: {smallest.what} alone needs {memory.gigabytes(one.total)}"
     )
+
+
+def waves_note(run_plan: RunPlan, budget: MemoryBudget | None) -> str:
+    """The plan line's memory part: "est. 2.1 GB of 24.7 GB host RAM", or for a run in waves "in 3 waves to fit
+    --memory-limit 4.0 GB (est. 3.6 GB each at most of the 3.7 GB left after the 0.3 GB this process holds; 20.1 GB in one)"."""
+    peak = memory.gigabytes(run_plan.peak_memory.total)
+    if len(run_plan.waves) == 1:
+        if budget is None or not budget.total:
+            return f"est. {peak}"
+        if budget.limited_by_user():
+            return f"est. {peak}{budget.held()}, --memory-limit {memory.gigabytes(budget.limit)}"
+        return f"est. {peak} of {memory.gigabytes(budget.available)} {budget.where}"
+    why = "as the interrupted run was split" if budget is None else f"to fit {budget.describe()}"
+    whole = memory.gigabytes(run_plan.memory.total)
+    held = "" if budget is None else budget.held()
+    return f"in {len(run_plan.waves)} waves {why} (est. {peak} each at most{held}; {whole} in one)"
+
+
+def plan_table(run_plan: RunPlan, dataset: Dataset) -> str:
+    """Per wave, its estimate by part and each bucket's (or piece's) models, devices and estimate: what --plan prints."""
+    data = data_shape(run_plan, dataset)
+    lines = []
+    for i, wave in enumerate(run_plan.waves):
+        e = wave.memory
+        parts = ", ".join(
+            f"{name} {memory.gigabytes(getattr(e, name))}"
+            for name in ("state", "batches", "activations", "overhead", "history", "kept")
+            if getattr(e, name)
+        )
+        lines.append(
+            f"wave {i + 1}/{len(run_plan.waves)}: {wave.models} models, est. {memory.gigabytes(e.total)} ({parts})"
+        )
+        for b in wave.buckets:
+            step, bucket = b.execution.step, b.bucket
+            model = f"MLP{step.widths}" if step.network is None else step.network.name
+            seeds = (
+                f"seed {bucket.seeds[0]}" if len(bucket.seeds) == 1 else f"seeds {bucket.seeds[0]}-{bucket.seeds[-1]}"
+            )
+            alone = memory.bucket_estimate(b.memory_shape(), data).total
+            lines.append(
+                f"  {model} {bucket.optimizer}: {len(bucket.configs)} variant(s) x {seeds} = {b.models} models "
+                f"on {'+'.join(str(d) for d in b.devices)}, est. {memory.gigabytes(alone)} without the history"
+            )
+    return "\n".join(lines)
 
 
 # --- the run ---------------------------------------------------------------------------
@@ -232,17 +327,34 @@ class _Progress:
     measured from the epochs after it (the elapsed time still counts from the start).
     """
 
-    def __init__(self, config: SweepConfig, start: int, history: dict, enabled: bool):
+    def __init__(self, config: SweepConfig, start: int, history: dict, enabled: bool, waves: tuple[int, int] = (0, 1)):
+        """waves: (the wave it starts in, from 0; how many): the bar runs over every wave's epochs, "wave 2/3"."""
+        self.name, self.epochs, (self.in_wave, self.waves) = config.name, config.epochs, waves
         self.bar = tqdm(
-            total=config.epochs, initial=start, desc=config.name, unit="epoch", disable=not enabled, dynamic_ncols=True
+            total=config.epochs * self.waves,
+            initial=self.in_wave * config.epochs + start,
+            desc=self._desc(),
+            unit="epoch",
+            disable=not enabled,
+            dynamic_ncols=True,
         )
         self.best = (math.inf, "", 0)
         self.threshold = config.divergence_threshold
         self.announced: set = set()
         self.compiling = True
-        for e in range(start):
-            self._record(e, {k: {m: v[e] for m, v in h.items()} for k, h in history.items()})
+        for e in range(max((len(h["loss"]) for h in history.values()), default=0)):  # in waves: each its own
+            self._record(e, {k: {m: v[e] for m, v in h.items()} for k, h in history.items() if len(h["loss"]) > e})
         self._postfix()
+
+    def _desc(self) -> str:
+        return self.name if self.waves == 1 else f"{self.name} wave {self.in_wave + 1}/{self.waves}"
+
+    def wave(self, index: int, count: int) -> None:
+        """variants.run's on_wave: a wave starts (one that stopped early leaves its unused epochs behind)."""
+        if index != self.in_wave:
+            self.in_wave = index
+            self.bar.n = self.bar.last_print_n = index * self.epochs
+            self.bar.set_description(self._desc())
 
     def _update_best(self, epoch: int, row: dict) -> None:
         """The summary's best (`selection`): a variant's mean over seeds counts while none of its seeds has diverged."""
@@ -296,6 +408,7 @@ def _environment(config: SweepConfig, dataset: Dataset, devices: list, run_plan:
         if config.axis
         else None,
         "plan": run_plan.describe(),
+        "waves": run_plan.describe_waves(),  # None: one wave; a resumed run keeps these (`runplan.resplit`)
         "validation_protocol": dataset.protocol,
         "data": {
             "source": dataset.source,
@@ -430,8 +543,10 @@ def run_sweep(
     stream=sys.stdout,
     tensorboard: bool = True,
     keep_checkpoint: bool = False,
+    memory_limit: int | None = None,
 ) -> SweepResult:
-    """Train the sweep into the folder `out` (see the module docstring); SweepError for bad input.
+    """Train the sweep into the folder `out` (see the module docstring); SweepError for bad input. Beyond
+    the free memory or `memory_limit` (bytes, of the whole process) it trains in waves (`fit_memory`).
 
     Raises SweepInterrupted on Ctrl-C after saving where to resume. Prints the data
     description, the plan and at the end the summary table to `stream`; the progress bar
@@ -467,6 +582,7 @@ def run_sweep(
                 False,
                 keep_checkpoint,
                 agreement,
+                memory_limit,
             )
         data_path(config)  # before the lock: a run refused for no data leaves nothing behind
         if isinstance(out, str) and not out:  # Path("") would be the current folder
@@ -486,6 +602,7 @@ def run_sweep(
                     tensorboard,
                     keep_checkpoint,
                     agreement,
+                    memory_limit,
                 )
         except runfolder.LockError as e:
             if e.in_use:
@@ -498,6 +615,19 @@ def run_sweep(
     except BaseException:
         agreement.refuse()  # the other processes must not wait for this one
         raise
+
+
+def plan_sweep(config: SweepConfig, memory_limit: int | None = None, stream=sys.stdout) -> RunPlan:
+    """What run_sweep would train, without training or writing anything (--plan): loads the data (its shape
+    decides the estimate), plans the run and its waves, prints the plan line and per wave and bucket the
+    memory estimate; returns the RunPlan. SweepError as run_sweep's for bad input or a run that cannot fit."""
+    data_path(config)
+    prepared = _prepare(config, False, memory_limit)
+    print(prepared.dataset.describe(), file=stream)
+    print(plan_line(config, prepared), file=stream)
+    print(plan_table(prepared.plan, prepared.dataset), file=stream)
+    print("(--plan: nothing was compiled, trained or written)", file=stream, flush=True)
+    return prepared.plan
 
 
 def _wait_quietly(writer: Checkpoints) -> None:
@@ -535,6 +665,7 @@ def _run_locked(
     tensorboard=True,
     keep_checkpoint=False,
     agreement: Agreement | None = None,
+    memory_limit: int | None = None,
 ) -> SweepResult:
     """run_sweep's work, while process 0 holds the folder's lock (the others write only their shards):
     agree on the folder, plan the run once, check a resume, prepare the folder, train and finish."""
@@ -550,10 +681,11 @@ def _run_locked(
     if records[0][1]:  # process 0 reloads a finished run: nothing to train
         return SweepResult(folder, {}, [], [], [], 0)
     Agreement.check(records, data=False)
-    prepared = _prepare(config, progress)
+    prepared = _prepare(config, progress, memory_limit)
     resuming = writes and state == "unfinished" and resume
     step = _resumable_checkpoint(folder, prepared, stream) if resuming else None
     Agreement.check(agreement(True, data_checksum=prepared.dataset.checksum))  # stage "start"
+    _agree_waves(folder, prepared, resuming, stream)
     snapshot, shared = _load_snapshot(folder, prepared, step, stream)
     if writes:
         _prepare_folder(folder, state, resume, overwrite, prepared.environment)
@@ -570,14 +702,14 @@ class _Prepared:
     dataset: Dataset
     devices: list
     plan: RunPlan
-    available: int
-    where: str
+    budget: MemoryBudget | None  # None: the waves of the interrupted run it resumes
     environment: dict
 
 
-def _prepare(config: SweepConfig, progress: bool) -> _Prepared:
+def _prepare(config: SweepConfig, progress: bool, memory_limit: int | None = None) -> _Prepared:
     """Plan the run: group the variants into buckets, check the device count, load the data, pick the
-    devices, make the RunPlan (with its memory estimate) and check it fits in the free memory."""
+    devices, make the RunPlan (with its memory estimate) and split it into waves that fit the free memory
+    and `memory_limit` (`fit_memory`)."""
     variants = config.variant_specs()
     buckets = V.plan(variants)
     check_device_count(config, buckets)
@@ -585,10 +717,10 @@ def _prepare(config: SweepConfig, progress: bool) -> _Prepared:
     devices = select_devices(config.devices, most_devices(config, buckets))
     where_to = placement(config, devices[0].platform)
     run_plan = plan_run(buckets, dataset, config.run_settings(), devices, where_to, estimate_memory=True)
-    available, where = _available_memory(devices)
-    check_memory(config, run_plan, available, where)
+    budget = MemoryBudget(*_available_memory(devices), memory_limit, memory.process_rss() if memory_limit else 0)
+    run_plan = fit_memory(config, run_plan, dataset, budget)
     environment = _environment(config, dataset, devices, run_plan)
-    return _Prepared(variants, dataset, devices, run_plan, available, where, environment)
+    return _Prepared(variants, dataset, devices, run_plan, budget, environment)
 
 
 def _resumable_checkpoint(folder: Path, prepared: _Prepared, stream) -> int | None:
@@ -636,6 +768,26 @@ def _check_devices(folder: Path, saved: dict, prepared: _Prepared) -> None:
         raise SweepError(
             f"cannot resume {folder}: its programs were placed {was!r}, now {prepared.plan.placement!r}; pass --placement {was}"
         )
+
+
+def _agree_waves(folder: Path, prepared: _Prepared, resuming: bool, stream) -> None:
+    """The waves the run trains in: a resumed run's own (config.json's "waves"; its checkpoint holds one of
+    them), else this plan's; with many processes, process 0's for all (each planned with its own free memory)."""
+    described = prepared.plan.describe_waves()
+    if resuming:
+        described = fileio.read_json(folder / fileio.CONFIG_FILE).get("waves")
+    if distributed.many():  # a collective: every process takes part
+        text = distributed.broadcast_bytes(json.dumps(described).encode() if distributed.is_writer() else None)
+        described = json.loads(text)
+    if described == prepared.plan.describe_waves():
+        return
+    try:
+        prepared.plan = resplit(prepared.plan, prepared.dataset, described)
+    except V.VariantError as e:
+        raise SweepError(f"cannot resume {folder}: {e}; use --overwrite to start again") from None
+    prepared.budget = None  # the waves are the interrupted run's (or process 0's), not this budget's
+    if resuming:
+        print(f"note: {folder} keeps the {len(prepared.plan.waves)} wave(s) it was started in", file=stream)
 
 
 def _load_snapshot(folder: Path, prepared: _Prepared, step: int | None, stream):
@@ -830,19 +982,30 @@ def _write_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and (error.filename is not None or error.errno in _WRITE_ERRNOS)
 
 
-def _announce(config: SweepConfig, folder: Path, prepared: _Prepared, start: int, stream) -> None:
+def _announce(
+    config: SweepConfig, folder: Path, prepared: _Prepared, start: int, stream, resumed_wave: int = 0
+) -> None:
     """Print the data's description and the plan line."""
-    devices, run_plan = prepared.devices, prepared.plan
     print(prepared.dataset.describe(), file=stream)
     print(
+        plan_line(config, prepared)
+        + f"; output: {folder}"
+        + (f"; resuming after epoch {start}" if start else "")
+        + (f" of wave {resumed_wave + 1}" if resumed_wave else ""),
+        file=stream,
+        flush=True,
+    )
+
+
+def plan_line(config: SweepConfig, prepared: _Prepared) -> str:
+    """The plan: models, epochs, programs, devices and the memory estimate (`waves_note`)."""
+    devices, run_plan = prepared.devices, prepared.plan
+    return (
         f"{config.name}: {len(config.variants)} variant(s) x {config.seeds} seed(s) = {len(prepared.variants)} models, "
         f"{config.epochs} epochs, batch {config.batch_size}, in {len(run_plan.buckets)} program(s) on "
         f"{len(devices)} {devices[0].platform} device(s) ({devices[0].device_kind}{_where(run_plan, devices)})"
         + (f" of {jax.process_count()} processes" if distributed.many() else "")
-        + f", est. {memory.gigabytes(run_plan.memory.total)} of {memory.gigabytes(prepared.available)} {prepared.where}; "
-        f"output: {folder}" + (f"; resuming after epoch {start}" if start else ""),
-        file=stream,
-        flush=True,
+        + f", {waves_note(run_plan, prepared.budget)}"
     )
 
 
@@ -851,13 +1014,15 @@ def _train_and_finish(
 ) -> SweepResult:
     """Announce, train every variant (`variants.run` on the plan), then write the results (process 0)."""
     start, stream, dataset = writer.done, outputs.stream, prepared.dataset
-    history_so_far = snapshot.history if snapshot else {}
-    _announce(config, folder, prepared, start, stream)
+    history_so_far, wave = (snapshot.history, snapshot.wave) if snapshot else ({}, 0)
+    _announce(config, folder, prepared, start, stream, wave)
     writer.write_status("running", start)
     if writer.writes:
         columns = metric_names("accuracy", test=dataset.test is not None)
         writer.live = LiveLog(folder, config, history_so_far, start, outputs.tensorboard, columns=columns)
-    writer.bar = _Progress(config, start, history_so_far, outputs.progress)
+    writer.bar = _Progress(config, start, history_so_far, outputs.progress, (wave, len(prepared.plan.waves)))
+    # each wave's parameters are written as it ends (every process its own variants), so none are held to the end
+    keep = lambda trained: _save_params(outputs.shared or folder, trained, writer.writes)  # noqa: E731
     t0 = time.perf_counter()
     with compiletime.measure() as compiled:
         outcome = V.run(
@@ -868,23 +1033,29 @@ def _train_and_finish(
             on_epoch=writer.on_epoch,
             resume=snapshot,
             divergence_threshold=config.divergence_threshold,
+            on_wave=writer.bar.wave,
+            on_params=keep,
         )
     writer.save_latest()  # the end of training: nothing left to overlap with, so it completes before the results
     writer.checkpoints.wait()
     seconds = time.perf_counter() - t0
     writer.bar.close()
     print(f"{compiled.describe()}; compiling and training took {seconds:.1f} s", file=stream)
-    history = outcome.history
-    _save_params(outputs.shared or folder, outcome.params, writer.writes)
+    history = outcome.history  # params/ is written (`keep`)
     if not writer.writes:
         histories = stack(history, [v.name for v in config.variants], config.divergence_threshold)
         summaries = summarize(histories, training=training_descriptions(config.variants))
         diverged = [(s.name, seed, epoch) for s in summaries for seed, epoch in s.diverged]
         return SweepResult(folder, histories, summaries, diverged, [], start)
-    epochs_run = len(next(iter(next(iter(history.values())).values())))
+    epochs_run = max(len(h["loss"]) for h in history.values())  # in waves: the longest wave's
     if epochs_run < config.epochs:
+        ended = (
+            "every variant stopped; the run"
+            if len(prepared.plan.waves) == 1
+            else "each wave ended as its variants stopped; the last"
+        )
         print(
-            f"early stopping (patience {config.patience}): every variant stopped; the run ended after epoch "
+            f"early stopping (patience {config.patience}): {ended} ended after epoch "
             f"{epochs_run} of {config.epochs}; params/ keeps each variant's best epoch",
             file=stream,
         )
