@@ -615,9 +615,14 @@ def _wave_estimate(run_plan: RunPlan, data: memory.DataShape, pieces, kept_model
     """A wave's estimate: its pieces' programs, the whole run's history (kept for every model throughout)
     and, when given, the final and best parameters of `kept_models` ((models, parameters) of finished waves)."""
     estimate = memory.estimate([p.memory_shape() for p in pieces], data, 0)
-    history = memory.history_bytes(len(run_plan.keys), run_plan.settings.epochs)
+    history = memory.history_bytes(sum(b.models for b in run_plan.buckets), run_plan.settings.epochs)
     kept = sum(2 * models * parameters * memory.FLOAT_BYTES for models, parameters in kept_models)
     return dataclasses.replace(estimate, history=history, kept=kept)
+
+
+def wave_estimate(run_plan: RunPlan, dataset, parts: Sequence[tuple[int, tuple, tuple]]) -> memory.Estimate:
+    """The estimate `in_waves` gives a wave of these pieces: (bucket index, configs, seeds) each."""
+    return _wave_estimate(run_plan, data_shape(run_plan, dataset), _placed_wave(run_plan, parts), ())
 
 
 def _chunks(items: tuple, size: int) -> list[tuple]:

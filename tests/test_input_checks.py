@@ -390,7 +390,8 @@ def test_plan_line_shows_the_estimate(tmp_path, capsys):
     "flags, fragment",
     [
         (["--batch-size", "100000000"], "batch_size=100000000"),
-        (["--seeds", "4096"], "or --seeds"),
+        # 4096 seeds alone now train in waves (runplan.in_waves); under a limit below one model's need: refused
+        (["--seeds", "4096", "--memory-limit", "300MB"], "or --seeds"),
     ],
 )
 def test_memory_refusal_writes_nothing(flags, fragment, tmp_path, monkeypatch, capsys):
