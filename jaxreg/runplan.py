@@ -696,7 +696,33 @@ def in_waves(run_plan: RunPlan, dataset, budget: int, keep_params: bool = False)
             trial = [unit]
         current = trial
     waves.append(current)
-    return _with_waves(run_plan, data, waves, keep_params)
+    if keep_params:  # the parameters kept grow wave by wave: left as packed
+        return _with_waves(run_plan, data, waves, keep_params)
+    return _with_waves(run_plan, data, [_spread_wave(run_plan, data, w, budget) for w in waves], keep_params)
+
+
+def _spread_wave(run_plan: RunPlan, data: memory.DataShape, parts: list, budget: int) -> list:
+    """With placement "spread", a wave of fewer pieces than the run's devices has its costliest piece split in
+    two (by seeds, else by configs; with patience by configs only) while the wave still fits, so that every
+    device trains (each piece costs its own program's overhead and its seeds' batches)."""
+    devices = len(_run_devices(run_plan))
+    while run_plan.placement == "spread" and len(parts) < devices:
+        i = max(
+            range(len(parts)),
+            key=lambda j: len(parts[j][1]) * len(parts[j][2]) * run_plan.buckets[parts[j][0]].parameters,
+        )
+        bucket, configs, seeds = parts[i]
+        if len(seeds) > 1 and run_plan.settings.patience is None:
+            halves = [(bucket, configs, half) for half in _chunks(seeds, math.ceil(len(seeds) / 2))]
+        elif len(configs) > 1:
+            halves = [(bucket, half, seeds) for half in _chunks(configs, math.ceil(len(configs) / 2))]
+        else:
+            break
+        trial = parts[:i] + halves + parts[i + 1 :]
+        if _wave_estimate(run_plan, data, _placed_wave(run_plan, trial), ()).total > budget:
+            break
+        parts = trial
+    return parts
 
 
 def _with_waves(run_plan: RunPlan, data: memory.DataShape, waves: list, keep_params: bool) -> RunPlan:
