@@ -1009,6 +1009,15 @@ def plan_line(config: SweepConfig, prepared: _Prepared) -> str:
     )
 
 
+def _wave_started(run_plan: RunPlan, index: int, bar: _Progress, stream) -> None:
+    """variants.run's on_wave: a line for each wave of a run in waves ("wave 2/5: 6 models, est. 2.9 GB"), the bar's name."""
+    bar.wave(index, len(run_plan.waves))
+    if len(run_plan.waves) > 1:
+        wave = run_plan.waves[index]
+        estimate = f", est. {memory.gigabytes(wave.memory.total)}" if wave.memory is not None else ""
+        print(f"wave {index + 1}/{len(run_plan.waves)}: {wave.models} models{estimate}", file=stream, flush=True)
+
+
 def _train_and_finish(
     config: SweepConfig, folder: Path, prepared: _Prepared, snapshot, outputs: _Outputs, writer: _EpochWriter
 ) -> SweepResult:
@@ -1033,7 +1042,7 @@ def _train_and_finish(
             on_epoch=writer.on_epoch,
             resume=snapshot,
             divergence_threshold=config.divergence_threshold,
-            on_wave=writer.bar.wave,
+            on_wave=lambda index, count: _wave_started(prepared.plan, index, writer.bar, stream),
             on_params=keep,
         )
     writer.save_latest()  # the end of training: nothing left to overlap with, so it completes before the results

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxreg import checkpoint, fileio, live, memory, runplan
+from jaxreg import checkpoint, fileio, live, memory, runplan, sweep
 from jaxreg import variants as V
 from jaxreg.data import synthetic_dataset
 from jaxreg.params import load_params
@@ -267,6 +267,7 @@ def test_a_sweep_under_a_memory_limit_runs_in_waves_and_resumes_in_wave_two(tmp_
     line = next(t for t in stream.getvalue().splitlines() if t.startswith("waves:"))
     saved = fileio.read_json(tmp_path / "whole" / fileio.CONFIG_FILE)["waves"]
     assert len(saved) >= 2 and f"in {len(saved)} waves to fit --memory-limit" in line, line
+    assert f"wave 2/{len(saved)}: " in stream.getvalue()  # each wave announces itself
     wave_one = sum(len(p["variants"]) * len(p["seeds"]) for p in saved[0]["pieces"])
     append, calls = live.LiveLog.epoch, []
 
@@ -296,6 +297,15 @@ def test_a_sweep_under_a_memory_limit_runs_in_waves_and_resumes_in_wave_two(tmp_
         for seed in range(CONFIG.seeds):
             got, want = load_params(out, name, seed), load_params(tmp_path / "whole", name, seed)
             jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_the_progress_bar_names_the_wave(capsys):
+    bar = sweep._Progress(CONFIG, 0, {}, True, (0, 3))
+    bar.wave(1, 3)
+    bar.epoch_done(0, {})
+    bar.close()
+    err = capsys.readouterr().err
+    assert "waves wave 2/3" in err and "/9" in err  # 3 waves of 3 epochs
 
 
 def _load_cli():
