@@ -338,7 +338,7 @@ def test_a_bad_memory_limit_is_one_line(tmp_path, monkeypatch, capsys):
 @pytest.mark.process
 def test_peak_memory_stays_under_the_limit(tmp_path, cli_env):
     """The book preset on synthetic data with 3 seeds: estimated ~0.8 GB in one wave (plus ~0.2-0.3 GB that the
-    process holds before it plans: Python, jax, the data), so a 0.8 GB limit on the whole process forces 2
+    process holds before it plans: Python, jax, the data), so a 0.8 GB limit on the whole process forces
     waves; the child's peak RSS (os.wait4's ru_maxrss, this process alone) stays under it."""
     limit = 800 * 10**6
     out = tmp_path / "run"
@@ -353,7 +353,7 @@ def test_peak_memory_stays_under_the_limit(tmp_path, cli_env):
     _, status, usage = os.wait4(child.pid, 0)
     stdout, stderr = child.stdout.read(), child.stderr.read()
     assert os.waitstatus_to_exitcode(status) == 0, stderr
-    assert "in 2 waves to fit --memory-limit 0.8 GB" in stdout, stdout
+    waves = len(fileio.read_json(out / fileio.CONFIG_FILE)["waves"])
+    assert waves >= 2 and f"in {waves} waves to fit --memory-limit 0.8 GB" in stdout, stdout
     peak = usage.ru_maxrss * 1024  # kilobytes on Linux
     assert peak < limit, f"peak RSS {peak / 1e9:.2f} GB"
-    assert len(fileio.read_json(out / fileio.CONFIG_FILE)["waves"]) == 2
