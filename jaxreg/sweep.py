@@ -229,7 +229,7 @@ class MemoryBudget:
         return f"the {memory.gigabytes(self.available)} of {self.where} free"
 
     def held(self) -> str:
-        """What of a --memory-limit is left for the run: ", 3.6 GB after the 0.4 GB this process holds"."""
+        """What of a --memory-limit is left for the run: " of the 3.4 GB left after the 0.2 GB this process holds"."""
         if not self.limited_by_user():
             return ""
         return f" of the {memory.gigabytes(self.total)} left after the {memory.gigabytes(self.baseline)} this process holds"
