@@ -415,6 +415,7 @@ class BucketPlan:
             run.cpu_kernels,
             self.parameters,
             optim.OPTIMIZER_SLOTS[self.bucket.optimizer],
+            1 if all(c.view.is_whole for c in self.bucket.configs) else len({c.view for c in self.bucket.configs}),
         )
 
 

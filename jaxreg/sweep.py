@@ -202,9 +202,8 @@ def select_devices(count: int | None, most: int | None = None) -> list:
 @dataclasses.dataclass(frozen=True)
 class MemoryBudget:
     """What each wave of a run must fit in: the devices' free memory (`memory.available_bytes`; 0: unknown),
-    and a user's --memory-limit, a limit on the whole process: `memory.LIMIT_SHARE` of it less what the process
-    already holds (`baseline`: Python, jax and the data, measured as it plans). `total`: the bytes a wave's
-    estimate may reach (0: no limit)."""
+    and a user's --memory-limit, a limit on the whole process, less what it already holds (`baseline`: Python,
+    jax and the data, measured as it plans). `total`: the bytes a wave's estimate may reach (0: no limit)."""
 
     available: int
     where: str
@@ -215,12 +214,11 @@ class MemoryBudget:
     def total(self) -> int:
         if self.limit is None:
             return self.available
-        room = max(int(memory.LIMIT_SHARE * (self.limit - self.baseline)), 1)  # the estimate can be a little low
+        room = max(self.limit - self.baseline, 1)
         return min(room, self.available) if self.available else room
 
     def limited_by_user(self) -> bool:
-        room = memory.LIMIT_SHARE * (self.limit - self.baseline) if self.limit is not None else 0
-        return self.limit is not None and (not self.available or room <= self.available)
+        return self.limit is not None and (not self.available or self.limit - self.baseline <= self.available)
 
     def describe(self) -> str:
         """What the waves fit, for the plan line: "--memory-limit 4.0 GB" or "the 24.7 GB of host RAM free"."""
