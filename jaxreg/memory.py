@@ -1,4 +1,4 @@
-"""A rough estimate of the memory a sweep will allocate, to refuse impossible runs up front.
+"""A rough estimate of the memory a sweep will allocate, to split it into waves that fit or refuse it up front.
 
 `estimate(buckets, data)` adds up, for every bucket (one compiled program), the bytes of
   state        parameters x (params, optimizer slot, gradient, updated params and slot,
