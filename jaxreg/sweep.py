@@ -58,7 +58,15 @@ from jaxreg import compiletime, distributed, fileio, machine, memory, runfolder,
 from jaxreg import params as saved_params
 from jaxreg import variants as V
 from jaxreg.agreement import Agreement, training_note
-from jaxreg.checkpoint import Checkpoints, latest_step, load_checkpoint, remove_checkpoint, save_checkpoint, verify
+from jaxreg.checkpoint import (
+    Checkpoints,
+    epochs_of,
+    latest_step,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+    verify,
+)
 from jaxreg.config import LOCAL_FIELDS, SweepConfig, SweepError  # noqa: F401  (SweepConfig: also importable from here)
 from jaxreg.data import DataError, Dataset, load_imdb, synthetic_dataset
 from jaxreg.history import has_test, metric_names, stack, write_history
@@ -547,7 +555,6 @@ def run_sweep(
 ) -> SweepResult:
     """Train the sweep into the folder `out` (see the module docstring); SweepError for bad input. Beyond
     the free memory or `memory_limit` (bytes, of the whole process) it trains in waves (`fit_memory`).
-
     Raises SweepInterrupted on Ctrl-C after saving where to resume. Prints the data
     description, the plan and at the end the summary table to `stream`; the progress bar
     goes to stderr. SweepError at once if another process is writing the folder.
@@ -562,10 +569,7 @@ def run_sweep(
     training all processes agree that each could start and read the same data (else each
     raises SweepError); a process lost later raises ProcessLost in the others.
     """
-    if isinstance(checkpoint_seconds, bool) or not isinstance(checkpoint_seconds, (int, float)):
-        raise SweepError(f"checkpoint_seconds={checkpoint_seconds!r} must be a number of seconds >= 0")
-    if not 0 <= checkpoint_seconds < math.inf:
-        raise SweepError(f"checkpoint_seconds={checkpoint_seconds!r} must be a number of seconds >= 0")
+    _check_seconds(checkpoint_seconds)
     folder = Path(out)
     agreement = Agreement(config, checkpoint_seconds)
     try:
@@ -615,6 +619,14 @@ def run_sweep(
     except BaseException:
         agreement.refuse()  # the other processes must not wait for this one
         raise
+
+
+def _check_seconds(checkpoint_seconds) -> None:
+    """SweepError unless checkpoint_seconds is a finite number >= 0."""
+    if isinstance(checkpoint_seconds, bool) or not isinstance(checkpoint_seconds, (int, float)):
+        raise SweepError(f"checkpoint_seconds={checkpoint_seconds!r} must be a number of seconds >= 0")
+    if not 0 <= checkpoint_seconds < math.inf:
+        raise SweepError(f"checkpoint_seconds={checkpoint_seconds!r} must be a number of seconds >= 0")
 
 
 def plan_sweep(config: SweepConfig, memory_limit: int | None = None, stream=sys.stdout) -> RunPlan:
@@ -914,7 +926,8 @@ class _EpochWriter:
         if self.bar is not None:
             self.bar.close()
         if self.writes:  # a save completed on disk (renamed into place) though not yet waited for
-            self.done = max(self.done, latest_step(self.folder) or 0)
+            latest = latest_step(self.folder)  # in a run in waves a step is wave x WAVE_STEPS + epochs
+            self.done = self.done if latest is None else epochs_of(latest)
         if self.writes and folder_state(self.folder) != "finished":
             self.write_status("interrupted", self.done, reason)
         return self.done
@@ -1009,9 +1022,14 @@ def plan_line(config: SweepConfig, prepared: _Prepared) -> str:
     )
 
 
-def _wave_started(run_plan: RunPlan, index: int, bar: _Progress, stream) -> None:
-    """variants.run's on_wave: a line for each wave of a run in waves ("wave 2/5: 6 models, est. 2.9 GB"), the bar's name."""
-    bar.wave(index, len(run_plan.waves))
+def _wave_started(run_plan: RunPlan, index: int, writer: _EpochWriter, stream) -> None:
+    """variants.run's on_wave: the previous wave's last epoch saved and let go (its arrays must not outlive it),
+    a line for each wave of a run in waves ("wave 2/5: 6 models, est. 2.9 GB"), the bar's name."""
+    if writer.latest is not None:
+        writer.save_latest()
+        writer.checkpoints.wait()
+        writer.latest = None
+    writer.bar.wave(index, len(run_plan.waves))
     if len(run_plan.waves) > 1:
         wave = run_plan.waves[index]
         estimate = f", est. {memory.gigabytes(wave.memory.total)}" if wave.memory is not None else ""
@@ -1042,7 +1060,7 @@ def _train_and_finish(
             on_epoch=writer.on_epoch,
             resume=snapshot,
             divergence_threshold=config.divergence_threshold,
-            on_wave=lambda index, count: _wave_started(prepared.plan, index, writer.bar, stream),
+            on_wave=lambda index, count: _wave_started(prepared.plan, index, writer, stream),
             on_params=keep,
         )
     writer.save_latest()  # the end of training: nothing left to overlap with, so it completes before the results
