@@ -187,7 +187,7 @@ def test_waves_train_as_the_unsplit_run(dataset, loop):
 
 
 def test_resume_in_the_middle_of_wave_two_continues_bit_for_bit(dataset, tmp_path):
-    """A snapshot taken after wave 2's first epoch, through the checkpoint file and back, resumes to the
+    """A snapshot taken after wave 2's first epoch, through the checkpoint and back, resumes to the
     uninterrupted run in waves bit for bit (the same compiled programs, a resume)."""
     settings = _settings("vmap")
     run_plan = _plan(dataset, settings)
@@ -206,7 +206,8 @@ def test_resume_in_the_middle_of_wave_two_continues_bit_for_bit(dataset, tmp_pat
     assert all(
         len(h["loss"]) == (3 if key in first else 1 if len(h["loss"]) else 0) for key, h in snapshot.history.items()
     )
-    (tmp_path / checkpoint.CHECKPOINT_FILE).write_bytes(checkpoint.checkpoint_bytes(snapshot))
+    assert checkpoint.save_checkpoint(tmp_path, snapshot)  # an orbax step, saved and waited for
+    assert checkpoint.latest_step(tmp_path) == checkpoint.WAVE_STEPS + 1  # wave 2, epoch 1: after wave 1's steps
     loaded = checkpoint.load_checkpoint(tmp_path, split)
     assert loaded.wave == 1 and V._as_tuples(loaded.waves) == V._as_tuples(split.wave_layout())
     resumed_waves, epochs = [], []
