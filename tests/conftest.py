@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -81,6 +82,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "imdb_archive" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.imdb)
+
+
+def pytest_configure(config):
+    """Tests send SIGINT to the processes they start; a process ignores it when it inherits SIG_IGN (as jaxreg's
+    command line must: it keeps an inherited SIG_IGN), which is how a shell without job control starts a
+    background job (`pytest ... &` in a script). So the test processes take SIGINT back from SIG_IGN: their
+    children then start with the default disposition."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
