@@ -7,8 +7,8 @@ writes the run folder; process 1 writes nothing into its own, only its shards of
 and its variants' params/ files into process 0's folder (a file system both see, as orbax
 needs). Another pair loses process 1 (SIGKILL) mid-run: process 0 must stop with exit status 4
 and a line naming the cause, its folder left interrupted; resumed by a new pair, the run ends
-with the history of an uninterrupted pair. The cluster
-flags are checked, and processes that cannot start, or read other data, stop together.
+with the history of an uninterrupted pair; so does a group of four processes that loses one. The
+cluster flags are checked, and processes that cannot start, or read other data, stop together.
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ def start(cwd: Path, *args: str, log: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, SWEEP, *args], cwd=cwd, env=environment(), stdout=out, stderr=err)
 
 
-def pair(tmp: Path, name: str, *args: str) -> list[subprocess.Popen]:
-    """Processes 0 and 1 of one run, each in its own folder tmp/name/p<i>, with --out run."""
-    cluster = ["--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
+def group(tmp: Path, name: str, *args: str, count: int = 2) -> list[subprocess.Popen]:
+    """Processes 0 .. count-1 of one run, each in its own folder tmp/name/p<i>, with --out run."""
+    cluster = ["--coordinator", f"localhost:{free_port()}", "--num-processes", str(count)]
     return [
         start(
             tmp / name / f"p{i}",
@@ -93,7 +93,7 @@ def pair(tmp: Path, name: str, *args: str) -> list[subprocess.Popen]:
             *args,
             log=f"{name}{i}",
         )
-        for i in range(2)
+        for i in range(count)
     ]
 
 
@@ -114,7 +114,7 @@ def text(tmp: Path, log: str) -> str:
 def runs(tmp_path_factory):
     """Two processes and, at the same time, one process with two devices, of the same sweep."""
     tmp = tmp_path_factory.mktemp("distributed")
-    processes = pair(tmp, "two")
+    processes = group(tmp, "two")
     single = start(tmp / "one" / "p0", *RUN, "--devices", "2", "--out", "run", log="one0")
     codes = [finish(p, 240) for p in (*processes, single)]
     for code, log in zip(codes, ("two/two0", "two/two1", "one/one0")):
@@ -167,7 +167,7 @@ def test_two_processes_on_one_machine_print_no_gloo_line_and_count_its_ram_once(
 
 @pytest.mark.process
 def test_lost_process_stops_the_other(tmp_path):
-    processes = pair(tmp_path, "lost", "--epochs", "200", "--heartbeat-timeout", "5", "--checkpoint-seconds", "0")
+    processes = group(tmp_path, "lost", "--epochs", "200", "--heartbeat-timeout", "5", "--checkpoint-seconds", "0")
     status = tmp_path / "lost" / "p0" / "run" / fileio.STATUS_FILE
     deadline = time.monotonic() + 180
     while not (  # compiled, and a checkpoint saved by both processes (status.json's epochs_done follows it)
@@ -189,33 +189,52 @@ def test_lost_process_stops_the_other(tmp_path):
     assert status["state"] == "interrupted" and status["epochs_done"] >= 1, status
 
 
+def lose_one_and_resume(tmp: Path, count: int, *args: str) -> None:
+    """Two runs of `count` processes at once; one loses process count // 2 (SIGKILL) after its second checkpoint,
+    the others stop with exit status 4, and a new group resumes it: its history.jsonl and summary.csv text must
+    equal the uninterrupted run's (the same programs on the same count-device mesh, a resume)."""
+    longer = [*args, "--epochs", "12", "--checkpoint-seconds", "0", "--heartbeat-timeout", "5"]
+    lost = count // 2
+    whole = group(tmp, "whole", *longer, count=count)
+    processes = group(tmp, "cut", *longer, count=count)
+    status = tmp / "cut" / "p0" / "run" / fileio.STATUS_FILE
+    deadline = time.monotonic() + 180
+    while not (status.is_file() and json.loads(status.read_text() or "{}").get("epochs_done", 0) >= 2):
+        assert all(p.poll() is None for p in processes), text(tmp / "cut", "cut0")[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.05)
+    processes[lost].send_signal(signal.SIGKILL)
+    for i, process in enumerate(processes):
+        if i != lost:
+            assert finish(process, LOST_WITHIN + 60) == 4, text(tmp / "cut", f"cut{i}")[-3000:]
+    processes[lost].wait()
+    stopped = json.loads(status.read_text())
+    assert stopped["state"] == "interrupted", stopped
+    assert [finish(p, 240) for p in whole] == [0] * count, text(tmp / "whole", "whole0")[-3000:]
+    if stopped["epochs_done"] == 12:  # the group finished its last save before the loss: nothing left to train
+        pytest.skip(f"process {lost} was lost after the last checkpoint")
+    resumed = group(tmp, "cut", *longer, "--resume", count=count)
+    codes = [finish(p, 240) for p in resumed]
+    assert codes == [0] * count, "".join(text(tmp / "cut", f"cut{i}")[-3000:] for i in range(count))
+    assert f"resuming after epoch {stopped['epochs_done']}" in text(tmp / "cut", "cut0")
+    for name in (fileio.HISTORY_JSONL, "summary.csv"):
+        cut, uncut = (tmp / d / "p0" / "run" / name for d in ("cut", "whole"))
+        assert cut.read_text() == uncut.read_text(), name
+
+
 @pytest.mark.process
 def test_a_pair_that_lost_a_process_resumes_to_the_uninterrupted_history(tmp_path):
     """Sharded checkpoints: each process saved its shards; a new pair restores them and trains on, bit for bit
     with an uninterrupted pair (the same programs on the same 2-device mesh, a resume)."""
-    longer = ["--epochs", "12", "--checkpoint-seconds", "0", "--heartbeat-timeout", "5"]
-    whole = pair(tmp_path, "whole", *longer)
-    processes = pair(tmp_path, "cut", *longer)
-    status = tmp_path / "cut" / "p0" / "run" / fileio.STATUS_FILE
-    deadline = time.monotonic() + 180
-    while not (status.is_file() and json.loads(status.read_text() or "{}").get("epochs_done", 0) >= 2):
-        assert processes[0].poll() is None and processes[1].poll() is None, text(tmp_path / "cut", "cut0")[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 180 s"
-        time.sleep(0.05)
-    processes[1].send_signal(signal.SIGKILL)
-    assert finish(processes[0], LOST_WITHIN + 60) == 4, text(tmp_path / "cut", "cut0")[-3000:]
-    processes[1].wait()
-    stopped = json.loads(status.read_text())
-    assert [finish(p, 240) for p in whole] == [0, 0], text(tmp_path / "whole", "whole0")[-3000:]
-    if stopped["epochs_done"] == 12:  # the pair finished its last save before the loss: nothing left to train
-        pytest.skip("process 1 was lost after the last checkpoint")
-    resumed = pair(tmp_path, "cut", *longer, "--resume")
-    codes = [finish(p, 240) for p in resumed]
-    assert codes == [0, 0], text(tmp_path / "cut", "cut0")[-3000:] + text(tmp_path / "cut", "cut1")[-3000:]
-    assert f"resuming after epoch {stopped['epochs_done']}" in text(tmp_path / "cut", "cut0")
-    for name in (fileio.HISTORY_JSONL, "summary.csv"):
-        cut, uncut = (tmp_path / d / "p0" / "run" / name for d in ("cut", "whole"))
-        assert cut.read_text() == uncut.read_text(), name
+    lose_one_and_resume(tmp_path, 2)
+
+
+@pytest.mark.process
+@pytest.mark.slow
+def test_four_processes_that_lost_one_resume_to_the_uninterrupted_history(tmp_path):
+    """The same with 4 processes, a variant of one bucket on each (process 2 lost, processes 0, 1, 3 stop with
+    exit status 4): each process's shards of a 4-device mesh, restored by 4 new processes."""
+    lose_one_and_resume(tmp_path, 4, "--variants", "original,l2,l1,dropout")
 
 
 @pytest.mark.parametrize(
