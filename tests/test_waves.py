@@ -343,12 +343,14 @@ def test_peak_memory_stays_under_the_limit(tmp_path, cli_env):
     process holds before it plans: Python, jax, the data), so a 0.8 GB limit on the whole process forces
     waves; the child's peak RSS (os.wait4's ru_maxrss, this process alone) stays under it."""
     limit = 800 * 10**6
-    for out in (tmp_path / "warm", tmp_path / "run"):  # the first run builds the CPU kernels and fills the XLA
-        # cache (a cold C++ compiler and XLA compilation count in a child's ru_maxrss: 1.5 GB in a clean CI home)
+    # a private cache, filled by the first run: a C++ kernel build counts in a child's ru_maxrss (1.5 GB when
+    # another test's work left the shared cache without this machine's kernels)
+    env = dict(cli_env, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    for out in (tmp_path / "warm", tmp_path / "run"):
         args = ["--synthetic", "--seeds", "3", "--epochs", "2", "--memory-limit", "800MB", "--out", str(out)]
         child = subprocess.Popen(
             [sys.executable, str(SWEEP), *args, "--no-progress", "--no-figures", "--no-tensorboard"],
-            env=cli_env,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
