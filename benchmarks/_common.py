@@ -12,7 +12,9 @@ import platform
 import re
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -108,6 +110,55 @@ def current_rss_bytes() -> int | None:
     except ImportError:
         return None
     return int(psutil.Process().memory_info().rss)
+
+
+# Started in between the caller and a measured command: see measured_process.
+_LAUNCHER = """
+import json, os, signal, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda number, frame: child.send_signal(number))
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"status": status, "user": usage.ru_utime, "system": usage.ru_stime, "maxrss": usage.ru_maxrss}, out)
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
+def measured_process(cmd: list, env: dict | None = None, capture: bool = False) -> dict:
+    """Run a command to its end: wall s, CPU s (user + system, all its threads), cores used (CPU s / wall),
+    peak RSS (the kernel's ru_maxrss of that process), the load average just before, and with `capture` its
+    stdout and stderr text.
+
+    The command is started by a small launcher process that reads its rusage (os.wait4), not by this one: on
+    Linux a child's ru_maxrss starts at the high-water mark of the memory it was forked from, so a command
+    started directly by a 1.4 GB test process reports at least 1.4 GB whatever it uses itself."""
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    with tempfile.TemporaryDirectory() as tmp:
+        report, out, err = (Path(tmp) / name for name in ("rusage.json", "stdout", "stderr"))
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            streams = dict(stdout=stdout, stderr=stderr) if capture else {}
+            start = time.perf_counter()
+            launcher = subprocess.run(
+                [sys.executable, "-c", _LAUNCHER, str(report), *map(str, cmd)], env=env, **streams
+            )
+            wall = time.perf_counter() - start
+        if not report.exists():
+            raise RuntimeError(f"the measuring launcher failed (exit {launcher.returncode}): {err.read_text()[-2000:]}")
+        usage = json.loads(report.read_text())
+        text = {"stdout": out.read_text(), "stderr": err.read_text()} if capture else {}
+    cpu = usage["user"] + usage["system"]
+    return {
+        "returncode": os.waitstatus_to_exitcode(usage["status"]),
+        "process_wall_s": wall,
+        "process_user_s": usage["user"],
+        "process_system_s": usage["system"],
+        "process_cpu_s": cpu,
+        "cores_used": cpu / wall if wall > 0 else None,
+        "process_max_rss_bytes": usage["maxrss"] * (1 if sys.platform == "darwin" else 1024),  # Linux: KiB
+        "loadavg_before": load,
+        **text,
+    }
 
 
 class RSSPoller:

@@ -37,7 +37,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -310,34 +309,12 @@ def launch(framework: str, args) -> dict:
         if args.cache_dir is not None:
             cmd += ["--cache-dir", str(args.cache_dir)]
         env = dict(os.environ, KERAS_BACKEND="jax")
-        usage = measured_process(cmd, env)
+        usage = C.measured_process(cmd, env)
         if usage["returncode"] != 0 or not out.exists():
             return {"framework": framework, "error": f"child exited with status {usage['returncode']}", **usage}
         result = json.loads(out.read_text())
     result.update(usage)
     return result
-
-
-def measured_process(cmd: list, env: dict | None = None, **popen) -> dict:
-    """Run a command to its end: wall s, CPU s (user + system, all its threads), cores used (CPU s / wall),
-    peak RSS (the kernel's ru_maxrss of that process) and the load average just before, from os.wait4."""
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, **popen)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait for it again
-    cpu = usage.ru_utime + usage.ru_stime
-    return {
-        "returncode": proc.returncode,
-        "process_wall_s": wall,
-        "process_user_s": usage.ru_utime,
-        "process_system_s": usage.ru_stime,
-        "process_cpu_s": cpu,
-        "cores_used": cpu / wall if wall > 0 else None,
-        "process_max_rss_bytes": usage.ru_maxrss * 1024,  # Linux: kilobytes
-        "loadavg_before": load,
-    }
 
 
 def launch_book(args) -> dict:
@@ -363,7 +340,7 @@ def launch_book(args) -> dict:
         env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} if not args.keep_xla_flags else dict(os.environ)
         if args.cache_dir is not None:
             env["JAXREG_CACHE"] = str(args.cache_dir)
-        usage = measured_process(cmd, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        usage = C.measured_process(cmd, env, capture=True)
         result = {"framework": "book", "command": " ".join(cmd[1:]), **usage}
         if usage["returncode"] != 0:
             result["error"] = f"experiments/sweep.py exited with status {usage['returncode']}"

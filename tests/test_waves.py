@@ -7,7 +7,6 @@ import importlib.util
 import io
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -337,33 +336,29 @@ def test_a_bad_memory_limit_is_one_line(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue #25): alone this run peaks at ~0.8 GB, but in .ci/run's marked step beside other tests its "
-    "child peaked at 1.19-1.52 GB against the 0.8 GB limit; cause not found yet",
-)
+def _load_benchmark_helpers():
+    spec = importlib.util.spec_from_file_location("benchmark_helpers", ROOT / "benchmarks" / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.process
 def test_peak_memory_stays_under_the_limit(tmp_path, cli_env):
     """The book preset on synthetic data with 3 seeds: estimated ~0.8 GB in one wave (plus ~0.2-0.3 GB that the
     process holds before it plans: Python, jax, the data), so a 0.8 GB limit on the whole process forces
-    waves; the child's peak RSS (os.wait4's ru_maxrss, this process alone) stays under it."""
+    waves; the run's own peak RSS stays under it. Measured by benchmarks' measured_process, whose launcher
+    keeps this test process's own high-water mark out of the child's ru_maxrss."""
     limit = 800 * 10**6
-    # a private cache, filled by the first run: a C++ kernel build counts in a child's ru_maxrss (1.5 GB when
-    # another test's work left the shared cache without this machine's kernels)
+    measure = _load_benchmark_helpers().measured_process
+    # a private cache, filled by the first run, so that no C++ kernel build counts in the measured one
     env = dict(cli_env, XDG_CACHE_HOME=str(tmp_path / "cache"))
     for out in (tmp_path / "warm", tmp_path / "run"):
         args = ["--synthetic", "--seeds", "3", "--epochs", "2", "--memory-limit", "800MB", "--out", str(out)]
-        child = subprocess.Popen(
-            [sys.executable, str(SWEEP), *args, "--no-progress", "--no-figures", "--no-tensorboard"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        _, status, usage = os.wait4(child.pid, 0)
-    stdout, stderr = child.stdout.read(), child.stderr.read()
-    assert os.waitstatus_to_exitcode(status) == 0, stderr
+        flags = ["--no-progress", "--no-figures", "--no-tensorboard"]
+        run = measure([sys.executable, str(SWEEP), *args, *flags], env, capture=True)
+        assert run["returncode"] == 0, run["stderr"]
     waves = len(fileio.read_json(out / fileio.CONFIG_FILE)["waves"])
-    assert waves >= 2 and f"in {waves} waves to fit --memory-limit 0.8 GB" in stdout, stdout
-    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    assert waves >= 2 and f"in {waves} waves to fit --memory-limit 0.8 GB" in run["stdout"], run["stdout"]
+    peak = run["process_max_rss_bytes"]
     assert peak < limit, f"peak RSS {peak / 1e9:.2f} GB"
