@@ -5,7 +5,7 @@
                the best epoch's params)
                for every seed x config, plus one unit mask per config;
   batches      one epoch's training batches per seed and data view (host copy, stacked copy,
-               the device's current and next epoch) and the validation batches;
+               every device's current and next epoch) and the validation batches (every device's);
   activations  what one step keeps per model: hidden activations of a batch (forward and
                backward), the dense multi-hot batch with the dense product, the gathered
                first-layer rows with XLA's sparse product, narrow validation products;
@@ -47,9 +47,11 @@ FLOAT_BYTES = 4
 # and the best epoch's params that variants.run keeps (not yet in the calibration runs below);
 # an optimizer with more slots per parameter (Adam: 2, `optim.OPTIMIZER_SLOTS`) holds 2 more per slot.
 STATE_COPIES = 6
-# Copies of an epoch's training batches: built per seed on the host, stacked, and on the device
-# for the current epoch and the next one (prepared while the device trains).
-BATCH_COPIES = 4
+# Copies of an epoch's training batches: built per seed on the host and stacked (HOST_BATCH_COPIES), and
+# on every device of the bucket, which holds them whole (replicated), for the current epoch and the next
+# one, prepared while the devices train (DEVICE_BATCH_COPIES).
+HOST_BATCH_COPIES = 2
+DEVICE_BATCH_COPIES = 2
 # Per hidden unit and row of a batch: pre-activation, activation, dropout mask and their gradients.
 ACTIVATION_COPIES = 6
 # Bytes per recorded metric value: a Python float (24) in a list (8), held three times.
@@ -92,6 +94,8 @@ class BucketShape:
     # data views (`jaxreg.views`: configs trained on parts of the data) of its configs: each seed's batches are
     # stacked per view, every view's padded to the longest (1: all configs train on the whole training split)
     n_views: int = 1
+    # devices its configs are sharded over: each holds the data (batches, validation) whole
+    n_devices: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,13 +151,15 @@ def bucket_estimate(bucket: BucketShape, data: DataShape) -> Estimate:
     train_epoch = n_batches * (2 * data.train_capacity * data.index_bytes + data.batch_size * per_row)
     n_val_batches = math.ceil(data.n_validation / data.eval_batch_size)
     validation = n_val_batches * (2 * data.validation_capacity * data.index_bytes + data.eval_batch_size * per_row)
-    batches = train_epoch * bucket.n_seeds * bucket.n_views * BATCH_COPIES + validation
+    copies = HOST_BATCH_COPIES + DEVICE_BATCH_COPIES * bucket.n_devices
+    batches = train_epoch * bucket.n_seeds * bucket.n_views * copies + validation * bucket.n_devices
 
     at_once = 1 if bucket.sequential else models  # models whose step runs at the same time
     rows = max(data.batch_size, data.eval_batch_size)
     hidden = rows * (sum(bucket.widths) + 1) * FLOAT_BYTES * ACTIVATION_COPIES
     if bucket.product == "dense":
-        first = rows * data.num_words * FLOAT_BYTES * (1 if bucket.sequential else bucket.n_seeds)
+        per_device = 1 if bucket.sequential else bucket.n_seeds  # one dense batch per seed a device holds
+        first = rows * data.num_words * FLOAT_BYTES * per_device * bucket.n_devices
         first_per_model = 0
     else:
         first = 0

@@ -416,6 +416,7 @@ class BucketPlan:
             self.parameters,
             optim.OPTIMIZER_SLOTS[self.bucket.optimizer],
             1 if all(c.view.is_whole for c in self.bucket.configs) else len({c.view for c in self.bucket.configs}),
+            len(self.devices),
         )
 
 

@@ -126,8 +126,9 @@ def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int,
     return jax.jit(jax.vmap(lambda key: init_state(key, config, num_words, true_widths)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _bucket_epoch(
+    mesh: jax.sharding.Mesh,
     config: StepConfig,
     n_configs: int,
     n_seeds: int,
@@ -141,9 +142,40 @@ def _bucket_epoch(
     view_index=None,
     test_batches=None,
 ):
-    """One epoch of a seeds x configs grid: train, then validate (and test, given test_batches),
-    every variant. Jitted once per shape. The test metrics only leave the program: nothing in it
-    reads them.
+    """One epoch of a seeds x configs grid whose configs are sharded over `mesh`: `_device_epoch` on each
+    device's own configs (jax.shard_map). Jitted once per shape.
+
+    Under jit's automatic partitioning alone XLA replicates what it cannot split, jaxreg's C++ kernels
+    among them, so every device gathered and trained every config: on 4 CPU devices, 4x the first
+    layer's memory and work. Here nothing crosses devices; data, keys and metrics' seeds axis are whole.
+    """
+    by_config, by_seed_config, whole = P("variant"), P(None, "variant"), P()
+    body = functools.partial(_device_epoch, config, n_configs // mesh.size, n_seeds, sequential)
+    return jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(by_seed_config, by_config, by_config, whole, whole, whole, by_config, whole),
+        out_specs=(by_seed_config, by_seed_config),
+        check_vma=False,  # no collectives inside; the step's branches (lax.cond) mix per-device and shared values
+    )(states, unit_mask, hp, keys, train_batches, val_batches, view_index, test_batches)
+
+
+def _device_epoch(
+    config: StepConfig,
+    n_configs: int,
+    n_seeds: int,
+    sequential: bool,
+    states,
+    unit_mask,
+    hp,
+    keys,
+    train_batches,
+    val_batches,
+    view_index=None,
+    test_batches=None,
+):
+    """One epoch of a seeds x configs grid on one device: train, then validate (and test, given
+    test_batches), every variant. The test metrics only leave the program: nothing in it reads them.
 
     view_index: None (every config trains on its seed's batches [seeds, batches, ...]), or
     per config its data view's index into batches stacked [seeds, views, batches, ...].
@@ -298,6 +330,7 @@ class BucketProgram:
     def epoch(self, states, unit_mask, train_batches):
         """Dispatch one epoch (asynchronously); returns (states, metrics [seeds, padded configs])."""
         return _bucket_epoch(
+            self.mesh,
             self.config,
             len(self.configs),
             len(self.bucket.seeds),

@@ -356,6 +356,17 @@ def test_only_the_history_grows_with_epochs():
     assert long.total < GB24  # the book for the most epochs allowed still fits
 
 
+def test_every_device_of_a_sharded_bucket_holds_the_data():
+    """Configs sharded over 4 devices: state and activations are split, but each device holds the batches
+    and validation data whole (replicated), so those count once per device."""
+    one, four = (
+        memory.bucket_estimate(memory.BucketShape((1024, 1024), 2, 4, "sparse", False, True, n_devices=n), _imdb())
+        for n in (1, 4)
+    )
+    assert (four.state, four.activations) == (one.state, one.activations)
+    assert 2.5 * one.batches < four.batches < 4 * one.batches
+
+
 def test_parameter_count_is_the_models():
     count = 10_000 * 16 + 16 + 16 * 16 + 16 + 16 + 1
     assert V.parameter_count(V.plan([VariantSpec("a", (16, 16))])[0], 10_000) == count

@@ -29,7 +29,7 @@ N_DEVICES = 4
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, re, sys
     import jax
     import numpy as np
     from jax.sharding import PartitionSpec as P
@@ -61,6 +61,13 @@ SCRIPT = textwrap.dedent(
         "mask_devices": [len(x.sharding.device_set) for x in jax.tree.leaves(mask)],
         "hp_devices": [len(x.sharding.device_set) for x in jax.tree.leaves(program.hp)],
         "state_spec_expected": str(P(None, "variant")),
+        # the compiled epoch's ops that move data between devices (none: each device trains its own configs)
+        "collectives": sorted(
+            set(re.findall(
+                r"\\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\\(",
+                jax.jit(program.epoch).lower(state, mask, program.train_batches(0)).compile().as_text(),
+            ))
+        ),
     }
     arrays = {}
     for (name, seed), h in run(vs, dataset, settings, mesh=mesh).history.items():
@@ -102,6 +109,13 @@ def test_state_is_sharded_over_four_devices(sharded_run):
         assert n_devices == N_DEVICES and spec == layout["state_spec_expected"]
         assert shard_shape == [2, 1, *shape[2:]], "each device holds one config of every seed"
     assert all(n == N_DEVICES for n in layout["mask_devices"] + layout["hp_devices"])
+
+
+def test_each_device_trains_only_its_own_configs(sharded_run):
+    """The sharded epoch moves nothing between devices: before shard_map, XLA replicated jaxreg's CPU kernels,
+    so every device gathered every config's state and trained all of them (4 devices: 4x the memory)."""
+    layout, _ = sharded_run
+    assert layout["collectives"] == []
 
 
 def test_sharded_equals_one_device(sharded_run):
