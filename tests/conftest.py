@@ -22,6 +22,15 @@ from jaxreg.data import load_imdb, synthetic_dataset
 # alone (and subprocesses that must compile, compile): tests/test_feedback.py turns it on in its own folders.
 os.environ.setdefault("JAXREG_COMPILE_CACHE", "0")
 
+# Compiling hundreds of small XLA programs is ~75% of the tests' time (tests/test_train.py on a 2-core Zen 1:
+# 109 s cold, 25 s from a warm cache), and XLA's backend optimizations are most of a compile: without them
+# the fast loop took 253 s instead of 441 s there, every test passing. So tests and the processes they start
+# compile that way, unless JAXREG_TEST_FAST_COMPILE=0: .ci/run's numerics step sets it, so the tests that
+# depend on XLA's float32 code also run compiled as users' runs are (at a second instruction set).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
+if os.environ.get("JAXREG_TEST_FAST_COMPILE", "1") != "0":
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), FAST_COMPILE_FLAGS]))
+
 ROOT = Path(__file__).resolve().parents[1]
 IMDB_ARCHIVE = Path(
     os.environ.get("JAXREG_DATA")
@@ -152,11 +161,14 @@ def make_fake_imdb(tmp_path):
 
 @pytest.fixture(scope="session")
 def cli_env(tmp_path_factory) -> dict:
-    """Environment for command-line subprocesses: this checkout's jaxreg, no JAXREG_DATA, no XLA_FLAGS, and one
-    JAX compilation cache for the whole test run, so that a program that several CLI tests run compiles once."""
+    """Environment for command-line subprocesses: this checkout's jaxreg, no JAXREG_DATA, no XLA_FLAGS but the fast
+    compile's, and one JAX compilation cache for the whole test run, so that a program that several CLI tests run
+    compiles once."""
     env = {k: v for k, v in os.environ.items() if k not in ("JAXREG_DATA", "XLA_FLAGS")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["JAX_PLATFORMS"] = "cpu"
+    if FAST_COMPILE_FLAGS in os.environ.get("XLA_FLAGS", ""):
+        env["XLA_FLAGS"] = FAST_COMPILE_FLAGS
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
