@@ -99,31 +99,35 @@ def initialize(cluster: Cluster) -> None:
     """Start JAX's distributed runtime (before anything else touches jax's devices); nothing when not enabled.
 
     On CPU the cross-process collectives need gloo, so that is chosen first (other platforms
-    ignore the setting). With --coordinator the processes first meet in Python (jaxreg.rendezvous:
-    a busy port, an unknown host or a process that does not come within `peer_timeout` seconds
-    is a DistributedError, PeersMissing for the latter, and a signal ends the wait), since JAX's
-    own wait aborts the process from C++. A process that stops sending heartbeats for
-    `heartbeat_timeout` seconds is declared dead and the others are stopped.
+    ignore the setting). With --coordinator, or for --distributed the cluster JAX detects (`detected`),
+    the processes first meet in Python (jaxreg.rendezvous: a busy port, an unknown host or a process
+    that does not come within `peer_timeout` seconds is a DistributedError, PeersMissing for the
+    latter, and a signal ends the wait), since JAX's own wait aborts the process from C++. A process
+    that stops sending heartbeats for `heartbeat_timeout` seconds is declared dead and the others
+    are stopped.
     """
     if not cluster.enabled:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if cluster.coordinator is not None:
+    if cluster.auto:
+        coordinator, count, pid = detected(cluster.peer_timeout)
+    else:
+        coordinator, count, pid = cluster.coordinator, cluster.num_processes, cluster.process_id
+    if coordinator is not None:
         try:
-            rendezvous.meet(
-                cluster.coordinator,
-                cluster.num_processes,
-                cluster.process_id,
-                cluster.peer_timeout,
-                rendezvous.code_version(),
-            )
+            rendezvous.meet(coordinator, count, pid, cluster.peer_timeout, rendezvous.code_version())
         except rendezvous.RendezvousError as e:
-            raise (PeersMissing if e.missing else DistributedError)(str(e)) from None
+            found = (
+                f" (--distributed: the cluster JAX detects has {count} processes, this is {pid})"
+                if cluster.auto
+                else ""
+            )
+            raise (PeersMissing if e.missing else DistributedError)(f"{e}{found}") from None
     try:
         jax.distributed.initialize(
-            cluster.coordinator,
-            cluster.num_processes,
-            cluster.process_id,
+            coordinator,
+            count,
+            pid,
             initialization_timeout=cluster.peer_timeout,
             heartbeat_timeout_seconds=cluster.heartbeat_timeout,
         )
@@ -133,6 +137,20 @@ def initialize(cluster: Cluster) -> None:
         )
         raise DistributedError(f"cannot start the distributed runtime with {where}: {e}") from e
     _connect()
+
+
+def detected(timeout: int) -> tuple[str | None, int | None, int | None]:
+    """(coordinator, process count, this process's number) as JAX detects them for `--distributed` (SLURM,
+    Open MPI, TPU VMs, Kubernetes), so that those processes too meet in Python first (`jaxreg.rendezvous`);
+    Nones where JAX finds no cluster, or its detection (a private JAX function: none public gives these
+    numbers before start-up) is missing or fails, and JAX's own start-up then waits as before."""
+    try:
+        from jax._src.clusters import ClusterEnv
+
+        found = ClusterEnv.auto_detect_unset_distributed_params(None, None, None, None, None, timeout)[:3]
+    except Exception:  # noqa: BLE001 -- another jax, or a cluster JAX cannot read: JAX's own start-up decides
+        return None, None, None
+    return found if all(x is not None for x in found) else (None, None, None)
 
 
 # gloo's C++ code prints this to stdout when a process has connected to the others; nothing else is hidden.

@@ -84,6 +84,35 @@ def test_a_peer_that_never_comes_is_one_line_and_exit_4(tmp_path):
 
 
 @pytest.mark.process
+def test_a_slurm_job_whose_peer_never_comes_is_one_line_and_exit_4(tmp_path):
+    """--distributed in a (simulated) SLURM job of 2 tasks where task 1 never starts: the coordinator, process
+    count and number JAX detects go through the same rendezvous, so the wait ends in one line within
+    --peer-timeout instead of JAX's abort from C++."""
+    port = free_port()
+    slurm = dict(
+        SLURM_JOB_ID="77",
+        SLURM_STEP_NODELIST="localhost",
+        SLURM_NTASKS="2",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_STEP_NUM_NODES="1",
+        JAX_COORDINATOR_PORT=str(port),
+    )
+    cmd = [sys.executable, SWEEP, *RUN, "--devices", "1", "--out", "run", "--distributed", "--peer-timeout", "3"]
+    t0 = time.monotonic()
+    result = subprocess.run(
+        cmd, cwd=tmp_path, env={**environment(), **slurm}, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == CLI.EXIT_PROCESS_LOST, result.stderr
+    assert one_line(result.stderr) == (
+        f"sweep.py: error: process(es) [1] did not connect to the coordinator localhost:{port} within 3 s "
+        "(--peer-timeout); start all 2 processes with the same --coordinator and --num-processes "
+        "(--distributed: the cluster JAX detects has 2 processes, this is 0)"
+    )
+    assert time.monotonic() - t0 < WITHIN and not (tmp_path / "run").exists()
+
+
+@pytest.mark.process
 def test_a_busy_coordinator_port_is_one_line_and_exit_2(tmp_path):
     with socket.create_server(("", 0)) as taken:
         port = taken.getsockname()[1]
