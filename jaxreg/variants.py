@@ -127,23 +127,10 @@ def _init_over_seeds(config: StepConfig, num_words: int, true_widths: tuple[int,
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _bucket_epoch(
-    mesh: jax.sharding.Mesh,
-    config: StepConfig,
-    n_configs: int,
-    n_seeds: int,
-    sequential: bool,
-    states,
-    unit_mask,
-    hp,
-    keys,
-    train_batches,
-    val_batches,
-    view_index=None,
-    test_batches=None,
-):
+def _bucket_epoch(mesh: jax.sharding.Mesh, config: StepConfig, n_configs: int, n_seeds: int, sequential: bool, *arrays):
     """One epoch of a seeds x configs grid whose configs are sharded over `mesh`: `_device_epoch` on each
-    device's own configs (jax.shard_map). Jitted once per shape.
+    device's own configs (jax.shard_map) and its `arrays` (states, unit_mask, hp, keys, train_batches,
+    val_batches, view_index, test_batches). Jitted once per shape.
 
     Under jit's automatic partitioning alone XLA replicates what it cannot split, jaxreg's C++ kernels
     among them, so every device gathered and trained every config: on 4 CPU devices, 4x the first
@@ -157,7 +144,7 @@ def _bucket_epoch(
         in_specs=(by_seed_config, by_config, by_config, whole, whole, whole, by_config, whole),
         out_specs=(by_seed_config, by_seed_config),
         check_vma=False,  # no collectives inside; the step's branches (lax.cond) mix per-device and shared values
-    )(states, unit_mask, hp, keys, train_batches, val_batches, view_index, test_batches)
+    )(*arrays)
 
 
 def _device_epoch(
