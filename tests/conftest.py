@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -72,6 +73,15 @@ def write_fake_imdb(root: Path, reviews=None, *, archive: bool = True, name: str
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def load_script(path: Path, name: str):
+    """The module of a script that is not part of a package (experiments/sweep.py, a benchmark), loaded anew
+    under `name`: the tests call its functions (e.g. the command line's main) in this process."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_concurrently(*runs: dict) -> list[subprocess.CompletedProcess]:

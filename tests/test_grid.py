@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from test_plots import assert_real_png
 
+from conftest import load_script
 from experiments import presets
 from jaxreg import fileio, grid_plots, plots, report, run_figures, runfolder, runplan, runs, summaries
 from jaxreg.config import SweepConfig
@@ -139,10 +139,7 @@ def test_heatmaps_mark_the_best_cell_and_its_ties(tmp_path, monkeypatch):
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "experiments" / f"{name}.py", name)
 
 
 SMALL_GRID = tuple(
@@ -244,10 +241,7 @@ def test_grid_figures_script_draws_the_runs_grid_figures(grid_run, tmp_path, cap
 
 
 def _load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / f"{name}.py", name)
 
 
 def test_keras_sample_is_the_grid_presets_own_configurations():

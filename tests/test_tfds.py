@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from test_data import reference_multi_hot, reference_tokens
 
+from conftest import load_script
 from jaxreg import data
 from jaxreg.data import DataError, densify, load_imdb
 
@@ -110,10 +111,7 @@ def test_a_tfds_failure_is_one_data_error(tfds, monkeypatch):
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("sweep_cli", SWEEP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SWEEP, "sweep_cli")
 
 
 def test_cli_data_tfds_without_the_package_is_one_line_exit_2(tmp_path, monkeypatch, capsys):

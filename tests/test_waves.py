@@ -3,7 +3,6 @@ waves of buckets, seeds and configs that do, one after the other (runplan.in_wav
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import math
 import os
@@ -14,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import load_script
 from jaxreg import checkpoint, cpu_kernels, fileio, live, memory, runplan, sweep
 from jaxreg import variants as V
 from jaxreg.data import synthetic_dataset
@@ -310,10 +310,7 @@ def test_the_progress_bar_names_the_wave(capsys):
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("sweep_cli_waves", SWEEP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SWEEP, "sweep_cli_waves")
 
 
 def test_plan_prints_the_waves_and_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -336,13 +333,6 @@ def test_a_bad_memory_limit_is_one_line(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def _load_benchmark_helpers():
-    spec = importlib.util.spec_from_file_location("benchmark_helpers", ROOT / "benchmarks" / "_common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.process
 def test_peak_memory_stays_under_the_limit(tmp_path, cli_env):
     """The book preset on synthetic data with 3 seeds: estimated ~0.8 GB in one wave (plus ~0.2-0.3 GB that the
@@ -350,7 +340,7 @@ def test_peak_memory_stays_under_the_limit(tmp_path, cli_env):
     waves; the run's own peak RSS stays under it. Measured by benchmarks' measured_process, whose launcher
     keeps this test process's own high-water mark out of the child's ru_maxrss."""
     limit = 800 * 10**6
-    measure = _load_benchmark_helpers().measured_process
+    measure = load_script(ROOT / "benchmarks" / "_common.py", "benchmark_helpers").measured_process
     cpu_kernels.build_cpu_kernels()  # here, if not built yet: the C++ compiler's memory counts in the child's peak
     out = tmp_path / "run"
     args = ["--synthetic", "--seeds", "3", "--epochs", "2", "--memory-limit", "800MB", "--out", str(out)]
